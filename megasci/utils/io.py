@@ -1,0 +1,86 @@
+"""File helpers shared by every stage: compressed JSONL input and atomic output."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import io
+import json
+import os
+from typing import IO, Iterator, Sequence
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a plain, `.gz` or `.zst` file for reading as a decompressed byte stream."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst") or path.endswith(".zstd"):
+        import zstandard
+
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+    return open(path, "rb", buffering=1 << 20)
+
+
+def open_text_for_write(path: str) -> IO[str]:
+    """Open a plain, `.gz` or `.zst` file for writing UTF-8 text (compression chosen by extension)."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "wt", encoding="utf-8")
+    if path.endswith(".zst") or path.endswith(".zstd"):
+        import zstandard
+
+        raw = open(path, "wb")
+        return io.TextIOWrapper(zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True), encoding="utf-8")
+    return open(path, "w", encoding="utf-8")
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expand globs in order given; each pattern's matches sorted so runs never depend on listing order."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise FileNotFoundError(f"{pattern}: no input file matches")
+        for path in matches:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: input file not found")
+            paths.append(path)
+    return paths
+
+
+def iter_jsonl_field(paths: Sequence[str], key: str = "text") -> Iterator[str]:
+    """Yield `record[key]` of every well-formed line; lines that are not JSON objects with that string key are skipped."""
+    for path in paths:
+        with open_binary(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line).get(key)
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(value, str):
+                    yield value
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: str = "wb"):
+    """Yield a temp file beside `path`; it replaces `path` only if the block finishes without error."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    with atomic_output(path, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")

@@ -1,0 +1,36 @@
+"""Installs megasci and builds the C++ sample-index helpers (megasci._C) with pybind11."""
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+ext_modules = [
+    Pybind11Extension(
+        "megasci._C",
+        ["csrc/helpers.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(
+    name="megasci",
+    version="0.1.0",
+    description="Megatron-style training stack from raw arXiv LaTeX to a scientific language model",
+    packages=find_packages(include=["megasci", "megasci.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "sentencepiece>=0.2.0",
+        "protobuf>=3.20",
+        "tqdm>=4.60",
+        "zstandard>=0.21",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "tokenizers>=0.15"],
+        # Optional accelerators: import-guarded, never required for the fast path.
+        "gpu": ["triton>=3.0"],
+    },
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    zip_safe=False,
+)

@@ -1,0 +1,63 @@
+"""The tokenizer interface every stage after tokenization relies on."""
+
+from __future__ import annotations
+
+import abc
+
+
+class Tokenizer(abc.ABC):
+    """Text to token ids and back, plus the special ids datasets and training need.
+
+    `eod_id` ends a document in `.bin` files (`--append-eod`); it is the EOS id.
+    """
+
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def bos_id(self) -> int | None: ...
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int | None: ...
+
+    @property
+    @abc.abstractmethod
+    def pad_id(self) -> int | None: ...
+
+    @property
+    def unk_id(self) -> int | None:
+        """The unknown-token id, where the tokenizer has one (byte fallback means ours is never produced)."""
+        return None
+
+    @property
+    def eod_id(self) -> int:
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer {self.name!r} has no EOS id to end documents with")
+        return self.eos_id
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @abc.abstractmethod
+    def decode(self, ids) -> str: ...
+
+    @abc.abstractmethod
+    def id_to_piece(self, token_id: int) -> str: ...
+
+    def identity(self) -> dict:
+        """What identifies this tokenizer in checkpoints and exports (kind, file hash, vocab, special ids)."""
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+        }

@@ -1,0 +1,92 @@
+"""HuggingFace `tokenizer.json` files (LLaMA-3, DeepSeek, ...) through the `tokenizers` library."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from megasci.tokenizer.base import Tokenizer
+from megasci.tokenizer.sp_tokenizer import file_sha256
+
+# Names the common model families give their special tokens, tried when no config names them.
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<｜begin▁of▁sentence｜>", "<|endoftext|>")
+_EOS_NAMES = ("</s>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|endoftext|>")
+_PAD_NAMES = ("<pad>", "<|pad|>", "<｜▁pad▁｜>")
+
+
+class HFTokenizer(Tokenizer):
+    """Special tokens come from `tokenizer_config.json` beside the file when present, else by well-known names."""
+
+    def __init__(self, path: str):
+        try:
+            from tokenizers import Tokenizer as _HFTokenizer
+        except ImportError:
+            raise ImportError("loading a tokenizer.json needs the `tokenizers` package: pip install tokenizers") from None
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: tokenizer.json not found")
+        self.path = path
+        self.name = os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" + os.path.basename(path)
+        try:
+            self._tok = _HFTokenizer.from_file(path)
+        except Exception as e:  # the Rust library raises its own exception type
+            raise ValueError(f"{path}: not a HuggingFace tokenizer file ({e})") from None
+        names = self._special_names(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+        self._bos = self._first_id(names.get("bos_token"), _BOS_NAMES)
+        self._eos = self._first_id(names.get("eos_token"), _EOS_NAMES)
+        self._pad = self._first_id(names.get("pad_token"), _PAD_NAMES)
+
+    @staticmethod
+    def _special_names(config_path: str) -> dict:
+        if not os.path.isfile(config_path):
+            return {}
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        out = {}
+        for key in ("bos_token", "eos_token", "pad_token"):
+            value = config.get(key)
+            out[key] = value.get("content") if isinstance(value, dict) else value
+        return out
+
+    def _first_id(self, configured, fallbacks):
+        for name in ([configured] if configured else []) + list(fallbacks):
+            token_id = self._tok.token_to_id(name)
+            if token_id is not None:
+                return token_id
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self):
+        return self._bos
+
+    @property
+    def eos_id(self):
+        return self._eos
+
+    @property
+    def unk_id(self):
+        model = self._tok.model
+        unk = getattr(model, "unk_token", None)
+        return self._tok.token_to_id(unk) if unk else None
+
+    @property
+    def pad_id(self):
+        return self._pad
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self._tok.id_to_token(int(token_id))
+
+    def identity(self) -> dict:
+        return {**super().identity(), "kind": "huggingface", "sha256": file_sha256(self.path)}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Tokens/s of tools/preprocess_data.py per worker against raw SentencePieceProcessor.encode, same text, same run.
+
+The baseline encodes every document's text, already in memory, in one process: the ceiling for
+one core. The pipeline adds reading, JSON parsing, inter-process transfer, packing and writing.
+Overhead = 1 - (pipeline tokens/s per worker) / (raw tokens/s); scaling = tokens/s at N workers
+over N x tokens/s at 1 worker.
+
+    python benchmarks/bench_preprocess.py --papers 3000 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import sentencepiece as spm
+
+from megasci.corpus.synthetic import generate_papers
+from megasci.data.preprocess import PreprocessConfig, preprocess
+from megasci.tokenizer import SentencePieceTrainConfig, train_sentencepiece
+
+
+def raw_encode_rate(model: str, texts: list[str], repeats: int) -> tuple[float, int]:
+    """Best of `repeats` passes of plain per-document encode: tokens/s on one core."""
+    sp = spm.SentencePieceProcessor(model_file=model)
+    best, tokens = 0.0, 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = sum(len(sp.encode(t)) for t in texts)
+        best = max(best, tokens / (time.perf_counter() - start))
+    return best, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--papers", type=int, default=3000, help="synthetic papers in the benchmark corpus")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--tokenizer-model", help="an existing .model (default: train one on the corpus)")
+    p.add_argument("--vocab-size", type=int, default=16000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json-out", help="append the results as one JSON line to this file")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.jsonl")
+        texts = []
+        with open(corpus, "w", encoding="utf-8") as f:
+            for paper in generate_papers(args.papers, seed=2024):
+                texts.append(paper["text"])
+                f.write(json.dumps({"id": paper["id"], "text": paper["text"]}, ensure_ascii=False) + "\n")
+        model = args.tokenizer_model
+        if model is None:
+            model = os.path.join(tmp, "bench.model")
+            train_sentencepiece(texts[:1000], model, SentencePieceTrainConfig(vocab_size=args.vocab_size))
+        mb = os.path.getsize(corpus) / 1e6
+        raw, tokens = raw_encode_rate(model, texts, args.repeats)
+        rows = []
+        for workers in args.workers:
+            best = 0.0
+            for r in range(args.repeats):
+                cfg = PreprocessConfig(inputs=[corpus], output_prefix=os.path.join(tmp, f"out{workers}_{r}"),
+                                       tokenizer_model=model, workers=workers, append_eod=True)
+                start = time.perf_counter()
+                summary = preprocess(cfg, progress=False)
+                seconds = time.perf_counter() - start  # pool start-up and finalize included
+                best = max(best, summary.tokens["text"] / seconds)
+            rows.append({"workers": workers, "tokens_per_s": best, "per_worker": best / workers,
+                         "overhead": 1 - best / workers / raw})
+        for row in rows:
+            row["scaling"] = row["tokens_per_s"] / (rows[0]["tokens_per_s"] / rows[0]["workers"] * row["workers"])
+
+    print(f"corpus: {args.papers} synthetic papers, {mb:.1f} MB, {tokens:,} tokens; "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, sentencepiece {spm.__version__}")
+    print(f"raw SentencePieceProcessor.encode, 1 process: {raw:,.0f} tokens/s")
+    print(f"{'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'scaling':>8}")
+    for row in rows:
+        print(f"{row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
+              f"{row['overhead']:>8.1%} {row['scaling']:>8.2f}")
+    if args.json_out:
+        with open(args.json_out, "a") as f:
+            f.write(json.dumps({"papers": args.papers, "mb": mb, "tokens": tokens, "cpus": os.cpu_count(),
+                                "raw_tokens_per_s": raw, "rows": rows}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""JSONL documents to Megatron `.bin/.idx` datasets, one per JSON key, with a metadata sidecar.
+
+The main process only cuts the input into ~1 MB blocks at line boundaries and appends finished
+token buffers to the output; workers parse JSON, tokenize and pack each block into one flat array,
+so per-document Python work never happens in the main process. Blocks come back in input order.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
+from megasci.data.sidecar import SidecarWriter
+from megasci.tokenizer import Tokenizer, load_tokenizer
+from megasci.utils.io import expand_inputs, open_binary, write_json_atomic
+
+
+class PreprocessError(ValueError):
+    """A bad input line under `--strict`, or unusable input."""
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: Sequence[str]
+    output_prefix: str
+    tokenizer_model: str
+    json_keys: Sequence[str] = ("text",)
+    metadata_keys: Sequence[str] = ("id", "source", "section")  # copied into the sidecar when present
+    workers: int = 1
+    append_eod: bool = False
+    strict: bool = False
+    block_bytes: int = 1 << 20
+    max_reported_errors: int = 20
+
+
+@dataclass
+class PreprocessSummary:
+    inputs: list[str]
+    outputs: dict[str, str]
+    input_bytes: int = 0
+    lines: int = 0
+    documents: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    empty_skipped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    workers: int = 1
+    vocab_size: int = 0
+    dtype: str = ""
+
+    def format(self) -> str:
+        rows = [
+            f"inputs       {len(self.inputs)} file(s), {self.input_bytes / 1e6:.1f} MB, {self.lines:,} lines",
+            f"time         {self.seconds:.2f} s with {self.workers} worker(s)",
+        ]
+        for key, prefix in self.outputs.items():
+            tokens, docs = self.tokens[key], self.documents[key]
+            rows.append(
+                f"[{key}] {docs:,} documents, {tokens:,} tokens ({self.dtype}), {self.empty_skipped[key]:,} empty skipped"
+                f" -> {prefix}.bin/.idx"
+            )
+            rows.append(
+                f"[{key}] {docs / max(self.seconds, 1e-9):,.0f} docs/s, {tokens / max(self.seconds, 1e-9):,.0f} tokens/s,"
+                f" {self.input_bytes / 1e6 / max(self.seconds, 1e-9):.1f} MB/s"
+            )
+        bad = sum(self.errors.values())
+        rows.append("errors       " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) if bad else "none"))
+        return "\n".join(rows)
+
+
+@dataclass
+class _Block:
+    path: str
+    first_line: int
+    data: bytes
+
+
+# Set in each worker by _init_worker, so the tokenizer is loaded once per process.
+_worker_tokenizer: Tokenizer | None = None
+_worker_settings: dict = {}
+
+
+def _init_worker(tokenizer_model: str, settings: dict) -> None:
+    global _worker_tokenizer, _worker_settings
+    _worker_tokenizer = load_tokenizer(tokenizer_model)
+    _worker_settings = settings
+
+
+def _encode_block(block: _Block) -> dict:
+    """Parse and tokenize one block: per key a flat token array, document lengths and sidecar lines."""
+    settings = _worker_settings
+    keys, meta_keys, dtype = settings["json_keys"], settings["metadata_keys"], settings["dtype"]
+    eod = [_worker_tokenizer.eod_id] if settings["append_eod"] else []
+    errors: list[tuple[str, int, str]] = []
+    texts = {k: [] for k in keys}
+    metas = {k: [] for k in keys}
+    empty = dict.fromkeys(keys, 0)
+    lines = block.data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for offset, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        line_no = block.first_line + offset
+        try:
+            record = json.loads(raw)
+        except ValueError as e:
+            errors.append(("bad_json", line_no, f"not valid JSON ({e.__class__.__name__}: {str(e)[:80]})"))
+            continue
+        if not isinstance(record, dict):
+            errors.append(("not_an_object", line_no, f"a JSON {type(record).__name__}, not an object"))
+            continue
+        meta = {k: record[k] for k in meta_keys if k in record}
+        for key in keys:
+            text = record.get(key)
+            if text is None:
+                errors.append(("missing_key", line_no, f"no key {key!r}"))
+            elif not isinstance(text, str):
+                errors.append(("not_a_string", line_no, f"key {key!r} holds a {type(text).__name__}"))
+            elif not text:
+                empty[key] += 1
+            else:
+                texts[key].append(text)
+                metas[key].append(meta)
+    out = {"errors": errors, "bytes": len(block.data), "lines": len(lines), "keys": {}}
+    for key in keys:
+        ids = _worker_tokenizer.encode_batch(texts[key]) if texts[key] else []
+        lengths = np.fromiter((len(d) + len(eod) for d in ids), dtype=np.int64, count=len(ids))
+        flat = np.empty(int(lengths.sum()), dtype=dtype)
+        position = 0
+        for doc in ids:
+            flat[position : position + len(doc)] = doc
+            position += len(doc)
+            if eod:
+                flat[position] = eod[0]
+                position += 1
+        # Documents that tokenize to nothing (possible with some tokenizers) are skipped like empty text.
+        keep = lengths > 0
+        empty[key] += int((~keep).sum())
+        sidecar = [json.dumps(m, ensure_ascii=False) for m, k in zip(metas[key], keep) if k]
+        out["keys"][key] = (flat, lengths[keep], sidecar, empty[key])
+    return out
+
+
+def _read_blocks(paths: Sequence[str], block_bytes: int) -> Iterator[_Block]:
+    """Cut each file into blocks of about `block_bytes`, ending at line boundaries, with 1-based line numbers."""
+    for path in paths:
+        line = 1
+        with open_binary(path) as f:
+            while True:
+                data = f.read(block_bytes)
+                if not data:
+                    break
+                if not data.endswith(b"\n"):
+                    data += f.readline()
+                yield _Block(path, line, data)
+                line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+
+def output_prefix_for(output_prefix: str, key: str) -> str:
+    """Megatron's naming: `<prefix>_<key>_document`."""
+    return f"{output_prefix}_{key}_document"
+
+
+def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> PreprocessSummary:
+    """Tokenize `cfg.inputs` into one dataset (+ sidecar) per JSON key; outputs appear only when complete."""
+    from tqdm import tqdm
+
+    paths = expand_inputs(cfg.inputs)
+    tokenizer = load_tokenizer(cfg.tokenizer_model)
+    if cfg.append_eod:
+        tokenizer.eod_id  # fail now, not in a worker, if there is no EOS
+    dtype = best_token_dtype(tokenizer.vocab_size)
+    outputs = {key: output_prefix_for(cfg.output_prefix, key) for key in cfg.json_keys}
+    summary = PreprocessSummary(
+        inputs=paths, outputs=outputs, workers=cfg.workers, vocab_size=tokenizer.vocab_size,
+        dtype=np.dtype(dtype).name, documents=dict.fromkeys(outputs, 0), tokens=dict.fromkeys(outputs, 0),
+        empty_skipped=dict.fromkeys(outputs, 0),
+    )
+    settings = {"json_keys": list(cfg.json_keys), "metadata_keys": list(cfg.metadata_keys),
+                "dtype": dtype, "append_eod": cfg.append_eod}
+    writers = {key: IndexedDatasetWriter(prefix, dtype=dtype) for key, prefix in outputs.items()}
+    sidecars = {key: SidecarWriter(prefix) for key, prefix in outputs.items()}
+    errors: collections.Counter = collections.Counter()
+    reported = 0
+    compressed = any(p.endswith((".gz", ".zst", ".zstd")) for p in paths)
+    bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True,
+               disable=not progress, desc="preprocess", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for block, result in _run_blocks(paths, cfg, settings):
+            for kind, line_no, message in result["errors"]:
+                errors[kind] += 1
+                where = f"{block.path}:{line_no}: {message}"
+                if cfg.strict:
+                    raise PreprocessError(f"{where} (--strict stops at the first bad line)")
+                if reported < cfg.max_reported_errors:
+                    (bar.write if progress else log)(f"skipped {where}")
+                    reported += 1
+            for key, (flat, lengths, sidecar_lines, empty) in result["keys"].items():
+                writers[key].add_documents_flat(flat, lengths)
+                sidecars[key].add_lines(sidecar_lines)
+                summary.documents[key] += len(lengths)
+                summary.tokens[key] += len(flat)
+                summary.empty_skipped[key] += empty
+            summary.input_bytes += result["bytes"]
+            summary.lines += result["lines"]
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(result["bytes"])
+            first = cfg.json_keys[0]
+            bar.set_postfix_str(f"{summary.documents[first] / elapsed:,.0f} docs/s "
+                                f"{summary.tokens[first] / elapsed:,.0f} tok/s", refresh=False)
+        for key in outputs:
+            writers[key].finalize()
+            sidecars[key].finalize()
+    except BaseException:
+        for key in outputs:
+            writers[key].discard()
+            sidecars[key].discard()
+        raise
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.errors = dict(errors)
+    if reported < sum(errors.values()):
+        log(f"... {sum(errors.values()) - reported} more bad lines not shown (counts below)")
+    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": _jsonable(cfg), "summary": asdict(summary)})
+    return summary
+
+
+def _run_blocks(paths, cfg: PreprocessConfig, settings: dict):
+    """Yield (block, result) in input order, keeping at most a few blocks per worker in flight."""
+    blocks = _read_blocks(paths, cfg.block_bytes)
+    if cfg.workers <= 0:  # in-process: for debugging and profiling
+        _init_worker(cfg.tokenizer_model, settings)
+        for block in blocks:
+            yield block, _encode_block(block)
+        return
+    window = collections.deque()
+    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
+        cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings)
+    ) as pool:
+        for block in blocks:
+            window.append((block, pool.apply_async(_encode_block, (block,))))
+            if len(window) >= 4 * cfg.workers:
+                done_block, pending = window.popleft()
+                yield done_block, pending.get()
+        while window:
+            done_block, pending = window.popleft()
+            yield done_block, pending.get()
+
+
+def _jsonable(cfg: PreprocessConfig) -> dict:
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(cfg).items()}

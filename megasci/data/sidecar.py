@@ -1,0 +1,82 @@
+"""Per-document metadata stored beside a dataset, one JSON line per document, in document order.
+
+`<dataset prefix>.docs.jsonl` line d describes document d of `<prefix>.bin/.idx` (paper id,
+source name, section label, ...): what sampling needs to select or weight documents without
+touching the tokens. JSON lines stay readable with `head` and `grep`, and merge by concatenation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from megasci.data.indexed_dataset import IndexedDataset
+
+
+def sidecar_path(prefix: str) -> str:
+    return f"{prefix}.docs.jsonl"
+
+
+class SidecarWriter:
+    """Appends metadata lines to a temp file; `finalize()` renames it beside the dataset."""
+
+    def __init__(self, prefix: str):
+        self.path = sidecar_path(prefix)
+        self._tmp = self.path + ".tmp"
+        self._file = open(self._tmp, "w", encoding="utf-8")
+        self.count = 0
+
+    def add(self, record: dict) -> None:
+        self.add_lines([json.dumps(record, ensure_ascii=False)])
+
+    def add_lines(self, lines: list[str]) -> None:
+        """Lines already serialised as JSON objects (workers serialise, the writer only appends)."""
+        for line in lines:
+            self._file.write(line)
+            self._file.write("\n")
+        self.count += len(lines)
+
+    def finalize(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+
+def read_sidecar(prefix: str, check_against_dataset: bool = True) -> list[dict]:
+    """All metadata records; by default verifies there is exactly one per document of the dataset."""
+    path = sidecar_path(prefix)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON line ({e})") from None
+    if check_against_dataset:
+        documents = IndexedDataset(prefix).num_documents
+        if documents != len(records):
+            raise ValueError(f"{path}: {len(records)} metadata lines for {documents} documents in {prefix}.idx")
+    return records
+
+
+def merge_sidecars(prefixes: list[str], output_prefix: str) -> bool:
+    """Concatenate the inputs' sidecars in order; only when every input has one (returns whether it did)."""
+    paths = [sidecar_path(p) for p in prefixes]
+    if not all(os.path.isfile(p) for p in paths):
+        return False
+    writer = SidecarWriter(output_prefix)
+    try:
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                writer.add_lines([line.rstrip("\n") for line in f])
+        writer.finalize()
+    except BaseException:
+        writer.discard()
+        raise
+    return True

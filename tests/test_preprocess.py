@@ -87,23 +87,32 @@ def test_several_keys_compressed_inputs_and_globs(tmp_path, tokenizer_model, rec
     assert summary["documents"] == {"text": 60, "abstract": 60}
 
 
-def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path, tokenizer_model, records, capsys):
+@pytest.mark.parametrize("name", ["in.jsonl", "in.jsonl.gz"])
+def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path, tokenizer_model, records, name):
     lines = [json.dumps(r) for r in records[:5]]
     lines.insert(2, '{"text": "unterminated')
     lines.insert(4, '["a", "list"]')
     lines.insert(5, json.dumps({"title": "no text key"}))
     lines.insert(6, json.dumps({"text": ""}))
     lines.insert(7, "")
-    path = write_jsonl(str(tmp_path / "in.jsonl"), lines)
+    lines.append("{broken")  # last line, no newline after it: still counted and numbered
+    path = write_jsonl(str(tmp_path / name), lines)
+    with open(path, "rb") as f:
+        data = f.read()
+    if name.endswith(".jsonl"):
+        with open(path, "wb") as f:
+            f.write(data.rstrip(b"\n"))
     cfg = PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model,
                            workers=1, block_bytes=100)
     logged = []
     summary = preprocess(cfg, progress=False, log=logged.append)
-    assert summary.errors == {"bad_json": 1, "not_an_object": 1, "missing_key": 1}
+    assert summary.errors == {"bad_json": 2, "not_an_object": 1, "missing_key": 1}
     assert summary.empty_skipped == {"text": 1}
     assert any(f"{path}:3: not valid JSON" in m for m in logged)
     assert any(f"{path}:5: a JSON list" in m for m in logged)
     assert any(f"{path}:6: no key 'text'" in m for m in logged)
+    assert any(f"{path}:11: not valid JSON" in m for m in logged)
+    assert summary.lines == 11
     assert read_docs(str(tmp_path / "out_text_document")) == expected_docs(tokenizer_model, [r["text"] for r in records[:5]])
 
 

@@ -154,3 +154,10 @@ def test_train_tokenizer_tool(tmp_path, monkeypatch, capsys):
     assert done.value.code == 0
     assert "vocabulary 800" in capsys.readouterr().out
     assert load_tokenizer(str(tmp_path / "tok.model")).vocab_size == 800
+
+
+def test_array_encoding_matches_list_encoding(trained):
+    _, tok = trained
+    texts = [p["text"] for p in generate_papers(5, seed=8)] + [UNUSUAL, ""]
+    arrays = tok.encode_to_arrays(texts)
+    assert [a.tolist() for a in arrays] == [tok.encode(t) for t in texts]

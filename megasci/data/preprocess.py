@@ -23,6 +23,9 @@ from megasci.tokenizer import Tokenizer, load_tokenizer
 from megasci.utils.io import expand_inputs, open_binary, write_json_atomic
 
 
+_COMPRESSED = (".gz", ".zst", ".zstd")
+
+
 class PreprocessError(ValueError):
     """A bad input line under `--strict`, or unusable input."""
 
@@ -78,9 +81,20 @@ class PreprocessSummary:
 
 @dataclass
 class _Block:
+    """A run of whole lines. Plain files travel as (path, start, length) and workers read the bytes
+    themselves; compressed files cannot be entered mid-stream, so their bytes travel with the block."""
+
     path: str
-    first_line: int
-    data: bytes
+    start: int
+    length: int
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read(self.length)
 
 
 # Set in each worker by _init_worker, so the tokenizer is loaded once per process.
@@ -98,18 +112,19 @@ def _encode_block(block: _Block) -> dict:
     """Parse and tokenize one block: per key a flat token array, document lengths and sidecar lines."""
     settings = _worker_settings
     keys, meta_keys, dtype = settings["json_keys"], settings["metadata_keys"], settings["dtype"]
-    eod = [_worker_tokenizer.eod_id] if settings["append_eod"] else []
+    eod = [np.array([_worker_tokenizer.eod_id], dtype=np.int32)] if settings["append_eod"] else []
     errors: list[tuple[str, int, str]] = []
     texts = {k: [] for k in keys}
     metas = {k: [] for k in keys}
     empty = dict.fromkeys(keys, 0)
-    lines = block.data.split(b"\n")
+    data = block.read()
+    lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    for offset, raw in enumerate(lines):
+    # Errors carry the line's index within the block; the main process, seeing blocks in order, adds the base.
+    for line_no, raw in enumerate(lines):
         if not raw.strip():
             continue
-        line_no = block.first_line + offset
         try:
             record = json.loads(raw)
         except ValueError as e:
@@ -130,39 +145,48 @@ def _encode_block(block: _Block) -> dict:
             else:
                 texts[key].append(text)
                 metas[key].append(meta)
-    out = {"errors": errors, "bytes": len(block.data), "lines": len(lines), "keys": {}}
+    out = {"errors": errors, "bytes": len(data), "lines": len(lines), "keys": {}}
     for key in keys:
-        ids = _worker_tokenizer.encode_batch(texts[key]) if texts[key] else []
-        lengths = np.fromiter((len(d) + len(eod) for d in ids), dtype=np.int64, count=len(ids))
-        flat = np.empty(int(lengths.sum()), dtype=dtype)
-        position = 0
-        for doc in ids:
-            flat[position : position + len(doc)] = doc
-            position += len(doc)
-            if eod:
-                flat[position] = eod[0]
-                position += 1
+        arrays = _worker_tokenizer.encode_to_arrays(texts[key]) if texts[key] else []
         # Documents that tokenize to nothing (possible with some tokenizers) are skipped like empty text.
-        keep = lengths > 0
-        empty[key] += int((~keep).sum())
-        sidecar = [json.dumps(m, ensure_ascii=False) for m, k in zip(metas[key], keep) if k]
-        out["keys"][key] = (flat, lengths[keep], sidecar, empty[key])
+        keep = [len(a) > 0 for a in arrays]
+        empty[key] += keep.count(False)
+        parts = []
+        for array, kept in zip(arrays, keep):
+            if kept:
+                parts.append(array)
+                parts.extend(eod)
+        lengths = np.array([len(a) + len(eod) for a, kept in zip(arrays, keep) if kept], dtype=np.int64)
+        flat = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
+        sidecar = [json.dumps(m, ensure_ascii=False) for m, kept in zip(metas[key], keep) if kept]
+        out["keys"][key] = (flat, lengths, sidecar, empty[key])
     return out
 
 
 def _read_blocks(paths: Sequence[str], block_bytes: int) -> Iterator[_Block]:
-    """Cut each file into blocks of about `block_bytes`, ending at line boundaries, with 1-based line numbers."""
+    """Cut each file into blocks of about `block_bytes` that end at line boundaries."""
     for path in paths:
-        line = 1
-        with open_binary(path) as f:
-            while True:
-                data = f.read(block_bytes)
-                if not data:
-                    break
-                if not data.endswith(b"\n"):
-                    data += f.readline()
-                yield _Block(path, line, data)
-                line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        if path.endswith(_COMPRESSED):
+            with open_binary(path) as f:
+                start = 0
+                while data := f.read(block_bytes):
+                    if not data.endswith(b"\n"):
+                        data += f.readline()
+                    yield _Block(path, start, len(data), data)
+                    start += len(data)
+            continue
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            start = 0
+            while start < size:
+                if start + block_bytes >= size:
+                    end = size
+                else:
+                    f.seek(start + block_bytes - 1)
+                    f.readline()  # through the newline that ends the block's last line
+                    end = f.tell()
+                yield _Block(path, start, end - start)
+                start = end
 
 
 def output_prefix_for(output_prefix: str, key: str) -> str:
@@ -191,15 +215,16 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     sidecars = {key: SidecarWriter(prefix) for key, prefix in outputs.items()}
     errors: collections.Counter = collections.Counter()
     reported = 0
-    compressed = any(p.endswith((".gz", ".zst", ".zstd")) for p in paths)
+    lines_before = collections.Counter()  # per file: lines in the blocks already written
+    compressed = any(p.endswith(_COMPRESSED) for p in paths)
     bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True,
                disable=not progress, desc="preprocess", dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for block, result in _run_blocks(paths, cfg, settings):
-            for kind, line_no, message in result["errors"]:
+            for kind, line_in_block, message in result["errors"]:
                 errors[kind] += 1
-                where = f"{block.path}:{line_no}: {message}"
+                where = f"{block.path}:{lines_before[block.path] + line_in_block + 1}: {message}"
                 if cfg.strict:
                     raise PreprocessError(f"{where} (--strict stops at the first bad line)")
                 if reported < cfg.max_reported_errors:
@@ -213,6 +238,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
                 summary.empty_skipped[key] += empty
             summary.input_bytes += result["bytes"]
             summary.lines += result["lines"]
+            lines_before[block.path] += result["lines"]
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(result["bytes"])
             first = cfg.json_keys[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
+
 
 class Tokenizer(abc.ABC):
     """Text to token ids and back, plus the special ids datasets and training need.
@@ -45,6 +47,10 @@ class Tokenizer(abc.ABC):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_to_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids as arrays: the bulk path for preprocessing, which never needs Python ints."""
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
 
     @abc.abstractmethod
     def decode(self, ids) -> str: ...

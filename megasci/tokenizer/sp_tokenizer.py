@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
+import numpy as np
 import sentencepiece as spm
 
 from megasci.tokenizer.base import Tokenizer
@@ -86,6 +87,12 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode(texts, num_threads=1)
+
+    def encode_to_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        try:
+            return self._sp.encode(texts, num_threads=1, out_type="numpy")
+        except (ValueError, TypeError):  # older sentencepiece has no array output
+            return super().encode_to_arrays(texts)
 
     def decode(self, ids) -> str:
         return self._sp.decode([int(i) for i in ids])

@@ -23,16 +23,37 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path, "rb", buffering=1 << 20)
 
 
-def open_text_for_write(path: str) -> IO[str]:
-    """Open a plain, `.gz` or `.zst` file for writing UTF-8 text (compression chosen by extension)."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "wt", encoding="utf-8")
-    if path.endswith(".zst") or path.endswith(".zstd"):
-        import zstandard
+@contextlib.contextmanager
+def atomic_text_output(path: str):
+    """A UTF-8 text stream (plain, `.gz` or `.zst` by `path`'s extension) that appears at `path` only on success.
 
-        raw = open(path, "wb")
-        return io.TextIOWrapper(zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True), encoding="utf-8")
-    return open(path, "w", encoding="utf-8")
+    Compressed bytes are deterministic (gzip mtime 0), so equal content gives equal files.
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with open(tmp, "wb") as raw:
+            if path.endswith(".gz"):
+                stream = gzip.GzipFile(filename=os.path.basename(path[: -len(".gz")]), mode="wb", fileobj=raw, mtime=0)
+            elif path.endswith((".zst", ".zstd")):
+                import zstandard
+
+                stream = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False)
+            else:
+                stream = raw
+            text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+            yield text
+            text.flush()
+            text.detach()  # leaves closing to us: the compressor first (its trailer goes into raw), then raw
+            if stream is not raw:
+                stream.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -47,6 +68,17 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
                 raise FileNotFoundError(f"{path}: input file not found")
             paths.append(path)
     return paths
+
+
+def iter_json_records(path: str) -> Iterator[dict]:
+    """Every record of a JSONL file we wrote ourselves; a bad line is an error naming file and line."""
+    with open_binary(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{line_no}: not a JSON line ({e})") from None
 
 
 def iter_jsonl_field(paths: Sequence[str], key: str = "text") -> Iterator[str]:

@@ -1,0 +1,34 @@
+# Two entry points, each setting itself up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.megasci-installed
+DEMO_DIR ?= demo_output
+# Where no GPU is present we install PyTorch's CPU build. On this project's machines the pinned
+# release below is the CPU build; elsewhere point pip at PyTorch's CPU wheel index, e.g.
+#   make test TORCH_CPU="torch --index-url <PyTorch CPU wheel index>"
+TORCH_CPU ?= torch==2.13.0
+TORCH_GPU ?= torch>=2.4
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml csrc/helpers.cpp
+	$(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q "$(TORCH_GPU)"; \
+	else \
+		$(PY) -m pip install -q $(TORCH_CPU); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m megasci.demo --output $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info megasci/_C*.so $(DEMO_DIR)

@@ -1,0 +1,69 @@
+"""The demo end to end (shortened) and the small dataset tools over its output."""
+
+import json
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+
+from megasci import demo
+from megasci.data.indexed_dataset import IndexedDataset
+from megasci.data.sidecar import read_sidecar
+from megasci.tokenizer import load_tokenizer
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+
+
+def run_tool(name, args, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name] + args)
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(os.path.join(TOOLS, name), run_name="__main__")
+    return done.value.code
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = demo.run(str(out), papers=80, vocab_size=1500, workers=2, seed=3)
+    return out, result
+
+
+def test_demo_writes_consistent_datasets(demo_run):
+    out, result = demo_run
+    papers = IndexedDataset(str(out / "data" / "arxiv_text_document"))
+    sections = IndexedDataset(str(out / "data" / "arxiv_sections_text_document"))
+    assert papers.num_documents == 80
+    tok = load_tokenizer(str(out / "tokenizer" / "arxiv.model"))
+    records = list(demo.iter_json_records(str(out / "corpus" / "arxiv_synthetic.jsonl.zst")))
+    assert papers.get_document(0).tolist() == tok.encode(records[0]["text"]) + [tok.eod_id]
+    # Sections partition each paper, so both datasets hold the same text: token counts nearly agree.
+    assert abs(sections.num_tokens - papers.num_tokens) / papers.num_tokens < 0.05
+    labels = [r["section"] for r in read_sidecar(str(out / "data" / "arxiv_sections_text_document"))]
+    assert labels.count("abstract") == 80 and labels.count("title") == 80
+    stats = result["datasets"][str(out / "data" / "arxiv_text_document")]
+    assert stats["documents"] == 80 and stats["tokens"] == papers.num_tokens
+
+
+def test_dataset_info_tool(demo_run, monkeypatch, capsys):
+    out, _ = demo_run
+    prefix = str(out / "data" / "arxiv_sections_text_document")
+    assert run_tool("dataset_info.py", [prefix, "--json"], monkeypatch) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["documents_by_section"]["abstract"] == 80
+    assert stats["tokens"] == IndexedDataset(prefix).num_tokens
+    assert run_tool("dataset_info.py", [str(out / "nope")], monkeypatch) == 1
+    assert "nope.idx: indexed dataset file not found" in capsys.readouterr().err
+
+
+def test_merge_tool_merges_tokens_and_sidecars(demo_run, tmp_path, monkeypatch, capsys):
+    out, _ = demo_run
+    a = str(out / "data" / "arxiv_text_document")
+    b = str(out / "data" / "arxiv_sections_text_document")
+    assert run_tool("merge_datasets.py", ["--input", a, b, "--output-prefix", str(tmp_path / "m")], monkeypatch) == 0
+    assert "sidecar" in capsys.readouterr().out
+    merged, da, db = IndexedDataset(str(tmp_path / "m")), IndexedDataset(a), IndexedDataset(b)
+    assert merged.num_documents == da.num_documents + db.num_documents
+    assert np.array_equal(merged.get_document(da.num_documents), db.get_document(0))
+    assert len(read_sidecar(str(tmp_path / "m"))) == merged.num_documents

@@ -44,6 +44,7 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=16000)
     p.add_argument("--copies", type=int, default=1,
                    help="write the corpus this many times over, so runs with many workers last long enough")
+    p.add_argument("--start-methods", nargs="+", default=["forkserver"], help="multiprocessing start methods to compare")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json-out", help="append the results as one JSON line to this file")
     args = p.parse_args()
@@ -67,27 +68,28 @@ def main() -> None:
         tokens *= args.copies
         raw_numpy, _ = raw_encode_rate(model, texts, args.repeats, out_type="numpy")
         rows = []
-        for workers in args.workers:
+        for method, workers in ((m, w) for m in args.start_methods for w in args.workers):
             best = 0.0
             for r in range(args.repeats):
                 cfg = PreprocessConfig(inputs=[corpus], output_prefix=os.path.join(tmp, f"out{workers}_{r}"),
-                                       tokenizer_model=model, workers=workers, append_eod=True)
+                                       tokenizer_model=model, workers=workers, append_eod=True, start_method=method)
                 start = time.perf_counter()
                 summary = preprocess(cfg, progress=False)
                 seconds = time.perf_counter() - start  # pool start-up and finalize included
                 best = max(best, summary.tokens["text"] / seconds)
-            rows.append({"workers": workers, "tokens_per_s": best, "per_worker": best / workers,
+            rows.append({"start_method": method, "workers": workers, "tokens_per_s": best, "per_worker": best / workers,
                          "overhead": 1 - best / workers / raw})
         for row in rows:
-            row["scaling"] = row["tokens_per_s"] / (rows[0]["tokens_per_s"] / rows[0]["workers"] * row["workers"])
+            first = next(r for r in rows if r["start_method"] == row["start_method"])
+            row["scaling"] = row["tokens_per_s"] / (first["tokens_per_s"] / first["workers"] * row["workers"])
 
     print(f"corpus: {args.papers} synthetic papers x {args.copies}, {mb:.1f} MB, {tokens:,} tokens; "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, sentencepiece {spm.__version__}")
     print(f"raw SentencePieceProcessor.encode, 1 process: {raw:,.0f} tokens/s (list of ids); "
           f"{raw_numpy:,.0f} tokens/s (out_type='numpy', what the workers call)")
-    print(f"{'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'scaling':>8}")
+    print(f"{'start':>10} {'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'scaling':>8}")
     for row in rows:
-        print(f"{row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
+        print(f"{row['start_method']:>10} {row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
               f"{row['overhead']:>8.1%} {row['scaling']:>8.2f}")
     if args.json_out:
         with open(args.json_out, "a") as f:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for the foundation issue: build the extension on the GPU machine's Python/torch,
-# run the CPU test suite there, the demo, and the preprocessing benchmark at 1-8 workers (16 cores).
+# run the CPU test suite there, and the preprocessing benchmark at 1-8 workers (16 cores).
 # Usage (device tool): bash benchmarks/device_foundation.sh   (carry .whl with the zstandard wheel)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -15,6 +15,5 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, numpy, sentencepiece; print('torch', torch.__version__, 'numpy', numpy.__version__, 'sentencepiece', sentencepiece.__version__)"
   echo "== build"; python3 setup.py -q build_ext --inplace 2>&1 | tail -3 && export PYTHONPATH=$PWD:$PYTHONPATH
   echo "== tests"; python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -5
-  echo "== demo"; /usr/bin/time -v python3 -m megasci.demo --output /tmp/demo 2>&1 | grep -E "demo finished|Maximum resident|Elapsed" 
-  echo "== benchmark"; python3 benchmarks/bench_preprocess.py --papers 6000 --workers 1 2 4 8 --repeats 2 --json-out "$OUT/bench_preprocess.jsonl"
+  echo "== benchmark"; python3 benchmarks/bench_preprocess.py --papers 6000 --copies 4 --workers 1 2 8 --repeats 2 --start-methods forkserver fork --json-out "$OUT/bench_preprocess.jsonl"
 } 2>&1 | tee "$OUT/device_foundation.log"

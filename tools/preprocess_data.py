@@ -23,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (0: in-process)")
     p.add_argument("--append-eod", action="store_true", help="end every document with the EOS id")
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--start-method", choices=["fork", "forkserver", "spawn"], default=PreprocessConfig.start_method,
+                   help="how workers start (forkserver when calling from a threaded program)")
     p.add_argument("--block-mb", type=float, default=1.0, help="input block size handed to a worker")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
         inputs=args.input, output_prefix=args.output_prefix, tokenizer_model=args.tokenizer_model,
         json_keys=args.json_keys, metadata_keys=args.metadata_keys, workers=args.workers,
         append_eod=args.append_eod, strict=args.strict, block_bytes=max(1, int(args.block_mb * (1 << 20))),
+        start_method=args.start_method,
     )
     try:
         summary = preprocess(cfg, progress=not args.no_progress)

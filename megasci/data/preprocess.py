@@ -41,6 +41,9 @@ class PreprocessConfig:
     append_eod: bool = False
     strict: bool = False
     block_bytes: int = 1 << 20
+    # fork starts workers fastest (measured in docs/benchmarks.md); the pool is created before the
+    # progress bar's thread. Use "forkserver" when embedding in a program that runs threads of its own.
+    start_method: str = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     max_reported_errors: int = 20
 
 
@@ -217,11 +220,14 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     reported = 0
     lines_before = collections.Counter()  # per file: lines in the blocks already written
     compressed = any(p.endswith(_COMPRESSED) for p in paths)
-    bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B", unit_scale=True,
-               disable=not progress, desc="preprocess", dynamic_ncols=True)
     start = time.perf_counter()
+    pool = bar = None
     try:
-        for block, result in _run_blocks(paths, cfg, settings):
+        # The pool starts before anything here starts a thread (the progress bar does), so fork is safe.
+        pool = _start_pool(cfg, settings)
+        bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B",
+                   unit_scale=True, disable=not progress, desc="preprocess", dynamic_ncols=True)
+        for block, result in _ordered_results(pool, _read_blocks(paths, cfg.block_bytes), cfg.workers):
             for kind, line_in_block, message in result["errors"]:
                 errors[kind] += 1
                 where = f"{block.path}:{lines_before[block.path] + line_in_block + 1}: {message}"
@@ -253,7 +259,10 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
             sidecars[key].discard()
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.terminate()
     summary.seconds = time.perf_counter() - start
     summary.errors = dict(errors)
     if reported < sum(errors.values()):
@@ -262,26 +271,30 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     return summary
 
 
-def _run_blocks(paths, cfg: PreprocessConfig, settings: dict):
-    """Yield (block, result) in input order, keeping at most a few blocks per worker in flight."""
-    blocks = _read_blocks(paths, cfg.block_bytes)
-    if cfg.workers <= 0:  # in-process: for debugging and profiling
+def _start_pool(cfg: PreprocessConfig, settings: dict):
+    """A worker pool, or None to encode in this process (workers <= 0: for debugging and profiling)."""
+    if cfg.workers <= 0:
         _init_worker(cfg.tokenizer_model, settings)
+        return None
+    return mp.get_context(cfg.start_method).Pool(
+        cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings))
+
+
+def _ordered_results(pool, blocks: Iterator[_Block], workers: int):
+    """Yield (block, result) in input order, keeping at most a few blocks per worker in flight."""
+    if pool is None:
         for block in blocks:
             yield block, _encode_block(block)
         return
     window = collections.deque()
-    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
-        cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings)
-    ) as pool:
-        for block in blocks:
-            window.append((block, pool.apply_async(_encode_block, (block,))))
-            if len(window) >= 4 * cfg.workers:
-                done_block, pending = window.popleft()
-                yield done_block, pending.get()
-        while window:
+    for block in blocks:
+        window.append((block, pool.apply_async(_encode_block, (block,))))
+        if len(window) >= 4 * workers:
             done_block, pending = window.popleft()
             yield done_block, pending.get()
+    while window:
+        done_block, pending = window.popleft()
+        yield done_block, pending.get()
 
 
 def _jsonable(cfg: PreprocessConfig) -> dict:

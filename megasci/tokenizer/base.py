@@ -14,22 +14,14 @@ class Tokenizer(abc.ABC):
     """
 
     name: str = ""
+    # Set by each tokenizer's constructor; None where the tokenizer has no such token.
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
 
     @property
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def bos_id(self) -> int | None: ...
-
-    @property
-    @abc.abstractmethod
-    def eos_id(self) -> int | None: ...
-
-    @property
-    @abc.abstractmethod
-    def pad_id(self) -> int | None: ...
 
     @property
     def unk_id(self) -> int | None:

@@ -31,9 +31,9 @@ class HFTokenizer(Tokenizer):
         except Exception as e:  # the Rust library raises its own exception type
             raise ValueError(f"{path}: not a HuggingFace tokenizer file ({e})") from None
         names = self._special_names(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
-        self._bos = self._first_id(names.get("bos_token"), _BOS_NAMES)
-        self._eos = self._first_id(names.get("eos_token"), _EOS_NAMES)
-        self._pad = self._first_id(names.get("pad_token"), _PAD_NAMES)
+        self.bos_id = self._first_id(names.get("bos_token"), _BOS_NAMES)
+        self.eos_id = self._first_id(names.get("eos_token"), _EOS_NAMES)
+        self.pad_id = self._first_id(names.get("pad_token"), _PAD_NAMES)
 
     @staticmethod
     def _special_names(config_path: str) -> dict:
@@ -59,22 +59,10 @@ class HFTokenizer(Tokenizer):
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
-    def bos_id(self):
-        return self._bos
-
-    @property
-    def eos_id(self):
-        return self._eos
-
-    @property
     def unk_id(self):
         model = self._tok.model
         unk = getattr(model, "unk_token", None)
         return self._tok.token_to_id(unk) if unk else None
-
-    @property
-    def pad_id(self):
-        return self._pad
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

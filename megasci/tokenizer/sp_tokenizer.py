@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -54,33 +55,21 @@ class SentencePieceTokenizer(Tokenizer):
         except (OSError, RuntimeError) as e:
             raise ValueError(f"{model_path}: not a SentencePiece model ({e})") from None
         own = lambda i: i if i is not None and i >= 0 else None  # noqa: E731 - spm says -1 for "none"
-        self._bos, self._eos, self._pad = own(self._sp.bos_id()), own(self._sp.eos_id()), own(self._sp.pad_id())
+        self.bos_id, self.eos_id, self.pad_id = own(self._sp.bos_id()), own(self._sp.eos_id()), own(self._sp.pad_id())
         meta_file = meta_path(model_path)
         self.meta = {}
         if os.path.isfile(meta_file):
             with open(meta_file, encoding="utf-8") as f:
                 self.meta = json.load(f)
-            self._bos, self._eos, self._pad = self.meta["bos_id"], self.meta["eos_id"], self.meta["pad_id"]
+            self.bos_id, self.eos_id, self.pad_id = self.meta["bos_id"], self.meta["eos_id"], self.meta["pad_id"]
 
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
     @property
-    def bos_id(self):
-        return self._bos
-
-    @property
-    def eos_id(self):
-        return self._eos
-
-    @property
     def unk_id(self):
         return self._sp.unk_id()
-
-    @property
-    def pad_id(self):
-        return self._pad
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
@@ -193,7 +182,7 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
     if cfg.model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', got {cfg.model_type!r}")
     stats = {"documents": 0, "lines": 0, "characters": 0, "commands": Counter()}
-    buffer = _BytesSink()
+    buffer = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # reservoir sampling and shuffling
     spm.SentencePieceTrainer.train(
         sentence_iterator=_training_lines(documents, cfg, stats),
@@ -250,16 +239,3 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         "mined_commands": mined,
     })
     return report
-
-
-class _BytesSink:
-    """The file-like object SentencePiece's `model_writer` expects."""
-
-    def __init__(self):
-        self._chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._chunks)

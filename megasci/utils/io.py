@@ -24,36 +24,44 @@ def open_binary(path: str) -> IO[bytes]:
 
 
 @contextlib.contextmanager
-def atomic_text_output(path: str):
+def atomic_output(path: str | os.PathLike, mode: str = "wb"):
+    """Yield a temp file beside `path`; it replaces `path` only if the block finishes without error."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_text_output(path: str | os.PathLike):
     """A UTF-8 text stream (plain, `.gz` or `.zst` by `path`'s extension) that appears at `path` only on success.
 
     Compressed bytes are deterministic (gzip mtime 0), so equal content gives equal files.
     """
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        with open(tmp, "wb") as raw:
-            if path.endswith(".gz"):
-                stream = gzip.GzipFile(filename=os.path.basename(path[: -len(".gz")]), mode="wb", fileobj=raw, mtime=0)
-            elif path.endswith((".zst", ".zstd")):
-                import zstandard
+    with atomic_output(path, "wb") as raw:
+        if path.endswith(".gz"):
+            stream = gzip.GzipFile(filename=os.path.basename(path[: -len(".gz")]), mode="wb", fileobj=raw, mtime=0)
+        elif path.endswith((".zst", ".zstd")):
+            import zstandard
 
-                stream = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False)
-            else:
-                stream = raw
-            text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-            yield text
-            text.flush()
-            text.detach()  # leaves closing to us: the compressor first (its trailer goes into raw), then raw
-            if stream is not raw:
-                stream.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            stream = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False)
+        else:
+            stream = raw
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
+        yield text
+        text.flush()
+        text.detach()  # leaves closing to us: the compressor's trailer must reach raw before raw is synced
+        if stream is not raw:
+            stream.close()
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
@@ -94,22 +102,6 @@ def iter_jsonl_field(paths: Sequence[str], key: str = "text") -> Iterator[str]:
                     continue
                 if isinstance(value, str):
                     yield value
-
-
-@contextlib.contextmanager
-def atomic_output(path: str, mode: str = "wb"):
-    """Yield a temp file beside `path`; it replaces `path` only if the block finishes without error."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json_atomic(path: str, obj) -> None:

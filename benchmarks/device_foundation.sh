@@ -15,5 +15,5 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, numpy, sentencepiece; print('torch', torch.__version__, 'numpy', numpy.__version__, 'sentencepiece', sentencepiece.__version__)"
   echo "== build"; python3 setup.py -q build_ext --inplace 2>&1 | tail -3 && export PYTHONPATH=$PWD:$PYTHONPATH
   echo "== tests"; python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -5
-  echo "== benchmark"; python3 benchmarks/bench_preprocess.py --papers 6000 --copies 4 --workers 1 2 8 --repeats 2 --start-methods forkserver fork --json-out "$OUT/bench_preprocess.jsonl"
+  echo "== benchmark"; python3 benchmarks/bench_preprocess.py --papers 6000 --copies 4 --workers 1 2 8 --repeats 2 --start-methods fork --json-out "$OUT/bench_preprocess.jsonl"
 } 2>&1 | tee "$OUT/device_foundation.log"

@@ -161,3 +161,23 @@ def test_array_encoding_matches_list_encoding(trained):
     texts = [p["text"] for p in generate_papers(5, seed=8)] + [UNUSUAL, ""]
     arrays = tok.encode_to_arrays(texts)
     assert [a.tolist() for a in arrays] == [tok.encode(t) for t in texts]
+
+
+REAL_PACKAGES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample", "packages")
+
+
+def test_round_trip_on_real_arxiv_latex(trained):
+    """Real papers (one in Latin-1, one LaTeX 2.09) tokenize without unknown tokens and decode exactly."""
+    names = ["polch.tex", "paper-t4.1_Vienna_preprint.tex"]
+    if not all(os.path.isfile(os.path.join(REAL_PACKAGES, n)) for n in names):
+        pytest.skip(f"real arXiv sample not present at {os.path.abspath(REAL_PACKAGES)}")
+    _, tok = trained
+    for name in names:
+        raw = open(os.path.join(REAL_PACKAGES, name), "rb").read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        ids = tok.encode(text)
+        assert tok.unk_id not in ids
+        assert tok.decode(ids) == text, name

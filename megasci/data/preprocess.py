@@ -59,13 +59,15 @@ class PreprocessSummary:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     workers: int = 1
+    worker_cpu_seconds: float = 0.0  # time workers spent on blocks: the rest of workers x seconds is start-up and waiting
     vocab_size: int = 0
     dtype: str = ""
 
     def format(self) -> str:
         rows = [
             f"inputs       {len(self.inputs)} file(s), {self.input_bytes / 1e6:.1f} MB, {self.lines:,} lines",
-            f"time         {self.seconds:.2f} s with {self.workers} worker(s)",
+            f"time         {self.seconds:.2f} s with {self.workers} worker(s), busy {self.worker_cpu_seconds:.2f} CPU-s "
+            f"on blocks ({self.worker_cpu_seconds / max(self.seconds * max(self.workers, 1), 1e-9):.0%} of their time)",
         ]
         for key, prefix in self.outputs.items():
             tokens, docs = self.tokens[key], self.documents[key]
@@ -113,6 +115,7 @@ def _init_worker(tokenizer_model: str, settings: dict) -> None:
 
 def _encode_block(block: _Block) -> dict:
     """Parse and tokenize one block: per key a flat token array, document lengths and sidecar lines."""
+    cpu_start = time.process_time()
     settings = _worker_settings
     keys, meta_keys, dtype = settings["json_keys"], settings["metadata_keys"], settings["dtype"]
     eod = [np.array([_worker_tokenizer.eod_id], dtype=np.int32)] if settings["append_eod"] else []
@@ -163,6 +166,7 @@ def _encode_block(block: _Block) -> dict:
         flat = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
         sidecar = [json.dumps(m, ensure_ascii=False) for m, kept in zip(metas[key], keep) if kept]
         out["keys"][key] = (flat, lengths, sidecar, empty[key])
+    out["cpu_seconds"] = time.process_time() - cpu_start
     return out
 
 
@@ -242,6 +246,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
                 summary.documents[key] += len(lengths)
                 summary.tokens[key] += len(flat)
                 summary.empty_skipped[key] += empty
+            summary.worker_cpu_seconds += result["cpu_seconds"]
             summary.input_bytes += result["bytes"]
             summary.lines += result["lines"]
             lines_before[block.path] += result["lines"]

@@ -24,6 +24,12 @@ setup(
         "protobuf>=3.20",
         "tqdm>=4.60",
         "zstandard>=0.21",
+        # corpus builder (megasci/corpus)
+        "pylatexenc>=2.10",
+        "charset-normalizer>=3.0",
+        "datasketch>=1.5",
+        "langdetect>=1.0.9",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "dev": ["pytest>=7", "tokenizers>=0.15"],

@@ -1,0 +1,28 @@
+"""What archive validation hands to LaTeX assembly: one paper's files, already proven safe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Rejected(Exception):
+    """A whole input yields no paper. `reason` is a short stable key counted in the yield report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class SourcePackage:
+    """One paper's source files, by relative POSIX path, read into memory.
+
+    Only regular files with safe relative names are here; anything skipped inside an otherwise sound
+    package is listed in `skipped_members` as (member name, reason).
+    """
+
+    paper_id: str  # canonical arXiv id: "2301.04217" or "math/0303004"
+    source: str  # where it came from, e.g. "arXiv_src_0303_001.tar:0303/math0303004.gz"
+    files: dict[str, bytes]
+    skipped_members: list[tuple[str, str]] = field(default_factory=list)

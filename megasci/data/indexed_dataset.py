@@ -210,6 +210,8 @@ class IndexedDatasetWriter:
         lengths = np.asarray(doc_lengths, dtype=np.int64)
         if int(lengths.sum()) != len(arr):
             raise ValueError(f"document lengths sum to {int(lengths.sum())} but {len(arr)} tokens were given")
+        if len(lengths) and int(lengths.max()) >= 2**31:
+            raise ValueError(f"a document of {int(lengths.max())} tokens exceeds the format's int32 sequence length")
         self._bin.write(arr.tobytes())
         first = len(self._sizes)
         self._sizes.extend(lengths.astype(np.int32).tolist())

@@ -1,0 +1,458 @@
+"""Stage 2 of the corpus builder: turn arXiv source objects into safe in-memory packages.
+
+Every input is assumed hostile: gzip bombs, truncated or forged tars, path traversal, links, devices,
+encrypted or non-source objects. Nothing here writes to disk; every member is read under a byte cap,
+and each input ends as exactly one `SourcePackage` or one `Rejected` with a stable reason key, so the
+yield report can account for all of them.
+
+Decisions on ambiguous real-world objects (see tests/test_corpus_archive.py):
+- a `.gz` that is not gzip but plausible text is read as one plain file (named after the input
+  without `.gz`); it yields a paper only if it looks like TeX, else "no_tex".
+- a package whose only content is arXiv's `%auto-ignore` placeholder, or a file named "withdrawn",
+  is "withdrawn_stub" (real withdrawn papers with TeX still yield, cleaning handles them).
+- an all-NUL tar is a valid but empty archive: "empty".
+- any `.cry` member rejects the whole package as "encrypted": the paper cannot be assembled.
+- nested archives (`.tar`, `.tar.gz`, `.tgz`, `.zip` inside a package) are unpacked in place, into
+  the directory that holds them, up to `max_nesting` levels; deeper or unreadable ones are skipped
+  ("nested_archive_too_deep", "nested_<reason>") and the rest of the paper still yields.
+
+Rejected reasons: pdf_only, encrypted, html, rar, postscript_only, not_source, empty, corrupt_gzip,
+truncated_tar, corrupt_tar, corrupt_zip, too_many_members, member_too_large, total_too_large, no_tex,
+withdrawn_stub, special_file (a bulk-tar member that is not a regular file).
+Skipped-member reasons: absolute_path, parent_path, directory, link, special_file, bad_name, __MACOSX,
+appledouble, duplicate_name, nested_archive_too_deep, nested_<rejection reason>.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from megasci.corpus.package import Rejected, SourcePackage
+
+_CHUNK = 1 << 16
+_TEX_EXTENSIONS = (".tex", ".ltx", ".latex")
+_SUPPORT_EXTENSIONS = (".sty", ".cls", ".clo", ".bst", ".bbl", ".bib", ".cfg", ".def", ".fd", ".ist")
+_NESTED_ARCHIVE_EXTENSIONS = (".tar", ".tar.gz", ".tgz", ".zip")
+_INPUT_EXTENSIONS = (".gz", ".tgz", ".tar", ".tex", ".pdf", ".zip")
+_TEX_MARKERS = re.compile(rb"\\(documentclass|documentstyle|begin\s*\{document\}|bye\b)")
+_HTML_PREFIXES = (b"<!doctype html", b"<html", b"<head", b"<body")
+_BULK_MEMBER = re.compile(r"^\d{4}/[^/]+\.(gz|pdf)$")
+_BULK_NAME = re.compile(r"^arXiv_src_\d{4}_\d+\.tar$")
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps per paper: decompressed bytes and member counts bound the memory and time one input can take."""
+
+    max_members: int = 2_000
+    max_member_bytes: int = 50 * 1024 * 1024
+    max_total_bytes: int = 200 * 1024 * 1024
+    max_nesting: int = 1
+
+
+class _Budget:
+    """What one paper has used so far, shared by nested archives so nesting cannot multiply the caps.
+
+    A nested archive counts twice (itself and its contents): both are in memory at once.
+    """
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.limits, self.members, self.bytes = limits, 0, 0
+
+    def count_member(self, name: str) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise Rejected("too_many_members", f"more than {self.limits.max_members} members (at {name!r})")
+
+    def take(self, name: str, size: int) -> None:
+        if size > self.limits.max_member_bytes:
+            raise Rejected("member_too_large", f"{name!r}: {size} bytes > {self.limits.max_member_bytes}")
+        self.bytes += size
+        if self.bytes > self.limits.max_total_bytes:
+            raise Rejected("total_too_large", f"more than {self.limits.max_total_bytes} bytes at {name!r}")
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """ustar magic, or (old v7 tars have none) a header whose checksum adds up."""
+    if len(block) < 512 or not any(block[:512]):
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    field = block[148:156].replace(b"\0", b" ").strip()
+    if not field or any(c not in b"01234567" for c in field):
+        return False
+    header = block[:148] + b" " * 8 + block[156:512]
+    return int(field, 8) in (sum(header), sum(b - 256 if b > 127 else b for b in header))
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """No NULs and few control characters; any 8-bit encoding (Latin-1 TeX is common) passes."""
+    if b"\0" in head:
+        return False
+    controls = sum(1 for b in head if b < 32 and b not in b"\t\n\r\f\v\x1b\x08")
+    return controls <= len(head) // 100
+
+
+def sniff(data: bytes) -> str:
+    """Name the kind of an object from its magic bytes, whatever its file name claims."""
+    if not data:
+        return "empty"
+    if not any(data[:512]) and data.count(0) == len(data):
+        return "nul"
+    head = bytes(data[:4096])
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if _is_tar_header(head):
+        return "tar"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(b"%PDF"):
+        return "pdf"
+    if head.startswith(b"Rar!\x1a\x07"):
+        return "rar"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return "postscript"
+    lowered = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if lowered.startswith(_HTML_PREFIXES) or (lowered.startswith(b"<?xml") and b"<html" in lowered):
+        return "html"
+    if _looks_like_text(head):
+        return "text"
+    return "unknown"
+
+
+def _gzip_file_name(data: bytes) -> str | None:
+    """The FNAME field of a gzip header (RFC 1952), which arXiv uses to keep a single file's name."""
+    if len(data) < 10:
+        return None
+    flags, pos = data[3], 10
+    if flags & 4:
+        pos += 2 + int.from_bytes(data[10:12], "little")
+    if not flags & 8:
+        return None
+    end = data.find(b"\0", pos, pos + 1024)
+    return data[pos:end].decode("latin-1") if end > pos else None
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    """Stream-decompress every gzip member, stopping as soon as the output passes ``cap`` (bomb guard)."""
+    chunks, total, rest = [], 0, memoryview(data)
+    while rest[:2] == b"\x1f\x8b":
+        inflater, pos, pending = zlib.decompressobj(31), 0, b""
+        try:
+            while not inflater.eof:
+                if inflater.unconsumed_tail:
+                    pending = inflater.unconsumed_tail
+                elif pos < len(rest):
+                    pending, pos = rest[pos:pos + _CHUNK], pos + _CHUNK
+                else:
+                    pending = b""
+                piece = inflater.decompress(pending, _CHUNK)
+                if not piece and not pending:
+                    raise Rejected("corrupt_gzip", "gzip stream ends early")
+                total += len(piece)
+                if total > cap:
+                    raise Rejected("total_too_large", f"decompresses to more than {cap} bytes")
+                chunks.append(piece)
+        except zlib.error as error:
+            raise Rejected("corrupt_gzip", str(error)) from None
+        rest = rest[min(pos, len(rest)) - len(inflater.unused_data):]
+    return b"".join(chunks)
+
+
+def _safe_name(raw: str) -> tuple[str, str]:
+    """(normalised POSIX relative path, "") or ("", reason) for a name that must not be used."""
+    name = raw.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "", "absolute_path"
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return "", "parent_path"
+    if not parts:
+        return "", "directory"
+    if any(ord(c) < 32 for c in name):
+        return "", "bad_name"
+    if "__MACOSX" in parts:
+        return "", "__MACOSX"
+    if parts[-1].startswith("._") or parts[-1] == ".DS_Store":
+        return "", "appledouble"
+    return "/".join(parts), ""
+
+
+def _is_nested_archive(name: str) -> bool:
+    return name.lower().endswith(_NESTED_ARCHIVE_EXTENSIONS)
+
+
+class _Collector:
+    """Gathers one paper's files; members that are not safe regular files are recorded, not kept.
+
+    Members of a nested archive are recorded as "<archive path>:<member name>".
+    """
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.budget, self.files, self.skipped, self.within = _Budget(limits), {}, [], ""
+
+    def add(self, raw_name: str, prefix: str, data: bytes, depth: int) -> None:
+        name, reason = _safe_name(raw_name)
+        if reason:
+            self.skipped.append((self.within + raw_name, reason))
+            return
+        name = posixpath.join(prefix, name) if prefix else name
+        if name.lower().endswith(".cry"):
+            raise Rejected("encrypted", f"encrypted member {name!r}")
+        if _is_nested_archive(name) and sniff(data) in ("tar", "gzip", "zip"):
+            self._unpack_nested(raw_name, name, data, depth)
+        elif name in self.files:
+            self.skipped.append((self.within + raw_name, "duplicate_name"))
+        else:
+            self.files[name] = data
+
+    def _unpack_nested(self, raw_name: str, name: str, data: bytes, depth: int) -> None:
+        if depth >= self.budget.limits.max_nesting:
+            self.skipped.append((self.within + raw_name, "nested_archive_too_deep"))
+            return
+        outer, self.within = self.within, f"{self.within}{name}:"
+        try:
+            _unpack_container(data, self, posixpath.dirname(name), depth + 1)
+        except Rejected as nested:
+            if nested.reason in ("encrypted", "too_many_members", "member_too_large", "total_too_large"):
+                raise
+            self.skipped.append((outer + raw_name, f"nested_{nested.reason}"))
+        finally:
+            self.within = outer
+
+    def skip(self, raw_name: str, reason: str) -> None:
+        unsafe = _safe_name(raw_name)[1]
+        self.skipped.append((self.within + raw_name, unsafe if unsafe and unsafe != "directory" else reason))
+
+
+def _read_tar(data: bytes, into: _Collector, prefix: str, depth: int) -> None:
+    """Read members from an in-memory tar; a member whose data runs past the end means truncation."""
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        while (member := tar.next()) is not None:
+            into.budget.count_member(member.name)
+            if not member.isreg():
+                kind = "directory" if member.isdir() else "link" if member.issym() or member.islnk() else "special_file"
+                into.skip(member.name or "/", kind)  # tarfile strips a directory's slashes: "" was "/"
+                continue
+            into.budget.take(member.name, member.size)
+            if member.offset_data + member.size > len(data):
+                raise Rejected("truncated_tar", f"{member.name!r} runs past the end of the archive")
+            into.add(member.name, prefix, tar.extractfile(member).read(), depth)
+    except (tarfile.TarError, EOFError, ValueError, OverflowError) as error:
+        raise Rejected("truncated_tar" if "unexpected end" in str(error) else "corrupt_tar", str(error)) from None
+    trailing = data[tar.offset:tar.offset + 512]
+    if any(trailing):
+        reason = "truncated_tar" if len(trailing) < 512 else "corrupt_tar"
+        raise Rejected(reason, f"unreadable tar header at byte {tar.offset}")
+
+
+def _zip_member_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16 if info.create_system == 3 else 0
+    if info.is_dir() or stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        return "special_file"
+    return ""
+
+
+def _read_zip(data: bytes, into: _Collector, prefix: str, depth: int) -> None:
+    """Read a zip in memory (uploaders send them); sizes are re-checked while reading, not trusted."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        for info in archive.infolist():
+            into.budget.count_member(info.filename)
+            kind = _zip_member_kind(info)
+            if kind:
+                into.skip(info.filename, kind)
+                continue
+            if info.flag_bits & 1:
+                raise Rejected("encrypted", f"password-protected zip member {info.filename!r}")
+            into.budget.take(info.filename, info.file_size)
+            with archive.open(info) as handle:
+                content = handle.read(info.file_size + 1)
+            if len(content) != info.file_size:
+                raise Rejected("corrupt_zip", f"{info.filename!r} is not the size its header says")
+            into.add(info.filename, prefix, content, depth)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, OSError,
+            zlib.error, RuntimeError) as error:
+        raise Rejected("corrupt_zip", str(error)) from None
+
+
+def _unpack_container(data: bytes, into: _Collector, prefix: str, depth: int) -> None:
+    """A tar, a gzipped tar or a zip, as found at the top of a package or nested inside one."""
+    kind = sniff(data)
+    if kind == "gzip":
+        data = _gunzip(data, into.budget.limits.max_total_bytes - into.budget.bytes)
+        kind = sniff(data)
+    if kind in ("empty", "nul"):
+        return
+    if kind == "tar":
+        _read_tar(data, into, prefix, depth)
+    elif kind == "zip":
+        _read_zip(data, into, prefix, depth)
+    else:
+        raise Rejected("not_source", f"expected an archive, found {kind}")
+
+
+_KIND_REJECTIONS = {"pdf": "pdf_only", "rar": "rar", "html": "html", "postscript": "postscript_only",
+                    "unknown": "not_source", "empty": "empty", "nul": "empty"}
+
+
+def _strip_compression_suffix(name: str) -> str:
+    base = posixpath.basename(name.replace("\\", "/"))
+    return base[:-3] if base.lower().endswith(".gz") else base
+
+
+def _paper_id(name: str) -> str:
+    """Canonical arXiv id when arxiv_ids can read one, else the bare file stem."""
+    try:
+        from megasci.corpus.arxiv_ids import canonical_id
+        return canonical_id(name)
+    except (ImportError, ValueError):
+        stem = posixpath.basename(name.replace("\\", "/"))
+        for suffix in (".tar.gz", ".tgz", ".gz", ".pdf", ".tar", ".zip", ".tex"):
+            if stem.lower().endswith(suffix):
+                return stem[:-len(suffix)]
+        return stem
+
+
+def _is_tex(name: str, data: bytes) -> bool:
+    """A TeX source by extension (any case) or, like `JCMI.Final.ii`, by its content."""
+    lowered = name.lower()
+    if not _looks_like_text(data[:4096]) or lowered.endswith(_SUPPORT_EXTENSIONS):
+        return False
+    return lowered.endswith(_TEX_EXTENSIONS) or bool(_TEX_MARKERS.search(data[:65536]))
+
+
+def _reject_without_tex(files: dict[str, bytes], skipped: list[tuple[str, str]]) -> None:
+    """Say why a package with no TeX yields nothing: placeholder, PDF/PS only, empty, or just no TeX."""
+    if any(_is_tex(name, data) for name, data in files.items()):
+        return
+    detail = "; ".join(f"skipped {name!r} ({reason})" for name, reason in skipped)
+    if not files and not skipped:
+        raise Rejected("empty", "no members")
+    if any(posixpath.basename(name).lower() == "withdrawn" or data.strip() == b"%auto-ignore"
+           for name, data in files.items()):
+        raise Rejected("withdrawn_stub", f"placeholder only: {sorted(files)}")
+    kinds = {sniff(data) for data in files.values()}
+    if kinds in ({"pdf"}, {"postscript"}):
+        raise Rejected(_KIND_REJECTIONS[kinds.pop()], f"no TeX beside {sorted(files)}")
+    raise Rejected("no_tex", f"files {sorted(files)}" + (f"; {detail}" if detail else ""))
+
+
+def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,
+                 source: str | None = None) -> SourcePackage:
+    """One per-paper object as arXiv serves or receives it → its files, or `Rejected` with a reason."""
+    limits = limits or ArchiveLimits()
+    if name.lower().endswith(".cry"):
+        raise Rejected("encrypted", f"{name!r} is an encrypted source")
+    collector, file_name, kind = _Collector(limits), _strip_compression_suffix(name), sniff(data)
+    if kind == "gzip":
+        file_name = posixpath.basename((_gzip_file_name(data) or "").replace("\\", "/")) or "main.tex"
+        if file_name.lower().endswith(".cry"):
+            raise Rejected("encrypted", f"{name!r} holds the encrypted source {file_name!r}")
+        data = _gunzip(data, limits.max_total_bytes)
+        kind = sniff(data)
+        if kind == "gzip":
+            raise Rejected("not_source", "gzip inside gzip")
+    if kind in ("tar", "zip"):
+        _unpack_container(data, collector, "", 0)
+    elif kind == "text":
+        collector.budget.count_member(file_name)
+        collector.budget.take(file_name, len(data))
+        collector.add(file_name, "", data, 0)
+    elif kind in ("empty", "nul"):
+        raise Rejected("empty", f"{name!r} holds no data" if kind == "empty" else f"{name!r} is all NUL bytes")
+    else:
+        raise Rejected(_KIND_REJECTIONS.get(kind, "not_source"), f"{name!r} is {kind}")
+    _reject_without_tex(collector.files, collector.skipped)
+    return SourcePackage(paper_id=_paper_id(name), source=source or name, files=collector.files,
+                         skipped_members=collector.skipped)
+
+
+def _looks_like_bulk_tar(path: str) -> bool:
+    """arXiv's `arXiv_src_YYMM_NNN.tar`, or any tar whose first files are `YYMM/<id>.gz|.pdf`."""
+    if _BULK_NAME.match(os.path.basename(path)):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            if not _is_tar_header(handle.read(512)):
+                return False
+            handle.seek(0)
+            with tarfile.open(fileobj=handle, mode="r|") as tar:
+                for _, member in zip(range(4), tar):
+                    if member.isfile():
+                        return bool(_BULK_MEMBER.match(member.name))
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return False
+
+
+def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+    """Stream a bulk tar member by member: only one paper's bytes are in memory at a time."""
+    label, papers = os.path.basename(path), 0
+    try:
+        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                source, papers = f"{label}:{member.name}", papers + 1
+                if not member.isfile():
+                    yield source, Rejected("special_file", f"{member.name!r} is not a regular file")
+                elif member.size > limits.max_total_bytes:
+                    yield source, Rejected("total_too_large", f"{member.size} bytes compressed")
+                else:
+                    yield source, _read_or_reject(member.name, tar.extractfile(member).read(), limits, source)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        yield label, Rejected("truncated_tar" if "unexpected end" in str(error) else "corrupt_tar", str(error))
+        return
+    if not papers:
+        yield label, Rejected("empty", "bulk tar without members")
+
+
+def _read_or_reject(name: str, data: bytes, limits: ArchiveLimits, source: str) -> SourcePackage | Rejected:
+    try:
+        return read_package(name, data, limits, source)
+    except Rejected as rejected:
+        return rejected
+
+
+def _read_file(path: str, limits: ArchiveLimits) -> SourcePackage | Rejected:
+    if os.path.getsize(path) > limits.max_total_bytes:
+        return Rejected("total_too_large", f"{path!r} is larger than {limits.max_total_bytes} bytes")
+    with open(path, "rb") as handle:
+        return _read_or_reject(os.path.basename(path), handle.read(), limits, path)
+
+
+def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+    if path.lower().endswith(".tar") and _looks_like_bulk_tar(path):
+        yield from _iter_bulk_tar(path, limits)
+    else:
+        yield path, _read_file(path, limits)
+
+
+def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
+                       ) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+    """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, outcome)."""
+    limits = limits or ArchiveLimits()
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            yield from _iter_file(path, limits)
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                if name.lower().endswith(_INPUT_EXTENSIONS):
+                    yield from _iter_file(os.path.join(root, name), limits)

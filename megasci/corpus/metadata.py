@@ -63,6 +63,15 @@ class MetadataIndex:
     records: dict[str, MetadataRecord] = dataclasses.field(default_factory=dict)
     counts: Counter = dataclasses.field(default_factory=Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
+    excluded: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> why the filter dropped it
+
+    def outcome(self, arxiv_id: str) -> str | None:
+        """"kept", the filter's reason for dropping the paper, or None when the metadata never mentions it."""
+        try:
+            key = canonical_id(arxiv_id)
+        except ValueError:
+            return None
+        return "kept" if key in self.records else self.excluded.get(key)
 
     def get(self, arxiv_id: str, default: MetadataRecord | None = None) -> MetadataRecord | None:
         """Look up by any id form (versioned, member name, ...); unparseable ids are simply absent."""
@@ -226,4 +235,5 @@ def load_metadata(paths: str | Iterable[str], cfg: MetadataFilterConfig | None =
             index.records[record.id] = record
     for kind in OUTCOMES:
         index.counts.setdefault(kind, 0)
+    index.excluded = {key: outcome for key, outcome in outcome_by_id.items() if outcome != "kept"}
     return index

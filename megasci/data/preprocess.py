@@ -21,6 +21,7 @@ from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import Tokenizer, load_tokenizer
 from megasci.utils.io import expand_inputs, open_binary, write_json_atomic
+from megasci.utils.parallel import bounded_imap
 
 
 _COMPRESSED = (".gz", ".zst", ".zstd")
@@ -231,7 +232,8 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
         pool = _start_pool(cfg, settings)
         bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B",
                    unit_scale=True, disable=not progress, desc="preprocess", dynamic_ncols=True)
-        for block, result in _ordered_results(pool, _read_blocks(paths, cfg.block_bytes), cfg.workers):
+        blocks = _read_blocks(paths, cfg.block_bytes)
+        for block, result in bounded_imap(pool, _encode_block, blocks, in_flight=4 * max(cfg.workers, 1)):
             for kind, line_in_block, message in result["errors"]:
                 errors[kind] += 1
                 where = f"{block.path}:{lines_before[block.path] + line_in_block + 1}: {message}"
@@ -283,23 +285,6 @@ def _start_pool(cfg: PreprocessConfig, settings: dict):
         return None
     return mp.get_context(cfg.start_method).Pool(
         cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings))
-
-
-def _ordered_results(pool, blocks: Iterator[_Block], workers: int):
-    """Yield (block, result) in input order, keeping at most a few blocks per worker in flight."""
-    if pool is None:
-        for block in blocks:
-            yield block, _encode_block(block)
-        return
-    window = collections.deque()
-    for block in blocks:
-        window.append((block, pool.apply_async(_encode_block, (block,))))
-        if len(window) >= 4 * workers:
-            done_block, pending = window.popleft()
-            yield done_block, pending.get()
-    while window:
-        done_block, pending = window.popleft()
-        yield done_block, pending.get()
 
 
 def _jsonable(cfg: PreprocessConfig) -> dict:

@@ -34,16 +34,18 @@ def test_demo_writes_consistent_datasets(demo_run):
     out, result = demo_run
     papers = IndexedDataset(str(out / "data" / "arxiv_text_document"))
     sections = IndexedDataset(str(out / "data" / "arxiv_sections_text_document"))
-    assert papers.num_documents == 80
+    records = [r for path in sorted((out / "corpus" / "shards").glob("*.jsonl.zst"))
+               for r in demo.iter_json_records(str(path))]
+    assert 0 < len(records) == papers.num_documents < 80  # the builder's funnel drops some papers
+    assert json.load(open(out / "corpus" / "yield.json"))["written"] == len(records)
     tok = load_tokenizer(str(out / "tokenizer" / "arxiv.model"))
-    records = list(demo.iter_json_records(str(out / "corpus" / "arxiv_synthetic.jsonl.zst")))
     assert papers.get_document(0).tolist() == tok.encode(records[0]["text"]) + [tok.eod_id]
     # Sections partition each paper, so both datasets hold the same text: token counts nearly agree.
     assert abs(sections.num_tokens - papers.num_tokens) / papers.num_tokens < 0.05
     labels = [r["section"] for r in read_sidecar(str(out / "data" / "arxiv_sections_text_document"))]
-    assert labels.count("abstract") == 80 and labels.count("title") == 80
+    assert labels.count("abstract") == len(records) and labels.count("title") == len(records)
     stats = result["datasets"][str(out / "data" / "arxiv_text_document")]
-    assert stats["documents"] == 80 and stats["tokens"] == papers.num_tokens
+    assert stats["documents"] == len(records) and stats["tokens"] == papers.num_tokens
 
 
 def test_dataset_info_tool(demo_run, monkeypatch, capsys):
@@ -51,7 +53,7 @@ def test_dataset_info_tool(demo_run, monkeypatch, capsys):
     prefix = str(out / "data" / "arxiv_sections_text_document")
     assert run_tool("dataset_info.py", [prefix, "--json"], monkeypatch) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["documents_by_section"]["abstract"] == 80
+    assert stats["documents_by_section"]["abstract"] == stats["documents_by_section"]["title"] > 0
     assert stats["tokens"] == IndexedDataset(prefix).num_tokens
     assert run_tool("dataset_info.py", [str(out / "nope")], monkeypatch) == 1
     assert "nope.idx: indexed dataset file not found" in capsys.readouterr().err

@@ -85,23 +85,34 @@ def _on_alarm(signum, frame):
 def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> dict:
     """Assemble, clean, compose and filter one paper; returns its record or the stage that rejected it."""
     package, meta, cfg = task
-    out = {"source": package.source, "id": package.paper_id}
+    out = {"source": package.source, "id": package.paper_id, "seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:  # per-stage time, summed by benchmarks/bench_corpus.py
+        nonlocal clock
+        now = time.perf_counter()
+        out["seconds"][name] = round(now - clock, 6)
+        clock = now
+
     stage = "assembly"
     previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, cfg.paper_time_limit_s)
         paper = assemble(package)
         out["assembled_chars"] = len(paper.text)
+        lap("assembly")
         stage = "cleaning"
         cleaned = clean_latex(paper.text, keep_captions=cfg.keep_captions)
         title = meta["title"] if meta else cleaned.title
         abstract = meta["abstract"] if meta else cleaned.abstract
         text, sections = compose_document(title, abstract, cleaned.text)
         out["cleaned_chars"] = len(text)
+        lap("cleaning")
         if not passes_length(cleaned.text, cfg.min_body_chars):
             return {**out, "stage": "length", "reason": "too_short"}
         language = detect_language(title, abstract, cleaned.text, cfg.language_seed)
         out["language_flip"] = detect_language_raw(text) != language
+        lap("language")
         if language != cfg.language:
             return {**out, "stage": "language", "reason": f"language_{language}"}
         out["record"] = {

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Corpus-builder throughput: papers/s and MB/s per worker, and where the time goes.
+
+Runs the real builder (phase 1 and finalize) on the real arXiv sample (../shared/arxiv_sample,
+when present) and on synthetic arXiv-style bulk tars, at each worker count. Per-stage times are
+summed from the builder's own per-paper laps (assembly, cleaning + composition, language ID);
+archive reading is timed on its own pass; finalize (dedup, shards, yield report) separately.
+
+    python benchmarks/bench_corpus.py --synthetic-papers 400 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import tempfile
+import time
+
+from megasci.corpus.archive import iter_source_inputs
+from megasci.corpus.builder import BuildConfig, finalize, process_units
+from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
+from megasci.utils.io import iter_json_records
+
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "arxiv_sample")
+
+
+def input_bytes(sources: list[str]) -> int:
+    files = [f for s in sources for f in (glob.glob(os.path.join(s, "**", "*"), recursive=True)
+                                          if os.path.isdir(s) else [s])]
+    return sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+
+
+def run(name: str, sources: list[str], metadata: list[str], workers: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = BuildConfig(sources=sources, output=out, metadata=metadata, workers=workers)
+        start = time.perf_counter()
+        process_units(cfg, progress=False)
+        phase1 = time.perf_counter() - start
+        start = time.perf_counter()
+        report = finalize(cfg)
+        final = time.perf_counter() - start
+        stage_seconds = collections.Counter()
+        for path in glob.glob(os.path.join(out, "units", "*.jsonl.zst")):
+            for result in iter_json_records(path):
+                stage_seconds.update(result.get("seconds", {}))
+    start = time.perf_counter()
+    for _ in iter_source_inputs(sources):
+        pass
+    stage_seconds["archive"] = time.perf_counter() - start
+    mb = input_bytes(sources) / 1e6
+    return {"corpus": name, "workers": workers, "inputs": report.inputs, "written": report.written, "mb": mb,
+            "phase1_s": phase1, "finalize_s": final, "papers_per_s": report.inputs / phase1,
+            "papers_per_s_per_worker": report.inputs / phase1 / workers, "mb_per_s_per_worker": mb / phase1 / workers,
+            "stage_seconds": dict(stage_seconds)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--synthetic-papers", type=int, default=400)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        corpora = []
+        if os.path.isdir(SAMPLE):
+            corpora.append(("arxiv_sample", [os.path.join(SAMPLE, d) for d in ("bulk", "packages", "hostile")],
+                            glob.glob(os.path.join(SAMPLE, "metadata", "*.json"))))
+        records = list(generate_papers(args.synthetic_papers, seed=7))
+        paths = write_source_packages(os.path.join(tmp, "src"), records, bulk_tar=True)
+        tars = [p for p in paths if os.path.basename(p).startswith("arXiv_src_")]
+        write_arxiv_metadata(os.path.join(tmp, "meta.jsonl"), records)
+        corpora.append((f"synthetic_{args.synthetic_papers}", tars, [os.path.join(tmp, "meta.jsonl")]))
+        for name, sources, metadata in corpora:
+            for workers in args.workers:
+                rows.append(run(name, sources, metadata, workers))
+    print(f"{'corpus':<16} {'workers':>7} {'inputs':>6} {'written':>7} {'MB':>6} {'phase1 s':>8} {'papers/s':>8} "
+          f"{'/worker':>8} {'MB/s/worker':>11} {'finalize s':>10}")
+    for r in rows:
+        print(f"{r['corpus']:<16} {r['workers']:>7} {r['inputs']:>6} {r['written']:>7} {r['mb']:>6.1f} "
+              f"{r['phase1_s']:>8.2f} {r['papers_per_s']:>8.1f} {r['papers_per_s_per_worker']:>8.1f} "
+              f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f}")
+    print("\nCPU seconds per stage, summed over papers (1-worker runs):")
+    for r in rows:
+        if r["workers"] == 1:
+            print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items())))
+
+
+if __name__ == "__main__":
+    main()

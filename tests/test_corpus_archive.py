@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import gzip
 import io
 import os
 import stat
@@ -19,7 +18,7 @@ import pytest
 
 from megasci.corpus.archive import ArchiveLimits, iter_source_inputs, read_package, sniff
 from megasci.corpus.package import Rejected, SourcePackage
-from megasci.corpus.synthetic import generate_papers, write_source_packages
+from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_source_packages
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
 TEX = b"\\documentclass{article}\n\\begin{document}\nHello $x^2$.\n\\end{document}\n"
@@ -40,11 +39,7 @@ def tar_bytes(*members: tuple) -> bytes:
     return buffer.getvalue()
 
 
-def gz(data: bytes, name: str = "") -> bytes:
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=0) as out:
-        out.write(data)
-    return buffer.getvalue()
+gz = gzip_bytes
 
 
 def zip_bytes(*members: tuple[str, bytes], symlink: str = "", encrypted: str = "") -> bytes:

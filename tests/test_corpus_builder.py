@@ -1,8 +1,6 @@
 """The corpus builder end to end: every input accounted for, clean records, dedup, resume, real sample."""
 
 import glob
-import gzip
-import io
 import os
 import re
 import tarfile
@@ -10,7 +8,7 @@ import tarfile
 import pytest
 
 from megasci.corpus.builder import BuildConfig, build
-from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
+from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_arxiv_metadata, write_source_packages
 from megasci.utils.io import iter_json_records
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
@@ -18,11 +16,7 @@ UNESCAPED_PERCENT = re.compile(r"(?<!\\)(?:\\\\)*%")
 
 
 def gz_tex(path, tex, name="main.tex"):
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=0) as f:
-        f.write(tex.encode())
-    with open(path, "wb") as f:
-        f.write(buffer.getvalue())
+    path.write_bytes(gzip_bytes(tex.encode(), name=name))
 
 
 def paper_tex(title, body):

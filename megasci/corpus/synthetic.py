@@ -589,7 +589,7 @@ def _tar_bytes(files: dict[str, str | bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _gzip_bytes(data: bytes, name: str = "") -> bytes:
+def gzip_bytes(data: bytes, name: str = "") -> bytes:
     """Gzip with mtime 0; ``name`` fills the header's original-filename field, as arXiv's single files have."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=0) as gz:
@@ -632,8 +632,8 @@ def _source_package(record: dict) -> tuple[str, bytes]:
         return ".pdf", _minimal_pdf()
     if kind < 0.5:
         tex = _preamble(record, rng, False) + record["text"] + _thebibliography(record["text"]) + "\\end{document}\n"
-        return ".gz", _gzip_bytes(tex.encode(), name=_pick(rng, ("main.tex", "paper.tex", "article.tex")))
-    return ".gz", _gzip_bytes(_multi_file_tar(record, rng))
+        return ".gz", gzip_bytes(tex.encode(), name=_pick(rng, ("main.tex", "paper.tex", "article.tex")))
+    return ".gz", gzip_bytes(_multi_file_tar(record, rng))
 
 
 def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True) -> list[str]:

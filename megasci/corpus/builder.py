@@ -61,8 +61,11 @@ class BuildConfig:
 
 def make_units(sources: list[str], files_per_unit: int) -> list[tuple[str, list[str]]]:
     """(key, files) work units in a fixed order; the key names the unit's files on disk."""
-    units = []
+    units, seen = [], set()
     for source in sources:
+        if os.path.abspath(source) in seen:  # a path given twice is one input, not two
+            continue
+        seen.add(os.path.abspath(source))
         if os.path.isdir(source):
             files = sorted(os.path.join(root, name) for root, _, names in os.walk(source) for name in names)
             groups = [files[i:i + files_per_unit] for i in range(0, len(files), files_per_unit)]
@@ -85,7 +88,8 @@ def _on_alarm(signum, frame):
 def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> dict:
     """Assemble, clean, compose and filter one paper; returns its record or the stage that rejected it."""
     package, meta, cfg = task
-    out = {"source": package.source, "id": package.paper_id, "seconds": {}}
+    out = {"source": package.source, "id": package.paper_id, "seconds": {}, "has_metadata": meta is not None,
+           "skipped_members": [reason for _, reason in package.skipped_members]}
     clock = time.perf_counter()
 
     def lap(name: str) -> None:  # per-stage time, summed by benchmarks/bench_corpus.py
@@ -157,6 +161,9 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     from tqdm import tqdm
 
     index = load_metadata(cfg.metadata, cfg.metadata_filter) if cfg.metadata else None
+    if index is not None:
+        write_json_atomic(os.path.join(cfg.output, "metadata_counts.json"),
+                          {"files": cfg.metadata, "counts": dict(index.counts), "problems": index.problems})
     units = make_units(cfg.sources, cfg.files_per_unit)[cfg.shard_index::cfg.num_shards]
     unit_dir = os.path.join(cfg.output, "units")
     os.makedirs(unit_dir, exist_ok=True)
@@ -189,7 +196,8 @@ def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfi
                 continue
             meta, reason = _metadata_for(index, outcome.paper_id, cfg)
             if reason:
-                yield {"source": source, "id": outcome.paper_id, "stage": "metadata", "reason": reason}
+                yield {"source": source, "id": outcome.paper_id, "stage": "metadata", "reason": reason,
+                       "skipped_members": [why for _, why in outcome.skipped_members]}
                 continue
             yield (outcome, meta, cfg)
 
@@ -209,6 +217,10 @@ class YieldReport:
     funnel: list[dict] = field(default_factory=list)  # per stage: papers and characters left after it
     rejections: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> reason -> papers
     language_flips: int = 0
+    metadata_lines: dict[str, int] = field(default_factory=dict)  # snapshot lines by filter outcome
+    sources_with_metadata: int = 0  # packages that reached assembly with / without a metadata record
+    sources_without_metadata: int = 0
+    skipped_members: dict[str, int] = field(default_factory=dict)  # members dropped inside sound packages
     encodings: dict[str, int] = field(default_factory=dict)
     near_duplicate_clusters: list[list[str]] = field(default_factory=list)
 
@@ -221,6 +233,13 @@ class YieldReport:
                          + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
         lines.append(f"{self.written:,} of {self.inputs:,} inputs written; language detection changed for "
                      f"{self.language_flips:,} papers when math was masked")
+        if self.metadata_lines:
+            lines.append(f"metadata: {sum(self.metadata_lines.values()):,} snapshot lines, "
+                         f"{self.metadata_lines.get('kept', 0):,} in scope; sources with metadata "
+                         f"{self.sources_with_metadata:,}, without {self.sources_without_metadata:,}")
+        if self.skipped_members:
+            lines.append("members skipped inside packages: "
+                         + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_members.items())))
         return "\n".join(lines)
 
 
@@ -234,10 +253,19 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     chars_after: dict[str, int] = collections.Counter()
     left_after: dict[str, int] = collections.Counter()
     candidates: dict[str, tuple[str, tuple, str]] = {}  # source -> (unit key, priority, paper id)
+    skipped = collections.Counter()
+    metadata_counts = os.path.join(cfg.output, "metadata_counts.json")
+    if os.path.exists(metadata_counts):
+        with open(metadata_counts, encoding="utf-8") as f:
+            report.metadata_lines = json.load(f)["counts"]
     for key in keys:
         for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst")):
             report.inputs += 1
             report.language_flips += bool(result.get("language_flip"))
+            skipped.update(result.get("skipped_members", []))
+            if "has_metadata" in result:
+                report.sources_with_metadata += result["has_metadata"]
+                report.sources_without_metadata += not result["has_metadata"]
             if "reason" in result:
                 rejections[result["stage"]][result["reason"]] += 1
                 stage_index = STAGES.index(result["stage"])
@@ -276,6 +304,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     report.funnel = [{"stage": "inputs", "papers": report.inputs, "chars": 0}] + [
         {"stage": stage, "papers": left_after[stage], "chars": chars_after[stage]} for stage in STAGES]
     report.rejections = {stage: dict(counter) for stage, counter in rejections.items()}
+    report.skipped_members = dict(skipped)
     write_json_atomic(os.path.join(cfg.output, "yield.json"), {"config": _jsonable(cfg), **asdict(report)})
     _plot_funnel(report, os.path.join(cfg.output, "yield.png"))
     return report

@@ -81,10 +81,13 @@ def main() -> None:
         print(f"{r['corpus']:<16} {r['workers']:>7} {r['inputs']:>6} {r['written']:>7} {r['mb']:>6.1f} "
               f"{r['phase1_s']:>8.2f} {r['papers_per_s']:>8.1f} {r['papers_per_s_per_worker']:>8.1f} "
               f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f}")
-    print("\nCPU seconds per stage, summed over papers (1-worker runs):")
+    print("\nSeconds per stage, summed over papers (1-worker runs); papers per second of stage time leaves out")
+    print("fixed costs (start-up, metadata loading, finalize) that a long run amortises:")
     for r in rows:
         if r["workers"] == 1:
-            print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items())))
+            total = sum(r["stage_seconds"].values())
+            print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items()))
+                  + f"  -> {r['inputs'] / total:.1f} inputs/s, {r['written'] / total:.1f} written papers/s")
 
 
 if __name__ == "__main__":

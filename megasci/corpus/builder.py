@@ -27,7 +27,7 @@ from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
 from megasci.corpus.assemble import assemble
 from megasci.corpus.clean import clean_latex
 from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex
-from megasci.corpus.filters import detect_language, detect_language_raw, passes_length
+from megasci.corpus.filters import detect_language, detect_language_raw, load_language_profiles, passes_length
 from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_metadata
 from megasci.corpus.package import Rejected, SourcePackage
 from megasci.corpus.sections import compose_document, math_fraction
@@ -168,6 +168,7 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     unit_dir = os.path.join(cfg.output, "units")
     os.makedirs(unit_dir, exist_ok=True)
     todo = [(key, files) for key, files in units if not os.path.exists(os.path.join(unit_dir, f"{key}.done.json"))]
+    load_language_profiles()  # once here; forked workers inherit them
     pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
     bar = tqdm(desc="papers", unit=" papers", disable=not progress, dynamic_ncols=True)
     try:

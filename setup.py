@@ -27,7 +27,7 @@ setup(
         # corpus builder (megasci/corpus)
         "pylatexenc>=2.10",
         "charset-normalizer>=3.0",
-        "datasketch>=1.5",
+        "datasketch>=2.0",  # MinHash schemes, for signatures made in workers
         "langdetect>=1.0.9",
         "matplotlib>=3.5",
     ],

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
 from megasci.corpus.assemble import assemble
 from megasci.corpus.clean import clean_latex
-from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex
+from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex, exact_key
 from megasci.corpus.filters import detect_language, detect_language_raw, load_language_profiles, passes_length
 from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_metadata
 from megasci.corpus.package import Rejected, SourcePackage
@@ -77,6 +77,16 @@ def make_units(sources: list[str], files_per_unit: int) -> list[tuple[str, list[
     return units
 
 
+_signer: NearDuplicateIndex | None = None  # per process: holds the MinHash permutations
+
+
+def _near_dup_signature(text: str) -> list[int]:
+    global _signer
+    if _signer is None:
+        _signer = NearDuplicateIndex()
+    return _signer.signature(text)
+
+
 class _PaperTimeout(Exception):
     pass
 
@@ -119,6 +129,10 @@ def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> dict:
         lap("language")
         if language != cfg.language:
             return {**out, "stage": "language", "reason": f"language_{language}"}
+        # Dedup keys are made here, beside the text, so finalize never holds the corpus in memory.
+        out["exact_key"] = exact_key(text)
+        out["minhash"] = _near_dup_signature(text)
+        lap("dedup_keys")
         out["record"] = {
             "id": package.paper_id,
             "title": title or "",
@@ -253,7 +267,8 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     rejections: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     chars_after: dict[str, int] = collections.Counter()
     left_after: dict[str, int] = collections.Counter()
-    candidates: dict[str, tuple[str, tuple, str]] = {}  # source -> (unit key, priority, paper id)
+    candidates: dict[str, tuple] = {}  # source -> priority (year, characters)
+    keys_by_source: dict[str, tuple[str, str, list[int]]] = {}  # source -> (paper id, exact key, MinHash)
     skipped = collections.Counter()
     metadata_counts = os.path.join(cfg.output, "metadata_counts.json")
     if os.path.exists(metadata_counts):
@@ -272,35 +287,36 @@ def finalize(cfg: BuildConfig) -> YieldReport:
                 stage_index = STAGES.index(result["stage"])
             else:
                 record = result["record"]
-                candidates[result["source"]] = (key, (record["year"] or 0, len(record["text"])), record["id"])
+                candidates[result["source"]] = (record["year"] or 0, len(record["text"]))
+                keys_by_source[result["source"]] = (record["id"], result["exact_key"], result["minhash"])
                 stage_index = STAGES.index("exact_dedup")
             for stage in STAGES[:stage_index]:
                 left_after[stage] += 1
                 chars_after[stage] += _chars_at(result, stage)
     # The same paper from two inputs (a bulk tar and a per-paper file, two versions): keep the best one.
     best_by_id: dict[str, str] = {}
-    for source, (_, priority, paper_id) in sorted(candidates.items()):
+    for source, priority in sorted(candidates.items()):
+        paper_id = keys_by_source[source][0]
         other = best_by_id.get(paper_id)
-        if other is None or priority > candidates[other][1]:
+        if other is None or priority > candidates[other]:
             best_by_id[paper_id] = source
     for source in sorted(set(candidates) - set(best_by_id.values())):
         rejections["exact_dedup"]["duplicate_id"] += 1
         del candidates[source]
-    texts = _candidate_texts(unit_dir, candidates)
-    for source, (_, priority, _) in candidates.items():
-        exact.add(source, texts[source], priority)
+    for source, priority in candidates.items():
+        exact.add_key(source, keys_by_source[source][1], priority)
     for source in exact.dropped():
         rejections["exact_dedup"]["exact_duplicate"] += 1
         del candidates[source]
-    for source, (_, priority, _) in candidates.items():
-        near.add(source, texts[source], priority)
+    for source, priority in candidates.items():
+        near.add_signature(source, keys_by_source[source][2], priority)
     keep = near.keep_set()
-    report.near_duplicate_clusters = [[candidates[s][2] for s in cluster] for cluster in near.clusters()]
+    report.near_duplicate_clusters = [[keys_by_source[s][0] for s in cluster] for cluster in near.clusters()]
     if len(candidates) > len(keep):
         rejections["near_dedup"]["near_duplicate"] += len(candidates) - len(keep)
     for stage, survivors in (("exact_dedup", candidates), ("near_dedup", keep)):
         left_after[stage] = len(survivors)
-        chars_after[stage] = sum(len(texts[s]) for s in survivors)
+        chars_after[stage] = sum(candidates[s][1] for s in survivors)
     report.written = _write_shards(cfg, unit_dir, keys, keep, report)
     report.funnel = [{"stage": "inputs", "papers": report.inputs, "chars": 0}] + [
         {"stage": stage, "papers": left_after[stage], "chars": chars_after[stage]} for stage in STAGES]
@@ -318,16 +334,6 @@ def _chars_at(result: dict, stage: str) -> int:
     if stage == "assembly":
         return result.get("assembled_chars", 0)
     return result.get("cleaned_chars", 0)
-
-
-def _candidate_texts(unit_dir: str, candidates: dict) -> dict[str, str]:
-    """Texts of the candidates by source, read back from their units (not held in memory during phase 1)."""
-    texts = {}
-    for key in sorted({entry[0] for entry in candidates.values()}):
-        for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst")):
-            if "record" in result and result["source"] in candidates:
-                texts[result["source"]] = result["record"]["text"]
-    return texts
 
 
 def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, report: YieldReport) -> int:

@@ -21,6 +21,7 @@ import re
 import unicodedata
 from typing import Any, Hashable
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 _WHITESPACE = re.compile(r"\s+")
@@ -46,8 +47,12 @@ class ExactDeduplicator:
     def add(self, doc_id: str, text: str, priority: Any = 0) -> str:
         """Register a document; returns its key."""
         key = exact_key(text)
-        self._groups.setdefault(key, []).append((priority, doc_id))
+        self.add_key(doc_id, key, priority)
         return key
+
+    def add_key(self, doc_id: str, key: str, priority: Any = 0) -> None:
+        """Register a document by a key computed elsewhere (in a worker, next to the text)."""
+        self._groups.setdefault(key, []).append((priority, doc_id))
 
     def dropped(self) -> dict[str, str]:
         """``{dropped id: id kept in its place}``."""
@@ -88,11 +93,20 @@ class NearDuplicateIndex:
         sketch.update_batch(shingles(text, self.shingle_words))
         return sketch
 
+    def signature(self, text: str) -> list[int]:
+        """The MinHash values of a text: what a worker computes so the index never needs the text."""
+        return [int(v) for v in self.minhash(text).hashvalues]
+
     def add(self, doc_id: str, text: str, priority: Any = 0) -> None:
         """Index a document and link it to every earlier one whose estimated Jaccard ≥ threshold."""
+        self.add_signature(doc_id, self.signature(text), priority)
+
+    def add_signature(self, doc_id: str, signature: list[int], priority: Any = 0) -> None:
+        """`add` for a signature made by `signature` with the same settings."""
         if doc_id in self._minhashes:
             raise ValueError(f"duplicate document id {doc_id!r}")
-        sketch = self.minhash(text)
+        sketch = MinHash(seed=self._template.seed, hashvalues=np.array(signature, dtype=np.uint64),
+                         scheme=self._template.scheme)
         self._parent[doc_id] = doc_id
         for other in self._lsh.query(sketch):
             if sketch.jaccard(self._minhashes[other]) >= self.threshold:

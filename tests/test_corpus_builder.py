@@ -131,6 +131,7 @@ def test_real_arxiv_sample(tmp_path, monkeypatch):
     written = read_records(out)
     assert "12345678" in {r["id"] for r in written}  # its `/` member is skipped, the paper still yields
     assert report.skipped_members["absolute_path"] == 1
+    assert report.skipped_members["parent_path"] == 2  # relative_path.tar.gz: both `../../` members
     # The sample's metadata and sources do not overlap: both counts are reported.
     assert report.metadata_lines["kept"] == 100 and sum(report.metadata_lines.values()) == 200
     assert (report.sources_with_metadata, report.sources_without_metadata) == (0, 20)

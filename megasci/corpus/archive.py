@@ -349,7 +349,7 @@ def _reject_without_tex(files: dict[str, bytes], skipped: list[tuple[str, str]])
     kinds = {sniff(data) for data in files.values()}
     if kinds in ({"pdf"}, {"postscript"}):
         raise Rejected(_KIND_REJECTIONS[kinds.pop()], f"no TeX beside {sorted(files)}")
-    raise Rejected("no_tex", f"files {sorted(files)}" + (f"; {detail}" if detail else ""))
+    raise Rejected("no_tex", f"files {sorted(files)}" + (f"; {detail}" if detail else ""), skipped_members=skipped)
 
 
 def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,

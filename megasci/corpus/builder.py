@@ -207,7 +207,8 @@ def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfi
     def tasks():
         for source, outcome in iter_source_inputs(files, cfg.limits):
             if isinstance(outcome, Rejected):
-                yield {"source": source, "stage": "archive", "reason": outcome.reason}
+                yield {"source": source, "stage": "archive", "reason": outcome.reason,
+                       "skipped_members": [why for _, why in outcome.skipped_members]}
                 continue
             meta, reason = _metadata_for(index, outcome.paper_id, cfg)
             if reason:

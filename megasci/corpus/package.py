@@ -6,12 +6,17 @@ from dataclasses import dataclass, field
 
 
 class Rejected(Exception):
-    """A whole input yields no paper. `reason` is a short stable key counted in the yield report."""
+    """A whole input yields no paper. `reason` is a short stable key counted in the yield report.
 
-    def __init__(self, reason: str, detail: str = ""):
+    `skipped_members` lists (member, reason) pairs dropped before the package was rejected (a tar of
+    only `../` paths is rejected as having no TeX; its members still count as `parent_path`).
+    """
+
+    def __init__(self, reason: str, detail: str = "", skipped_members: list[tuple[str, str]] | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.skipped_members = skipped_members or []
 
 
 @dataclass

@@ -1,0 +1,267 @@
+"""GPT pretraining samples over a Megatron `.bin/.idx` dataset, with cached sampling indices.
+
+A sample is `seq_length + 1` token ids (inputs plus the shifted labels). Samples are cut from the
+token stream made by reading the split's documents in *document order*, and they cross document
+boundaries freely. Three index arrays define the dataset:
+
+- **split** (`split_documents`): a permutation of all document ids, seeded by `split_seed`
+  (default `seed`), is cut at the cumulative, normalised `split_fractions` (rounded to whole
+  documents): train is the first part, valid the second, test the last. Every document lands in
+  exactly one split. The split is computed over *all* documents before `document_filter` is
+  applied, so curriculum stages that filter the same `.bin` differently never move a document
+  between train and valid/test.
+- **document order** (`document_order`): the split's documents (sorted ids) shuffled once per
+  epoch, seeded by `(seed, epoch)`, concatenated over the fewest epochs whose tokens hold
+  `num_samples` samples (`num_samples * seq_length + 1` tokens). Each document appears once per
+  epoch. A "document" is a Megatron document, i.e. all its sequences: they are contiguous in
+  `.bin`, so a document is the token range starting at its first sequence's pointer.
+- **sample index** (`sample_index`, from `helpers.build_sample_idx`): row s is the (position in
+  document order, token offset) where sample s starts; sample s ends where sample s + 1 starts, so
+  sample s is tokens `[s * seq_length, s * seq_length + seq_length + 1)` of the stream.
+- **shuffle index** (`shuffle_index`): one seeded permutation of all `num_samples` sample ids.
+  Simpler than Megatron, which shuffles full epochs and a partial last epoch separately.
+
+The arrays are built once (by rank 0 when torch.distributed is initialised; the other ranks wait
+at a barrier, so the cache directory must be on a filesystem all ranks share) and saved as `.npy`
+in `cache_dir` under a sha256 of everything they depend on: the dataset's absolute path, file
+sizes and modification times, the sidecar's too when filtering, and every sampling parameter.
+Changing any input changes the name, so a stale cache is never read. Loading memory-maps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from megasci.data import helpers
+from megasci.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
+from megasci.data.sidecar import read_sidecar, sidecar_path
+from megasci.utils.io import atomic_output
+
+CACHE_FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+_INDEX_NAMES = ("doc_idx", "sample_idx", "shuffle_idx")
+# Salts that give the split, document and sample shuffles independent random streams.
+_SPLIT_STREAM, _DOCUMENT_STREAM, _SAMPLE_STREAM = 1, 2, 3
+
+
+@dataclasses.dataclass
+class GPTDatasetConfig:
+    """Everything that decides which samples a `GPTDataset` yields.
+
+    `document_filter` maps sidecar keys to allowed values, e.g. `{"section": {"abstract",
+    "introduction"}}`: only documents whose `<prefix>.docs.jsonl` record has, for every key, one of
+    the allowed values are sampled, so curriculum stages select sections from one `.bin`.
+    """
+
+    prefix: str
+    split: str = "train"
+    split_fractions: tuple[float, float, float] = (0.98, 0.01, 0.01)
+    seq_length: int = 2048
+    num_samples: int = 0
+    seed: int = 1234
+    cache_dir: str | None = None  # default: `<prefix>_cache/`
+    document_filter: dict[str, set] | None = None
+    add_extra_token: bool = True  # samples of seq_length + 1 tokens; False gives seq_length
+    split_seed: int | None = None  # default: seed; fix it to keep held-out documents across runs
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        fractions = tuple(float(f) for f in self.split_fractions)
+        if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+            raise ValueError(f"split_fractions must be 3 non-negative numbers with a positive sum, got {fractions}")
+        self.split_fractions = fractions
+        if self.seq_length <= 0 or self.num_samples < 0:
+            raise ValueError(f"need seq_length > 0 and num_samples >= 0, got {self.seq_length}, {self.num_samples}")
+        if self.cache_dir is None:
+            self.cache_dir = f"{os.fspath(self.prefix)}_cache"
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
+
+def split_documents(num_documents: int, fractions, seed: int) -> dict[str, np.ndarray]:
+    """Sorted document ids of each split: a seeded permutation cut at the cumulative fractions."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    bounds = np.round(np.cumsum(fractions) / fractions.sum() * num_documents).astype(np.int64)
+    bounds = np.concatenate([[0], bounds[:-1], [num_documents]])
+    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(num_documents)
+    return {name: np.sort(order[bounds[k]:bounds[k + 1]]) for k, name in enumerate(SPLITS)}
+
+
+def document_lengths(dataset: IndexedDataset) -> np.ndarray:
+    """Tokens per document (the sum of its sequences), int64."""
+    ends = np.concatenate([[0], np.cumsum(dataset.sizes, dtype=np.int64)])
+    return ends[dataset.document_indices[1:]] - ends[dataset.document_indices[:-1]]
+
+
+def _filter_documents(prefix: str, documents: np.ndarray, document_filter: dict[str, set]) -> np.ndarray:
+    records = read_sidecar(prefix)
+    keep = [d for d in documents.tolist()
+            if all(records[d].get(key) in allowed for key, allowed in document_filter.items())]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _file_identity(path: str) -> dict[str, int]:
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_description(config: GPTDatasetConfig) -> dict[str, Any]:
+    """The canonical inputs of the index arrays; their sha256 names the cache files.
+
+    `add_extra_token` and `cache_dir` are left out: they do not change the arrays.
+    """
+    prefix = os.path.abspath(os.fspath(config.prefix))
+    files = {"bin": _file_identity(data_file_path(prefix)), "idx": _file_identity(index_file_path(prefix))}
+    document_filter = None
+    if config.document_filter is not None:
+        files["sidecar"] = _file_identity(sidecar_path(prefix))
+        document_filter = {key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
+                           for key, allowed in sorted(config.document_filter.items())}
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "prefix": prefix,
+        "files": files,
+        "split": config.split,
+        "split_fractions": list(config.split_fractions),
+        "split_seed": config.effective_split_seed,
+        "seed": config.seed,
+        "seq_length": config.seq_length,
+        "num_samples": config.num_samples,
+        "document_filter": document_filter,
+    }
+
+
+def cache_hash(description: dict[str, Any]) -> str:
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[dict[str, np.ndarray], dict]:
+    """Document order, sample index and shuffle index for `config`, plus facts for the cache's JSON."""
+    splits = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)
+    documents = splits[config.split]
+    if config.document_filter is not None:
+        documents = _filter_documents(config.prefix, documents, config.document_filter)
+    lengths = document_lengths(dataset)
+    if len(lengths) and lengths.max() >= 2**31:
+        raise ValueError(f"{config.prefix}: a document of {int(lengths.max())} tokens is too long to sample")
+    tokens_per_epoch = int(lengths[documents].sum())
+    tokens_needed = config.num_samples * config.seq_length + 1
+    if config.num_samples == 0:
+        num_epochs = 1
+    elif tokens_per_epoch == 0:
+        raise ValueError(f"{config.prefix}: the {config.split} split has no tokens "
+                         f"({len(documents)} documents after filtering); cannot draw {config.num_samples} samples")
+    else:
+        num_epochs = -(-tokens_needed // tokens_per_epoch)
+    doc_idx = np.concatenate([np.random.default_rng([config.seed, _DOCUMENT_STREAM, epoch]).permutation(documents)
+                              for epoch in range(num_epochs)]).astype(np.int64)
+    sample_idx = helpers.build_sample_idx(lengths.astype(np.int32), doc_idx, config.seq_length, config.num_samples)
+    shuffle_dtype = np.int32 if config.num_samples < 2**31 else np.int64
+    shuffle_idx = np.random.default_rng([config.seed, _SAMPLE_STREAM]).permutation(config.num_samples)
+    facts = {"num_epochs": num_epochs, "tokens_per_epoch": tokens_per_epoch,
+             "split_documents": len(documents), "dataset_documents": dataset.num_documents}
+    return {"doc_idx": doc_idx, "sample_idx": sample_idx, "shuffle_idx": shuffle_idx.astype(shuffle_dtype)}, facts
+
+
+def _distributed_rank() -> int | None:
+    """This process's rank when torch.distributed is initialised, else None (single process)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+class GPTDataset:
+    """Map-style dataset: `ds[i]` is sample i as an int64 array; `len(ds)` is `num_samples`."""
+
+    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices):
+        self.config = config
+        self.dataset = IndexedDataset(config.prefix)
+        self.description = cache_description(config)
+        self.hash = cache_hash(self.description)
+        self.built = False  # whether this process built the indices (False: loaded from the cache)
+        rank = _distributed_rank()
+        build_error = None
+        if rank in (None, 0) and not self._cache_complete():
+            try:
+                self._build_and_save(builder)
+            except Exception as e:
+                if rank is None:
+                    raise
+                build_error = e  # reach the barrier anyway, so the other ranks fail instead of hanging
+        if rank is not None:
+            _barrier()
+        if build_error is not None:
+            raise build_error
+        if not self._cache_complete():
+            raise RuntimeError(f"{self.config.cache_dir}: rank 0 did not build the index cache {self.hash}")
+        self.document_order, self.sample_index, self.shuffle_index = (
+            np.load(self._cache_path(f"-{name}.npy"), mmap_mode="r") for name in _INDEX_NAMES)
+        with open(self._cache_path(".json"), encoding="utf-8") as f:
+            self.num_epochs = json.load(f)["num_epochs"]
+        self._sample_tokens = config.seq_length + (1 if config.add_extra_token else 0)
+
+    def _cache_path(self, suffix: str) -> str:
+        return os.path.join(self.config.cache_dir, self.hash + suffix)
+
+    def _cache_complete(self) -> bool:
+        return all(os.path.isfile(self._cache_path(f"-{name}.npy")) for name in _INDEX_NAMES) and \
+            os.path.isfile(self._cache_path(".json"))
+
+    def _build_and_save(self, builder: Callable) -> None:
+        """Each file is written under a temp name and renamed; the JSON comes last and marks completion."""
+        started = time.time()
+        indices, facts = builder(self.config, self.dataset)
+        os.makedirs(self.config.cache_dir, exist_ok=True)
+        for name in _INDEX_NAMES:
+            with atomic_output(self._cache_path(f"-{name}.npy")) as f:
+                np.save(f, indices[name])
+        with atomic_output(self._cache_path(".json"), "w") as f:
+            json.dump({**self.description, **facts, "build_seconds": round(time.time() - started, 3)}, f, indent=2)
+        self.built = True
+
+    @property
+    def split_documents(self) -> np.ndarray:
+        """The split's document ids (after filtering), sorted: the first epoch of the order, sorted."""
+        per_epoch = len(self.document_order) // max(self.num_epochs, 1)
+        return np.sort(np.asarray(self.document_order[:per_epoch]))
+
+    def __len__(self) -> int:
+        return self.config.num_samples
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        sample = int(self.shuffle_index[i])
+        first_pos, first_offset = (int(v) for v in self.sample_index[sample])
+        last_pos, last_offset = (int(v) for v in self.sample_index[sample + 1])
+        if self.config.add_extra_token:
+            last_offset += 1  # sample s ends on the token where sample s + 1 starts
+        pieces = []
+        for pos in range(first_pos, last_pos + 1):
+            tokens = self.dataset.get_document(int(self.document_order[pos]))
+            start = first_offset if pos == first_pos else 0
+            stop = last_offset if pos == last_pos else len(tokens)
+            pieces.append(tokens[start:stop])
+        sample_tokens = np.concatenate(pieces).astype(np.int64)
+        assert len(sample_tokens) == self._sample_tokens, (len(sample_tokens), self._sample_tokens)
+        return sample_tokens

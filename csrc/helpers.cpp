@@ -8,10 +8,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -70,12 +74,166 @@ py::array_t<Index> build_sample_idx(py::array_t<int32_t, py::array::c_style | py
   return result;
 }
 
+// Blending indices: which source, and which sample of that source, each global sample takes.
+//
+// Megatron's greedy rule: sample i goes to the source s with the largest
+// weights[s] * (i + 1) - count[s] (ties to the lowest s), the one furthest behind its target
+// share once sample i is counted. It is deterministic and keeps every prefix close to the
+// target shares. The Python references in tests/test_blending_index.py compute the very same
+// double expressions, so results match bit for bit only if the compiler does not fuse the
+// multiply and subtract into an FMA (which rounds once instead of twice); contraction is off here.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+using SourceIndex = int16_t;
+using StageIndex = int16_t;
+constexpr int64_t kMaxSources = std::numeric_limits<SourceIndex>::max();
+constexpr int64_t kMaxStages = std::numeric_limits<StageIndex>::max();
+
+// Checks one row of weights and returns it normalised to sum 1 (summed left to right, as the
+// reference does). `what` names the row in error messages.
+static std::vector<double> normalised_weights(const double* weights, int64_t num_sources, const std::string& what) {
+  double total = 0.0;
+  for (int64_t s = 0; s < num_sources; ++s) {
+    const double w = weights[s];
+    const std::string name = what + "[" + std::to_string(s) + "]";
+    if (std::isnan(w)) throw std::invalid_argument(name + " is NaN");
+    if (std::isinf(w)) throw std::invalid_argument(name + " is infinite");
+    if (w < 0) {
+      char shown[32];
+      std::snprintf(shown, sizeof shown, "%.17g", w);
+      throw std::invalid_argument(name + " = " + shown + " is negative");
+    }
+    total += w;
+  }
+  if (total == 0) throw std::invalid_argument(what + " are all zero");
+  if (!std::isfinite(total)) throw std::invalid_argument(what + " sum to infinity");
+  std::vector<double> normalised(weights, weights + num_sources);
+  for (double& w : normalised) w /= total;
+  return normalised;
+}
+
+static void check_source_count(int64_t num_sources) {
+  if (num_sources < 1) throw std::invalid_argument("weights must name at least one source");
+  if (num_sources > kMaxSources)
+    throw std::invalid_argument(std::to_string(num_sources) + " sources; at most " + std::to_string(kMaxSources) +
+                                " fit the int16 source index");
+}
+
+// Runs the greedy rule for `length` samples with stage-local counters `stage_counts` (zeroed by
+// the caller) and per-source global counters `global_counts`, writing from `source_out[0]` on.
+// Zero weights are never chosen: the errors of the positive-weight sources sum to 1 before each
+// pick, so the winner's is at least 1 / (their number) > 0, while a zero-weight source's is 0.
+static void greedy_blend(const double* weights, int64_t num_sources, int64_t length, int64_t* stage_counts,
+                         int64_t* global_counts, SourceIndex* source_out, int64_t* sample_out) {
+  for (int64_t j = 0; j < length; ++j) {
+    const double position = static_cast<double>(j + 1);
+    int64_t best = 0;
+    double best_error = weights[0] * position - static_cast<double>(stage_counts[0]);
+    for (int64_t s = 1; s < num_sources; ++s) {
+      // Written as selects so the compiler need not branch on an unpredictable winner.
+      const double error = weights[s] * position - static_cast<double>(stage_counts[s]);
+      const bool better = error > best_error;
+      best_error = better ? error : best_error;
+      best = better ? s : best;
+    }
+    ++stage_counts[best];
+    source_out[j] = static_cast<SourceIndex>(best);
+    sample_out[j] = global_counts[best]++;
+  }
+}
+
+py::tuple build_blending_indices(py::array_t<double, py::array::c_style | py::array::forcecast> weights,
+                                 int64_t num_samples) {
+  if (weights.ndim() != 1) throw std::invalid_argument("weights must be one-dimensional");
+  if (num_samples < 0) throw std::invalid_argument("num_samples must be non-negative");
+  const int64_t num_sources = weights.shape(0);
+  check_source_count(num_sources);
+  const std::vector<double> normalised = normalised_weights(weights.data(), num_sources, "weights");
+
+  py::array_t<SourceIndex> source_index(num_samples);
+  py::array_t<int64_t> source_sample_index(num_samples);
+  SourceIndex* source_out = source_index.mutable_data();
+  int64_t* sample_out = source_sample_index.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<int64_t> counts(num_sources, 0), global_counts(num_sources, 0);
+    greedy_blend(normalised.data(), num_sources, num_samples, counts.data(), global_counts.data(), source_out,
+                 sample_out);
+  }
+  return py::make_tuple(source_index, source_sample_index);
+}
+
+py::tuple build_curriculum_blending_indices(
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> stage_ends,
+    py::array_t<double, py::array::c_style | py::array::forcecast> stage_weights) {
+  if (stage_ends.ndim() != 1) throw std::invalid_argument("stage_ends must be one-dimensional");
+  if (stage_weights.ndim() != 2) throw std::invalid_argument("stage_weights must be two-dimensional (stages, sources)");
+  const int64_t num_stages = stage_ends.shape(0), num_sources = stage_weights.shape(1);
+  if (num_stages < 1) throw std::invalid_argument("stage_ends must name at least one stage");
+  if (num_stages > kMaxStages)
+    throw std::invalid_argument(std::to_string(num_stages) + " stages; at most " + std::to_string(kMaxStages) +
+                                " fit the int16 stage index");
+  if (stage_weights.shape(0) != num_stages)
+    throw std::invalid_argument("stage_weights has " + std::to_string(stage_weights.shape(0)) + " rows for " +
+                                std::to_string(num_stages) + " stages");
+  check_source_count(num_sources);
+  const int64_t* ends = stage_ends.data();
+  int64_t previous_end = 0;
+  for (int64_t k = 0; k < num_stages; ++k) {
+    if (ends[k] <= previous_end)
+      throw std::invalid_argument("stage_ends must be strictly increasing from above 0 (every stage holds a sample); "
+                                  "stage_ends[" + std::to_string(k) + "] = " + std::to_string(ends[k]));
+    previous_end = ends[k];
+  }
+  std::vector<std::vector<double>> normalised;
+  normalised.reserve(num_stages);
+  for (int64_t k = 0; k < num_stages; ++k)
+    normalised.push_back(normalised_weights(stage_weights.data(k, 0), num_sources,
+                                            "stage_weights[" + std::to_string(k) + "]"));
+
+  const int64_t num_samples = ends[num_stages - 1];
+  py::array_t<SourceIndex> source_index(num_samples);
+  py::array_t<int64_t> source_sample_index(num_samples);
+  py::array_t<StageIndex> stage_index(num_samples);
+  SourceIndex* source_out = source_index.mutable_data();
+  int64_t* sample_out = source_sample_index.mutable_data();
+  StageIndex* stage_out = stage_index.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<int64_t> stage_counts(num_sources), global_counts(num_sources, 0);
+    int64_t start = 0;
+    for (int64_t k = 0; k < num_stages; ++k) {
+      std::fill(stage_counts.begin(), stage_counts.end(), 0);
+      greedy_blend(normalised[k].data(), num_sources, ends[k] - start, stage_counts.data(), global_counts.data(),
+                   source_out + start, sample_out + start);
+      std::fill(stage_out + start, stage_out + ends[k], static_cast<StageIndex>(k));
+      start = ends[k];
+    }
+  }
+  return py::make_tuple(source_index, source_sample_index, stage_index);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "megasci C++ helpers: sample-index builders";
+  m.doc() = "megasci C++ helpers: sample-index and blending-index builders";
   m.def("build_sample_idx_int32", &build_sample_idx<int32_t>, py::arg("sizes"), py::arg("doc_idx"),
         py::arg("seq_length"), py::arg("num_samples"),
         "Sample start (doc_idx position, offset) pairs as int32; (num_samples + 1, 2).");
   m.def("build_sample_idx_int64", &build_sample_idx<int64_t>, py::arg("sizes"), py::arg("doc_idx"),
         py::arg("seq_length"), py::arg("num_samples"),
         "Sample start (doc_idx position, offset) pairs as int64; (num_samples + 1, 2).");
+  m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("num_samples"),
+        "(source_index int16, source_sample_index int64) for num_samples samples blended greedily by weights.");
+  m.def("build_curriculum_blending_indices", &build_curriculum_blending_indices, py::arg("stage_ends"),
+        py::arg("stage_weights"),
+        "(source_index int16, source_sample_index int64, stage_index int16): per-stage greedy blending, "
+        "source sample counters running on across stages.");
 }

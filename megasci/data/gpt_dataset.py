@@ -103,7 +103,7 @@ def document_lengths(dataset: IndexedDataset) -> np.ndarray:
     return ends[dataset.document_indices[1:]] - ends[dataset.document_indices[:-1]]
 
 
-def _filter_documents(prefix: str, documents: np.ndarray, document_filter: dict[str, set]) -> np.ndarray:
+def filter_documents(prefix: str, documents: np.ndarray, document_filter: dict[str, set]) -> np.ndarray:
     records = read_sidecar(prefix)
     keep = [d for d in documents.tolist()
             if all(records[d].get(key) in allowed for key, allowed in document_filter.items())]
@@ -151,7 +151,7 @@ def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[di
     splits = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)
     documents = splits[config.split]
     if config.document_filter is not None:
-        documents = _filter_documents(config.prefix, documents, config.document_filter)
+        documents = filter_documents(config.prefix, documents, config.document_filter)
     lengths = document_lengths(dataset)
     if len(lengths) and lengths.max() >= 2**31:
         raise ValueError(f"{config.prefix}: a document of {int(lengths.max())} tokens is too long to sample")

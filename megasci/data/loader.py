@@ -1,0 +1,224 @@
+"""Distributed micro-batch loading over a map-style dataset, resumable from one integer.
+
+A dataset is anything with `__len__` and `__getitem__(g) -> np.ndarray` of seq_length + 1 token
+ids, a pure function of g (e.g. `GPTDataset`, whose own shuffle index already randomises order).
+
+Layout, the same contiguous-slice layout as Megatron-LM's `MegatronPretrainingSampler`, with
+G = global_batch_size = micro_batch_size x accumulation_steps x dp_size:
+
+- step t consumes global samples [t*G, (t+1)*G), in order: global sample g is `dataset[g]`;
+- data-parallel rank r owns the contiguous slice [t*G + r*G/dp, t*G + (r+1)*G/dp) of that step;
+- it yields the slice as `accumulation_steps` micro-batches, in order.
+
+So concatenating, step by step, rank 0's micro-batches then rank 1's ... gives the 1-rank stream.
+The last partial global batch is dropped: every rank stops after `len(dataset) // G` steps, so no
+rank waits on a step the others cannot finish.
+
+State is `consumed_samples` alone. It advances by G when this rank yields the last micro-batch of
+a step (all ranks do so in lockstep), so a checkpoint taken after an optimizer step resumes at the
+next step. A loader resumed mid-step replays that step from its start.
+
+Micro-batches are assembled by a daemon thread into a bounded queue (`prefetch` deep), pinned
+when `pin_memory`; the copy to `device` is issued non-blocking by the consumer, on the training
+thread's stream, so it is ordered before the compute that uses it. `wait_seconds` is the time the
+consumer spent blocked on that queue: the data-wait time the training loop logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+
+_END = object()  # producer sentinel: the dataset has no further full global batch
+
+
+class _ProducerFailure:
+    """Carries an exception from the prefetch thread to the consumer, which re-raises it."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+@dataclasses.dataclass
+class DataLoaderConfig:
+    """Batch geometry and resume point; validated so a wrong batch size fails before training starts."""
+
+    micro_batch_size: int
+    global_batch_size: int
+    dp_rank: int = 0
+    dp_size: int = 1
+    consumed_samples: int = 0
+    prefetch: int = 2  # micro-batches queued ahead by the background thread; 0 loads in the caller
+    pin_memory: bool | None = None  # default: torch.cuda.is_available()
+    device: str | torch.device | None = None
+
+    def __post_init__(self):
+        if self.micro_batch_size < 1 or self.global_batch_size < 1:
+            raise ValueError(f"micro_batch_size and global_batch_size must be >= 1, "
+                             f"got {self.micro_batch_size} and {self.global_batch_size}")
+        if self.dp_size < 1 or not 0 <= self.dp_rank < self.dp_size:
+            raise ValueError(f"need dp_size >= 1 and 0 <= dp_rank < dp_size, got rank {self.dp_rank} of {self.dp_size}")
+        per_step = self.micro_batch_size * self.dp_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not divisible by micro_batch_size "
+                f"{self.micro_batch_size} x dp_size {self.dp_size} = {per_step}; it must equal "
+                f"micro_batch_size x accumulation_steps x dp_size")
+        if self.consumed_samples < 0 or self.consumed_samples % self.global_batch_size:
+            raise ValueError(f"consumed_samples {self.consumed_samples} must be a non-negative multiple of "
+                             f"global_batch_size {self.global_batch_size} (it counts whole global steps)")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.pin_memory is None:
+            self.pin_memory = torch.cuda.is_available()
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.dp_size)
+
+
+def _micro_batches(dataset, config: DataLoaderConfig, stop: threading.Event):
+    """(batch, ends_step) for this rank from `config.consumed_samples` on, in the layout above.
+
+    A module function, not a method, so the prefetch thread holds no reference to the loader and
+    an abandoned loader is still collected (its `__del__` then stops the thread).
+    """
+    slice_size = config.global_batch_size // config.dp_size
+    for step in range(config.consumed_samples // config.global_batch_size, len(dataset) // config.global_batch_size):
+        slice_start = step * config.global_batch_size + config.dp_rank * slice_size
+        for micro in range(config.accumulation_steps):
+            if stop.is_set():
+                return
+            first = slice_start + micro * config.micro_batch_size
+            indices = np.arange(first, first + config.micro_batch_size, dtype=np.int64)
+            samples = torch.from_numpy(np.stack([np.asarray(dataset[int(g)], dtype=np.int64) for g in indices]))
+            batch = {"tokens": samples[:, :-1].contiguous(), "labels": samples[:, 1:].contiguous(),
+                     "indices": torch.from_numpy(indices)}
+            if config.pin_memory:
+                batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
+            yield batch, micro == config.accumulation_steps - 1
+
+
+def _produce(batches, stop: threading.Event, out: queue.Queue) -> None:
+    """Prefetch thread body: fills `out`, ends with _END or a _ProducerFailure, exits once `stop` is set."""
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        for item in batches:
+            if not put(item):
+                return
+        put(_END)
+    except BaseException as error:  # the consumer re-raises it; the thread must not die silently
+        put(_ProducerFailure(error))
+
+
+def _from_queue(source: queue.Queue, stop: threading.Event):
+    """The consumer's side of the queue: items until _END; a producer failure is re-raised here."""
+    while True:
+        item = source.get()
+        if item is _END:
+            return
+        if isinstance(item, _ProducerFailure):
+            stop.set()
+            raise item.error
+        yield item
+
+
+class DataLoader:
+    """Iterates this rank's micro-batches as dicts of `tokens`, `labels` ([mb, seq]) and `indices`.
+
+    `DataLoader(dataset, config)` or `DataLoader(dataset, micro_batch_size=..., global_batch_size=...)`.
+    Iterating (re)starts from `consumed_samples`; use as a context manager or call `close()`.
+    """
+
+    def __init__(self, dataset, config: DataLoaderConfig | None = None, **config_fields):
+        if config is None:
+            config = DataLoaderConfig(**config_fields)
+        elif config_fields:
+            raise TypeError("pass either a DataLoaderConfig or its fields, not both")
+        self.dataset = dataset
+        self.config = config
+        self.consumed_samples = config.consumed_samples
+        self.wait_seconds = 0.0
+        self._stream = iter(())
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def num_steps(self) -> int:
+        """Global steps in the dataset; the last partial global batch is dropped."""
+        return len(self.dataset) // self.config.global_batch_size
+
+    def state_dict(self) -> dict:
+        return {"consumed_samples": self.consumed_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume point for the next iteration; any prefetch in flight is discarded."""
+        self.close()
+        self.config = dataclasses.replace(self.config, consumed_samples=int(state["consumed_samples"]))
+        self.consumed_samples = self.config.consumed_samples
+
+    def reset_wait_time(self) -> float:
+        """Data-wait seconds since the last reset, zeroing the counter (call once per logging interval)."""
+        waited, self.wait_seconds = self.wait_seconds, 0.0
+        return waited
+
+    def __iter__(self):
+        self.close()
+        self._stop = threading.Event()
+        config = dataclasses.replace(self.config, consumed_samples=self.consumed_samples)
+        batches = _micro_batches(self.dataset, config, self._stop)
+        if self.config.prefetch == 0:
+            self._stream = batches
+        else:
+            source = queue.Queue(maxsize=self.config.prefetch)
+            self._thread = threading.Thread(target=_produce, args=(batches, self._stop, source),
+                                            name="megasci-data-prefetch", daemon=True)
+            self._thread.start()
+            self._stream = _from_queue(source, self._stop)
+        return self
+
+    def __next__(self) -> dict:
+        started = time.perf_counter()
+        try:
+            batch, ends_step = next(self._stream)
+        finally:
+            self.wait_seconds += time.perf_counter() - started  # with prefetch 0, all loading is waiting
+        if self.config.device is not None:
+            batch = {name: tensor.to(self.config.device, non_blocking=True) for name, tensor in batch.items()}
+        if ends_step:
+            self.consumed_samples += self.config.global_batch_size
+        return batch
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the prefetch thread (it exits within one sample read) and joins it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"prefetch thread still reading after {timeout} s")
+            self._thread = None
+        self._stream = iter(())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):
+        stop = getattr(self, "_stop", None)  # absent when __init__ failed
+        if stop is not None:
+            stop.set()

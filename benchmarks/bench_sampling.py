@@ -120,7 +120,7 @@ def bench_index(args) -> list[tuple]:
 
     weights = [0.5, 0.3, 0.2]
     prefix = min(args.blend_reference_samples, num_samples)
-    cpp_s, (cpp_sources, _) = best_time(lambda: build_blending_indices(weights, num_samples), args.repeats)
+    cpp_s, (cpp_sources, _) = best_time(lambda: build_blending_indices(weights, num_samples, rule="greedy"), args.repeats)
     start = time.perf_counter()
     ref_sources = python_blending(weights, prefix)
     ref_s = (time.perf_counter() - start) * num_samples / prefix
@@ -132,7 +132,7 @@ def bench_index(args) -> list[tuple]:
     stage_ends = np.array([num_samples // 4, num_samples // 2, num_samples])
     stage_weights = np.array([[0.8, 0.2, 0.0], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
     cpp_s, (cpp_sources, _, _) = best_time(
-        lambda: build_curriculum_blending_indices(stage_ends, stage_weights), args.repeats)
+        lambda: build_curriculum_blending_indices(stage_ends, stage_weights, rule="greedy"), args.repeats)
     start = time.perf_counter()
     ref_sources = python_blending(stage_weights[0].tolist(), prefix)
     ref_s = (time.perf_counter() - start) * num_samples / prefix

@@ -75,6 +75,7 @@ py::array_t<Index> build_sample_idx(py::array_t<int32_t, py::array::c_style | py
 }
 
 // Blending indices: which source, and which sample of that source, each global sample takes.
+// Two rules (BlendRule): greedy (Megatron's) and fair (Tijdeman's), both deterministic.
 //
 // Megatron's greedy rule: sample i goes to the source s with the largest
 // weights[s] * (i + 1) - count[s] (ties to the lowest s), the one furthest behind its target
@@ -147,8 +148,92 @@ static void greedy_blend(const double* weights, int64_t num_sources, int64_t len
   }
 }
 
+// Tijdeman's fair rule (the chairman assignment problem, R. Tijdeman 1980). With P >= 2 sources
+// of positive weight and delta = 1 / (2 (P - 1)), sample j (n = j + 1, stage-local) goes, among
+// the eligible sources (positive weight and weights[s] * n - count[s] >= delta), to the one with
+// the earliest deadline (count[s] + 1 - delta) / weights[s], ties to the lowest s. This keeps
+// |count[s] - weights[s] * n| <= 1 - delta at every prefix n for every source, whatever P.
+// P = 1: every sample goes to the one positive-weight source.
+// Floating point: eligibility is tested as error >= delta - kFairTolerance * (1 + weights[s] * n),
+// so a source whose exact error is delta is not lost to rounding (a near-tie admitted this way
+// overshoots the bound by at most the tolerance). Should no source be eligible after all (the
+// theorem says one always is; the tests check the fallback is never taken), the sample goes to
+// the largest error weights[s] * n - count[s], ties to the lowest s, as in the greedy rule.
+// A source's deadline only changes when it is picked, so it is kept and updated then; the
+// value is the same double the reference computes afresh. The Python reference in
+// tests/test_blending_index.py evaluates the very same expressions.
+constexpr double kFairTolerance = 1e-12;
+
+static void fair_blend(const double* weights, int64_t num_sources, int64_t length, int64_t* stage_counts,
+                       int64_t* global_counts, SourceIndex* source_out, int64_t* sample_out) {
+  std::vector<int64_t> positive;
+  for (int64_t s = 0; s < num_sources; ++s)
+    if (weights[s] > 0) positive.push_back(s);
+  if (positive.size() == 1) {
+    const int64_t only = positive[0];
+    for (int64_t j = 0; j < length; ++j) {
+      source_out[j] = static_cast<SourceIndex>(only);
+      sample_out[j] = global_counts[only]++;
+    }
+    stage_counts[only] += length;
+    return;
+  }
+  const int64_t num_positive = static_cast<int64_t>(positive.size());
+  const double delta = 1.0 / (2.0 * static_cast<double>(num_positive - 1));
+  // Compact arrays over the positive-weight sources only (zero weights are never eligible).
+  std::vector<double> w(num_positive), deadline(num_positive);
+  for (int64_t k = 0; k < num_positive; ++k) {
+    w[k] = weights[positive[k]];
+    deadline[k] = (static_cast<double>(stage_counts[positive[k]]) + 1.0 - delta) / w[k];
+  }
+  for (int64_t j = 0; j < length; ++j) {
+    const double position = static_cast<double>(j + 1);
+    int64_t best = -1;
+    double best_deadline = std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < num_positive; ++k) {
+      const double share = w[k] * position;
+      const double error = share - static_cast<double>(stage_counts[positive[k]]);
+      const bool better = error >= delta - kFairTolerance * (1.0 + share) && (best < 0 || deadline[k] < best_deadline);
+      best_deadline = better ? deadline[k] : best_deadline;
+      best = better ? k : best;
+    }
+    if (best < 0) {  // Rounding fallback (never taken in the tests): the largest error.
+      double best_error = -std::numeric_limits<double>::infinity();
+      for (int64_t k = 0; k < num_positive; ++k) {
+        const double error = w[k] * position - static_cast<double>(stage_counts[positive[k]]);
+        if (error > best_error) {
+          best_error = error;
+          best = k;
+        }
+      }
+    }
+    const int64_t s = positive[best];
+    ++stage_counts[s];
+    deadline[best] = (static_cast<double>(stage_counts[s]) + 1.0 - delta) / w[best];
+    source_out[j] = static_cast<SourceIndex>(s);
+    sample_out[j] = global_counts[s]++;
+  }
+}
+
+enum class BlendRule : int { kGreedy = 0, kFair = 1 };
+
+static BlendRule parse_rule(int rule) {
+  if (rule != static_cast<int>(BlendRule::kGreedy) && rule != static_cast<int>(BlendRule::kFair))
+    throw std::invalid_argument("rule must be 0 (greedy) or 1 (fair), got " + std::to_string(rule));
+  return static_cast<BlendRule>(rule);
+}
+
+static void blend(BlendRule rule, const double* weights, int64_t num_sources, int64_t length, int64_t* stage_counts,
+                  int64_t* global_counts, SourceIndex* source_out, int64_t* sample_out) {
+  if (rule == BlendRule::kFair)
+    fair_blend(weights, num_sources, length, stage_counts, global_counts, source_out, sample_out);
+  else
+    greedy_blend(weights, num_sources, length, stage_counts, global_counts, source_out, sample_out);
+}
+
 py::tuple build_blending_indices(py::array_t<double, py::array::c_style | py::array::forcecast> weights,
-                                 int64_t num_samples) {
+                                 int64_t num_samples, int rule_id) {
+  const BlendRule rule = parse_rule(rule_id);
   if (weights.ndim() != 1) throw std::invalid_argument("weights must be one-dimensional");
   if (num_samples < 0) throw std::invalid_argument("num_samples must be non-negative");
   const int64_t num_sources = weights.shape(0);
@@ -162,15 +247,16 @@ py::tuple build_blending_indices(py::array_t<double, py::array::c_style | py::ar
   {
     py::gil_scoped_release release;
     std::vector<int64_t> counts(num_sources, 0), global_counts(num_sources, 0);
-    greedy_blend(normalised.data(), num_sources, num_samples, counts.data(), global_counts.data(), source_out,
-                 sample_out);
+    blend(rule, normalised.data(), num_sources, num_samples, counts.data(), global_counts.data(), source_out,
+          sample_out);
   }
   return py::make_tuple(source_index, source_sample_index);
 }
 
 py::tuple build_curriculum_blending_indices(
     py::array_t<int64_t, py::array::c_style | py::array::forcecast> stage_ends,
-    py::array_t<double, py::array::c_style | py::array::forcecast> stage_weights) {
+    py::array_t<double, py::array::c_style | py::array::forcecast> stage_weights, int rule_id) {
+  const BlendRule rule = parse_rule(rule_id);
   if (stage_ends.ndim() != 1) throw std::invalid_argument("stage_ends must be one-dimensional");
   if (stage_weights.ndim() != 2) throw std::invalid_argument("stage_weights must be two-dimensional (stages, sources)");
   const int64_t num_stages = stage_ends.shape(0), num_sources = stage_weights.shape(1);
@@ -209,8 +295,8 @@ py::tuple build_curriculum_blending_indices(
     int64_t start = 0;
     for (int64_t k = 0; k < num_stages; ++k) {
       std::fill(stage_counts.begin(), stage_counts.end(), 0);
-      greedy_blend(normalised[k].data(), num_sources, ends[k] - start, stage_counts.data(), global_counts.data(),
-                   source_out + start, sample_out + start);
+      blend(rule, normalised[k].data(), num_sources, ends[k] - start, stage_counts.data(), global_counts.data(),
+            source_out + start, sample_out + start);
       std::fill(stage_out + start, stage_out + ends[k], static_cast<StageIndex>(k));
       start = ends[k];
     }
@@ -231,9 +317,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("seq_length"), py::arg("num_samples"),
         "Sample start (doc_idx position, offset) pairs as int64; (num_samples + 1, 2).");
   m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("num_samples"),
-        "(source_index int16, source_sample_index int64) for num_samples samples blended greedily by weights.");
+        py::arg("rule"),
+        "(source_index int16, source_sample_index int64) for num_samples samples blended by weights; "
+        "rule 0 = greedy (Megatron), 1 = fair (Tijdeman).");
   m.def("build_curriculum_blending_indices", &build_curriculum_blending_indices, py::arg("stage_ends"),
-        py::arg("stage_weights"),
-        "(source_index int16, source_sample_index int64, stage_index int16): per-stage greedy blending, "
-        "source sample counters running on across stages.");
+        py::arg("stage_weights"), py::arg("rule"),
+        "(source_index int16, source_sample_index int64, stage_index int16): per-stage blending "
+        "(rule 0 = greedy, 1 = fair), source sample counters running on across stages.");
 }

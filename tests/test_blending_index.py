@@ -9,6 +9,13 @@ two sources), and the tests assert the tighter H_S' - 1 = 1/2 + ... + 1/S' (unde
 That one is observed, not proved here: random searches with N = 3000 to 4000 reach 0.83, 1.05, 1.16,
 1.24 and 1.30 for S' = 3, 4, 5, 6 and 8 against 0.83, 1.08, 1.28, 1.45 and 1.72. This greedy rule
 is the online greedy of the chairman assignment problem (Coppersmith et al., ACM TALG 7(3), 2011).
+
+The default rule="fair" is Tijdeman's rule for that problem (R. Tijdeman, "The chairman assignment
+problem", Discrete Math. 32, 1980): with delta = 1/(2(S' - 1)), the sources with
+w_s * n - count_s(n - 1) >= delta are eligible for sample n, and the eligible one with the earliest
+deadline (count_s(n - 1) + 1 - delta) / w_s wins (ties to the lowest s). Its guarantee,
+|dev_s(n)| <= 1 - delta at every prefix for any S' >= 2, is asserted below on random weights with
+S' up to 8 and N = 20,000, per stage for curricula; the greedy tests call rule="greedy" explicitly.
 """
 
 import numpy as np
@@ -39,16 +46,56 @@ def reference_greedy(weights, length, global_counts):
     return sources, samples
 
 
-def reference_blending(weights, num_samples):
-    sources, samples = reference_greedy(normalise([float(w) for w in weights]), num_samples, [0] * len(weights))
+FAIR_TOLERANCE = 1e-12
+FAIR_FALLBACKS = []  # one entry per rounding fallback the fair reference takes; the tests expect none
+
+
+def reference_fair(weights, length, global_counts):
+    """Tijdeman's rule one sample at a time, the same double expressions as the C++.
+
+    n = j + 1; eligible: w_s > 0 and w_s * n - count_s >= delta - 1e-12 * (1 + w_s * n); the
+    eligible source with the smallest (count_s + 1 - delta) / w_s wins, ties to the lowest s.
+    """
+    counts = [0] * len(weights)
+    positive = [s for s, w in enumerate(weights) if w > 0]
+    sources, samples = [], []
+    delta = 1.0 / (2.0 * (len(positive) - 1)) if len(positive) > 1 else 0.0
+    for j in range(length):
+        n = float(j + 1)
+        if len(positive) == 1:
+            best = positive[0]
+        else:
+            best, best_deadline = -1, None
+            for s in positive:
+                share = weights[s] * n
+                if share - counts[s] >= delta - FAIR_TOLERANCE * (1.0 + share):
+                    deadline = (counts[s] + 1.0 - delta) / weights[s]
+                    if best < 0 or deadline < best_deadline:
+                        best, best_deadline = s, deadline
+            if best < 0:
+                FAIR_FALLBACKS.append((list(weights), j))
+                errors = [weights[s] * n - counts[s] for s in positive]
+                best = positive[errors.index(max(errors))]
+        counts[best] += 1
+        sources.append(best)
+        samples.append(global_counts[best])
+        global_counts[best] += 1
+    return sources, samples
+
+
+REFERENCES = {"greedy": reference_greedy, "fair": reference_fair}
+
+
+def reference_blending(weights, num_samples, rule):
+    sources, samples = REFERENCES[rule](normalise([float(w) for w in weights]), num_samples, [0] * len(weights))
     return np.array(sources, np.int16), np.array(samples, np.int64)
 
 
-def reference_curriculum(stage_ends, stage_weights):
+def reference_curriculum(stage_ends, stage_weights, rule):
     global_counts = [0] * len(stage_weights[0])
     sources, samples, stages, start = [], [], [], 0
     for k, (end, weights) in enumerate(zip(stage_ends, stage_weights)):
-        s, n = reference_greedy(normalise([float(w) for w in weights]), int(end) - start, global_counts)
+        s, n = REFERENCES[rule](normalise([float(w) for w in weights]), int(end) - start, global_counts)
         sources += s
         samples += n
         stages += [k] * (int(end) - start)
@@ -78,45 +125,129 @@ def prefix_deviation(source_index, weights):
     return counts - weights * np.arange(1, len(source_index) + 1)[:, None]
 
 
-def assert_prefix_bounds(source_index, weights):
+def fair_bound(positive):
+    """Tijdeman's bound 1 - 1/(2(S' - 1)) on |count_s(n) - w_s * n|; one source is exact."""
+    return 1 - 1 / (2 * (positive - 1)) if positive > 1 else 0.0
+
+
+def assert_prefix_bounds(source_index, weights, rule="greedy"):
     positive = int(np.count_nonzero(weights))
     dev = prefix_deviation(source_index, weights)
     slack = 1e-9
+    if rule == "fair":
+        assert np.abs(dev).max(initial=0) <= fair_bound(positive) + slack
+        return
     assert dev.max(initial=0) <= 1 - 1 / positive + slack
     assert -dev.min(initial=0) <= sum(1 / k for k in range(2, positive + 1)) + slack
     if positive <= 3:
         assert np.abs(dev).max(initial=0) <= 1 + slack
 
 
+@pytest.fixture(autouse=True)
+def no_fair_fallbacks():
+    """The fair rule's rounding fallback is never taken (the C++ matches the reference bit for bit)."""
+    FAIR_FALLBACKS.clear()
+    yield
+    assert FAIR_FALLBACKS == []
+
+
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
 @pytest.mark.parametrize("seed", range(40))
-def test_blending_matches_reference(seed):
+def test_blending_matches_reference(seed, rule):
     rng = np.random.default_rng(seed)
     weights = random_weights(rng, int(rng.integers(1, 9)))
     num_samples = int(rng.integers(0, 3000))
-    got_sources, got_samples = build_blending_indices(weights, num_samples)
-    want_sources, want_samples = reference_blending(weights, num_samples)
+    got_sources, got_samples = build_blending_indices(weights, num_samples, rule=rule)
+    want_sources, want_samples = reference_blending(weights, num_samples, rule)
     assert got_sources.dtype == np.int16 and got_samples.dtype == np.int64
     np.testing.assert_array_equal(got_sources, want_sources)
     np.testing.assert_array_equal(got_samples, want_samples)
     assert not np.isin(got_sources, np.flatnonzero(weights == 0)).any()
-    assert_prefix_bounds(got_sources, weights)
+    assert_prefix_bounds(got_sources, weights, rule)
 
 
-def test_source_sample_index_counts_each_source_from_zero():
-    sources, samples = build_blending_indices([0.5, 0.3, 0.2], 1000)
+@pytest.mark.parametrize("num_sources", range(1, 9))
+def test_fair_matches_reference_on_many_inputs(num_sources):
+    rng = np.random.default_rng(500 + num_sources)
+    for _ in range(12):
+        weights = random_weights(rng, num_sources)
+        num_samples = int(rng.integers(0, 4000))
+        got = build_blending_indices(weights, num_samples, rule="fair")
+        want = reference_blending(weights, num_samples, "fair")
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_fair_is_the_default():
+    for weights in ([0.5, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4]):
+        np.testing.assert_array_equal(build_blending_indices(weights, 500)[0],
+                                      build_blending_indices(weights, 500, rule="fair")[0])
+    sources, samples = build_blending_indices([0.5, 0.3, 0.2], 10)
+    assert sources.tolist() == [0, 1, 0, 2, 0, 1, 0, 2, 1, 0]
+    assert samples.tolist() == [0, 0, 1, 0, 2, 1, 3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("num_sources", range(2, 9))
+def test_fair_stays_within_tijdemans_bound_at_every_prefix(num_sources):
+    """|count_s(n) - w_s n| <= 1 - 1/(2(S'-1)) for every n <= 20,000 and s, on many weight vectors."""
+    rng = np.random.default_rng(2000 + num_sources)
+    for trial in range(60):
+        weights = random_weights(rng, num_sources)
+        if trial % 3 == 0:
+            weights[weights == 0] = 1.0  # every source positive: S' = num_sources exactly
+        sources = build_blending_indices(weights, 20_000, rule="fair")[0]
+        assert not np.isin(sources, np.flatnonzero(weights == 0)).any()
+        assert_prefix_bounds(sources, weights, "fair")
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [1, 1, 2], [1, 1, 1, 3], [1, 1, 1, 1], [1, 2, 3, 4, 5, 6, 7, 8],
+                                     [1] * 8, [1e-6, 1, 1, 1], [1, 1, 1, 1, 1, 5], [0.5, 0.25, 0.125, 0.125]])
+def test_fair_bound_with_exact_ties(weights):
+    """Rational weights make w_s n - count_s hit delta exactly; the tolerance keeps those sources eligible."""
+    sources = build_blending_indices(weights, 20_000, rule="fair")[0]
+    assert_prefix_bounds(sources, np.asarray(weights, float), "fair")
+    want = reference_blending(weights, 3000, "fair")[0]
+    np.testing.assert_array_equal(sources[:3000], want)
+
+
+def test_fair_beats_greedy_where_greedy_exceeds_one():
+    rng = np.random.default_rng(1)
+    worst_greedy = worst_fair = 0.0
+    for _ in range(100):
+        weights = rng.random(4) ** 8
+        worst_greedy = max(worst_greedy, np.abs(prefix_deviation(build_blending_indices(weights, 4000, rule="greedy")[0],
+                                                                 weights)).max())
+        worst_fair = max(worst_fair, np.abs(prefix_deviation(build_blending_indices(weights, 4000)[0], weights)).max())
+    assert worst_greedy > 1 and worst_fair <= fair_bound(4) + 1e-9
+
+
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_bad_rule_is_a_value_error(rule):
+    with pytest.raises(ValueError, match="rule must be one of"):
+        build_blending_indices([1.0], 3, rule=rule.upper())
+    with pytest.raises(ValueError, match="rule must be one of"):
+        build_curriculum_blending_indices([3], [[1.0]], rule=None)
+
+
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_source_sample_index_counts_each_source_from_zero(rule):
+    sources, samples = build_blending_indices([0.5, 0.3, 0.2], 1000, rule=rule)
     for s in range(3):
         np.testing.assert_array_equal(samples[sources == s], np.arange(np.count_nonzero(sources == s)))
 
 
 def test_known_sequence_and_ties_go_to_the_lowest_source():
-    sources, samples = build_blending_indices([0.5, 0.3, 0.2], 10)
+    sources, samples = build_blending_indices([0.5, 0.3, 0.2], 10, rule="greedy")
     assert sources.tolist() == [0, 1, 2, 0, 0, 1, 0, 2, 1, 0]
     assert samples.tolist() == [0, 0, 0, 1, 2, 1, 3, 1, 2, 4]
-    assert build_blending_indices([1, 1, 1], 6)[0].tolist() == [0, 1, 2, 0, 1, 2]
+    assert build_blending_indices([1, 1, 1], 6, rule="greedy")[0].tolist() == [0, 1, 2, 0, 1, 2]
+    assert build_blending_indices([1, 1, 1], 6, rule="fair")[0].tolist() == [0, 1, 2, 0, 1, 2]
 
 
-def test_weights_are_normalised():
-    np.testing.assert_array_equal(build_blending_indices([2, 6], 50)[0], build_blending_indices([0.25, 0.75], 50)[0])
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_weights_are_normalised(rule):
+    np.testing.assert_array_equal(build_blending_indices([2, 6], 50, rule=rule)[0],
+                                  build_blending_indices([0.25, 0.75], 50, rule=rule)[0])
 
 
 @pytest.mark.parametrize("num_sources", [2, 3, 4, 8])
@@ -124,13 +255,16 @@ def test_prefix_bounds_on_many_weights(num_sources):
     rng = np.random.default_rng(num_sources)
     for _ in range(50):
         weights = random_weights(rng, num_sources)
-        assert_prefix_bounds(build_blending_indices(weights, 5000)[0], weights)
+        assert_prefix_bounds(build_blending_indices(weights, 5000, rule="greedy")[0], weights)
 
 
-def test_two_and_three_sources_stay_within_one_sample_at_scale():
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_two_and_three_sources_stay_within_one_sample_at_scale(rule):
     for weights in ([0.7, 0.3], [0.6, 0.3, 0.1], [1e-6, 1, 1], [0.5, 0.25, 0.25]):
-        dev = prefix_deviation(build_blending_indices(weights, 200_000)[0], weights)
+        dev = prefix_deviation(build_blending_indices(weights, 200_000, rule=rule)[0], weights)
         assert np.abs(dev).max() <= 1
+        if rule == "fair":
+            assert np.abs(dev).max() <= fair_bound(len(weights)) + 1e-9
 
 
 def test_under_allocation_can_exceed_one_with_many_sources():
@@ -139,18 +273,19 @@ def test_under_allocation_can_exceed_one_with_many_sources():
     worst = 0.0
     for _ in range(400):
         weights = rng.random(4) ** 8
-        worst = max(worst, -prefix_deviation(build_blending_indices(weights, 4000)[0], weights).min())
+        worst = max(worst, -prefix_deviation(build_blending_indices(weights, 4000, rule="greedy")[0], weights).min())
     assert 1 < worst <= 1 / 2 + 1 / 3 + 1 / 4
 
 
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
 @pytest.mark.parametrize("seed", range(30))
-def test_curriculum_matches_reference(seed):
+def test_curriculum_matches_reference(seed, rule):
     rng = np.random.default_rng(1000 + seed)
     num_sources, num_stages = int(rng.integers(1, 9)), int(rng.integers(1, 6))
     stage_ends = np.cumsum(rng.integers(1, 800, num_stages))
     stage_weights = np.stack([random_weights(rng, num_sources) for _ in range(num_stages)])
-    got = build_curriculum_blending_indices(stage_ends, stage_weights)
-    want = reference_curriculum(stage_ends, stage_weights)
+    got = build_curriculum_blending_indices(stage_ends, stage_weights, rule=rule)
+    want = reference_curriculum(stage_ends, stage_weights, rule)
     assert [a.dtype for a in got] == [np.int16, np.int64, np.int16]
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
@@ -161,25 +296,50 @@ def test_curriculum_matches_reference(seed):
     for k, (start, end) in enumerate(zip(starts, stage_ends)):
         assert (stages[start:end] == k).all()
         assert not np.isin(sources[start:end], np.flatnonzero(stage_weights[k] == 0)).any()
-        assert_prefix_bounds(sources[start:end], stage_weights[k])
+        assert_prefix_bounds(sources[start:end], stage_weights[k], rule)
     # Each source's sample numbers run 0, 1, 2, ... across the whole schedule, never repeating.
     for s in range(num_sources):
         np.testing.assert_array_equal(samples[sources == s], np.arange(np.count_nonzero(sources == s)))
 
 
-def test_curriculum_stage_restarts_the_greedy_position_but_not_the_sample_numbers():
-    sources, samples, stages = build_curriculum_blending_indices([4, 8, 12], [[1, 0], [0, 1], [1, 1]])
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_curriculum_stage_restarts_the_position_but_not_the_sample_numbers(rule):
+    sources, samples, stages = build_curriculum_blending_indices([4, 8, 12], [[1, 0], [0, 1], [1, 1]], rule=rule)
     assert sources.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1]
     assert samples.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 4, 5, 5]
     assert stages.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
-def test_single_stage_curriculum_equals_plain_blending():
+@pytest.mark.parametrize("rule", ["greedy", "fair"])
+def test_single_stage_curriculum_equals_plain_blending(rule):
     weights = [0.2, 0.0, 0.5, 0.3]
-    plain = build_blending_indices(weights, 777)
-    staged = build_curriculum_blending_indices([777], [weights])
+    plain = build_blending_indices(weights, 777, rule=rule)
+    staged = build_curriculum_blending_indices([777], [weights], rule=rule)
     np.testing.assert_array_equal(plain[0], staged[0])
     np.testing.assert_array_equal(plain[1], staged[1])
+
+
+def test_curriculum_default_is_fair():
+    ends, weights = [300, 700], [[0.1, 0.2, 0.3, 0.4], [0.4, 0.0, 0.3, 0.3]]
+    for a, b in zip(build_curriculum_blending_indices(ends, weights),
+                    build_curriculum_blending_indices(ends, weights, rule="fair")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("num_sources", [2, 4, 6, 8])
+def test_fair_curriculum_stays_within_the_bound_in_every_stage(num_sources):
+    """The bound with stage-local n and counts, stage by stage, over 20,000 samples."""
+    rng = np.random.default_rng(3000 + num_sources)
+    for _ in range(10):
+        num_stages = int(rng.integers(1, 6))
+        stage_ends = np.sort(rng.choice(np.arange(1, 20_000), num_stages - 1, replace=False))
+        stage_ends = np.r_[stage_ends, 20_000]
+        stage_weights = np.stack([random_weights(rng, num_sources) for _ in range(num_stages)])
+        sources, samples, _ = build_curriculum_blending_indices(stage_ends, stage_weights, rule="fair")
+        for start, end, weights in zip(np.r_[0, stage_ends[:-1]], stage_ends, stage_weights):
+            assert_prefix_bounds(sources[start:end], weights, "fair")
+        for s in range(num_sources):
+            np.testing.assert_array_equal(samples[sources == s], np.arange(np.count_nonzero(sources == s)))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ A weight is one of two kinds, and one blend may not mix them (the two cannot be 
 **Curriculum.** Stage k covers global samples `[end_{k-1}, end_k)`. Ends are cumulative and given
 in samples or in tokens; a token boundary becomes `ceil(tokens / seq_length)` samples, because
 each sample advances the stream by `seq_length` tokens (its extra label token overlaps the next).
-The greedy blending index (`helpers.build_curriculum_blending_indices`) switches exactly at each
+The blending index (`helpers.build_curriculum_blending_indices`, Tijdeman's fair rule: every prefix
+within 1 - 1/(2(S-1)) samples of each share) switches exactly at each
 end, and a source reused in a later stage continues with its next sample instead of repeating.
 
 Every index is a pure function of the stages, `seq_length`, `seed` and `split`, so building the

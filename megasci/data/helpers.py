@@ -28,25 +28,52 @@ def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, nu
     return builder(sizes, doc_idx, int(seq_length), int(num_samples))
 
 
-def build_blending_indices(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+RULES = {"greedy": 0, "fair": 1}
+"""Blending rules by name (the C++ takes the number). "fair" is the default."""
+
+
+def _rule_id(rule: str) -> int:
+    try:
+        return RULES[rule]
+    except (KeyError, TypeError):
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}") from None
+
+
+def build_blending_indices(weights, num_samples: int, rule: str = "fair") -> tuple[np.ndarray, np.ndarray]:
     """(source_index int16, source_sample_index int64) of `num_samples` samples blended by `weights`.
 
-    Greedy and deterministic: sample i goes to the source furthest behind its share,
-    argmax_s weights[s] * (i + 1) - count[s] with ties to the lowest s, and takes that source's
-    next sample number. Weights are normalised; negative, NaN, infinite or all-zero weights raise
-    ValueError, and zero-weight sources are never chosen.
+    Deterministic. Each sample takes its source's next sample number. Weights are normalised;
+    negative, NaN, infinite or all-zero weights raise ValueError, and zero-weight sources are
+    never chosen. With P sources of positive weight, count_s(n) the picks of s among the first n
+    samples and w_s the normalised weights:
+
+    - rule="fair" (default), Tijdeman's rule for the chairman assignment problem: with
+      delta = 1 / (2 (P - 1)), sample n (1-based) goes, among the sources with
+      w_s * n - count_s(n - 1) >= delta (up to a 1e-12 * (1 + w_s * n) rounding tolerance), to
+      the one with the earliest deadline (count_s(n - 1) + 1 - delta) / w_s, ties to the lowest s.
+      Every prefix then satisfies |count_s(n) - w_s * n| <= 1 - delta (< 1) for any P; P = 1 takes
+      the one source throughout. Were no source eligible through rounding (never seen), the
+      sample goes to the largest w_s * n - count_s(n - 1).
+    - rule="greedy", Megatron's rule: sample i (0-based) goes to
+      argmax_s w_s * (i + 1) - count_s with ties to the lowest s. Bit-exact with Megatron, but the
+      under-allocation can exceed one sample once P >= 4.
     """
-    return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples))
+    return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples),
+                                     _rule_id(rule))
 
 
-def build_curriculum_blending_indices(stage_ends, stage_weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build_curriculum_blending_indices(stage_ends, stage_weights,
+                                      rule: str = "fair") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source_index int16, source_sample_index int64, stage_index int16) for a staged blend.
 
     Stage k covers global samples [stage_ends[k-1], stage_ends[k]) (stage_ends strictly
     increasing from above 0; the last is the sample count) and blends by row k of
-    `stage_weights` (stages, sources), restarting the greedy rule's position and counts at the
-    stage start, so every stage tracks its own shares. source_sample_index keeps counting per
-    source across stages, so a source returning in a later stage continues where it stopped.
+    `stage_weights` (stages, sources) with `rule` (as in build_blending_indices), restarting the
+    rule's position and counts at the stage start, so every stage tracks its own shares (and
+    the fair rule's bound holds within each stage with stage-local n). source_sample_index keeps
+    counting per source across stages, so a source returning in a later stage continues where
+    it stopped.
     """
     return _C.build_curriculum_blending_indices(np.ascontiguousarray(stage_ends, dtype=np.int64),
-                                                np.ascontiguousarray(stage_weights, dtype=np.float64))
+                                                np.ascontiguousarray(stage_weights, dtype=np.float64),
+                                                _rule_id(rule))

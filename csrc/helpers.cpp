@@ -50,25 +50,19 @@ py::array_t<Index> build_sample_idx(py::array_t<int32_t, py::array::c_style | py
   auto out = result.template mutable_unchecked<2>();
   {
     py::gil_scoped_release release;
-    int64_t doc_pos = 0, offset = 0;
+    // Sample s starts at global token s * seq_length of the documents laid end to end (each sample's
+    // last token starts the next). One pass over the documents writes the starts that fall in each,
+    // in order: the same output as walking sample by sample, without its per-sample branching.
     out(0, 0) = 0;
     out(0, 1) = 0;
-    for (int64_t s = 1; s <= num_samples; ++s) {
-      int64_t remaining = seq_length + 1;
-      while (remaining != 0) {
-        const int64_t left_in_doc = sizes_v(docs_v(doc_pos)) - offset;
-        remaining -= left_in_doc;
-        if (remaining <= 0) {
-          // The sample ends inside this document; its last token starts the next sample.
-          offset += remaining + left_in_doc - 1;
-          remaining = 0;
-        } else {
-          ++doc_pos;
-          offset = 0;
-        }
+    int64_t s = 1, doc_start = 0;
+    for (int64_t doc_pos = 0; doc_pos < num_docs && s <= num_samples; ++doc_pos) {
+      const int64_t doc_end = doc_start + sizes_v(docs_v(doc_pos));
+      for (int64_t token = s * seq_length; s <= num_samples && token < doc_end; ++s, token += seq_length) {
+        out(s, 0) = static_cast<Index>(doc_pos);
+        out(s, 1) = static_cast<Index>(token - doc_start);
       }
-      out(s, 0) = static_cast<Index>(doc_pos);
-      out(s, 1) = static_cast<Index>(offset);
+      doc_start = doc_end;
     }
   }
   return result;

@@ -49,3 +49,36 @@ def test_bad_document_id_is_an_error():
 
 def test_default_dtype_is_int32_when_it_fits():
     assert build_sample_idx(np.array([100], np.int32), np.array([0]), 10, 5).dtype == np.int32
+
+
+def megatron_walk(sizes, doc_idx, seq_length, num_samples):
+    """Megatron-LM's sample-by-sample walk (its helpers.cpp), ported line by line."""
+    out = [(0, 0)]
+    doc_pos, offset = 0, 0
+    for _ in range(num_samples):
+        remaining = seq_length + 1
+        while remaining != 0:
+            left_in_doc = sizes[doc_idx[doc_pos]] - offset
+            remaining -= left_in_doc
+            if remaining <= 0:
+                offset += remaining + left_in_doc - 1
+                remaining = 0
+            else:
+                doc_pos += 1
+                offset = 0
+        out.append((doc_pos, offset))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_matches_megatrons_walk_including_leading_empty_documents(seed):
+    rng = np.random.default_rng(100 + seed)
+    sizes = rng.integers(0, 30, size=int(rng.integers(1, 25))).astype(np.int32)
+    sizes[rng.integers(0, len(sizes))] += 1  # at least one token somewhere
+    if seed % 2:
+        sizes[0] = 0  # an empty first document: sample 0 is still (0, 0), as in Megatron
+    doc_idx = np.concatenate([rng.permutation(len(sizes)) for _ in range(2)])
+    seq_length = int(rng.integers(1, 40))
+    num_samples = (int(sizes.sum()) * 2 - 1) // seq_length
+    got = build_sample_idx(sizes, doc_idx, seq_length, num_samples)
+    np.testing.assert_array_equal(got, megatron_walk(sizes, doc_idx, seq_length, num_samples))

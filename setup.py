@@ -32,7 +32,7 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "tokenizers>=0.15"],
+        "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4"],
         # Optional accelerators: import-guarded, never required for the fast path.
         "gpu": ["triton>=3.0"],
     },

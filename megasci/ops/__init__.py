@@ -1,16 +1,16 @@
 """Numerical building blocks of the LLaMA-style model, each behind a swappable backend.
 
 Every op has a plain PyTorch ``reference`` implementation that runs on CPU and is tested against
-transformers' LLaMA code; ``auto`` (the default) picks a faster one when the inputs allow (apex
-FusedRMSNorm and flash-attn on CUDA, PyTorch SDPA elsewhere, chunked cross-entropy everywhere).
-``set_backend(op, name)`` forces a choice for every later call.
+transformers' LLaMA code; ``auto`` (the default) picks a faster one when the inputs allow (our
+Triton RMSNorm and SwiGLU kernels and flash-attn on CUDA, apex FusedRMSNorm when named or when
+triton is missing, PyTorch SDPA elsewhere, chunked cross-entropy everywhere). ``set_backend(op, name)`` forces a choice for
+every later call.
 
-There are no Triton kernels yet on purpose: they cannot be verified on the CPU-only development
-machine. A GPU session will add them with ``register_backend(op, "triton", fn, available)`` and test
-them against the reference paths here. Nor is there a separate ``torch.compile`` path for swiglu or
-rms_norm: compiling one takes about 20 s on the CPU, too slow to test here, and the reference paths are
-plain tensor code that ``torch.compile`` of the whole model traces and fuses anyway (a test checks that
-all ops trace into a single graph).
+The Triton kernels (triton_kernels.py) are verified against the reference paths under Triton's
+CPU interpreter (tests/test_triton_ops.py, when triton is installed); their speed and hardware
+correctness still need a GPU session. There is no separate ``torch.compile`` path for swiglu or
+rms_norm: the reference paths are plain tensor code that ``torch.compile`` of the whole model traces
+and fuses (a test checks that all ops trace into a single graph).
 
 Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``rotary``, ``cross_entropy_loss``.
 """

@@ -4,6 +4,11 @@ The statistics are taken in float32 (float64 for float64 inputs, so gradients ca
 normalised activations are cast back to the input dtype *before* the weight multiply, exactly as HF
 does, so the result has the promoted dtype of ``weight`` and ``x`` (``x.dtype`` when the weight is
 stored in the same dtype).
+
+Backends: ``reference`` (plain PyTorch, everywhere), ``triton`` (our fused kernels in
+``triton_kernels.py``, same cast order as HF, float32 gradients) and ``apex`` (FusedRMSNorm). On CUDA,
+``auto`` picks triton, because it keeps HF's cast order and apex does not; apex is used only when named
+with ``set_backend`` or when triton is not installed.
 """
 
 from __future__ import annotations
@@ -28,16 +33,37 @@ def rms_norm_apex(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> t
     return fused_rms_norm_affine(x, weight, weight.shape, eps)
 
 
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Fused forward and backward kernels; triton is imported on first use, not with megasci."""
+    from .triton_kernels import rms_norm_triton as fn
+
+    return fn(x, weight, eps)
+
+
 _HAS_APEX = module_available("apex")
+_HAS_TRITON = module_available("triton")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TRITON_MAX_COLUMNS = 65536  # the kernel keeps one row in registers
+
+
+def _triton_available() -> bool:
+    """Triton kernels need a GPU; the CPU interpreter is for tests, which call the backend directly."""
+    return _HAS_TRITON and torch.cuda.is_available()
 
 
 def _auto(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> str:
-    return "apex" if _HAS_APEX and x.is_cuda else "reference"
+    if not x.is_cuda:
+        return "reference"
+    if (_HAS_TRITON and x.dtype in _TRITON_DTYPES and weight.dtype in _TRITON_DTYPES
+            and weight.shape == x.shape[-1:] and x.shape[-1] <= _TRITON_MAX_COLUMNS):
+        return "triton"
+    return "apex" if _HAS_APEX else "reference"
 
 
 register_op("rms_norm", _auto)
 register_backend("rms_norm", "reference", rms_norm_reference)
 register_backend("rms_norm", "apex", rms_norm_apex, lambda: _HAS_APEX)
+register_backend("rms_norm", "triton", rms_norm_triton, _triton_available)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

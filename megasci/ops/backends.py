@@ -1,8 +1,8 @@
 """Registry that picks one implementation per op, so kernels can be swapped without touching the model.
 
 Every op has a plain PyTorch ``reference`` implementation that runs everywhere and defines the
-numerics. Faster implementations (apex, flash-attn, and later Triton kernels written and verified on a
-GPU machine) register under another name. ``set_backend(op, "auto")`` (the default) lets each call
+numerics. Faster implementations (our Triton kernels, apex, flash-attn) register under another
+name. ``set_backend(op, "auto")`` (the default) lets each call
 choose from its inputs, for example apex only for CUDA tensors; naming a backend forces it.
 """
 

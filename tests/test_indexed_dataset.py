@@ -108,6 +108,7 @@ def test_multi_sequence_documents(tmp_path):
     ds = IndexedDataset(prefix)
     assert ds.num_documents == 3 and len(ds) == 5
     assert ds.get_document(1).tolist() == [6, 7, 8]
+    assert ds.document_lengths().tolist() == [5, 3, 1]
     assert ds[1].tolist() == [3, 4, 5]
 
 

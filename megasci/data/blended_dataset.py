@@ -38,7 +38,7 @@ import os
 import numpy as np
 
 from megasci.data import helpers
-from megasci.data.gpt_dataset import (GPTDataset, GPTDatasetConfig, filter_documents, document_lengths,
+from megasci.data.gpt_dataset import (GPTDataset, GPTDatasetConfig, filter_documents,
                                       split_documents)
 from megasci.data.indexed_dataset import IndexedDataset
 
@@ -205,7 +205,7 @@ class BlendedDataset:
         documents = splits[config.split]
         if config.document_filter is not None:
             documents = filter_documents(config.prefix, documents, config.document_filter)
-        return int(document_lengths(dataset)[documents].sum())
+        return int(dataset.document_lengths()[documents].sum())
 
     def __len__(self) -> int:
         return int(self.stage_ends[-1])

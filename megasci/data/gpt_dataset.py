@@ -97,12 +97,6 @@ def split_documents(num_documents: int, fractions, seed: int) -> dict[str, np.nd
     return {name: np.sort(order[bounds[k]:bounds[k + 1]]) for k, name in enumerate(SPLITS)}
 
 
-def document_lengths(dataset: IndexedDataset) -> np.ndarray:
-    """Tokens per document (the sum of its sequences), int64."""
-    ends = np.concatenate([[0], np.cumsum(dataset.sizes, dtype=np.int64)])
-    return ends[dataset.document_indices[1:]] - ends[dataset.document_indices[:-1]]
-
-
 def filter_documents(prefix: str, documents: np.ndarray, document_filter: dict[str, set]) -> np.ndarray:
     records = read_sidecar(prefix)
     keep = [d for d in documents.tolist()
@@ -152,7 +146,7 @@ def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[di
     documents = splits[config.split]
     if config.document_filter is not None:
         documents = filter_documents(config.prefix, documents, config.document_filter)
-    lengths = document_lengths(dataset)
+    lengths = dataset.document_lengths()
     if len(lengths) and lengths.max() >= 2**31:
         raise ValueError(f"{config.prefix}: a document of {int(lengths.max())} tokens is too long to sample")
     tokens_per_epoch = int(lengths[documents].sum())

@@ -137,6 +137,11 @@ class IndexedDataset:
     def num_tokens(self) -> int:
         return int(self.sizes.sum(dtype=np.int64))
 
+    def document_lengths(self) -> np.ndarray:
+        """Tokens per document (the sum of its sequences), int64, computed from the index alone."""
+        ends = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)])
+        return ends[self.document_indices[1:]] - ends[self.document_indices[:-1]]
+
     def __getitem__(self, i: int) -> np.ndarray:
         if not -len(self) <= i < len(self):
             raise IndexError(f"sequence {i} out of range for {len(self)} sequences in {self.prefix}")

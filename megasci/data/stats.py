@@ -14,7 +14,7 @@ from megasci.data.sidecar import read_sidecar, sidecar_path
 def dataset_statistics(prefix: str, label_key: str = "section") -> dict:
     """Counts, document-length distribution (tokens) and, when a sidecar exists, documents per label."""
     ds = IndexedDataset(prefix)
-    doc_lengths = np.diff(np.concatenate([[0], np.cumsum(ds.sizes, dtype=np.int64)])[ds.document_indices])
+    doc_lengths = ds.document_lengths()
     stats = {
         "prefix": prefix,
         "dtype": ds.dtype.name,

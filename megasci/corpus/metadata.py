@@ -12,10 +12,10 @@ import fnmatch
 import json
 import re
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from megasci.corpus.arxiv_ids import canonical_id
-from megasci.utils.io import open_binary
+from megasci.utils.io import iter_numbered_lines
 
 OUTCOMES = ("kept", "category", "before_min_year", "withdrawn", "bad_json", "bad_record", "duplicate_id")
 """Every non-blank line lands in exactly one of these, so the counts add up to the lines read."""
@@ -184,14 +184,6 @@ def _outcome(record: MetadataRecord, cfg: MetadataFilterConfig) -> str:
     return "kept"
 
 
-def _numbered_lines(paths: Iterable[str]) -> Iterator[tuple[str, int, bytes]]:
-    for path in paths:
-        with open_binary(path) as stream:
-            for number, line in enumerate(stream, 1):
-                if line.strip():
-                    yield path, number, line
-
-
 def load_metadata(paths: str | Iterable[str], cfg: MetadataFilterConfig | None = None) -> MetadataIndex:
     """Stream snapshot JSON lines (plain, ``.gz`` or ``.zst``) and keep the papers ``cfg`` admits.
 
@@ -212,7 +204,7 @@ def load_metadata(paths: str | Iterable[str], cfg: MetadataFilterConfig | None =
         if len(index.problems) < MAX_REPORTED_PROBLEMS:
             index.problems.append(f"{path}:{number}: {kind}: {why}")
 
-    for path, number, line in _numbered_lines(paths):
+    for path, number, line in iter_numbered_lines(list(paths)):
         try:
             entry = json.loads(line)
         except (ValueError, UnicodeDecodeError) as exc:

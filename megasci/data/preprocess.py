@@ -20,11 +20,8 @@ import numpy as np
 from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import Tokenizer, load_tokenizer
-from megasci.utils.io import expand_inputs, open_binary, write_json_atomic
+from megasci.utils.io import COMPRESSED_SUFFIXES, expand_inputs, open_binary, write_json_atomic
 from megasci.utils.parallel import bounded_imap
-
-
-_COMPRESSED = (".gz", ".zst", ".zstd")
 
 
 class PreprocessError(ValueError):
@@ -174,7 +171,7 @@ def _encode_block(block: _Block) -> dict:
 def _read_blocks(paths: Sequence[str], block_bytes: int) -> Iterator[_Block]:
     """Cut each file into blocks of about `block_bytes` that end at line boundaries."""
     for path in paths:
-        if path.endswith(_COMPRESSED):
+        if path.endswith(COMPRESSED_SUFFIXES):
             with open_binary(path) as f:
                 start = 0
                 while data := f.read(block_bytes):
@@ -224,7 +221,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     errors: collections.Counter = collections.Counter()
     reported = 0
     lines_before = collections.Counter()  # per file: lines in the blocks already written
-    compressed = any(p.endswith(_COMPRESSED) for p in paths)
+    compressed = any(p.endswith(COMPRESSED_SUFFIXES) for p in paths)
     start = time.perf_counter()
     pool = bar = None
     try:

@@ -11,11 +11,16 @@ import os
 from typing import IO, Iterator, Sequence
 
 
+GZIP_SUFFIXES = (".gz",)
+ZSTD_SUFFIXES = (".zst", ".zstd")
+COMPRESSED_SUFFIXES = GZIP_SUFFIXES + ZSTD_SUFFIXES  # decompressed by open_binary, compressed by atomic_text_output
+
+
 def open_binary(path: str) -> IO[bytes]:
     """Open a plain, `.gz` or `.zst` file for reading as a decompressed byte stream."""
-    if path.endswith(".gz"):
+    if path.endswith(GZIP_SUFFIXES):
         return gzip.open(path, "rb")
-    if path.endswith(".zst") or path.endswith(".zstd"):
+    if path.endswith(ZSTD_SUFFIXES):
         import zstandard
 
         raw = open(path, "rb")
@@ -48,9 +53,9 @@ def atomic_text_output(path: str | os.PathLike):
     """
     path = os.fspath(path)
     with atomic_output(path, "wb") as raw:
-        if path.endswith(".gz"):
+        if path.endswith(GZIP_SUFFIXES):
             stream = gzip.GzipFile(filename=os.path.basename(path[: -len(".gz")]), mode="wb", fileobj=raw, mtime=0)
-        elif path.endswith((".zst", ".zstd")):
+        elif path.endswith(ZSTD_SUFFIXES):
             import zstandard
 
             stream = zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False)
@@ -78,30 +83,33 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
+def iter_numbered_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
+    """(path, 1-based line number, line) for every non-blank line of the files, decompressed."""
+    for path in paths:
+        with open_binary(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    yield path, line_no, line
+
+
 def iter_json_records(path: str) -> Iterator[dict]:
     """Every record of a JSONL file we wrote ourselves; a bad line is an error naming file and line."""
-    with open_binary(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{line_no}: not a JSON line ({e})") from None
+    for _, line_no, line in iter_numbered_lines([path]):
+        try:
+            yield json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{line_no}: not a JSON line ({e})") from None
 
 
 def iter_jsonl_field(paths: Sequence[str], key: str = "text") -> Iterator[str]:
     """Yield `record[key]` of every well-formed line; lines that are not JSON objects with that string key are skipped."""
-    for path in paths:
-        with open_binary(path) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line).get(key)
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(value, str):
-                    yield value
+    for _, _, line in iter_numbered_lines(paths):
+        try:
+            value = json.loads(line).get(key)
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, str):
+            yield value
 
 
 def write_json_atomic(path: str, obj) -> None:

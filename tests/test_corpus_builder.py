@@ -143,3 +143,14 @@ def test_real_arxiv_sample(tmp_path, monkeypatch):
         assert "\\cite{" not in text, record["id"]
         assert not UNESCAPED_PERCENT.search(text), record["id"]
         assert not re.search(r"\\(documentclass|documentstyle|usepackage)\b", text), record["id"]
+
+
+def test_shards_split_by_record_count_with_the_same_records(tmp_path, sources):
+    paths, metadata, _ = sources
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    build(BuildConfig(sources=paths, output=whole, metadata=[metadata]), progress=False)
+    report = build(BuildConfig(sources=paths, output=split, metadata=[metadata], records_per_shard=3), progress=False)
+    shards = sorted(glob.glob(os.path.join(split, "shards", "*.jsonl.zst")))
+    assert len(shards) == -(-report.written // 3)
+    assert [os.path.basename(p) for p in shards] == [f"arxiv-{i:05d}.jsonl.zst" for i in range(len(shards))]
+    assert read_records(split) == read_records(whole)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -338,27 +339,22 @@ def _chars_at(result: dict, stage: str) -> int:
 
 
 def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, report: YieldReport) -> int:
+    """Kept records in unit order, `records_per_shard` to a file; a failure leaves no partial shard."""
     shard_dir = os.path.join(cfg.output, "shards")
     os.makedirs(shard_dir, exist_ok=True)
-    written, shard, out, context = 0, 0, None, None
-    encodings = collections.Counter()
-    try:
-        for key in keys:
-            for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst")):
-                record = result.get("record")
-                if not record or result["source"] not in keep:
-                    continue
-                if out is None or written % cfg.records_per_shard == 0 and written:
-                    if context is not None:
-                        context.__exit__(None, None, None)
-                    context = atomic_text_output(os.path.join(shard_dir, f"arxiv-{shard:05d}.jsonl.zst"))
-                    out, shard = context.__enter__(), shard + 1
+    records = (result["record"] for key in keys
+               for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst"))
+               if "record" in result and result["source"] in keep)
+    written, encodings = 0, collections.Counter()
+    for shard in itertools.count():
+        batch = list(itertools.islice(records, cfg.records_per_shard))
+        if not batch:
+            break
+        with atomic_text_output(os.path.join(shard_dir, f"arxiv-{shard:05d}.jsonl.zst")) as out:
+            for record in batch:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 encodings[record["encoding"]] += 1
-                written += 1
-    finally:
-        if context is not None:
-            context.__exit__(None, None, None)
+        written += len(batch)
     report.encodings = dict(encodings)
     return written
 

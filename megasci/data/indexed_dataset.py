@@ -64,10 +64,6 @@ def index_file_path(prefix: str | os.PathLike) -> str:
     return f"{os.fspath(prefix)}.idx"
 
 
-def dataset_exists(prefix: str | os.PathLike) -> bool:
-    return os.path.isfile(index_file_path(prefix)) and os.path.isfile(data_file_path(prefix))
-
-
 def best_token_dtype(vocab_size: int) -> type:
     """uint16 while every token id fits in it, int32 otherwise (as the format spec requires)."""
     if vocab_size <= 0:

@@ -30,6 +30,9 @@ setup(
         "datasketch>=2.0",  # MinHash schemes, for signatures made in workers
         "langdetect>=1.0.9",
         "matplotlib>=3.5",
+        # training (megasci/training)
+        "pyyaml>=6.0",
+        "tensorboard>=2.10",
     ],
     extras_require={
         "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4"],

@@ -1,0 +1,66 @@
+"""Data-parallel initialisation from torchrun's environment variables.
+
+Launch with torchrun on one node (`torchrun --nproc_per_node=2 ...`) or several
+(`torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 ...`);
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK, and this module only reads them. Without them the
+process runs alone, with no process group. NCCL when CUDA is present, gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: single process, no process group
+
+
+def init_distributed(device: str | None = None, timeout_minutes: float = 30.0) -> DistributedEnv:
+    """Joins torchrun's process group (once) and picks this rank's device.
+
+    `device` "cuda" or "cpu" forces the choice; default CUDA when available.
+    """
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        chosen = torch.device("cuda", local_rank)
+    else:
+        chosen = torch.device("cpu")
+    backend = None
+    if world_size > 1 or "RANK" in os.environ:
+        backend = "nccl" if use_cuda else "gloo"
+        if not dist.is_initialized():
+            kwargs = {"device_id": chosen} if use_cuda else {}
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes), **kwargs)
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistributedEnv(rank, world_size, local_rank, chosen, backend)
+
+
+def is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def print_rank0(*args, **kwargs) -> None:
+    """print() on rank 0 only, flushed, so torchrun's interleaved output stays readable."""
+    if is_rank0():
+        print(*args, **kwargs, flush=True)

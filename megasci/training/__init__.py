@@ -1,0 +1,1 @@
+"""Pretraining: config, the training loop, checkpoints, metrics."""

@@ -1,0 +1,60 @@
+"""Run under torchrun by tests/test_zero.py: ZeRO-2 training of the tiny model, results to argv[1].
+
+Each step's global batch is split over ranks and micro-batches exactly as the training loop does;
+the parent test replays the whole batch in one process with torch.optim.AdamW and compares.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed
+from megasci.model import build_model, get_config
+
+STEPS, GLOBAL, MICRO, SEQ = 4, 8, 2, 32
+CONFIG = AdamWConfig(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, max_grad_norm=0.5)
+
+
+def batches(cfg):
+    g = torch.Generator().manual_seed(123)
+    return torch.randint(0, cfg.vocab_size, (STEPS, GLOBAL, SEQ + 1), generator=g)
+
+
+def lr_at(step):
+    return CONFIG.lr * (1.0 - 0.2 * step)
+
+
+def main(out_path, bucket_numel):
+    env = init_distributed("cpu")
+    for dtype in (torch.float32, torch.float64):
+        train(env, f"{out_path}.{str(dtype).split('.')[-1]}", bucket_numel, dtype)
+
+
+def train(env, out_path, bucket_numel, dtype):
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg, dtype=dtype)
+    opt = ZeroAdamW(model, CONFIG, bucket_numel=bucket_numel)
+    data = batches(cfg)
+    per_rank = GLOBAL // env.world_size
+    accumulation = per_rank // MICRO
+    params, norms = [], []
+    for step in range(STEPS):
+        mine = data[step, env.rank * per_rank:(env.rank + 1) * per_rank]
+        for micro in range(accumulation):
+            sample = mine[micro * MICRO:(micro + 1) * MICRO]
+            opt.prepare_backward(last_micro_batch=micro == accumulation - 1)
+            loss = model(sample[:, :-1], sample[:, 1:]) / accumulation
+            loss.backward()
+        norm = opt.finish_gradient_sync()
+        opt.step(lr_at(step), norm)
+        norms.append(float(norm))
+        params.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    torch.save({"params": params, "norms": norms, "optimizer": opt.state_dict(), "state_bytes": opt.state_bytes(),
+                "buckets": len(opt.buckets)}, f"{out_path}.rank{env.rank}")
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -5,12 +5,17 @@ Attention is causal with RoPE (rotate-half) and grouped-query heads; the MLP is 
 RMSNorm; no linear layer has a bias; input and output embeddings are separate matrices. The numerics
 live in `megasci.ops`, so kernels can change without touching this file. Parameter names map one to
 one onto transformers' LlamaForCausalLM (see hf_mapping.py).
+
+For generation, `Transformer.decode` runs new tokens against a `KVCache` of the keys and values of
+the tokens before them, so a step computes the projections and MLP of the new tokens only
+(see generate.py).
 """
 
 import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megasci import ops
@@ -39,21 +44,65 @@ def _attention_core(q, k, v, cos, sin):
     return ops.attention(q, k, v, causal=True)
 
 
+def _cached_attention_core(q, k, v, start: int):
+    """Queries at positions start..start+S-1 over keys and values at 0..start+S-1."""
+    if start == 0:  # a prefill: the same square causal attention as training
+        return ops.attention(q, k, v, causal=True)
+    if q.shape[1] == 1:  # one new token sees every position before it, and itself
+        return ops.attention(q, k, v, causal=False)
+    # Several new tokens after a cached prefix: query i sees keys up to start + i, a causal mask
+    # aligned to the bottom right, which ops.attention does not offer.
+    mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril(start)
+    groups = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return y.transpose(1, 2)
+
+
+class KVCache:
+    """Every layer's keys and values (after RoPE) for the positions decoded so far.
+
+    Preallocated for `max_len` positions so that a decode step writes in place and computes only the
+    new tokens' keys and values. `length` counts the positions filled; `Transformer.decode` advances it.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"cache of {max_len} positions exceeds max_seq_len {cfg.max_seq_len}")
+        shape = (cfg.n_layers, batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len, self.length = max_len, 0
+
+    def update(self, layer: int, k, v):
+        """Store one layer's k, v [B, S, Hkv, D] at the next S positions; return all of its so far."""
+        end = self.length + k.shape[1]
+        self.k[layer, :, self.length:end] = k
+        self.v[layer, :, self.length:end] = v
+        return self.k[layer, :, :end], self.v[layer, :, :end]
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx  # which slot of a KVCache is this layer's
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.wq = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, recompute_core: bool = False):
+    def forward(self, x, cos, sin, recompute_core: bool = False, cache: KVCache | None = None):
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(b, s, self.n_kv_heads, self.head_dim)
-        y = _run(_attention_core, q, k, v, cos, sin, recompute=recompute_core)
+        if cache is None:
+            y = _run(_attention_core, q, k, v, cos, sin, recompute=recompute_core)
+        else:
+            q, k = ops.apply_rotary(q, k, cos, sin)
+            k, v = cache.update(self.layer_idx, k, v)
+            y = _cached_attention_core(q, k, v, cache.length)
         return self.wo(y.reshape(b, s, -1))
 
 
@@ -70,15 +119,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, selective: bool = False):
-        x = x + self.attn(self.attn_norm(x), cos, sin, recompute_core=selective)
+    def forward(self, x, cos, sin, selective: bool = False, cache: KVCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, recompute_core=selective, cache=cache)
         return x + self.mlp(self.mlp_norm(x), recompute_act=selective)
 
 
@@ -88,7 +137,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.checkpointing = cfg.checkpointing  # "none" | "full" | "selective"; may be changed later
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.init_weights()
@@ -124,6 +173,22 @@ class Transformer(nn.Module):
         if labels is None:
             return self.output(x)
         return ops.cross_entropy_loss(x, self.output.weight, labels)
+
+    def decode(self, tokens, cache: KVCache, last_only: bool = False):
+        """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the
+        cached ones before them; the tokens' keys and values are added to the cache. For inference:
+        no activation checkpointing, no loss. `last_only` gives [B, 1, V], sparing a long prompt's
+        prefill the full [B, S, V] logits."""
+        start, seq_len = cache.length, tokens.shape[1]
+        if start + seq_len > cache.max_len:
+            raise ValueError(f"{seq_len} more tokens after {start} overflow the cache of {cache.max_len} positions")
+        x = self.embed(tokens)
+        cos, sin = ops.rotary_tables(start + seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
+        cos, sin = cos[start:], sin[start:]
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache=cache)
+        cache.length += seq_len
+        return self.output(self.norm(x[:, -1:] if last_only else x))
 
 
 def build_model(cfg: ModelConfig, device="cpu", dtype=None) -> Transformer:

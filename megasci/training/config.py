@@ -1,0 +1,214 @@
+"""The training configuration: typed dataclasses, read from YAML, overridden from the command line.
+
+    python tools/pretrain.py --config examples/configs/pretrain_1p36b.yaml optim.lr=2e-4 train.train_steps=100
+
+Every section is a dataclass; an unknown key, or a value of the wrong type, fails before anything
+starts, naming the key. Overrides are `section.field=value` with the value read as YAML. The
+resolved config is printed by rank 0 and saved with the run and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from megasci.model import ModelConfig, get_config
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """A preset plus fields of `ModelConfig` to replace (e.g. checkpointing, vocab_size)."""
+
+    preset: str = "tiny"
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    def build(self) -> ModelConfig:
+        return get_config(self.preset, **self.overrides)
+
+
+@dataclasses.dataclass
+class DataSection:
+    """Where the samples come from: one blend, or a curriculum of stages (see blended_dataset.py)."""
+
+    tokenizer: str = ""  # the training tokenizer's .model; its identity goes into every checkpoint
+    seq_length: int = 768
+    blend: Any = None  # "w1 prefix1 w2 prefix2", a list, or dicts; shares or epoch multipliers ("2.0x")
+    curriculum: list | None = None  # stages: name, blend, end_samples | end_tokens
+    split: tuple[float, float, float] = (0.98, 0.01, 0.01)
+    cache_dir: str | None = None  # sample-index cache; default <save_dir>/index_cache
+    seed: int = 1234
+    eval_samples: int = 64  # per source, from its validation split
+    prefetch: int = 4
+
+
+@dataclasses.dataclass
+class OptimSection:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # cosine from lr to min_lr over this many steps after warm-up; default: the rest
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False  # weight decay on the input and output embeddings too
+    clip_grad: float = 1.0
+    bucket_numel: int = 40_000_000  # ZeRO-2 bucket size, in parameters
+
+
+@dataclasses.dataclass
+class TrainSection:
+    micro_batch_size: int = 1
+    global_batch_size: int = 512  # = micro_batch_size x accumulation steps x data-parallel size
+    train_steps: int = 1000
+    seed: int = 1234
+    device: str = "auto"  # auto | cuda | cpu
+    save_dir: str = "checkpoints"
+    save_interval: int = 1000
+    keep_last: int = 3
+    exit_interval: int | None = None  # save and exit after this step (as Megatron's --exit-interval)
+    log_interval: int = 10
+    eval_interval: int = 500
+    tensorboard_dir: str | None = None  # default <save_dir>/tensorboard
+    peak_tflops: float | None = None  # per device, for MFU; default from the GPU's name
+    spike_factor: float = 3.0  # skip a step whose loss exceeds this x the running mean (0: off)
+    spike_warmup_steps: int = 20  # steps of history before the spike guard acts
+    max_skipped_steps: int = 5  # stop after this many skipped steps in a row
+    timing_sync: bool = True  # synchronise the GPU between phases so the step-time split is honest
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    optim: OptimSection = dataclasses.field(default_factory=OptimSection)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False, default_flow_style=False)
+
+
+def _plain(value):
+    """Tuples as lists, so the YAML is the plain kind `safe_load` reads back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value, hint, where: str):
+    """`value` as type `hint`, for the simple types a config uses; anything else fails naming `where`."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+        raise TypeError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise TypeError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        return value
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 3e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise TypeError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+                       f"{where or 'the config'} has {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    cfg = _build(TrainConfig, values or {}, "")
+    cfg.model.build()  # a bad preset or model field fails here, not on the first step
+    return cfg
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """`section.field=value` pairs (value parsed as YAML) applied to a nested dict, in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key} is not a section")
+        node[keys[-1]] = yaml.safe_load(text)
+    return values
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The config from a YAML file (optional) with overrides applied; errors name the file."""
+    values = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: cannot read the config: {error}") from error
+    values = apply_overrides(values, list(overrides))
+    try:
+        return config_from_dict(values)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path or 'config'}: {error}") from error

@@ -1,0 +1,202 @@
+"""The training loop end to end on CPU (gloo, 2 processes): exact resume, re-sharded resume,
+SIGTERM, interrupted checkpoints, TensorBoard scalars; plus config, schedule and spike guard units."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megasci.training import checkpoint as ckpt
+from megasci.training.config import load_config
+from megasci.training.schedule import learning_rate
+from megasci.training.trainer import SpikeGuard, TrainingDiverged
+
+sys.path.insert(0, os.path.dirname(__file__))
+from training_fixtures import REPO, make_training_data, run_pretrain, training_overrides  # noqa: E402
+
+
+def metrics(save_dir):
+    """Per step, the last logged value of each scalar (a resumed run logs its steps again)."""
+    rows = {}
+    with open(os.path.join(save_dir, "tensorboard", "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            rows.setdefault(record["step"], {}).update(record)
+    return rows
+
+
+def final_params(save_dir):
+    return torch.load(os.path.join(ckpt.latest_checkpoint(save_dir), ckpt.MODEL_NAME), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """8 steps straight; 4 steps, exit, resume to 8 (same 2 ranks); and a 1-rank resume of the 4-step checkpoint."""
+    root = tmp_path_factory.mktemp("train")
+    data = make_training_data(str(root / "data"))
+    straight = str(root / "straight")
+    run_pretrain(2, training_overrides(data, straight))
+    resumed = str(root / "resumed")
+    first = run_pretrain(2, training_overrides(data, resumed, **{"train.exit_interval": 4}))
+    one_rank = str(root / "one_rank")
+    shutil.copytree(resumed, one_rank)
+    second = run_pretrain(2, training_overrides(data, resumed, **{"train.exit_interval": 4}))
+    third = run_pretrain(1, training_overrides(data, one_rank))
+    return {"data": data, "root": root, "straight": straight, "resumed": resumed, "one_rank": one_rank,
+            "logs": [first.stdout, second.stdout, third.stdout]}
+
+
+def test_loss_falls_and_validation_improves(runs):
+    rows = metrics(runs["straight"])
+    assert rows[8]["train/loss"] < rows[1]["train/loss"] - 0.3
+    assert rows[8]["val/loss/all"] < rows[0]["val/loss/all"]
+    assert rows[0]["val/ppl/all"] == pytest.approx(math.exp(rows[0]["val/loss/all"]))
+
+
+def test_two_n_steps_equal_n_steps_exit_and_resume(runs):
+    first, second, _ = runs["logs"]
+    assert "stopping at step 4" in first and "resumed from" in second and "step 4" in second
+    straight, resumed = metrics(runs["straight"]), metrics(runs["resumed"])
+    for step in range(1, 9):
+        assert resumed[step]["train/loss"] == straight[step]["train/loss"], step
+        assert resumed[step]["train/grad_norm"] == straight[step]["train/grad_norm"], step
+    a, b = final_params(runs["straight"]), final_params(runs["resumed"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ckpt.read_meta(runs["resumed"])["consumed_samples"] == 64
+
+
+def test_resume_on_a_different_number_of_ranks_reshards(runs):
+    """The 2-rank checkpoint at step 4, resumed by 1 rank: same trajectory up to float32 summation order."""
+    log = runs["logs"][2]
+    assert "saved with 2 rank(s), now 1" in log
+    straight, one_rank = metrics(runs["straight"]), metrics(runs["one_rank"])
+    for step in range(5, 9):
+        assert one_rank[step]["train/loss"] == pytest.approx(straight[step]["train/loss"], abs=1e-4), step
+    a, b = final_params(runs["straight"]), final_params(runs["one_rank"])
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+
+
+def test_tensorboard_event_files_hold_the_scalars(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(runs["straight"], "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    wanted = {"train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "val/loss/all", "val/ppl/all",
+              "perf/tokens_per_s", "perf/tflops_per_device", "perf/mfu", "time/step_s", "time/data_wait_s",
+              "time/forward_backward_s", "time/optimizer_comm_s", "data/stage", "data/consumed_samples"}
+    assert wanted <= tags, wanted - tags
+    assert any(t.startswith("val/ppl/arxiv_text_document[section=") for t in tags)
+    assert {t for t in tags if t.startswith("data/samples/")} == {
+        "data/samples/arxiv_text_document", "data/samples/arxiv_text_document[section=abstract,conclusion,introduction]"}
+    stages = {e.step: e.value for e in events.Scalars("data/stage")}
+    assert stages[4] == 0 and stages[8] == 1  # the curriculum switched at sample 32 = step 4
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert lrs[0] == pytest.approx(1.5e-3) and lrs[1] == pytest.approx(3e-3)
+
+
+def test_checkpoint_layout_and_keep_last(runs):
+    save_dir = runs["straight"]
+    assert [os.path.basename(p) for p in ckpt.complete_checkpoints(save_dir)] == ["step_00000004", "step_00000008"]
+    path = ckpt.latest_checkpoint(save_dir)
+    files = set(os.listdir(path))
+    assert {"meta.json", "model.pt", "config.yaml", "tokenizer.model", "rank_00000.pt", "rank_00001.pt"} <= files
+    meta = ckpt.read_meta(save_dir)
+    assert meta["step"] == 8 and meta["dp_size"] == 2 and meta["stage"] == "all"
+    assert meta["tokenizer"]["vocab_size"] == runs["data"]["vocab_size"]
+    assert load_config(os.path.join(path, "config.yaml")).train.train_steps == 8
+    model, _ = ckpt.load_model(save_dir)
+    assert model.cfg.vocab_size == runs["data"]["vocab_size"]
+
+
+def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    model_state = {"w": torch.arange(4.0)}
+    meta = {"model_config": {}, "consumed_samples": 8}
+    ckpt.save_checkpoint(str(tmp_path), 1, rank=0, rank_state={"x": 1}, model_state=model_state, meta=meta)
+    real_save = torch.save
+
+    def crash_on_model(obj, path, *args, **kwargs):
+        if str(path).endswith(ckpt.MODEL_NAME):
+            real_save(obj, path, *args, **kwargs)
+            raise OSError("disk full")  # crash after the model file, before meta.json
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_on_model)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(str(tmp_path), 2, rank=0, rank_state={"x": 2}, model_state={"w": torch.zeros(4)}, meta=meta)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert os.path.isdir(tmp_path / "step_00000002.tmp")
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000001")
+    assert ckpt.load_rank_state(ckpt.latest_checkpoint(str(tmp_path)), 0) == {"x": 1}
+    # the pointer lost too: the newest complete directory is still found, never the .tmp one
+    os.remove(tmp_path / "latest")
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000001")
+    ckpt.save_checkpoint(str(tmp_path), 2, rank=0, rank_state={"x": 2}, model_state={"w": torch.zeros(4)}, meta=meta)
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000002")
+    assert not os.path.exists(tmp_path / "step_00000002.tmp")
+
+
+def test_sigterm_saves_and_the_run_resumes(runs, tmp_path):
+    save_dir = str(tmp_path / "sigterm")
+    overrides = training_overrides(runs["data"], save_dir, **{"train.train_steps": 2000, "train.save_interval": 0,
+                                                               "train.eval_interval": 0, "train.log_interval": 1})
+    cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain.py"), *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, out
+    assert "stopping at step" in out and "(SIGTERM)" in out
+    step = ckpt.read_meta(save_dir)["step"]
+    assert 3 <= step < 2000
+    resumed = run_pretrain(1, overrides[:-4] + ["train.train_steps=" + str(step + 2), "train.save_interval=0",
+                                                "train.eval_interval=0", "train.log_interval=1"])
+    assert f"step {step}" in resumed.stdout and ckpt.read_meta(save_dir)["step"] == step + 2
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n  warmup: 10\n")
+    with pytest.raises(ValueError, match=r"c.yaml.*optim.warmup"):
+        load_config(str(path))
+    path.write_text("optim:\n  lr: 3e-4\n")
+    cfg = load_config(str(path), ["train.train_steps=7", "model.overrides={checkpointing: full}"])
+    assert cfg.optim.lr == 3e-4 and cfg.train.train_steps == 7 and cfg.model.build().checkpointing == "full"
+    with pytest.raises(ValueError, match="train.train_steps: expected an integer"):
+        load_config(None, ["train.train_steps=seven"])
+    assert load_config(None, []).to_yaml() == load_config(None, []).to_yaml()
+    round_trip = tmp_path / "r.yaml"
+    round_trip.write_text(cfg.to_yaml())
+    assert load_config(str(round_trip)) == cfg
+
+
+def test_learning_rate_schedule_by_hand():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=4, decay_steps=10)
+    assert [learning_rate(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(4, **kw) == pytest.approx(1.0)
+    assert learning_rate(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
+    assert learning_rate(14, **kw) == pytest.approx(0.1)
+    assert learning_rate(100, **kw) == pytest.approx(0.1)
+
+
+def test_spike_guard():
+    guard = SpikeGuard(factor=2.0, warmup=3, max_skipped=2, decay=0.5)
+    assert [guard.check(s, 4.0, 1.0) for s in range(3)] == [None] * 3
+    assert guard.check(3, 7.9, 1.0) is None  # below 2 x mean 4.0
+    assert "above 2 x the running mean" in guard.check(4, 20.0, 1.0)
+    assert "non-finite" in guard.check(5, float("nan"), 1.0)
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        guard.check(6, 5.0, float("inf"))
+    restored = SpikeGuard(2.0, 3, 2, 0.5)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == guard.state_dict()

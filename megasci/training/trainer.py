@@ -28,6 +28,7 @@ from megasci.data.blended_dataset import BlendedDataset, CurriculumStage, parse_
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megasci.data.loader import DataLoader, DataLoaderConfig
 from megasci.distributed import AdamWConfig, ZeroAdamW, barrier, default_decay, init_distributed, print_rank0
+from megasci.evaluation import evaluate
 from megasci.model import build_model, flops_per_token
 from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import atomic_text_output
@@ -87,8 +88,8 @@ def build_train_dataset(cfg: TrainConfig, cache_dir: str) -> BlendedDataset:
     if cfg.data.curriculum:
         stages = parse_curriculum(cfg.data.curriculum)
         last = stages[-1]
-        if last.end_samples is None and last.end_tokens is None and last.blend[0].weight_kind == "share":
-            stages[-1] = dataclasses.replace(last, end_samples=needed)  # the last stage runs to the end
+        if last.end_samples is None and last.end_tokens is None:  # the last stage runs to the end of training,
+            stages[-1] = dataclasses.replace(last, end_samples=needed)  # epoch multipliers then give its shares
     elif cfg.data.blend:
         stages = [CurriculumStage("main", parse_blend(cfg.data.blend), end_samples=needed)]
     else:
@@ -108,33 +109,12 @@ def build_eval_datasets(cfg: TrainConfig, train: BlendedDataset, cache_dir: str)
         config = GPTDatasetConfig(prefix=source.prefix, document_filter=source.document_filter, split="valid",
                                   split_fractions=cfg.data.split, seq_length=cfg.data.seq_length,
                                   seed=cfg.data.seed, cache_dir=cache_dir)
-        available = BlendedDataset._split_tokens(config) // cfg.data.seq_length
+        available = (BlendedDataset._split_tokens(config) - 1) // cfg.data.seq_length  # one pass, label included
         if available == 0:
             print_rank0(f"validation: source {source.name} has no full sample in its validation split; not evaluated")
             continue
         datasets[source.name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)))
     return datasets
-
-
-@torch.no_grad()
-def evaluate(model, datasets: dict[str, GPTDataset], batch_size: int, device, dp_rank: int = 0,
-             dp_size: int = 1) -> dict[str, float]:
-    """Mean token loss per source and over all of them ("all"), samples spread over the ranks."""
-    sums = torch.zeros(len(datasets), 2, dtype=torch.float64, device=device)  # loss x tokens, tokens
-    for k, dataset in enumerate(datasets.values()):
-        mine = list(range(dp_rank, len(dataset), dp_size))
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
-            samples = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64) for i in chunk])).to(device)
-            tokens = samples[:, 1:].numel()
-            sums[k, 0] += model(samples[:, :-1], samples[:, 1:]).double() * tokens
-            sums[k, 1] += tokens
-    if dp_size > 1:
-        dist.all_reduce(sums)
-    losses = {name: float(sums[k, 0] / sums[k, 1]) for k, name in enumerate(datasets)}
-    if datasets:
-        losses["all"] = float(sums[:, 0].sum() / sums[:, 1].sum())
-    return losses
 
 
 def _rng_state() -> dict:

@@ -1,0 +1,377 @@
+"""Perplexity of a checkpoint on held-out data, per source (data prefix) and per sidecar label.
+
+**Which documents.** `split="valid"` (the default) evaluates the documents the checkpoint never
+trained on. Training splits every source the same way (`gpt_dataset.split_documents`): a
+permutation of *all* the dataset's document ids, seeded by the run's `data.seed`, cut at its
+`data.split` fractions, before any curriculum filter. So the held-out documents are a pure
+function of the document count, the fractions and the seed, all recorded in the checkpoint's
+`train_config`; recomputing them here gives exactly the documents training left out, provided
+the dataset has not changed since (another document count moves every boundary). `"test"` and
+`"train"` use the same split; `"all"` takes every document, for a separate held-out dataset that
+training never saw.
+
+**Groups.** Each prefix is one group; `by=KEY` adds one group per distinct value of that key in
+the prefix's sidecar (`<prefix>.docs.jsonl`), selected with a document filter over the same
+`.bin`, so nothing is copied. Documents without the key form a group of their own.
+
+**Samples.** As in training (Megatron style), a group's documents are concatenated in a shuffled
+order into one token stream that is cut into samples of `seq_length + 1` tokens, so a sample
+crosses document boundaries but never leaves its group. A group's loss is the mean over the
+`seq_length` predicted tokens of every full sample of one pass over its documents (or of the
+first `max_samples`); the stream's first token and its tail shorter than a sample are not
+predicted. Because a label group packs only its own documents, the label losses do not average
+exactly to the source's loss: each is measured in its own context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megasci.data.blended_dataset import parse_blend, parse_curriculum
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, filter_documents, split_documents
+from megasci.data.indexed_dataset import IndexedDataset, data_file_path
+from megasci.data.sidecar import read_sidecar, sidecar_path
+from megasci.tokenizer.sp_tokenizer import file_sha256
+from megasci.training.checkpoint import load_model, resolve_checkpoint
+from megasci.training.config import DataSection
+
+
+@torch.no_grad()
+def evaluate(model, datasets: dict[str, GPTDataset], batch_size: int, device, dp_rank: int = 0,
+             dp_size: int = 1) -> dict[str, float]:
+    """Mean token loss per source and over all of them ("all"), samples spread over the ranks."""
+    sums = torch.zeros(len(datasets), 2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    for k, dataset in enumerate(datasets.values()):
+        mine = list(range(dp_rank, len(dataset), dp_size))
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start:start + batch_size]
+            samples = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64) for i in chunk])).to(device)
+            tokens = samples[:, 1:].numel()
+            sums[k, 0] += model(samples[:, :-1], samples[:, 1:]).double() * tokens
+            sums[k, 1] += tokens
+    if dp_size > 1:
+        dist.all_reduce(sums)
+    losses = {name: float(sums[k, 0] / sums[k, 1]) for k, name in enumerate(datasets)}
+    if datasets:
+        losses["all"] = float(sums[:, 0].sum() / sums[:, 1].sum())
+    return losses
+
+
+EVAL_SPLITS = ("valid", "test", "train", "all")
+MISSING_LABEL = "(none)"
+
+
+@dataclasses.dataclass
+class EvalGroup:
+    """One row of the report: a prefix, optionally narrowed to one sidecar label."""
+
+    name: str
+    prefix: str
+    config: GPTDatasetConfig  # num_samples 0 until planned
+    documents: np.ndarray  # sorted document ids of the group
+    tokens: int  # tokens in those documents
+    label_key: str | None = None
+    label: object = None
+    loss: float | None = None
+
+    @property
+    def samples(self) -> int:
+        return self.config.num_samples
+
+    @property
+    def tokens_evaluated(self) -> int:
+        return self.samples * self.config.seq_length
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prefix": self.prefix, "label_key": self.label_key, "label": self.label,
+                "documents": len(self.documents), "tokens": self.tokens, "samples": self.samples,
+                "tokens_evaluated": self.tokens_evaluated, "loss": self.loss, "perplexity": perplexity(self.loss)}
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def held_out_settings(meta: dict, checkpoint: str) -> tuple[tuple[float, float, float], int, int]:
+    """(split fractions, split seed, seq_length) the checkpoint was trained with."""
+    data = (meta.get("train_config") or {}).get("data")
+    if not data:
+        raise ValueError(f"{checkpoint}: meta.json records no training config, so which documents were held out "
+                         f"is unknown; use --split all for a dataset the model never trained on")
+    defaults = DataSection()
+    return (tuple(float(f) for f in data.get("split", defaults.split)), int(data.get("seed", defaults.seed)),
+            int(data.get("seq_length", defaults.seq_length)))
+
+
+def training_prefixes(train_config: dict) -> set[str] | None:
+    """Absolute prefixes of the run's blend or curriculum; None when they cannot be read."""
+    data = (train_config or {}).get("data") or {}
+    try:
+        if data.get("curriculum"):
+            specs = [s for stage in parse_curriculum(data["curriculum"]) for s in stage.blend]
+        elif data.get("blend"):
+            specs = parse_blend(data["blend"])
+        else:
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return {os.path.abspath(s.prefix) for s in specs}
+
+
+def dataset_config(prefix: str, split: str, fractions, seed: int, seq_length: int, cache_dir: str | None,
+                   document_filter: dict | None = None) -> GPTDatasetConfig:
+    """The `GPTDatasetConfig` of a group; "all" is the train part of a 100/0/0 split."""
+    if split == "all":
+        split, fractions = "train", (1.0, 0.0, 0.0)
+    return GPTDatasetConfig(prefix=prefix, split=split, split_fractions=fractions, seq_length=seq_length, seed=seed,
+                            cache_dir=cache_dir, document_filter=document_filter)
+
+
+def group_documents(config: GPTDatasetConfig) -> np.ndarray:
+    """The group's document ids, selected exactly as `GPTDataset` selects them."""
+    dataset = IndexedDataset(config.prefix)
+    documents = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)[config.split]
+    if config.document_filter is not None:
+        documents = filter_documents(config.prefix, documents, config.document_filter)
+    return documents
+
+
+def _labels(prefix: str, documents: np.ndarray, key: str) -> list:
+    """Distinct values of `key` over the documents, in order of first appearance in the whole
+    sidecar, so sections come in paper order (title, abstract, ...) whichever documents are held out."""
+    if not os.path.isfile(sidecar_path(prefix)):
+        raise FileNotFoundError(f"{sidecar_path(prefix)}: no sidecar, so {prefix} cannot be grouped by {key!r}")
+    records = read_sidecar(prefix)
+    present = np.zeros(len(records), dtype=bool)
+    present[documents] = True
+    labels = {}
+    for d, record in enumerate(records):
+        value = record.get(key)
+        try:
+            labels.setdefault(value, False)
+        except TypeError:
+            raise ValueError(f"{sidecar_path(prefix)}: line {d + 1} has {key}={value!r}, "
+                             f"which cannot name a group") from None
+        labels[value] |= bool(present[d])
+    return [value for value, held in labels.items() if held]
+
+
+def _source_names(prefixes: list[str]) -> list[str]:
+    """File names, unless two prefixes share one: then the prefixes as given."""
+    names = [os.path.basename(p) for p in prefixes]
+    return names if len(set(names)) == len(names) else list(prefixes)
+
+
+def plan_groups(prefixes: list[str], split: str, fractions, seed: int, seq_length: int, by: str | None = None,
+                max_samples: int | None = None, cache_dir: str | None = None, warn=print) -> list[EvalGroup]:
+    """Every group with its documents and sample count (all full samples, at most `max_samples`).
+
+    A prefix whose split cannot fill one sample is an error; a label group that cannot is kept
+    in the report without a loss.
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    if len(set(map(os.path.abspath, prefixes))) != len(prefixes):
+        raise ValueError(f"a prefix is given twice: {prefixes}")
+    groups = []
+    for prefix, name in zip(prefixes, _source_names(prefixes)):
+        config = dataset_config(prefix, split, fractions, seed, seq_length, cache_dir)
+        source = _planned(EvalGroup(name, prefix, config, *_documents_and_tokens(config)), max_samples)
+        if source.samples == 0:
+            raise ValueError(f"{data_file_path(prefix)}: the {split} split (fractions {list(fractions)}, seed {seed}) "
+                             f"has {len(source.documents)} documents and {source.tokens} tokens, fewer than the "
+                             f"{seq_length + 1} one sample needs")
+        groups.append(source)
+        if by is None:
+            continue
+        for label in _labels(prefix, source.documents, by):
+            sub = dataset_config(prefix, split, fractions, seed, seq_length, cache_dir, {by: {label}})
+            shown = MISSING_LABEL if label is None else label
+            group = _planned(EvalGroup(f"{name}[{by}={shown}]", prefix, sub, *_documents_and_tokens(sub),
+                                       label_key=by, label=label), max_samples)
+            if group.samples == 0:
+                warn(f"warning: {group.name}: {len(group.documents)} documents, {group.tokens} tokens: "
+                     f"not one sample of {seq_length + 1} tokens; not evaluated")
+            groups.append(group)
+    return groups
+
+
+def _documents_and_tokens(config: GPTDatasetConfig) -> tuple[np.ndarray, int]:
+    documents = group_documents(config)
+    return documents, int(IndexedDataset(config.prefix).document_lengths()[documents].sum())
+
+
+def _planned(group: EvalGroup, max_samples: int | None) -> EvalGroup:
+    """Full samples of one pass: n samples read n * seq_length + 1 tokens, so none repeats a document."""
+    available = max(group.tokens - 1, 0) // group.config.seq_length
+    n = available if max_samples is None else min(available, max_samples)
+    group.config = dataclasses.replace(group.config, num_samples=n)
+    return group
+
+
+class _CheckedSamples:
+    """A group's samples, failing with the file's name on a token id the model has no embedding for
+    (a dataset made with another tokenizer) instead of an index error inside the model."""
+
+    def __init__(self, dataset: GPTDataset, vocab_size: int):
+        self.dataset, self.vocab_size = dataset, vocab_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        sample = self.dataset[i]
+        if len(sample) and (sample.max() >= self.vocab_size or sample.min() < 0):
+            bad = int(sample.max() if sample.max() >= self.vocab_size else sample.min())
+            raise ValueError(f"{data_file_path(self.dataset.config.prefix)}: token id {bad} is outside the model's "
+                             f"vocabulary of {self.vocab_size}; the dataset was tokenized with another tokenizer")
+        return sample
+
+
+def evaluate_groups(model, groups: list[EvalGroup], batch_size: int, device) -> float:
+    """Fills each group's loss; returns the token-weighted loss over the source groups only
+    (label groups re-cover the same documents, so counting them too would count tokens twice)."""
+    vocab_size = model.cfg.vocab_size
+    sources = [g for g in groups if g.label_key is None]
+    labelled = [g for g in groups if g.label_key is not None and g.samples]
+    overall = None
+    for part in (sources, labelled):
+        if not part:
+            continue
+        datasets = {g.name: _CheckedSamples(GPTDataset(g.config), vocab_size) for g in part}
+        losses = evaluate(model, datasets, batch_size, device)
+        for g in part:
+            g.loss = losses[g.name]
+        if part is sources:
+            overall = losses["all"]
+    return overall
+
+
+def tokenizer_warnings(prefix: str, identity: dict | None) -> list[str]:
+    """Reasons to doubt that `prefix` was tokenized with the checkpoint's tokenizer, from what the
+    dataset records: a `<prefix>.tokenizer.json` identity, or the `<out>_preprocess.json` report
+    that preprocess_data.py writes beside `<out>_<key>_document`. Nothing recorded: no warnings."""
+    if not identity:
+        return []
+    warnings = []
+    recorded = f"{prefix}.tokenizer.json"
+    if os.path.isfile(recorded):
+        with open(recorded, encoding="utf-8") as f:
+            warnings += _compare_identity(recorded, json.load(f), identity)
+    report = _preprocess_report(prefix)
+    if report is not None:
+        with open(report, encoding="utf-8") as f:
+            content = json.load(f)
+        model_path = (content.get("config") or {}).get("tokenizer_model")
+        vocab_size = (content.get("summary") or {}).get("vocab_size")
+        if model_path and os.path.isfile(model_path) and identity.get("sha256"):
+            warnings += _compare_identity(report, {"sha256": file_sha256(model_path)}, identity)
+        elif vocab_size is not None:
+            warnings += _compare_identity(report, {"vocab_size": vocab_size}, identity)
+    return warnings
+
+
+def _compare_identity(where: str, recorded: dict, identity: dict) -> list[str]:
+    for key in ("sha256", "vocab_size"):
+        if recorded.get(key) is not None and identity.get(key) is not None:
+            if recorded[key] != identity[key]:
+                return [f"warning: {where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
+                        f"checkpoint's {identity[key]}; the perplexity may be meaningless"]
+            return []
+    return []
+
+
+def _preprocess_report(prefix: str) -> str | None:
+    """The preprocessing report that lists `prefix` among its outputs, if there is one."""
+    if not prefix.endswith("_document"):
+        return None
+    stem = prefix[: -len("_document")]
+    for cut in range(len(stem) - 1, 0, -1):
+        if stem[cut] != "_":
+            continue
+        candidate = f"{stem[:cut]}_preprocess.json"
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    outputs = (json.load(f).get("summary") or {}).get("outputs") or {}
+            except ValueError:
+                continue
+            if any(os.path.abspath(p) == os.path.abspath(prefix) for p in outputs.values()):
+                return candidate
+    return None
+
+
+def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "valid", by: str | None = None,
+                        seq_length: int | None = None, max_samples: int | None = None, batch_size: int = 8,
+                        device="cpu", dtype: torch.dtype | None = None, cache_dir: str | None = None,
+                        warn=print) -> dict:
+    """The report: every group's documents, tokens evaluated, loss and perplexity, and the overall
+    token-weighted loss over the prefixes (see the module docstring for what is evaluated)."""
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+    path = resolve_checkpoint(checkpoint)
+    for prefix in prefixes:
+        IndexedDataset(prefix)  # a missing or broken .bin/.idx fails here, naming the file, before the model loads
+    model, meta = load_model(path, device=device, dtype=dtype)
+    model.eval()
+    if split == "all":
+        data = (meta.get("train_config") or {}).get("data") or {}
+        fractions, seed = (1.0, 0.0, 0.0), int(data.get("seed", DataSection().seed))
+        trained_length = data.get("seq_length")
+    else:
+        fractions, seed, trained_length = held_out_settings(meta, path)
+        trained = training_prefixes(meta.get("train_config"))
+        for prefix in prefixes:
+            if trained is not None and os.path.abspath(prefix) not in trained:
+                warn(f"warning: {prefix} is not a source of this checkpoint's training data; its {split} split is "
+                     f"only a slice of it (--split all evaluates every document)")
+    seq_length = seq_length or trained_length
+    if not seq_length:
+        raise ValueError(f"{path}: no data.seq_length recorded; pass seq_length")
+    if seq_length > model.cfg.max_seq_len:
+        raise ValueError(f"seq_length {seq_length} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
+    warnings = [w for prefix in prefixes for w in tokenizer_warnings(prefix, meta.get("tokenizer"))]
+    for w in warnings:
+        warn(w)
+    groups = plan_groups(prefixes, split, fractions, seed, seq_length, by, max_samples, cache_dir, warn)
+    overall = evaluate_groups(model, groups, batch_size, torch.device(device))
+    sources = [g for g in groups if g.label_key is None]
+    return {
+        "checkpoint": path, "step": meta.get("step"), "split": split, "split_fractions": list(fractions),
+        "split_seed": seed, "seq_length": seq_length, "by": by, "max_samples": max_samples,
+        "groups": [g.to_dict() for g in groups],
+        "overall": {"documents": sum(len(g.documents) for g in sources),
+                    "tokens_evaluated": sum(g.tokens_evaluated for g in sources),
+                    "loss": overall, "perplexity": perplexity(overall)},
+        "warnings": warnings,
+    }
+
+
+def format_report(report: dict) -> str:
+    """A table: group, documents, tokens evaluated, loss, perplexity; then the overall line."""
+    def cells(name, row):
+        missing = row["loss"] is None
+        return (name, f"{row['documents']:,}", f"{row['tokens_evaluated']:,}",
+                "-" if missing else f"{row['loss']:.4f}", "-" if missing else f"{row['perplexity']:.3f}")
+
+    rows = [("group", "documents", "tokens evaluated", "loss", "perplexity")]
+    rows += [cells(("  " if g["label_key"] else "") + g["name"], g) for g in report["groups"]]
+    rows.append(cells("overall", report["overall"]))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    lines.append(f"{report['split']} split (fractions {report['split_fractions']}, seed {report['split_seed']}) of "
+                 f"{report['checkpoint']} (step {report['step']}); samples of {report['seq_length']} + 1 tokens packed "
+                 f"across the documents of each group; overall = token-weighted over the prefixes")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Perplexity of a checkpoint on held-out data: per data prefix, per sidecar label, and overall.
+
+By default the documents evaluated are each prefix's validation split under the checkpoint's own
+split fractions and seed, i.e. exactly the documents training held out; --split all takes every
+document, for a dataset the model never saw. Samples are seq_length + 1 tokens packed across the
+documents of one group, as in training. See megasci/evaluation.py for the details.
+
+Example:
+    python tools/eval_ppl.py --checkpoint runs/1p36b/checkpoints --data data/arxiv_sections_text_document \\
+        --by section --max-samples 256 --json-out ppl.json
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+from megasci.data.indexed_dataset import IndexedDatasetError
+from megasci.evaluation import EVAL_SPLITS, evaluate_perplexity, format_report
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a save directory (its latest)")
+    p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="dataset prefixes (without .bin/.idx)")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="valid",
+                   help="valid/test/train under the checkpoint's split; all = every document (default: valid)")
+    p.add_argument("--by", metavar="KEY", help="also group by each value of this sidecar key, e.g. section")
+    p.add_argument("--seq-length", type=int, default=None, help="default: the checkpoint's data.seq_length")
+    p.add_argument("--max-samples", type=int, default=None, help="at most this many samples per group")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the training dtype")
+    p.add_argument("--cache-dir", default=None, help="sample-index cache; default <prefix>_cache/")
+    p.add_argument("--json-out", metavar="FILE", help="also write the report as JSON")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or (args.seq_length is not None and args.seq_length < 1):
+        p.error("--batch-size and --seq-length must be positive")
+    try:
+        report = evaluate_perplexity(args.checkpoint, args.data, split=args.split, by=args.by,
+                                     seq_length=args.seq_length, max_samples=args.max_samples,
+                                     batch_size=args.batch_size, device=args.device, dtype=DTYPES.get(args.dtype),
+                                     cache_dir=args.cache_dir, warn=lambda line: print(line, file=sys.stderr))
+    except (OSError, ValueError, IndexedDatasetError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,18 +26,7 @@ import torch
 from megasci import ops
 from megasci.model import build_model, get_config
 from megasci.model.config import flops_per_token
-
-# Dense bf16 peak (TFLOP/s, no sparsity) by device-name fragment, from NVIDIA's datasheets.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
-
-
-def peak_tflops(device: torch.device, override: float | None) -> float | None:
-    if override:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+from megasci.training.metrics import device_peak_tflops
 
 
 def synchronize(device: torch.device) -> None:
@@ -138,7 +127,7 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
 
 def bench_model(cfg, args, device, dtype) -> list[dict]:
     rows = []
-    peak = peak_tflops(device, args.peak_tflops)
+    peak = args.peak_tflops or device_peak_tflops(device)
     torch.manual_seed(0)
     model = build_model(cfg, device=device, dtype=dtype)
     model.checkpointing = args.checkpointing

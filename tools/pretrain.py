@@ -12,6 +12,7 @@ SIGTERM saves a checkpoint and exits; running the same command again resumes exa
 import argparse
 import sys
 
+from megasci.distributed import shutdown_distributed
 from megasci.training.config import load_config
 from megasci.training.trainer import TrainingDiverged, pretrain
 
@@ -32,9 +33,11 @@ def main(argv=None) -> int:
         return 0
     try:
         summary = pretrain(cfg)
-    except TrainingDiverged as error:
+    except TrainingDiverged as error:  # every rank saw the same losses, so all stop here together
         print(f"error: {error}", file=sys.stderr)
+        shutdown_distributed()
         return 3
+    shutdown_distributed()
     if summary["end_step"] == summary["start_step"]:
         print(f"nothing to do: the checkpoint in {cfg.train.save_dir} is already at step {summary['end_step']}")
     return 0

@@ -64,3 +64,11 @@ def print_rank0(*args, **kwargs) -> None:
     """print() on rank 0 only, flushed, so torchrun's interleaved output stays readable."""
     if is_rank0():
         print(*args, **kwargs, flush=True)
+
+
+def shutdown_distributed() -> None:
+    """Leaves the process group. Exiting without it can abort a gloo rank whose background
+    threads are still alive at interpreter exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

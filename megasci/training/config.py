@@ -3,13 +3,17 @@
     python tools/pretrain.py --config examples/configs/pretrain_1p36b.yaml optim.lr=2e-4 train.train_steps=100
 
 Every section is a dataclass; an unknown key, or a value of the wrong type, fails before anything
-starts, naming the key. Overrides are `section.field=value` with the value read as YAML. The
-resolved config is printed by rank 0 and saved with the run and in every checkpoint.
+starts, naming the key. Overrides are `section.field=value` with the value read as YAML. Strings in
+the file may name environment variables (`prefix: ${DATA}/arxiv_text_document`), so launch
+scripts keep data paths as variables; an unset variable is an error. The resolved config (variables
+substituted) is printed by rank 0 and saved with the run and in every checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from typing import Any
@@ -182,19 +186,50 @@ def config_from_dict(values: dict) -> TrainConfig:
     return cfg
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def expand_variables(value, where: str = ""):
+    """`${NAME}` / `$NAME` in every string of a nested config replaced from the environment."""
+    if isinstance(value, dict):
+        return {k: expand_variables(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_variables(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def substitute(match):
+            name = match.group(1) or match.group(2)
+            if name not in os.environ:
+                raise ValueError(f"{where}: environment variable {name} is not set (in {value!r})")
+            return os.environ[name]
+        return _VARIABLE.sub(substitute, value)
+    return value
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """`section.field=value` pairs (value parsed as YAML) applied to a nested dict, in order."""
+    """`section.field=value` pairs (value parsed as YAML) applied to a nested dict, in order.
+
+    A number in the path indexes a list: `data.curriculum.0.end_samples=1000`."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form section.field=value")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
         node = values
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {key} is not a section")
-        node[keys[-1]] = yaml.safe_load(text)
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ValueError(f"override {item!r}: {'.'.join(keys[:depth]) or 'config'} is a list of "
+                                     f"{len(node)}; {key!r} is not an index into it")
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(keys[:depth])} is not a section")
+            if last:
+                node[key] = yaml.safe_load(text)
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return values
 
 
@@ -207,8 +242,8 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> TrainConf
                 values = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ValueError(f"{path}: cannot read the config: {error}") from error
-    values = apply_overrides(values, list(overrides))
     try:
+        values = expand_variables(apply_overrides(values, list(overrides)))
         return config_from_dict(values)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path or 'config'}: {error}") from error

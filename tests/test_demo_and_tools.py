@@ -26,8 +26,25 @@ def run_tool(name, args, monkeypatch):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    result = demo.run(str(out), papers=80, vocab_size=1500, workers=2, seed=3)
+    result = demo.run(str(out), papers=80, vocab_size=1500, workers=2, seed=3, train_overrides=SHORT_TRAINING)
     return out, result
+
+
+# The demo's training stage shortened for CI: 24 steps, curriculum stages at 128 and 256 samples.
+SHORT_TRAINING = ["train.train_steps=24", "data.curriculum.0.end_samples=128", "data.curriculum.1.end_samples=256",
+                  "optim.warmup_steps=5", "train.eval_interval=12", "train.save_interval=12", "train.log_interval=6",
+                  "data.eval_samples=16"]
+
+
+def test_demo_trains_and_validation_perplexity_falls(demo_run, capsys):
+    out, result = demo_run
+    training = result["training"]
+    assert training["steps"] == 24
+    assert training["val_ppl_end"] < training["val_ppl_start"]
+    assert training["train_loss_end"] < training["train_loss_start"]
+    assert os.path.isfile(out / "run" / "latest")
+    assert os.path.isfile(out / "hf_export" / "model.safetensors")
+    assert os.path.isfile(out / "hf_export" / "tokenizer.json")
 
 
 def test_demo_writes_consistent_datasets(demo_run):

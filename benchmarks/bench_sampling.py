@@ -3,7 +3,9 @@
 
 index: index build time at the reference scale, the C++ helpers against references in the same run.
   - Sample index: 2.6M documents with lognormal lengths of mean 20k tokens (seeded), one epoch
-    in shuffled order, seq 768: about 68M samples. The baseline is a vectorised numpy build
+    in shuffled order, seq 768: about 68M samples. Two baselines: the tests' reference, Megatron's
+    sample-by-sample walk in Python (run on a prefix of `--blend-reference-samples` samples, scaled
+    linearly, prefix checked equal to the C++ output); and, stronger, a vectorised numpy build
     (cumsum of document lengths, then searchsorted of every sample's first token), checked equal
     to the C++ output in full.
   - Blending index for as many samples with 3 sources, plain and as a 3-stage curriculum. The
@@ -101,6 +103,26 @@ def python_blending(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sources, np.int16)
 
 
+def python_sample_walk(sizes, doc_idx, seq_length: int, num_samples: int) -> np.ndarray:
+    """Megatron's walk, one sample at a time, as the tests' reference (tests/test_helpers.py) computes it."""
+    sizes, doc_idx = sizes.tolist(), doc_idx.tolist()
+    out = [(0, 0)]
+    doc_pos, offset = 0, 0
+    for _ in range(num_samples):
+        remaining = seq_length + 1
+        while remaining != 0:
+            left_in_doc = sizes[doc_idx[doc_pos]] - offset
+            remaining -= left_in_doc
+            if remaining <= 0:
+                offset += remaining + left_in_doc - 1
+                remaining = 0
+            else:
+                doc_pos += 1
+                offset = 0
+        out.append((doc_pos, offset))
+    return np.array(out)
+
+
 def bench_index(args) -> list[tuple]:
     """Rows of (what, N, C++ s, reference s, speedup, note)."""
     rows = []
@@ -117,6 +139,14 @@ def bench_index(args) -> list[tuple]:
         raise SystemExit("numpy sample index differs from the C++ one")
     del cpp_idx, ref_idx
     rows.append(("sample index", num_samples, cpp_s, ref_s, "numpy cumsum+searchsorted, equal in full"))
+    prefix = min(args.blend_reference_samples, num_samples)
+    start = time.perf_counter()
+    walk_idx = python_sample_walk(sizes, doc_idx, args.seq_length, prefix)
+    walk_s = (time.perf_counter() - start) * num_samples / prefix
+    if not np.array_equal(build_sample_idx(sizes, doc_idx, args.seq_length, prefix), walk_idx):
+        raise SystemExit("Python walk differs from the C++ sample index")
+    rows.append(("sample index", num_samples, cpp_s, walk_s,
+                 f"the tests' reference: Megatron's walk in Python on {prefix:,}, scaled linearly"))
 
     weights = [0.5, 0.3, 0.2]
     prefix = min(args.blend_reference_samples, num_samples)

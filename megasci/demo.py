@@ -23,31 +23,18 @@ import sys
 import time
 
 from megasci.corpus.builder import BuildConfig, build
-from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_corpus_jsonl, write_source_packages
+from megasci.corpus.sections import write_section_records
+from megasci.corpus.synthetic import write_arxiv_dump, write_corpus_jsonl
 from megasci.data.preprocess import PreprocessConfig, output_prefix_for, preprocess
 from megasci.data.stats import dataset_statistics, format_statistics
 from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
 from megasci.tokenizer.evaluate import evaluate_tokenizers, format_table
-from megasci.utils.io import iter_json_records, atomic_text_output, iter_jsonl_field
+from megasci.utils.io import iter_jsonl_field
 
 
 def _stage(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
-
-
-def write_section_records(corpus_paths: list[str], out_path: str) -> int:
-    """One record per labelled section span (id, section, text): the per-section view sampling can select from."""
-    count = 0
-    with atomic_text_output(out_path) as out:
-        for paper in (p for path in corpus_paths for p in iter_json_records(path)):
-            for span in paper["sections"]:
-                text = paper["text"][span["start"]:span["end"]]
-                if text.strip():
-                    out.write(json.dumps({"id": paper["id"], "section": span["label"], "text": text},
-                                         ensure_ascii=False) + "\n")
-                    count += 1
-    return count
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,20 +108,16 @@ def run(output: str, papers: int, vocab_size: int, workers: int, seed: int, trai
     sections_prefix = os.path.join(output, "data", "arxiv_sections")
 
     t = _stage(f"1/7 corpus: {papers} synthetic arXiv-style papers (seed {seed}) as bulk source tars + metadata")
-    records = list(generate_papers(papers, seed=seed))
-    written = write_source_packages(raw_dir, records, bulk_tar=True)
-    for path in written:  # keep what arXiv's bulk download gives: the arXiv_src_YYMM_NNN.tar files
-        if not os.path.basename(path).startswith("arXiv_src_"):
-            os.remove(path)
-    write_arxiv_metadata(os.path.join(raw_dir, "metadata.jsonl"), records)
-    tars = sorted(glob.glob(os.path.join(raw_dir, "arXiv_src_*.tar")))
+    print(f"$ python tools/make_synthetic_arxiv.py --papers {papers} --seed {seed} --output {raw_dir}")
+    tars, _ = write_arxiv_dump(raw_dir, papers, seed=seed)
     print(f"$ python tools/build_arxiv_corpus.py --metadata {raw_dir}/metadata.jsonl "
           f"--sources {raw_dir}/arXiv_src_*.tar --output {corpus_dir} --workers {workers}")
     build(BuildConfig(sources=tars, output=corpus_dir, metadata=[os.path.join(raw_dir, "metadata.jsonl")],
                       workers=workers), progress=True)
     corpus = sorted(glob.glob(os.path.join(corpus_dir, "shards", "*.jsonl.zst")))
     write_corpus_jsonl(heldout, max(20, papers // 10), seed=seed + 1)
-    n_sections = write_section_records(corpus, sections)
+    print(f"$ python tools/split_sections.py --input '{corpus_dir}/shards/*.jsonl.zst' --output {sections}")
+    _, n_sections = write_section_records(corpus, sections)
     print(f"corpus: {len(corpus)} shard(s) and {n_sections:,} section records in {time.perf_counter() - t:.1f} s")
 
     t = _stage(f"2/7 tokenizer: SentencePiece unigram, vocabulary {vocab_size:,}, tuned for LaTeX")

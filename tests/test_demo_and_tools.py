@@ -12,6 +12,7 @@ from megasci import demo
 from megasci.data.indexed_dataset import IndexedDataset
 from megasci.data.sidecar import read_sidecar
 from megasci.tokenizer import load_tokenizer
+from megasci.utils.io import iter_json_records
 
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 
@@ -52,7 +53,7 @@ def test_demo_writes_consistent_datasets(demo_run):
     papers = IndexedDataset(str(out / "data" / "arxiv_text_document"))
     sections = IndexedDataset(str(out / "data" / "arxiv_sections_text_document"))
     records = [r for path in sorted((out / "corpus" / "shards").glob("*.jsonl.zst"))
-               for r in demo.iter_json_records(str(path))]
+               for r in iter_json_records(str(path))]
     assert 0 < len(records) == papers.num_documents < 80  # the builder's funnel drops some papers
     assert json.load(open(out / "corpus" / "yield.json"))["written"] == len(records)
     tok = load_tokenizer(str(out / "tokenizer" / "arxiv.model"))

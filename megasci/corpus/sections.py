@@ -177,3 +177,36 @@ def compose_document(title: str | None, abstract: str | None, body: str | None) 
         else:
             sections.append({"label": label, "start": start, "end": end})
     return text, sections
+
+
+def section_documents(paper: dict):
+    """One record per non-blank labelled span of a corpus record: `{"id", "section", "text"}`.
+
+    Preprocessing these gives one document per section with its label in the sidecar, so
+    curriculum stages select sections (e.g. prose first) from a single `.bin`."""
+    for span in paper["sections"]:
+        text = paper["text"][span["start"]:span["end"]]
+        if text.strip():
+            yield {"id": paper["id"], "section": span["label"], "text": text}
+
+
+def write_section_records(corpus_paths: list[str], out_path: str) -> tuple[int, int]:
+    """`section_documents` of every record in the corpus files, as JSONL at `out_path` (atomically).
+
+    Returns (papers, sections). A record without `text` and `sections` is an error naming its file."""
+    import json
+
+    from megasci.utils.io import atomic_text_output, iter_json_records
+
+    papers = sections = 0
+    with atomic_text_output(out_path) as out:
+        for path in corpus_paths:
+            for paper in iter_json_records(path):
+                if "sections" not in paper or "text" not in paper:
+                    raise ValueError(f"{path}: record {paper.get('id', papers)!r} has no text or sections "
+                                     f"(is it a corpus builder shard?)")
+                papers += 1
+                for record in section_documents(paper):
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    sections += 1
+    return papers, sections

@@ -653,3 +653,20 @@ def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], b
         with open(written[-1], "wb") as handle:
             handle.write(_tar_bytes(by_month[yymm]))
     return written
+
+
+def write_arxiv_dump(out_dir: str | os.PathLike, n: int, seed: int = 0) -> tuple[list[str], str]:
+    """What arXiv's bulk access gives, for `n` generated papers: `arXiv_src_YYMM_NNN.tar` files of
+    gzipped sources (some PDF-only) and a metadata-snapshot file. Returns (tar paths, metadata path)."""
+    out_dir = os.fspath(out_dir)
+    records = list(generate_papers(n, seed=seed))
+    for path in write_source_packages(out_dir, records, bulk_tar=True):
+        if not os.path.basename(path).startswith("arXiv_src_"):  # keep only the bulk tars
+            os.remove(path)
+    for month in os.listdir(out_dir):
+        if os.path.isdir(os.path.join(out_dir, month)) and not os.listdir(os.path.join(out_dir, month)):
+            os.rmdir(os.path.join(out_dir, month))
+    metadata = os.path.join(out_dir, "metadata.jsonl")
+    write_arxiv_metadata(metadata, records)
+    tars = sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if f.startswith("arXiv_src_"))
+    return tars, metadata

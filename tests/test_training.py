@@ -122,7 +122,7 @@ def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monke
     real_save = torch.save
 
     def crash_on_model(obj, path, *args, **kwargs):
-        if str(path).endswith(ckpt.MODEL_NAME):
+        if str(getattr(path, "name", path)).endswith(ckpt.MODEL_NAME):
             real_save(obj, path, *args, **kwargs)
             raise OSError("disk full")  # crash after the model file, before meta.json
         return real_save(obj, path, *args, **kwargs)
@@ -140,6 +140,22 @@ def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monke
     ckpt.save_checkpoint(str(tmp_path), 2, rank=0, rank_state={"x": 2}, model_state={"w": torch.zeros(4)}, meta=meta)
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000002")
     assert not os.path.exists(tmp_path / "step_00000002.tmp")
+
+
+def test_keep_last_never_deletes_the_new_checkpoint_after_a_rewind(tmp_path):
+    """`latest` rewound to step 100 while step 200 exists: saving step 150 with keep_last=1 keeps 150."""
+    def save(step, keep_last):
+        ckpt.save_checkpoint(str(tmp_path), step, rank=0, rank_state={}, model_state={}, meta={"s": step},
+                             keep_last=keep_last)
+    save(100, None)
+    save(200, None)
+    (tmp_path / "latest").write_text("step_00000100\n")  # an operator rewinds past a loss spike
+    save(150, 1)
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000150")
+    assert not (tmp_path / "step_00000100").exists()  # older than the new one: pruned
+    save(160, 2)
+    assert [os.path.basename(p) for p in ckpt.complete_checkpoints(str(tmp_path))] == \
+        ["step_00000150", "step_00000160", "step_00000200"]
 
 
 def test_sigterm_saves_and_the_run_resumes(runs, tmp_path):
@@ -175,6 +191,13 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="train.train_steps: expected an integer"):
         load_config(None, ["train.train_steps=seven"])
     assert load_config(None, []).to_yaml() == load_config(None, []).to_yaml()
+    cfg2 = load_config(None, ["optim.bucket_numel=4e7", "train.keep_last=null", "model.overrides={rope_theta: 5e5}"])
+    assert cfg2.optim.bucket_numel == 40_000_000 and cfg2.train.keep_last is None
+    assert cfg2.model.build().rope_theta == 500_000.0
+    for bad, message in ((["optim.lr=.nan"], "finite"), (["model.overrides={rope_thetaa: 1}"], "rope_thetaa"),
+                         (["optim.bucket_numel=4.5"], "integer")):
+        with pytest.raises(ValueError, match=message):
+            load_config(None, bad)
     round_trip = tmp_path / "r.yaml"
     round_trip.write_text(cfg.to_yaml())
     assert load_config(str(round_trip)) == cfg
@@ -187,6 +210,12 @@ def test_learning_rate_schedule_by_hand():
     assert learning_rate(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
     assert learning_rate(14, **kw) == pytest.approx(0.1)
     assert learning_rate(100, **kw) == pytest.approx(0.1)
+
+
+def test_spike_guard_without_warm_up_acts_from_the_second_step():
+    guard = SpikeGuard(factor=2.0, warmup=0, max_skipped=2)
+    assert guard.check(0, 4.0, 1.0) is None
+    assert guard.check(1, 9.0, 1.0) is not None
 
 
 def test_spike_guard():

@@ -8,6 +8,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed
 from megasci.model import build_model, get_config
@@ -29,6 +30,38 @@ def main(out_path, bucket_numel):
     env = init_distributed("cpu")
     for dtype in (torch.float32, torch.float64):
         train(env, f"{out_path}.{str(dtype).split('.')[-1]}", bucket_numel, dtype)
+    if env.world_size > 1:
+        skipped_layer(env, f"{out_path}.skipped")
+
+
+def skipped_layer(env, out_path):
+    """Rank 1 skips the last layer, so its buckets complete in another order than rank 0's; the
+    reductions must still pair up bucket by bucket. Also: ranks that initialise differently start equal."""
+    torch.manual_seed(env.rank)  # different initialisations on purpose
+    first, last = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    model = nn.ModuleDict({"first": first, "last": last})
+    def gathered():
+        weights = [torch.zeros_like(first.weight) for _ in range(env.world_size)]
+        dist.all_gather(weights, first.weight.detach().contiguous())
+        return weights
+    before = gathered()
+    opt = ZeroAdamW(model, AdamWConfig(), bucket_numel=16)  # bucket 0 = [last.weight], bucket 1 = [first.weight]
+    after = gathered()
+    x = torch.full((2, 4), float(env.rank + 1))
+    out = first(x) if env.rank == 1 else last(first(x))
+    own = torch.autograd.grad(out.sum(), first.weight, retain_graph=True)[0].contiguous()
+    grads = [torch.zeros_like(own) for _ in range(env.world_size)]
+    dist.all_gather(grads, own)
+    opt.prepare_backward(last_micro_batch=True)
+    out.sum().backward()
+    opt.finish_gradient_sync()
+    bucket = opt.buckets[1]
+    expected = (sum(grads) / env.world_size).reshape(-1)
+    padded = torch.zeros(bucket.grad_buffer.numel())
+    padded[:expected.numel()] = expected
+    torch.save({"grad_shard": bucket.grad_shard.clone(), "expected": padded[bucket.shard].clone(),
+                "differed_before": not torch.equal(before[0], before[1]),
+                "rank0_weights_after": all(torch.equal(before[0], w) for w in after)}, f"{out_path}.rank{env.rank}")
 
 
 def train(env, out_path, bucket_numel, dtype):

@@ -37,8 +37,9 @@ def init_distributed(device: str | None = None, timeout_minutes: float = 30.0) -
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
+        index = local_rank % torch.cuda.device_count()  # one visible GPU per task under some schedulers
+        torch.cuda.set_device(index)
+        chosen = torch.device("cuda", index)
     else:
         chosen = torch.device("cpu")
     backend = None

@@ -101,7 +101,20 @@ def checkpoint_tokenizer_path(path: str) -> str | None:
 
 
 def load_rank_state(path: str, rank: int) -> dict:
-    return torch.load(os.path.join(path, rank_file_name(rank)), map_location="cpu", weights_only=False)
+    # mmap: re-sharding reads every rank's file on every rank; only the pages used are read
+    return torch.load(os.path.join(path, rank_file_name(rank)), map_location="cpu", weights_only=False, mmap=True)
+
+
+def _step_of(path: str) -> int:
+    return int(_STEP_DIR.match(os.path.basename(path)).group(1))
+
+
+def _save_synced(obj, path: str) -> None:
+    """torch.save, flushed to disk before the directory can be renamed to its final name."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, model_state: dict | None = None,
@@ -115,14 +128,14 @@ def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, mo
     tmp = final + ".tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save of this step that crashed
-        os.makedirs(tmp)
+        os.makedirs(tmp, exist_ok=True)  # rmtree may leave a network filesystem's .nfs* files behind
     barrier()
-    torch.save(rank_state, os.path.join(tmp, rank_file_name(rank)))
+    _save_synced(rank_state, os.path.join(tmp, rank_file_name(rank)))
     barrier()
     if rank == 0:
         if model_state is None or meta is None:
             raise ValueError("rank 0 must pass model_state and meta")
-        torch.save(model_state, os.path.join(tmp, MODEL_NAME))
+        _save_synced(model_state, os.path.join(tmp, MODEL_NAME))
         if config_yaml is not None:
             with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
                 f.write(config_yaml)
@@ -130,13 +143,16 @@ def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, mo
             shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_NAME))
         with open(os.path.join(tmp, META_NAME), "w", encoding="utf-8") as f:
             json.dump({**meta, "step": step}, f, indent=2, sort_keys=True)  # last: marks the directory complete
+            f.flush()
+            os.fsync(f.fileno())
         if os.path.exists(final):  # an older save of the same step (e.g. after a rewind): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
         with atomic_text_output(os.path.join(save_dir, "latest")) as f:
             f.write(step_dir_name(step) + "\n")
-        if keep_last:
-            for old in complete_checkpoints(save_dir)[:-keep_last]:
+        if keep_last:  # older than this step only: never this one, nor a newer one left by a rewind
+            older = [p for p in complete_checkpoints(save_dir) if _step_of(p) < step]
+            for old in older[:max(0, len(older) - (keep_last - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final

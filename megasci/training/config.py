@@ -12,6 +12,7 @@ substituted) is printed by rank 0 and saved with the run and in every checkpoint
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -31,7 +32,13 @@ class ModelSection:
     overrides: dict = dataclasses.field(default_factory=dict)
 
     def build(self) -> ModelConfig:
-        return get_config(self.preset, **self.overrides)
+        hints = typing.get_type_hints(ModelConfig)
+        unknown = sorted(set(self.overrides) - set(hints))
+        if unknown:
+            raise KeyError(f"unknown model field(s) {', '.join('model.overrides.' + k for k in unknown)}; "
+                           f"ModelConfig has {', '.join(sorted(hints))}")
+        return get_config(self.preset, **{k: _coerce(v, hints[k], f"model.overrides.{k}")
+                                          for k, v in self.overrides.items()})
 
 
 @dataclasses.dataclass
@@ -72,7 +79,7 @@ class TrainSection:
     device: str = "auto"  # auto | cuda | cpu
     save_dir: str = "checkpoints"
     save_interval: int = 1000
-    keep_last: int = 3
+    keep_last: int | None = 3  # None or 0: keep every checkpoint
     exit_interval: int | None = None  # save and exit after this step (as Megatron's --exit-interval)
     log_interval: int = 10
     eval_interval: int = 500
@@ -143,6 +150,16 @@ def _coerce(value, hint, where: str):
             raise TypeError(f"{where}: expected true or false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, str):  # a ${VARIABLE} substituted into the value, or 4e7 (YAML reads it as text)
+            try:
+                value = int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+        if isinstance(value, float) and value.is_integer():  # 4e7 written for 40000000
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{where}: expected an integer, got {value!r}")
         return value
@@ -150,9 +167,12 @@ def _coerce(value, hint, where: str):
         if isinstance(value, bool):
             raise TypeError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)  # YAML reads 3e-4 (no dot) as a string
+            number = float(value)  # YAML reads 3e-4 (no dot) as a string
         except (TypeError, ValueError):
             raise TypeError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise TypeError(f"{where}: expected a string, got {value!r}")

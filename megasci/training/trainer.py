@@ -58,7 +58,7 @@ class SpikeGuard:
         """None to take the step; otherwise the reason it is skipped."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             reason = f"non-finite loss {loss} or gradient norm {grad_norm}"
-        elif self.factor and self.accepted >= self.warmup and loss > self.factor * self.mean:
+        elif self.factor and self.mean is not None and self.accepted >= self.warmup and loss > self.factor * self.mean:
             reason = f"loss {loss:.4f} is above {self.factor:g} x the running mean {self.mean:.4f}"
         else:
             self.mean = loss if self.mean is None else self.decay * self.mean + (1 - self.decay) * loss
@@ -206,6 +206,10 @@ def pretrain(cfg: TrainConfig) -> dict:
     guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
     step, consumed = 0, 0
     resume_from = latest_checkpoint(save_dir)
+    if env.world_size > 1:  # one answer for every rank, even where a shared filesystem's caches disagree
+        chosen = [resume_from]
+        dist.broadcast_object_list(chosen, src=0)
+        resume_from = chosen[0]
     if resume_from is not None:
         meta = read_meta(resume_from)
         model.load_state_dict(torch.load(os.path.join(resume_from, MODEL_NAME), map_location=env.device, weights_only=True))
@@ -314,12 +318,13 @@ def pretrain(cfg: TrainConfig) -> dict:
                 log.scalars(step, {"train/loss": loss_value, "train/lr": lr, "train/grad_norm": norm_value,
                                    "train/skipped_steps": guard.total_skipped})
 
-                if step % t.log_interval == 0 or step == t.train_steps:
+                if (t.log_interval and step % t.log_interval == 0) or step == t.train_steps:
                     n = interval["steps"]
                     tokens_per_s = n * t.global_batch_size * seq / interval["time"]
                     tflops = tokens_per_s * flops_token / env.world_size / 1e12
                     stage = train_data.stage_of(consumed - 1)
-                    per_source = np.bincount(train_data.source_index[:consumed], minlength=len(names))
+                    per_source = (np.bincount(train_data.source_index[:consumed], minlength=len(names)) if rank0
+                                  else np.zeros(len(names), dtype=np.int64))  # only rank 0 logs
                     values = {"perf/tokens_per_s": tokens_per_s, "perf/tflops_per_device": tflops,
                               "time/step_s": interval["time"] / n, "time/data_wait_s": interval["wait"] / n,
                               "time/forward_backward_s": interval["fb"] / n, "time/optimizer_comm_s": interval["opt"] / n,
@@ -343,10 +348,11 @@ def pretrain(cfg: TrainConfig) -> dict:
                     interval = dict.fromkeys(interval, 0.0)
                     interval["steps"] = 0
 
-                if t.eval_interval and step % t.eval_interval == 0 and step != t.train_steps and eval_data:
+                stopping = stop.agreed(env.device, env.world_size)  # before validation: torchrun kills 30 s after SIGTERM
+                if (not stopping and t.eval_interval and step % t.eval_interval == 0 and step != t.train_steps
+                        and eval_data):
                     summary["validation"][step] = run_validation(step)
-                stopping = stop.agreed(env.device, env.world_size)
-                exiting = t.exit_interval is not None and step % t.exit_interval == 0 and step != t.train_steps
+                exiting = bool(t.exit_interval) and step % t.exit_interval == 0 and step != t.train_steps
                 if stopping or exiting or step == t.train_steps or (t.save_interval and step % t.save_interval == 0):
                     last_checkpoint = save(step)
                 if stopping or exiting:

@@ -123,6 +123,9 @@ def setup_ours(cfg, args, device, dtype):
     model.train()
     optimizer = ZeroAdamW(model, AdamWConfig(lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
                                              max_grad_norm=CLIP), bucket_numel=BUCKET_NUMEL)
+    if args.compile:  # as train.compile does: each block, after the optimizer owns the parameters
+        for layer in model.layers:
+            layer.compile(backend=args.compile)
     guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WARMUP, MAX_SKIPPED)
     accumulation = args.accumulation
 
@@ -142,7 +145,8 @@ def setup_ours(cfg, args, device, dtype):
             optimizer.skip_step()
         return loss_value, norm_value
 
-    info = {"checkpointing": args.checkpointing, "backends": resolved_backends(cfg, device, dtype),
+    info = {"checkpointing": args.checkpointing, "compile": args.compile,
+            "backends": resolved_backends(cfg, device, dtype),
             "precision": f"{dtype_name(dtype)} parameters, fp32 gradient accumulator, fp32 master weights "
                          "and AdamW moments",
             "optimizer": "ZeroAdamW (dp=1)"}
@@ -266,7 +270,7 @@ def child_command(args, name: str, json_out: str, hf_checkpointing: str) -> list
     command = [sys.executable, os.path.abspath(__file__), "--only", name, "--isolation", "none",
                "--json-out", json_out, "--hf-checkpointing", hf_checkpointing]
     for option in ("preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "checkpointing", "device",
-                   "dtype", "hf_precision", "lr", "seed", "peak_tflops"):
+                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "compile"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
@@ -389,6 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=5, help="optimizer steps run before timing")
     p.add_argument("--checkpointing", default="none", choices=["none", "full", "selective"], help="ours")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="ours: torch.compile each block with this backend (inductor), as train.compile does")
     p.add_argument("--hf-checkpointing", default="auto", choices=["none", "full", "auto"],
                    help="HF gradient checkpointing; auto: none, then full if that runs out of memory")
     p.add_argument("--hf-precision", default="params", choices=["params", "amp"],

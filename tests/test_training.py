@@ -229,3 +229,19 @@ def test_spike_guard():
     restored = SpikeGuard(2.0, 3, 2, 0.5)
     restored.load_state_dict(guard.state_dict())
     assert restored.state_dict() == guard.state_dict()
+
+
+def test_compiled_blocks_train_like_eager(runs, tmp_path):
+    """train.compile: the blocks under torch.compile (aot_eager: the compiler front end, no C++ build)
+    give the eager run's losses, in one process."""
+    from megasci.training.config import load_config as load
+    from megasci.training.trainer import pretrain
+
+    losses = {}
+    for backend in (None, "aot_eager"):
+        overrides = training_overrides(runs["data"], str(tmp_path / str(backend)), **{
+            "train.train_steps": 3, "train.eval_interval": 0, "train.save_interval": 0, "train.compile": "null" if backend is None else backend})
+        losses[backend] = pretrain(load(None, [o for o in overrides if not o.startswith("data.curriculum")]
+                                        + [f"data.blend=[1, {runs['data']['prefix']}]"]))["losses"]
+    assert losses["aot_eager"] == pytest.approx(losses[None], abs=1e-5)
+    assert len(losses[None]) == 3

@@ -89,6 +89,7 @@ class TrainSection:
     spike_warmup_steps: int = 20  # steps of history before the spike guard acts
     max_skipped_steps: int = 5  # stop after this many skipped steps in a row
     timing_sync: bool = True  # synchronise the GPU between phases so the step-time split is honest
+    compile: str | None = None  # torch.compile each block with this backend ("inductor"); None: eager, hand-fused ops
 
 
 @dataclasses.dataclass

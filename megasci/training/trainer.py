@@ -203,6 +203,10 @@ def pretrain(cfg: TrainConfig) -> dict:
     o = cfg.optim
     optimizer = ZeroAdamW(model, AdamWConfig(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                              max_grad_norm=o.clip_grad), bucket_numel=o.bucket_numel, decay=decay)
+    if t.compile:  # after the optimizer has re-pointed the parameters into its buffers; compiles on first use
+        for layer in model.layers:
+            layer.compile(backend=t.compile)
+        print_rank0(f"blocks compiled with torch.compile(backend={t.compile!r})")
     guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
     step, consumed = 0, 0
     resume_from = latest_checkpoint(save_dir)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -69,6 +70,53 @@ def test_two_n_steps_equal_n_steps_exit_and_resume(runs):
     a, b = final_params(runs["straight"]), final_params(runs["resumed"])
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ckpt.read_meta(runs["resumed"])["consumed_samples"] == 64
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to `pid` and every descendant (torchrun starts its workers in their own sessions)."""
+    def descendants(p):
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+        return [c for child in children for c in [child, *descendants(child)]]
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_hard_kill_then_resume_equals_an_uninterrupted_run(runs, tmp_path):
+    """SIGKILL to torchrun and its workers right after the step-4 checkpoint (no chance to
+    save again), then the same command resumes: steps 1-8 equal an uninterrupted run's, bit for bit.
+    Both runs belong to one 200-step job (decay_steps fixed), stopped at step 8 by exit_interval."""
+    job = {"train.train_steps": 200, "optim.decay_steps": 6, "train.eval_interval": 0, "train.log_interval": 1}
+    straight = str(tmp_path / "straight")
+    run_pretrain(2, training_overrides(runs["data"], straight, **job, **{"train.exit_interval": 8}))
+    killed = str(tmp_path / "killed")
+    overrides = training_overrides(runs["data"], killed, **job, **{"train.save_interval": 4})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("saved") and line.rstrip().endswith("step_00000004"):
+            kill_tree(proc.pid)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    time.sleep(1)  # nothing may still be writing: the checkpoint must stay at step 4
+    assert ckpt.read_meta(killed)["step"] == 4 and ckpt.complete_checkpoints(killed)[-1].endswith("step_00000004")
+    resumed = run_pretrain(2, overrides + ["train.exit_interval=8"])
+    assert "resumed from" in resumed.stdout
+    a, b = metrics(straight), metrics(killed)
+    for step in range(1, 9):
+        assert b[step]["train/loss"] == a[step]["train/loss"], step
+    assert all(torch.equal(x, y) for x, y in zip(final_params(straight).values(), final_params(killed).values()))
 
 
 def test_resume_on_a_different_number_of_ranks_reshards(runs):

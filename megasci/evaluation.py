@@ -273,7 +273,9 @@ def tokenizer_warnings(prefix: str, identity: dict | None) -> list[str]:
             content = json.load(f)
         model_path = (content.get("config") or {}).get("tokenizer_model")
         vocab_size = (content.get("summary") or {}).get("vocab_size")
-        if model_path and os.path.isfile(model_path) and identity.get("sha256"):
+        if (content.get("tokenizer") or {}).get("sha256"):  # the identity preprocessing recorded
+            warnings += _compare_identity(report, content["tokenizer"], identity)
+        elif model_path and os.path.isfile(model_path) and identity.get("sha256"):
             warnings += _compare_identity(report, {"sha256": file_sha256(model_path)}, identity)
         elif vocab_size is not None:
             warnings += _compare_identity(report, {"vocab_size": vocab_size}, identity)
@@ -284,8 +286,8 @@ def _compare_identity(where: str, recorded: dict, identity: dict) -> list[str]:
     for key in ("sha256", "vocab_size"):
         if recorded.get(key) is not None and identity.get(key) is not None:
             if recorded[key] != identity[key]:
-                return [f"warning: {where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
-                        f"checkpoint's {identity[key]}; the perplexity may be meaningless"]
+                return [f"{where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
+                        f"tokenizer in use ({identity[key]})"]
             return []
     return []
 
@@ -339,7 +341,8 @@ def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "vali
         raise ValueError(f"{path}: no data.seq_length recorded; pass seq_length")
     if seq_length > model.cfg.max_seq_len:
         raise ValueError(f"seq_length {seq_length} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
-    warnings = [w for prefix in prefixes for w in tokenizer_warnings(prefix, meta.get("tokenizer"))]
+    warnings = [f"warning: {w}; the perplexity may be meaningless"
+                for prefix in prefixes for w in tokenizer_warnings(prefix, meta.get("tokenizer"))]
     for w in warnings:
         warn(w)
     groups = plan_groups(prefixes, split, fractions, seed, seq_length, by, max_samples, cache_dir, warn)

@@ -293,3 +293,23 @@ def test_compiled_blocks_train_like_eager(runs, tmp_path):
                                         + [f"data.blend=[1, {runs['data']['prefix']}]"]))["losses"]
     assert losses["aot_eager"] == pytest.approx(losses[None], abs=1e-5)
     assert len(losses[None]) == 3
+
+
+def test_training_refuses_data_written_with_another_tokenizer(runs, tmp_path):
+    """The preprocessing report records the tokenizer; training with a different one stops at once."""
+    import json as json_module
+
+    from megasci.training.config import load_config as load
+    from megasci.training.trainer import pretrain
+
+    prefix = runs["data"]["prefix"]
+    report = prefix[: -len("_text_document")] + "_preprocess.json"
+    with open(report, "w") as f:
+        json_module.dump({"config": {}, "summary": {"outputs": {"text": prefix}},
+                          "tokenizer": {"sha256": "0" * 64, "vocab_size": 512}}, f)
+    try:
+        overrides = training_overrides(runs["data"], str(tmp_path / "run"))
+        with pytest.raises(ValueError, match="not the tokenizer the data was written with"):
+            pretrain(load(None, overrides))
+    finally:
+        os.remove(report)

@@ -271,7 +271,8 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     summary.errors = dict(errors)
     if reported < sum(errors.values()):
         log(f"... {sum(errors.values()) - reported} more bad lines not shown (counts below)")
-    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": _jsonable(cfg), "summary": asdict(summary)})
+    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": _jsonable(cfg), "summary": asdict(summary),
+                                                                "tokenizer": tokenizer.identity()})
     return summary
 
 

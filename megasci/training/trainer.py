@@ -28,7 +28,7 @@ from megasci.data.blended_dataset import BlendedDataset, CurriculumStage, parse_
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megasci.data.loader import DataLoader, DataLoaderConfig
 from megasci.distributed import AdamWConfig, ZeroAdamW, barrier, default_decay, init_distributed, print_rank0
-from megasci.evaluation import evaluate
+from megasci.evaluation import evaluate, tokenizer_warnings
 from megasci.model import build_model, flops_per_token
 from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import atomic_text_output
@@ -194,6 +194,10 @@ def pretrain(cfg: TrainConfig) -> dict:
                 f"{t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accumulation} x dp {env.world_size}")
 
     train_data = build_train_dataset(cfg, cache_dir)
+    mismatched = [w for source in train_data.sources for w in tokenizer_warnings(source.prefix, tokenizer.identity())]
+    if mismatched:  # a model trained on ids from another tokenizer loads and runs, and means nothing
+        raise ValueError(f"data.tokenizer {cfg.data.tokenizer} is not the tokenizer the data was written with:\n"
+                         + "\n".join(mismatched))
     print_rank0("data:\n" + train_data.describe())
     eval_data = build_eval_datasets(cfg, train_data, cache_dir)
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +12,6 @@ from megasci.data.sidecar import read_sidecar
 from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import iter_json_records
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
-
-
-def run_tool(name, args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [name] + args)
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(os.path.join(TOOLS, name), run_name="__main__")
-    return done.value.code
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +56,22 @@ def test_demo_writes_consistent_datasets(demo_run):
     assert stats["documents"] == len(records) and stats["tokens"] == papers.num_tokens
 
 
-def test_dataset_info_tool(demo_run, monkeypatch, capsys):
+def test_dataset_info_tool(demo_run, capsys, run_tool):
     out, _ = demo_run
     prefix = str(out / "data" / "arxiv_sections_text_document")
-    assert run_tool("dataset_info.py", [prefix, "--json"], monkeypatch) == 0
+    assert run_tool("dataset_info.py", [prefix, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["documents_by_section"]["abstract"] == stats["documents_by_section"]["title"] > 0
     assert stats["tokens"] == IndexedDataset(prefix).num_tokens
-    assert run_tool("dataset_info.py", [str(out / "nope")], monkeypatch) == 1
+    assert run_tool("dataset_info.py", [str(out / "nope")]) == 1
     assert "nope.idx: indexed dataset file not found" in capsys.readouterr().err
 
 
-def test_merge_tool_merges_tokens_and_sidecars(demo_run, tmp_path, monkeypatch, capsys):
+def test_merge_tool_merges_tokens_and_sidecars(demo_run, tmp_path, capsys, run_tool):
     out, _ = demo_run
     a = str(out / "data" / "arxiv_text_document")
     b = str(out / "data" / "arxiv_sections_text_document")
-    assert run_tool("merge_datasets.py", ["--input", a, b, "--output-prefix", str(tmp_path / "m")], monkeypatch) == 0
+    assert run_tool("merge_datasets.py", ["--input", a, b, "--output-prefix", str(tmp_path / "m")]) == 0
     assert "sidecar" in capsys.readouterr().out
     merged, da, db = IndexedDataset(str(tmp_path / "m")), IndexedDataset(a), IndexedDataset(b)
     assert merged.num_documents == da.num_documents + db.num_documents

@@ -4,10 +4,7 @@ held-out split against the one training uses, label groups, the CLI, and the err
 import dataclasses
 import json
 import math
-import os
-import runpy
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +20,6 @@ from megasci.training.checkpoint import load_model, read_meta, save_checkpoint
 from megasci.training.config import TrainConfig
 from training_fixtures import make_training_data
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "eval_ppl.py")
 FRACTIONS, SEED, SEQ = (0.7, 0.2, 0.1), 5, 32
 
 
@@ -115,18 +111,11 @@ def test_valid_split_is_what_training_left_out(setup):
     assert everything.samples == (everything.tokens - 1) // SEQ  # one pass, every full sample
 
 
-def run_tool(args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["eval_ppl.py"] + args)
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(TOOL, run_name="__main__")
-    return done.value.code
-
-
-def test_cli_prints_the_table_and_writes_json(setup, tmp_path, monkeypatch, capsys):
+def test_cli_prints_the_table_and_writes_json(setup, tmp_path, capsys, run_tool):
     out = tmp_path / "ppl.json"
     args = ["--checkpoint", setup["checkpoint"], "--data", setup["prefix"], "--by", "section", "--max-samples", "3",
             "--split", "all", "--cache-dir", setup["cache"], "--json-out", str(out)]
-    assert run_tool(args, monkeypatch) == 0
+    assert run_tool("eval_ppl.py", args) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert printed.splitlines()[0].split() == ["group", "documents", "tokens", "evaluated", "loss", "perplexity"]
@@ -140,10 +129,10 @@ def test_cli_prints_the_table_and_writes_json(setup, tmp_path, monkeypatch, caps
     assert report["overall"]["loss"] == pytest.approx(direct["overall"]["loss"], abs=1e-12)
 
 
-def test_missing_prefix_is_named(setup, tmp_path, monkeypatch, capsys):
+def test_missing_prefix_is_named(setup, tmp_path, capsys, run_tool):
     missing = str(tmp_path / "nope")
     args = ["--checkpoint", setup["checkpoint"], "--data", setup["prefix"], missing]
-    assert run_tool(args, monkeypatch) == 1
+    assert run_tool("eval_ppl.py", args) == 1
     assert f"{missing}.idx: indexed dataset file not found" in capsys.readouterr().err
 
 

@@ -3,9 +3,7 @@
 import dataclasses
 import json
 import os
-import runpy
 import shutil
-import sys
 
 import pytest
 import torch
@@ -20,7 +18,6 @@ from megasci.training.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "export_hf.py")
 VOCAB = 1200
 TEXT = ("\\begin{align}\n\t\\sum_{i=1}^{42} x_i^2 &\\le 3.14 \\\\\n\\end{align}\n\n\n"
         "Ünïcödé ∂Ω 中文 😀  two  spaces, a literal </s> and <0x41>, 2024\n")
@@ -237,23 +234,16 @@ def test_failed_export_leaves_no_output(tmp_path, tokenizers_):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
-def _run_tool(args, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["export_hf.py"] + args)
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(TOOL, run_name="__main__")
-    return done.value.code
-
-
-def test_cli_end_to_end(exported, tmp_path, monkeypatch, capsys):
+def test_cli_end_to_end(exported, tmp_path, capsys, run_tool):
     out, _, _ = exported
     save_dir, hf_dir = str(out / "ckpt"), str(tmp_path / "hf")
-    assert _run_tool(["--checkpoint", save_dir, "--output", hf_dir, "--dtype", "bfloat16"], monkeypatch) == 0
+    assert run_tool("export_hf.py", ["--checkpoint", save_dir, "--output", hf_dir, "--dtype", "bfloat16"]) == 0
     assert "16 greedy tokens equal" in capsys.readouterr().out
     assert json.load(open(os.path.join(hf_dir, "config.json")))["torch_dtype"] == "bfloat16"
-    assert _run_tool(["--checkpoint", save_dir, "--output", hf_dir, "--verify-only"], monkeypatch) == 0
+    assert run_tool("export_hf.py", ["--checkpoint", save_dir, "--output", hf_dir, "--verify-only"]) == 0
     assert capsys.readouterr().out.startswith("verified ")
-    assert _run_tool(["--checkpoint", save_dir, "--output", hf_dir], monkeypatch) == 1
+    assert run_tool("export_hf.py", ["--checkpoint", save_dir, "--output", hf_dir]) == 1
     assert "already exists" in capsys.readouterr().err
     _edit_json(os.path.join(hf_dir, "config.json"), tie_word_embeddings=True)
-    assert _run_tool(["--checkpoint", save_dir, "--output", hf_dir, "--verify-only"], monkeypatch) == 1
+    assert run_tool("export_hf.py", ["--checkpoint", save_dir, "--output", hf_dir, "--verify-only"]) == 1
     assert "tie_word_embeddings is True, expected False" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from megasci import ops
 from megasci.corpus.synthetic import generate_papers
 from megasci.model import PRESETS, build_model, hf_config_dict, to_hf_state_dict
 from megasci.model.generate import generate, sample_next, top_k_filter, top_p_filter
@@ -23,12 +22,6 @@ TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "generate.py")
 TINY = replace(PRESETS["tiny"], init_std=0.1)
 TINY_GQA = replace(TINY, n_kv_heads=2)  # 4 query heads share 2 key/value heads
 TOL = 1e-5
-
-
-@pytest.fixture
-def attention_backend():
-    yield lambda name: ops.set_backend("attention", name)
-    ops.set_backend("attention", "auto")
 
 
 def _tiny(cfg, seed=0):

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megasci import ops
 from megasci.model import (PRESETS, Transformer, build_model, flops_per_token, from_hf_state_dict,
                            get_config, hf_config_dict, num_matmul_parameters, num_parameters,
                            parameter_breakdown, to_hf_state_dict)
@@ -22,13 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # logits by O(1) (checked below), well above the 1e-5 tolerance.
 TINY = replace(PRESETS["tiny"], init_std=0.1)
 TINY_GQA = replace(TINY, n_kv_heads=2)
-
-
-@pytest.fixture
-def attention_backend():
-    """Yields a setter for our attention backend and restores "auto" afterwards."""
-    yield lambda name: ops.set_backend("attention", name)
-    ops.set_backend("attention", "auto")
 
 
 def _tiny(cfg, seed=0):

@@ -3,8 +3,6 @@
 import gzip
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from megasci.data.preprocess import PreprocessConfig, PreprocessError, preproces
 from megasci.data.sidecar import read_sidecar
 from megasci.tokenizer import SentencePieceTrainConfig, train_sentencepiece
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "preprocess_data.py")
 
 
 @pytest.fixture(scope="module")
@@ -125,18 +122,12 @@ def test_strict_stops_and_writes_nothing(tmp_path, tokenizer_model, records):
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
 
 
-def test_tool_interface_and_exit_codes(tmp_path, tokenizer_model, records, monkeypatch, capsys):
+def test_tool_interface_and_exit_codes(tmp_path, tokenizer_model, records, run_tool, capsys):
     path = write_jsonl(str(tmp_path / "in.jsonl"), [json.dumps(r) for r in records[:10]])
-    argv = ["preprocess_data.py", "--input", path, "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
+    args = ["--input", path, "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
             tokenizer_model, "--workers", "2", "--append-eod", "--no-progress"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(TOOL, run_name="__main__")
-    assert done.value.code == 0
+    assert run_tool("preprocess_data.py", args) == 0
     assert "10 documents" in capsys.readouterr().out
     assert IndexedDataset(str(tmp_path / "o_text_document")).num_documents == 10
-    monkeypatch.setattr(sys, "argv", argv[:2] + [str(tmp_path / "missing.jsonl")] + argv[3:])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(TOOL, run_name="__main__")
-    assert done.value.code == 1
+    assert run_tool("preprocess_data.py", args[:1] + [str(tmp_path / "missing.jsonl")] + args[2:]) == 1
     assert "missing.jsonl: input file not found" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 import json
 import os
-import runpy
-import sys
 
 import pytest
 import sentencepiece as spm
@@ -142,16 +140,11 @@ def test_missing_or_bad_model_files_name_the_file(tmp_path):
         load_tokenizer(str(tmp_path / "junk.model"))
 
 
-def test_train_tokenizer_tool(tmp_path, monkeypatch, capsys):
+def test_train_tokenizer_tool(tmp_path, run_tool, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": p["text"]}) + "\n" for p in generate_papers(30, seed=7)))
-    argv = ["train_tokenizer.py", "--input", str(corpus), "--output", str(tmp_path / "tok"), "--vocab-size", "800",
-            "--num-threads", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tools", "train_tokenizer.py"),
-                       run_name="__main__")
-    assert done.value.code == 0
+    args = ["--input", str(corpus), "--output", str(tmp_path / "tok"), "--vocab-size", "800", "--num-threads", "1"]
+    assert run_tool("train_tokenizer.py", args) == 0
     assert "vocabulary 800" in capsys.readouterr().out
     assert load_tokenizer(str(tmp_path / "tok.model")).vocab_size == 800
 

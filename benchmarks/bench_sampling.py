@@ -9,7 +9,8 @@ index: index build time at the reference scale, the C++ helpers against referenc
     (cumsum of document lengths, then searchsorted of every sample's first token), checked equal
     to the C++ output in full.
   - Blending index for as many samples with 3 sources, plain and as a 3-stage curriculum. The
-    reference is the greedy rule as a Python loop, run on a prefix of `--blend-reference-samples`
+    reference is the tests' greedy rule as a Python loop (source and sample number per step, as the
+    C++ returns), run on a prefix of `--blend-reference-samples`
     and scaled linearly to the full count (its cost per sample is constant); that prefix is
     checked equal to the C++ output.
 
@@ -43,6 +44,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -51,6 +53,11 @@ import numpy as np
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megasci.data.helpers import build_blending_indices, build_curriculum_blending_indices, build_sample_idx
 from megasci.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter, data_file_path
+
+# The references are the tests' own functions, so the benchmark times exactly what the C++ is checked against.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from test_blending_index import reference_blending  # noqa: E402
+from test_helpers import megatron_walk  # noqa: E402
 
 
 def best_time(function, repeats: int):
@@ -87,42 +94,6 @@ def numpy_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, nu
     return result
 
 
-def python_blending(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """The greedy rule one sample at a time, as the tests' reference computes it."""
-    total = 0.0
-    for w in weights:
-        total += w
-    weights = [w / total for w in weights]
-    counts = [0] * len(weights)
-    sources = []
-    for i in range(num_samples):
-        errors = [w * (i + 1) - c for w, c in zip(weights, counts)]
-        best = errors.index(max(errors))
-        counts[best] += 1
-        sources.append(best)
-    return np.array(sources, np.int16)
-
-
-def python_sample_walk(sizes, doc_idx, seq_length: int, num_samples: int) -> np.ndarray:
-    """Megatron's walk, one sample at a time, as the tests' reference (tests/test_helpers.py) computes it."""
-    sizes, doc_idx = sizes.tolist(), doc_idx.tolist()
-    out = [(0, 0)]
-    doc_pos, offset = 0, 0
-    for _ in range(num_samples):
-        remaining = seq_length + 1
-        while remaining != 0:
-            left_in_doc = sizes[doc_idx[doc_pos]] - offset
-            remaining -= left_in_doc
-            if remaining <= 0:
-                offset += remaining + left_in_doc - 1
-                remaining = 0
-            else:
-                doc_pos += 1
-                offset = 0
-        out.append((doc_pos, offset))
-    return np.array(out)
-
-
 def bench_index(args) -> list[tuple]:
     """Rows of (what, N, C++ s, reference s, speedup, note)."""
     rows = []
@@ -141,7 +112,7 @@ def bench_index(args) -> list[tuple]:
     rows.append(("sample index", num_samples, cpp_s, ref_s, "numpy cumsum+searchsorted, equal in full"))
     prefix = min(args.blend_reference_samples, num_samples)
     start = time.perf_counter()
-    walk_idx = python_sample_walk(sizes, doc_idx, args.seq_length, prefix)
+    walk_idx = megatron_walk(sizes.tolist(), doc_idx.tolist(), args.seq_length, prefix)
     walk_s = (time.perf_counter() - start) * num_samples / prefix
     if not np.array_equal(build_sample_idx(sizes, doc_idx, args.seq_length, prefix), walk_idx):
         raise SystemExit("Python walk differs from the C++ sample index")
@@ -152,7 +123,7 @@ def bench_index(args) -> list[tuple]:
     prefix = min(args.blend_reference_samples, num_samples)
     cpp_s, (cpp_sources, _) = best_time(lambda: build_blending_indices(weights, num_samples, rule="greedy"), args.repeats)
     start = time.perf_counter()
-    ref_sources = python_blending(weights, prefix)
+    ref_sources, _ = reference_blending(weights, prefix, "greedy")
     ref_s = (time.perf_counter() - start) * num_samples / prefix
     if not np.array_equal(cpp_sources[:prefix], ref_sources):
         raise SystemExit("Python blending reference differs from the C++ one")
@@ -164,7 +135,7 @@ def bench_index(args) -> list[tuple]:
     cpp_s, (cpp_sources, _, _) = best_time(
         lambda: build_curriculum_blending_indices(stage_ends, stage_weights, rule="greedy"), args.repeats)
     start = time.perf_counter()
-    ref_sources = python_blending(stage_weights[0].tolist(), prefix)
+    ref_sources, _ = reference_blending(stage_weights[0].tolist(), prefix, "greedy")
     ref_s = (time.perf_counter() - start) * num_samples / prefix
     if prefix <= stage_ends[0] and not np.array_equal(cpp_sources[:prefix], ref_sources):
         raise SystemExit("Python curriculum reference differs from the C++ one in the first stage")

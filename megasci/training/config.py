@@ -115,6 +115,10 @@ def _plain(value):
     return value
 
 
+# Types whose values are checked but never converted, with how an error names them.
+_TAKEN_AS_IS = {list: "a list", dict: "a mapping", bool: "true or false", str: "a string"}
+
+
 def _coerce(value, hint, where: str):
     """`value` as type `hint`, for the simple types a config uses; anything else fails naming `where`."""
     origin = typing.get_origin(hint)
@@ -138,17 +142,10 @@ def _coerce(value, hint, where: str):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise TypeError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list or hint is list:
-        if not isinstance(value, list):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        return value
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise TypeError(f"{where}: expected true or false, got {value!r}")
+    plain = list if origin is list else hint
+    if plain in _TAKEN_AS_IS:
+        if not isinstance(value, plain):
+            raise TypeError(f"{where}: expected {_TAKEN_AS_IS[plain]}, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, str):  # a ${VARIABLE} substituted into the value, or 4e7 (YAML reads it as text)
@@ -174,10 +171,6 @@ def _coerce(value, hint, where: str):
         if not math.isfinite(number):
             raise ValueError(f"{where}: expected a finite number, got {value!r}")
         return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{where}: expected a string, got {value!r}")
-        return value
     raise TypeError(f"{where}: unsupported type {hint}")
 
 

@@ -636,18 +636,23 @@ def _source_package(record: dict) -> tuple[str, bytes]:
     return ".gz", gzip_bytes(_multi_file_tar(record, rng))
 
 
-def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True) -> list[str]:
-    """Write ``out_dir/YYMM/<id>.gz|.pdf`` per record and, with ``bulk_tar``, ``arXiv_src_YYMM_001.tar`` bundles."""
+def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True,
+                          loose_files: bool = True) -> list[str]:
+    """Write ``out_dir/YYMM/<id>.gz|.pdf`` per record (unless not ``loose_files``) and, with ``bulk_tar``,
+    ``arXiv_src_YYMM_001.tar`` bundles of them."""
     written, by_month = [], {}
     for record in records:
         yymm = record["id"].split("/")[-1][:4]
         suffix, data = _source_package(record)
         member = f"{yymm}/{record['id'].replace('/', '')}{suffix}"
         by_month.setdefault(yymm, {})[member] = data
-        written.append(os.path.join(out_dir, member))
-        os.makedirs(os.path.dirname(written[-1]), exist_ok=True)
-        with open(written[-1], "wb") as handle:
-            handle.write(data)
+        if loose_files:
+            written.append(os.path.join(out_dir, member))
+            os.makedirs(os.path.dirname(written[-1]), exist_ok=True)
+            with open(written[-1], "wb") as handle:
+                handle.write(data)
+    if by_month and bulk_tar:
+        os.makedirs(out_dir, exist_ok=True)
     for yymm in sorted(by_month) if bulk_tar else ():
         written.append(os.path.join(out_dir, f"arXiv_src_{yymm}_001.tar"))
         with open(written[-1], "wb") as handle:
@@ -660,13 +665,7 @@ def write_arxiv_dump(out_dir: str | os.PathLike, n: int, seed: int = 0) -> tuple
     gzipped sources (some PDF-only) and a metadata-snapshot file. Returns (tar paths, metadata path)."""
     out_dir = os.fspath(out_dir)
     records = list(generate_papers(n, seed=seed))
-    for path in write_source_packages(out_dir, records, bulk_tar=True):
-        if not os.path.basename(path).startswith("arXiv_src_"):  # keep only the bulk tars
-            os.remove(path)
-    for month in os.listdir(out_dir):
-        if os.path.isdir(os.path.join(out_dir, month)) and not os.listdir(os.path.join(out_dir, month)):
-            os.rmdir(os.path.join(out_dir, month))
+    tars = write_source_packages(out_dir, records, bulk_tar=True, loose_files=False)
     metadata = os.path.join(out_dir, "metadata.jsonl")
     write_arxiv_metadata(metadata, records)
-    tars = sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if f.startswith("arXiv_src_"))
     return tars, metadata

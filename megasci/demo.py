@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import shlex
@@ -29,6 +28,7 @@ from megasci.data.preprocess import PreprocessConfig, output_prefix_for, preproc
 from megasci.data.stats import dataset_statistics, format_statistics
 from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
 from megasci.tokenizer.evaluate import evaluate_tokenizers, format_table
+from megasci.training.metrics import read_metrics
 from megasci.utils.io import iter_jsonl_field
 
 
@@ -53,15 +53,6 @@ def _command(args: list[str], env: dict | None = None, capture: bool = False) ->
     return result.stdout if capture else ""
 
 
-def _read_metrics(path: str) -> dict[int, dict]:
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            rows.setdefault(record["step"], {}).update(record)
-    return rows
-
-
 def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     """Stages 5-7: pretraining under torchrun, its validation perplexity, a generated sample, an export."""
     if not os.path.isfile(os.path.join(REPO, TRAIN_CONFIG)):
@@ -73,7 +64,7 @@ def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     t = _stage("5/7 pretraining: tiny model, 2 processes (gloo), ZeRO-2 AdamW, 3-stage curriculum")
     _command(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tools/pretrain.py",
               "--config", TRAIN_CONFIG, *train_overrides], env=env)
-    rows = _read_metrics(os.path.join(run_dir, "tensorboard", "metrics.jsonl"))
+    rows = read_metrics(os.path.join(run_dir, "tensorboard"))
     val_steps = sorted(s for s, r in rows.items() if "val/loss/all" in r)
     train_steps_logged = sorted(s for s, r in rows.items() if "train/loss" in r)
     first, last = val_steps[0], val_steps[-1]

@@ -15,6 +15,7 @@ import torch
 
 from megasci.training import checkpoint as ckpt
 from megasci.training.config import load_config
+from megasci.training.metrics import read_metrics
 from megasci.training.schedule import learning_rate
 from megasci.training.trainer import SpikeGuard, TrainingDiverged
 
@@ -23,13 +24,7 @@ from training_fixtures import REPO, make_training_data, run_pretrain, training_o
 
 
 def metrics(save_dir):
-    """Per step, the last logged value of each scalar (a resumed run logs its steps again)."""
-    rows = {}
-    with open(os.path.join(save_dir, "tensorboard", "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            rows.setdefault(record["step"], {}).update(record)
-    return rows
+    return read_metrics(os.path.join(save_dir, "tensorboard"))
 
 
 def final_params(save_dir):
@@ -297,15 +292,13 @@ def test_compiled_blocks_train_like_eager(runs, tmp_path):
 
 def test_training_refuses_data_written_with_another_tokenizer(runs, tmp_path):
     """The preprocessing report records the tokenizer; training with a different one stops at once."""
-    import json as json_module
-
     from megasci.training.config import load_config as load
     from megasci.training.trainer import pretrain
 
     prefix = runs["data"]["prefix"]
     report = prefix[: -len("_text_document")] + "_preprocess.json"
     with open(report, "w") as f:
-        json_module.dump({"config": {}, "summary": {"outputs": {"text": prefix}},
+        json.dump({"config": {}, "summary": {"outputs": {"text": prefix}},
                           "tokenizer": {"sha256": "0" * 64, "vocab_size": 512}}, f)
     try:
         overrides = training_overrides(runs["data"], str(tmp_path / "run"))

@@ -58,3 +58,13 @@ class MetricsLog:
             self.writer.close()
             self._jsonl.close()
             self.active = False
+
+
+def read_metrics(log_dir: str) -> dict[int, dict]:
+    """`metrics.jsonl` per step: the last logged value of each scalar (a resumed run logs its steps again)."""
+    rows = {}
+    with open(os.path.join(log_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            rows.setdefault(record["step"], {}).update(record)
+    return rows

@@ -221,11 +221,13 @@ def pretrain(cfg: TrainConfig) -> dict:
     if resume_from is not None:
         meta = read_meta(resume_from)
         model.load_state_dict(torch.load(os.path.join(resume_from, MODEL_NAME), map_location=env.device, weights_only=True))
-        optimizer.load_state_dict(lambda r: load_rank_state(resume_from, r)["optimizer"], meta["dp_size"])
+        own = load_rank_state(resume_from, env.rank) if meta["dp_size"] == env.world_size else None
+        optimizer.load_state_dict(lambda r: own["optimizer"] if own is not None and r == env.rank
+                                  else load_rank_state(resume_from, r)["optimizer"], meta["dp_size"])
         guard.load_state_dict(meta["spike_guard"])
         step, consumed = meta["step"], meta["consumed_samples"]
-        if meta["dp_size"] == env.world_size:
-            _set_rng_state(load_rank_state(resume_from, env.rank)["rng"])
+        if own is not None:  # same ranks: each gets its own RNG streams back
+            _set_rng_state(own["rng"])
         if meta["tokenizer"].get("sha256") != tokenizer.identity().get("sha256"):
             print_rank0(f"warning: {cfg.data.tokenizer} differs from the tokenizer the checkpoint was trained with")
         print_rank0(f"resumed from {resume_from}: step {step}, {consumed:,} samples consumed "

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from megasci.data.blended_dataset import parse_blend, parse_curriculum
-from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, filter_documents, split_documents
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents
 from megasci.data.indexed_dataset import IndexedDataset, data_file_path
 from megasci.data.sidecar import read_sidecar, sidecar_path
 from megasci.tokenizer.sp_tokenizer import file_sha256
@@ -136,15 +136,6 @@ def dataset_config(prefix: str, split: str, fractions, seed: int, seq_length: in
                             cache_dir=cache_dir, document_filter=document_filter)
 
 
-def group_documents(config: GPTDatasetConfig) -> np.ndarray:
-    """The group's document ids, selected exactly as `GPTDataset` selects them."""
-    dataset = IndexedDataset(config.prefix)
-    documents = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)[config.split]
-    if config.document_filter is not None:
-        documents = filter_documents(config.prefix, documents, config.document_filter)
-    return documents
-
-
 def _labels(prefix: str, documents: np.ndarray, key: str) -> list:
     """Distinct values of `key` over the documents, in order of first appearance in the whole
     sidecar, so sections come in paper order (title, abstract, ...) whichever documents are held out."""
@@ -206,7 +197,7 @@ def plan_groups(prefixes: list[str], split: str, fractions, seed: int, seq_lengt
 
 
 def _documents_and_tokens(config: GPTDatasetConfig) -> tuple[np.ndarray, int]:
-    documents = group_documents(config)
+    documents = select_documents(config)
     return documents, int(IndexedDataset(config.prefix).document_lengths()[documents].sum())
 
 

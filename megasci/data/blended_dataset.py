@@ -38,8 +38,7 @@ import os
 import numpy as np
 
 from megasci.data import helpers
-from megasci.data.gpt_dataset import (GPTDataset, GPTDatasetConfig, filter_documents,
-                                      split_documents)
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents
 from megasci.data.indexed_dataset import IndexedDataset
 
 SHARE, EPOCHS = "share", "epochs"
@@ -199,13 +198,9 @@ class BlendedDataset:
 
     @staticmethod
     def _split_tokens(config: GPTDatasetConfig) -> int:
-        """Tokens of the split after the filter, computed exactly as `GPTDataset` selects documents."""
+        """Tokens of the split after the filter: of the documents `GPTDataset` samples."""
         dataset = IndexedDataset(config.prefix)
-        splits = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)
-        documents = splits[config.split]
-        if config.document_filter is not None:
-            documents = filter_documents(config.prefix, documents, config.document_filter)
-        return int(dataset.document_lengths()[documents].sum())
+        return int(dataset.document_lengths()[select_documents(config, dataset)].sum())
 
     def __len__(self) -> int:
         return int(self.stage_ends[-1])

@@ -140,12 +140,19 @@ def cache_hash(description: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[dict[str, np.ndarray], dict]:
-    """Document order, sample index and shuffle index for `config`, plus facts for the cache's JSON."""
-    splits = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)
-    documents = splits[config.split]
+def select_documents(config: GPTDatasetConfig, dataset: IndexedDataset | None = None) -> np.ndarray:
+    """The split's document ids after the filter: exactly the documents a `GPTDataset` with `config` samples."""
+    if dataset is None:
+        dataset = IndexedDataset(config.prefix)
+    documents = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)[config.split]
     if config.document_filter is not None:
         documents = filter_documents(config.prefix, documents, config.document_filter)
+    return documents
+
+
+def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[dict[str, np.ndarray], dict]:
+    """Document order, sample index and shuffle index for `config`, plus facts for the cache's JSON."""
+    documents = select_documents(config, dataset)
     lengths = dataset.document_lengths()
     if len(lengths) and lengths.max() >= 2**31:
         raise ValueError(f"{config.prefix}: a document of {int(lengths.max())} tokens is too long to sample")

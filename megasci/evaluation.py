@@ -38,7 +38,7 @@ from megasci.data.blended_dataset import parse_blend, parse_curriculum
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents
 from megasci.data.indexed_dataset import IndexedDataset, data_file_path
 from megasci.data.sidecar import read_sidecar, sidecar_path
-from megasci.tokenizer.sp_tokenizer import file_sha256
+from megasci.utils.io import file_sha256
 from megasci.training.checkpoint import load_model, resolve_checkpoint
 from megasci.training.config import DataSection
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 
 from megasci.model import ModelConfig, hf_config_dict, to_hf_state_dict
-from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer, file_sha256
+from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
+from megasci.utils.io import file_sha256
 from megasci.training.checkpoint import (checkpoint_tokenizer_path, load_model, model_config_from_meta,
                                          read_meta, resolve_checkpoint)
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from megasci.tokenizer.base import Tokenizer
-from megasci.tokenizer.sp_tokenizer import file_sha256
+from megasci.utils.io import file_sha256
 
 # Names the common model families give their special tokens, tried when no config names them.
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<｜begin▁of▁sentence｜>", "<|endoftext|>")

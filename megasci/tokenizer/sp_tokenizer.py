@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,7 +14,7 @@ import numpy as np
 import sentencepiece as spm
 
 from megasci.tokenizer.base import Tokenizer
-from megasci.utils.io import atomic_output, write_json_atomic
+from megasci.utils.io import atomic_output, file_sha256, write_json_atomic
 
 # Special ids are fixed so every tokenizer we train agrees on them (saved beside the model too).
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -31,14 +30,6 @@ NEWLINE_PIECES = ["\n", "\n\n"]
 
 def meta_path(model_path: str) -> str:
     return model_path[: -len(".model")] + ".meta.json" if model_path.endswith(".model") else model_path + ".meta.json"
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class SentencePieceTokenizer(Tokenizer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,15 @@ from typing import IO, Iterator, Sequence
 GZIP_SUFFIXES = (".gz",)
 ZSTD_SUFFIXES = (".zst", ".zstd")
 COMPRESSED_SUFFIXES = GZIP_SUFFIXES + ZSTD_SUFFIXES  # decompressed by open_binary, compressed by atomic_text_output
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks: the identity of tokenizers and datasets."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_binary(path: str) -> IO[bytes]:

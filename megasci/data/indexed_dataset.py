@@ -29,10 +29,11 @@ import os
 import shutil
 import struct
 from array import array
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from megasci.utils.io import AtomicFile, atomic_output
 
 _MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
@@ -174,10 +175,8 @@ class IndexedDatasetWriter:
         self.prefix = os.fspath(prefix)
         self.dtype = np.dtype(dtype)
         dtype_code(self.dtype)  # reject dtypes the format cannot name, before writing anything
-        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
-        self._bin_tmp = data_file_path(prefix) + ".tmp"
-        self._idx_tmp = index_file_path(prefix) + ".tmp"
-        self._bin = open(self._bin_tmp, "wb")
+        self._bin_target = AtomicFile(data_file_path(prefix), "wb")
+        self._bin = self._bin_target.file
         self._sizes = array("i")  # int32, like the on-disk lengths
         self._doc_idx = array("q", [0])
         self._done = False
@@ -251,22 +250,15 @@ class IndexedDatasetWriter:
             return
         if len(self._doc_idx) == 0 or self._doc_idx[-1] != len(self._sizes):
             self.end_document()  # trailing sequences added with add_item form a last document
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        self._bin.close()
-        write_index(self._idx_tmp, self.dtype, np.frombuffer(self._sizes, dtype=np.int32),
+        self._bin_target.commit()
+        write_index(index_file_path(self.prefix), self.dtype, np.frombuffer(self._sizes, dtype=np.int32),
                     np.frombuffer(self._doc_idx, dtype=np.int64))
-        os.replace(self._bin_tmp, data_file_path(self.prefix))
-        os.replace(self._idx_tmp, index_file_path(self.prefix))
         self._done = True
 
     def discard(self) -> None:
         if self._done:
             return
-        self._bin.close()
-        for path in (self._bin_tmp, self._idx_tmp):
-            if os.path.exists(path):
-                os.remove(path)
+        self._bin_target.discard()
         self._done = True
 
     def __enter__(self) -> "IndexedDatasetWriter":
@@ -280,7 +272,7 @@ class IndexedDatasetWriter:
 
 
 def write_index(path: str, dtype, sizes: np.ndarray, document_indices: np.ndarray) -> None:
-    """Write a complete `.idx` file; byte pointers are the running sum of sizes times the item size."""
+    """Write a complete `.idx` file, atomically; byte pointers are the running sum of sizes times the item size."""
     dtype = np.dtype(dtype)
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
     document_indices = np.ascontiguousarray(document_indices, dtype=np.int64)
@@ -288,13 +280,11 @@ def write_index(path: str, dtype, sizes: np.ndarray, document_indices: np.ndarra
     if len(sizes) > 1:
         np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
     pointers *= dtype.itemsize
-    with open(path, "wb") as f:
+    with atomic_output(path, "wb") as f:
         f.write(_HEADER.pack(_MAGIC, _VERSION, dtype_code(dtype), len(sizes), len(document_indices)))
         f.write(sizes.tobytes())
         f.write(pointers.tobytes())
         f.write(document_indices.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | os.PathLike) -> IndexedDataset:

@@ -11,6 +11,7 @@ import json
 import os
 
 from megasci.data.indexed_dataset import IndexedDataset
+from megasci.utils.io import AtomicFile
 
 
 def sidecar_path(prefix: str) -> str:
@@ -22,8 +23,8 @@ class SidecarWriter:
 
     def __init__(self, prefix: str):
         self.path = sidecar_path(prefix)
-        self._tmp = self.path + ".tmp"
-        self._file = open(self._tmp, "w", encoding="utf-8")
+        self._target = AtomicFile(self.path, "w")
+        self._file = self._target.file
         self.count = 0
 
     def add(self, record: dict) -> None:
@@ -37,15 +38,10 @@ class SidecarWriter:
         self.count += len(lines)
 
     def finalize(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._target.commit()
 
     def discard(self) -> None:
-        self._file.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        self._target.discard()
 
 
 def read_sidecar(prefix: str, check_against_dataset: bool = True) -> list[dict]:

@@ -38,21 +38,41 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path, "rb", buffering=1 << 20)
 
 
+class AtomicFile:
+    """A file written under a temporary name beside `path`, moved onto `path` only by `commit()`.
+
+    The one atomic-write rule of the project: data is fsynced before the rename, so a crash leaves
+    either the old file or the complete new one, never a torn one; `discard()` removes the temp file.
+    Long-lived writers (datasets, sidecars) hold one open; short blocks use `atomic_output`.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb"):
+        self.path = os.fspath(path)
+        self.tmp = f"{self.path}.tmp{os.getpid()}"
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.file = open(self.tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb"):
     """Yield a temp file beside `path`; it replaces `path` only if the block finishes without error."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    target = AtomicFile(path, mode)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield target.file
+        target.commit()
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        target.discard()
 
 
 @contextlib.contextmanager

@@ -36,12 +36,14 @@ from dataclasses import dataclass, field
 import torch
 
 from megasci.model import ModelConfig, hf_config_dict, to_hf_state_dict
+from megasci.model.dtypes import DTYPES, dtype_name
+from megasci.tokenizer.probes import PROBE_TEXTS
 from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
 from megasci.utils.io import file_sha256
 from megasci.training.checkpoint import (checkpoint_tokenizer_path, load_model, model_config_from_meta,
                                          read_meta, resolve_checkpoint)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+EXPORT_DTYPES = ("float32", "bfloat16")  # the dtypes whose logit tolerance is known (LOGIT_RTOL)
 # Largest |HF logit - our logit| allowed, as a fraction of max(1, largest |our logit|). Both models get the
 # same weights in the same dtype; only the order of floating-point operations may differ. On CPU (where we
 # verify) the difference measured 0 in both dtypes for the tiny test model and a 6-layer, 512-wide one; the
@@ -50,15 +52,6 @@ LOGIT_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 GREEDY_TOKENS = 16
 _MISSING = "<missing>"
 
-PROBE_TEXTS = [
-    "\\begin{equation}\n  \\int_0^\\infty e^{-x^2}\\,dx = \\frac{\\sqrt{\\pi}}{2}, \\quad "
-    "\\mathbb{R}^{10^{23}} \\ni x \\mapsto 3.14159\n\\end{equation}\n\n\n\nLet $\\alpha_1 \\le \\beta_{12}$.",
-    "Schrödinger’s ∮ 𝔄 𝓗 ∂Ω — naïve café; 中文 テスト 한국어 עברית العربية 😀👩‍👩‍👧 e\u0301 \u200b\t\ttab\r\n"
-    "    indented  two  spaces\t\tand\ttabs   \n \n\n\n\n\n end  ",
-    "Digits 0 1 12 123 2024-01-31 1e-6 3.0x10^5 (v2) 007\n\\section{Results}\\label{sec:res}\n"
-    "\\cite{a,b} \\ref{eq:1} \\textbf{bold} 50\\% ~ \\& \\$ \\{ \\}",
-    "Literal specials stay text: <s> </s> <pad> <unk> <0x41> <0x0A> <<s>> \\<s\\>\x07\u2028",
-]
 
 
 class ExportError(ValueError):
@@ -185,7 +178,7 @@ def expected_config(cfg: ModelConfig, identity: dict, dtype: torch.dtype) -> dic
     """config.json as we write it: our HF mapping's fields, the tokenizer's special ids, the export dtype."""
     d = hf_config_dict(cfg, bos_token_id=identity.get("bos_id"), eos_token_id=identity.get("eos_id"),
                        pad_token_id=identity.get("pad_id"))
-    d["torch_dtype"] = d["dtype"] = _dtype_name(dtype)
+    d["torch_dtype"] = d["dtype"] = dtype_name(dtype)
     return d
 
 
@@ -273,7 +266,7 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
     identity = meta.get("tokenizer") or _identity_of(tokenizer)
     config_path = os.path.join(export_dir, "config.json")
     dtype = _check_config(config_path, cfg, identity, sp.vocab_size)
-    report = Report(export_dir=export_dir, checkpoint=checkpoint, dtype=_dtype_name(dtype))
+    report = Report(export_dir=export_dir, checkpoint=checkpoint, dtype=dtype_name(dtype))
     if model is None or next(model.parameters()).dtype != dtype:
         model, _ = load_model(checkpoint, device=device, dtype=dtype)
     model.eval()
@@ -313,8 +306,8 @@ def _check_config(path: str, cfg: ModelConfig, identity: dict, tokenizer_vocab: 
     if vocab < tokenizer_vocab:
         raise ExportError(f"{path}: vocab_size {vocab} is smaller than the tokenizer's {tokenizer_vocab} tokens")
     name = actual.get("torch_dtype", actual.get("dtype"))
-    if name not in DTYPES:
-        raise ExportError(f"{path}: dtype {name!r} is not one of {sorted(DTYPES)}")
+    if name not in EXPORT_DTYPES:
+        raise ExportError(f"{path}: dtype {name!r} is not one of {sorted(EXPORT_DTYPES)}")
     for key, want in expected_config(cfg, identity, DTYPES[name]).items():
         if actual.get(key, want if key == "dtype" else _MISSING) == want:  # older writers give torch_dtype only
             continue
@@ -363,7 +356,7 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identi
             raise ExportError(f"{os.path.join(export_dir, 'tokenizer_config.json')}: {name} id is {theirs}, "
                               f"the training tokenizer's is {want}")
     seen = 0
-    for text in _probe_texts():
+    for text in PROBE_TEXTS:
         if any(c in text for c in caveats):
             continue
         want, theirs = sp.encode(text), hf_tok(text)["input_ids"]
@@ -392,7 +385,7 @@ def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -
     report.tolerance = LOGIT_RTOL[dtype] * max(1.0, ours.abs().max().item())
     if not report.max_logit_diff <= report.tolerance:
         raise ExportError(f"{where}: logits of the reloaded model differ from ours by up to "
-                          f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:.3g} in {_dtype_name(dtype)})")
+                          f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:.3g} in {dtype_name(dtype)})")
 
 
 def _check_greedy(where: str, model, hf, sp: SentencePieceTokenizer, cfg: ModelConfig, report: Report) -> None:
@@ -422,16 +415,10 @@ def _check_greedy(where: str, model, hf, sp: SentencePieceTokenizer, cfg: ModelC
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _probe_texts() -> list[str]:
-    from megasci.corpus.synthetic import generate_papers
-
-    return PROBE_TEXTS + [p["text"][:4000] for p in generate_papers(2, seed=12345)]
-
-
 def _probe_batch(sp: SentencePieceTokenizer, cfg: ModelConfig) -> torch.Tensor:
     """Two rows: probe text ids, and random ids that reach every part of the embedding."""
     n = min(64, cfg.max_seq_len)
-    ids = [i for text in _probe_texts() for i in sp.encode(text)][:n]
+    ids = [i for text in PROBE_TEXTS for i in sp.encode(text)][:n]
     ids += [0] * (n - len(ids))
     rand = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(0))
     return torch.stack([torch.tensor(ids), rand])
@@ -463,13 +450,9 @@ def _identity_of(tokenizer: str) -> dict:
 
 def _export_dtype(dtype: str | None, cfg: ModelConfig) -> torch.dtype:
     name = dtype or cfg.dtype
-    if name not in DTYPES:
-        raise ExportError(f"dtype {name!r} is not one of {sorted(DTYPES)}")
+    if name not in EXPORT_DTYPES:
+        raise ExportError(f"dtype {name!r} is not one of {sorted(EXPORT_DTYPES)}")
     return DTYPES[name]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(k for k, v in DTYPES.items() if v == dtype)
 
 
 def _make_readable(directory: str) -> None:

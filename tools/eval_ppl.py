@@ -18,9 +18,9 @@ import sys
 import torch
 
 from megasci.data.indexed_dataset import IndexedDatasetError
+from megasci.model.dtypes import DTYPES
 from megasci.evaluation import EVAL_SPLITS, evaluate_perplexity, format_report
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main(argv=None) -> int:

@@ -11,14 +11,14 @@ an existing --output against the checkpoint instead of writing one.
 import argparse
 import sys
 
-from megasci.export_hf import DTYPES, ExportError, export_checkpoint, verify_export
+from megasci.export_hf import EXPORT_DTYPES, ExportError, export_checkpoint, verify_export
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a save directory (its latest)")
     p.add_argument("--output", required=True, help="the export directory to write (or, with --verify-only, check)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weight dtype (default: the training dtype)")
+    p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default=None, help="weight dtype (default: the training dtype)")
     p.add_argument("--tokenizer", default=None,
                    help="the training SentencePiece model (default: the checkpoint's tokenizer.model)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (once the new one passes)")

@@ -17,11 +17,11 @@ import time
 
 import torch
 
+from megasci.model.dtypes import DTYPES
 from megasci.model.generate import generate
 from megasci.tokenizer import load_tokenizer
 from megasci.training.checkpoint import checkpoint_tokenizer_path, load_model, resolve_checkpoint
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main(argv=None) -> int:

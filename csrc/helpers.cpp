@@ -71,12 +71,15 @@ py::array_t<Index> build_sample_idx(py::array_t<int32_t, py::array::c_style | py
 // Blending indices: which source, and which sample of that source, each global sample takes.
 // Two rules (BlendRule): greedy (Megatron's) and fair (Tijdeman's), both deterministic.
 //
-// Megatron's greedy rule: sample i goes to the source s with the largest
-// weights[s] * (i + 1) - count[s] (ties to the lowest s), the one furthest behind its target
-// share once sample i is counted. It is deterministic and keeps every prefix close to the
-// target shares. The Python references in tests/test_blending_index.py compute the very same
-// double expressions, so results match bit for bit only if the compiler does not fuse the
-// multiply and subtract into an FMA (which rounds once instead of twice); contraction is off here.
+// Megatron's greedy rule (megatron/core/datasets/helpers.cpp): sample i (0-based) goes to the
+// source s with the largest weights[s] * max(i, 1) - count[s], ties to the lowest s. The
+// multiplier is max(i, 1), not i + 1: samples 0 and 1 both use 1, so from sample 1 on each pick
+// goes to the source furthest behind its share of the i samples already placed. Megatron lets a
+// zero-weight source win an exact tie at error 0; here zero weights never compete, which is
+// Megatron's sequence for the same blend with those sources left out. The Python references in
+// tests/test_blending_index.py compute the very same double expressions, so results match bit
+// for bit only if the compiler does not fuse the multiply and subtract into an FMA (which rounds
+// once instead of twice); contraction is off here.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -121,17 +124,21 @@ static void check_source_count(int64_t num_sources) {
 
 // Runs the greedy rule for `length` samples with stage-local counters `stage_counts` (zeroed by
 // the caller) and per-source global counters `global_counts`, writing from `source_out[0]` on.
-// Zero weights are never chosen: the errors of the positive-weight sources sum to 1 before each
-// pick, so the winner's is at least 1 / (their number) > 0, while a zero-weight source's is 0.
+// Only positive-weight sources compete (see above).
 static void greedy_blend(const double* weights, int64_t num_sources, int64_t length, int64_t* stage_counts,
                          int64_t* global_counts, SourceIndex* source_out, int64_t* sample_out) {
+  std::vector<int64_t> positive;
+  for (int64_t s = 0; s < num_sources; ++s)
+    if (weights[s] > 0) positive.push_back(s);
+  const int64_t num_positive = static_cast<int64_t>(positive.size());
   for (int64_t j = 0; j < length; ++j) {
-    const double position = static_cast<double>(j + 1);
-    int64_t best = 0;
-    double best_error = weights[0] * position - static_cast<double>(stage_counts[0]);
-    for (int64_t s = 1; s < num_sources; ++s) {
+    const double multiplier = static_cast<double>(std::max<int64_t>(j, 1));
+    int64_t best = positive[0];
+    double best_error = weights[best] * multiplier - static_cast<double>(stage_counts[best]);
+    for (int64_t k = 1; k < num_positive; ++k) {
+      const int64_t s = positive[k];
       // Written as selects so the compiler need not branch on an unpredictable winner.
-      const double error = weights[s] * position - static_cast<double>(stage_counts[s]);
+      const double error = weights[s] * multiplier - static_cast<double>(stage_counts[s]);
       const bool better = error > best_error;
       best_error = better ? error : best_error;
       best = better ? s : best;
@@ -152,7 +159,7 @@ static void greedy_blend(const double* weights, int64_t num_sources, int64_t len
 // so a source whose exact error is delta is not lost to rounding (a near-tie admitted this way
 // overshoots the bound by at most the tolerance). Should no source be eligible after all (the
 // theorem says one always is; the tests check the fallback is never taken), the sample goes to
-// the largest error weights[s] * n - count[s], ties to the lowest s, as in the greedy rule.
+// the largest error weights[s] * n - count[s], ties to the lowest s.
 // A source's deadline only changes when it is picked, so it is kept and updated then; the
 // value is the same double the reference computes afresh. The Python reference in
 // tests/test_blending_index.py evaluates the very same expressions.

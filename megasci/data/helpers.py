@@ -54,9 +54,12 @@ def build_blending_indices(weights, num_samples: int, rule: str = "fair") -> tup
       Every prefix then satisfies |count_s(n) - w_s * n| <= 1 - delta (< 1) for any P; P = 1 takes
       the one source throughout. Were no source eligible through rounding (never seen), the
       sample goes to the largest w_s * n - count_s(n - 1).
-    - rule="greedy", Megatron's rule: sample i (0-based) goes to
-      argmax_s w_s * (i + 1) - count_s with ties to the lowest s. Bit-exact with Megatron, but the
-      under-allocation can exceed one sample once P >= 4.
+    - rule="greedy", Megatron's rule (its helpers.cpp): sample i (0-based) goes to
+      argmax_s w_s * max(i, 1) - count_s over the positive-weight sources, ties to the lowest s.
+      Samples 0 and 1 both use the multiplier 1, so (P >= 2) sample 1 goes to the largest weight
+      among the sources sample 0 did not take, however small. Bit-exact with Megatron for positive
+      weights (Megatron lets a zero-weight source win an exact tie at error 0); over-allocation
+      stays below 1 - w_s, but under-allocation can exceed one sample once P >= 3.
     """
     return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples),
                                      _rule_id(rule))

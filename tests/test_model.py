@@ -1,4 +1,5 @@
-"""The decoder against transformers' LlamaForCausalLM, its counts, checkpointing and initialisation."""
+"""The decoder against transformers' LlamaForCausalLM, its counts and initialisation
+(activation checkpointing, applied from outside, is tested in test_parallelize.py)."""
 
 import math
 import subprocess
@@ -155,7 +156,7 @@ def test_hf_config_dict():
     assert sum(p.numel() for p in hf.parameters()) == 1_633_781_760
 
 
-# --- loss, checkpointing, construction ----------------------------------------------------------
+# --- loss, construction ------------------------------------------------------------------------
 
 
 def test_loss_equals_cross_entropy_of_logits():
@@ -172,33 +173,6 @@ def test_loss_equals_cross_entropy_of_logits():
     g_ref = torch.autograd.grad(F.cross_entropy(model(tokens).reshape(-1, TINY_GQA.vocab_size),
                                                 labels.reshape(-1)), model.output.weight)[0]
     assert torch.allclose(g_loss, g_ref, atol=1e-6)
-
-
-def _grads(model, tokens, labels, mode):
-    model.checkpointing = mode
-    model.zero_grad(set_to_none=True)
-    loss = model(tokens, labels)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
-def test_activation_checkpointing_gives_equal_gradients():
-    model = _tiny(replace(TINY_GQA, n_layers=3))
-    tokens = _tokens(TINY_GQA, seq=48)
-    labels = torch.roll(tokens, -1, dims=1)
-    loss0, ref = _grads(model, tokens, labels, "none")
-    assert all(g.abs().sum() > 0 for g in ref.values())
-    for mode in ("full", "selective"):
-        loss, grads = _grads(model, tokens, labels, mode)
-        assert torch.equal(loss, loss0)
-        for name in ref:
-            assert torch.allclose(grads[name], ref[name], rtol=1e-6, atol=1e-6), (mode, name)
-
-
-def test_checkpointing_from_config():
-    torch.manual_seed(0)
-    model = build_model(replace(TINY, checkpointing="selective"), dtype=torch.float32)
-    assert model.checkpointing == "selective"
 
 
 def test_meta_construction_then_materialisation():
@@ -236,24 +210,3 @@ def test_init_std_follows_documented_scheme():
         expected = residual_std if name.endswith(("attn.wo.weight", "mlp.down.weight")) else 0.02
         assert abs(p.mean().item()) < 0.05 * expected, name
         assert abs(p.std().item() / expected - 1) < 0.02, (name, p.std().item(), expected)
-
-
-def test_checkpointing_modes_save_less():
-    """The modes are wired up: saved activations shrink from none to selective to full."""
-    model = _tiny(replace(TINY, n_layers=3))
-    tokens = _tokens(TINY, seq=64)
-    saved = {}
-    for mode in ("none", "selective", "full"):
-        model.checkpointing = mode
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            if not isinstance(t, torch.nn.Parameter):
-                total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(tokens, torch.roll(tokens, -1, dims=1))
-        saved[mode] = total
-    assert saved["none"] > saved["selective"] > saved["full"], saved

@@ -18,7 +18,7 @@ from megasci.ops.rmsnorm import rms_norm_reference
 from megasci.ops.rotary import apply_rotary_reference
 from megasci.ops.swiglu import swiglu_reference
 
-OPS = ["rms_norm", "swiglu", "attention", "rotary", "cross_entropy_loss"]
+OPS = ["rms_norm", "swiglu", "attention", "cross_entropy_loss"]
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +154,17 @@ def test_attention_rejects_bad_shapes():
 def test_attention_auto_is_sdpa_on_cpu():
     q, k, v = qkv(4, 2, dtype=torch.bfloat16)
     assert ops.resolve_backend("attention", q, k, v) == "sdpa"
+
+
+@pytest.mark.parametrize("start,new", [(0, 6), (5, 1), (3, 3), (1, 5)], ids=["prefill", "one", "chunk", "long-chunk"])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2)])
+def test_cached_attention_is_the_last_rows_of_full_causal_attention(start, new, hq, hkv):
+    """Queries at start..start+new-1 over keys 0..start+new-1 (the bottom-right aligned mask) are
+    exactly those rows of square causal attention over the whole sequence."""
+    q, k, v = qkv(hq, hkv, s=start + new)
+    out = ops.cached_attention(q[:, start:], k, v, start)
+    assert out.shape == q[:, start:].shape
+    torch.testing.assert_close(out, naive_attention(q, k, v, True)[:, start:])
 
 
 # ---------------------------------------------------------------- rotary
@@ -322,6 +333,8 @@ def test_registry_defaults_and_auto_choices_on_cpu():
 def test_registry_rejects_unknown_or_unavailable():
     with pytest.raises(KeyError):
         ops.set_backend("layer_norm", "reference")
+    with pytest.raises(KeyError):  # one implementation: a plain function, not a registry entry
+        ops.set_backend("rotary", "reference")
     with pytest.raises(ValueError, match="triton"):
         ops.set_backend("rms_norm", "triton")
     if "apex" not in ops.available_backends("rms_norm"):

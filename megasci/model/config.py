@@ -17,7 +17,10 @@ class ModelConfig:
     "none" keeps everything; "full" keeps only the block input and reruns the
     block; "selective" reruns the attention core (RoPE, softmax(QK^T)V) and the
     SwiGLU activation but keeps every matmul output, so recomputation costs
-    almost no matmul FLOPs while dropping the largest activations.
+    almost no matmul FLOPs while dropping the largest activations. It is training
+    policy that the model itself never reads: it lives here because users set it
+    with the model (`model.overrides.checkpointing`) and checkpoints record it, and
+    `megasci.training.parallelize.apply_activation_checkpointing` applies it.
     """
 
     vocab_size: int = 102_400

@@ -4,7 +4,9 @@ tokens -> embedding -> n_layers x [x + attn(norm(x)); x + mlp(norm(x))] -> norm 
 Attention is causal with RoPE (rotate-half) and grouped-query heads; the MLP is SwiGLU; norms are
 RMSNorm; no linear layer has a bias; input and output embeddings are separate matrices. The numerics
 live in `megasci.ops`, so kernels can change without touching this file. Parameter names map one to
-one onto transformers' LlamaForCausalLM (see hf_mapping.py).
+one onto transformers' LlamaForCausalLM (see hf_mapping.py). Training policy (activation
+checkpointing, torch.compile) is applied from outside, by `megasci.training.parallelize`; the
+weightless attention core and SwiGLU activation are submodules so that it can wrap them.
 
 For generation, `Transformer.decode` runs new tokens against a `KVCache` of the keys and values of
 the tokens before them, so a step computes the projections and MLP of the new tokens only
@@ -15,17 +17,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from megasci import ops
 
 from .config import ModelConfig
-
-
-def _run(fn, *args, recompute: bool = False):
-    """fn(*args); with recompute, fn's internal activations are not kept and backward reruns fn."""
-    return checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)
 
 
 class RMSNorm(nn.Module):
@@ -38,25 +33,20 @@ class RMSNorm(nn.Module):
         return ops.rms_norm(x, self.weight, self.eps)
 
 
-def _attention_core(q, k, v, cos, sin):
-    """Everything between the QKV and output projections: no weights, so cheap to recompute."""
-    q, k = ops.apply_rotary(q, k, cos, sin)
-    return ops.attention(q, k, v, causal=True)
+class AttentionCore(nn.Module):
+    """Everything between the QKV and output projections (RoPE, softmax(QK^T)V): no weights, so a
+    module of its own that an activation-checkpointing policy can wrap and rerun cheaply."""
 
-
-def _cached_attention_core(q, k, v, start: int):
-    """Queries at positions start..start+S-1 over keys and values at 0..start+S-1."""
-    if start == 0:  # a prefill: the same square causal attention as training
+    def forward(self, q, k, v, cos, sin):
+        q, k = ops.apply_rotary(q, k, cos, sin)
         return ops.attention(q, k, v, causal=True)
-    if q.shape[1] == 1:  # one new token sees every position before it, and itself
-        return ops.attention(q, k, v, causal=False)
-    # Several new tokens after a cached prefix: query i sees keys up to start + i, a causal mask
-    # aligned to the bottom right, which ops.attention does not offer.
-    mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril(start)
-    groups = q.shape[2] // k.shape[2]
-    k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return y.transpose(1, 2)
+
+
+class SwiGLU(nn.Module):
+    """The MLP's activation, silu(gate) * up: a module of its own for the same reason."""
+
+    def forward(self, gate, up):
+        return ops.swiglu(gate, up)
 
 
 class KVCache:
@@ -91,18 +81,19 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        self.core = AttentionCore()
 
-    def forward(self, x, cos, sin, recompute_core: bool = False, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(b, s, self.n_kv_heads, self.head_dim)
         if cache is None:
-            y = _run(_attention_core, q, k, v, cos, sin, recompute=recompute_core)
+            y = self.core(q, k, v, cos, sin)
         else:
             q, k = ops.apply_rotary(q, k, cos, sin)
             k, v = cache.update(self.layer_idx, k, v)
-            y = _cached_attention_core(q, k, v, cache.length)
+            y = ops.cached_attention(q, k, v, cache.length)
         return self.wo(y.reshape(b, s, -1))
 
 
@@ -112,10 +103,10 @@ class MLP(nn.Module):
         self.gate = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size, bias=False)
         self.up = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size, bias=False)
         self.down = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=False)
+        self.act = SwiGLU()
 
-    def forward(self, x, recompute_act: bool = False):
-        gate, up = self.gate(x), self.up(x)
-        return self.down(_run(ops.swiglu, gate, up, recompute=recompute_act))
+    def forward(self, x):
+        return self.down(self.act(self.gate(x), self.up(x)))
 
 
 class Block(nn.Module):
@@ -126,16 +117,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, selective: bool = False, cache: KVCache | None = None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, recompute_core=selective, cache=cache)
-        return x + self.mlp(self.mlp_norm(x), recompute_act=selective)
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache=cache)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.checkpointing = cfg.checkpointing  # "none" | "full" | "selective"; may be changed later
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
@@ -166,9 +156,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.embed(tokens)
         cos, sin = ops.rotary_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
-        selective, full = self.checkpointing == "selective", self.checkpointing == "full"
         for layer in self.layers:
-            x = _run(layer, x, cos, sin, selective, recompute=full)
+            x = layer(x, cos, sin)
         x = self.norm(x)
         if labels is None:
             return self.output(x)
@@ -177,7 +166,7 @@ class Transformer(nn.Module):
     def decode(self, tokens, cache: KVCache, last_only: bool = False):
         """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the
         cached ones before them; the tokens' keys and values are added to the cache. For inference:
-        no activation checkpointing, no loss. `last_only` gives [B, 1, V], sparing a long prompt's
+        no loss. `last_only` gives [B, 1, V], sparing a long prompt's
         prefill the full [B, S, V] logits."""
         start, seq_len = cache.length, tokens.shape[1]
         if start + seq_len > cache.max_len:

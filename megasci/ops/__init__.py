@@ -12,10 +12,11 @@ correctness still need a GPU session. There is no separate ``torch.compile`` pat
 rms_norm: the reference paths are plain tensor code that ``torch.compile`` of the whole model traces
 and fuses (a test checks that all ops trace into a single graph).
 
-Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``rotary``, ``cross_entropy_loss``.
+Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``cross_entropy_loss``: the ops with
+several implementations. Rotary embeddings and the cached-decode attention have one and are plain functions.
 """
 
-from .attention import attention
+from .attention import attention, cached_attention
 from .backends import available_backends, get_backend, register_backend, resolve_backend, set_backend
 from .loss import cross_entropy_loss
 from .rmsnorm import rms_norm
@@ -25,6 +26,7 @@ from .swiglu import swiglu
 __all__ = [
     "apply_rotary",
     "attention",
+    "cached_attention",
     "available_backends",
     "cross_entropy_loss",
     "get_backend",

@@ -7,8 +7,10 @@ never transposes. Backends:
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, which picks its own fused kernel.
 - ``reference``: the explicit softmax(QK^T * scale + causal mask) V, in at least float32.
 
-Causal masking needs equal query and key lengths: for unequal lengths flash-attn aligns the mask to the
-bottom right and SDPA to the top left, and training never needs either.
+Causal masking in ``attention`` needs equal query and key lengths: for unequal lengths flash-attn aligns
+the mask to the bottom right and SDPA to the top left, and training never needs either. Decoding after a
+KV cache does: ``cached_attention`` gives queries at the end of a longer key sequence the causal mask
+aligned to the bottom right.
 """
 
 from __future__ import annotations
@@ -92,3 +94,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     """
     _check(q, k, v, causal)
     return dispatch("attention", q, k, v, causal, softmax_scale)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+    """Queries at positions start..start+S-1 over keys and values at 0..start+S-1 -> [B, S, Hq, D].
+
+    Query i sees keys up to start + i: the causal mask aligned to the bottom right.
+    """
+    if start == 0:  # a prefill: the same square causal attention as training
+        return attention(q, k, v, causal=True)
+    if q.shape[1] == 1:  # one new token sees every position before it, and itself
+        return attention(q, k, v, causal=False)
+    _check(q, k, v, causal=False)
+    mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril(start)
+    groups = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return y.transpose(1, 2)

@@ -3,13 +3,13 @@
 HF pairs dimension i with i + D/2 (not adjacent dimensions as in the RoPE paper); checkpoints converted
 to or from HF only line up under the same pairing. Tables are computed in float32 and cast at the end,
 as ``LlamaRotaryEmbedding`` does, so low-precision tables equal HF's bit for bit.
+
+One implementation, so a plain function: the backend registry is for ops with several to choose from.
 """
 
 from __future__ import annotations
 
 import torch
-
-from .backends import dispatch, register_backend, register_op
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float = 10000.0, device=None,
@@ -37,10 +37,6 @@ def apply_rotary_reference(q, k, cos, sin):
     return q_out, k_out
 
 
-register_op("rotary", lambda q, k, cos, sin: "reference")
-register_backend("rotary", "reference", apply_rotary_reference)
-
-
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Rotate q [B, S, Hq, D] and k [B, S, Hkv, D] by position.
 
@@ -50,4 +46,4 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     """
     if cos.shape != sin.shape or cos.dim() not in (2, 3):
         raise ValueError(f"cos and sin must both be [S, D] or [B, S, D]; got {tuple(cos.shape)}, {tuple(sin.shape)}")
-    return dispatch("rotary", q, k, cos, sin)
+    return apply_rotary_reference(q, k, cos, sin)

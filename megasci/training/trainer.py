@@ -36,6 +36,7 @@ from megasci.utils.io import atomic_text_output
 from .checkpoint import latest_checkpoint, load_rank_state, read_meta, save_checkpoint, MODEL_NAME
 from .config import TrainConfig
 from .metrics import MetricsLog, device_peak_tflops
+from .parallelize import apply_activation_checkpointing, apply_compile
 from .schedule import learning_rate
 
 
@@ -202,14 +203,13 @@ def pretrain(cfg: TrainConfig) -> dict:
     eval_data = build_eval_datasets(cfg, train_data, cache_dir)
 
     torch.manual_seed(t.seed)
-    model = build_model(model_cfg, device=env.device)
+    model = apply_activation_checkpointing(build_model(model_cfg, device=env.device), model_cfg.checkpointing)
     decay = default_decay if not cfg.optim.decay_embeddings else (lambda name, p: p.dim() >= 2)
     o = cfg.optim
     optimizer = ZeroAdamW(model, AdamWConfig(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                              max_grad_norm=o.clip_grad), bucket_numel=o.bucket_numel, decay=decay)
     if t.compile:  # after the optimizer has re-pointed the parameters into its buffers; compiles on first use
-        for layer in model.layers:
-            layer.compile(backend=t.compile)
+        apply_compile(model, t.compile)
         print_rank0(f"blocks compiled with torch.compile(backend={t.compile!r})")
     guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
     step, consumed = 0, 0

@@ -1,24 +1,31 @@
-"""Stage 1 of the corpus builder: choose papers from the arXiv metadata snapshot.
+"""Stage 1 of the corpus builder: choose papers from arXiv's metadata.
 
-Later stages match source archives against this index by canonical id (see ``arxiv_ids``), so a
-source without a kept metadata record is dropped and every drop here is counted by reason.
+Four channels give the same ``MetadataRecord``: the Kaggle snapshot (JSON lines), OAI-PMH responses
+in the ``arXivRaw``, ``arXiv`` and ``oai_dc`` formats, and ``.abs`` files. ``load_metadata`` tells them
+apart by content, so any mix of files and directories can be passed. Later stages match source archives
+against this index by canonical id (see ``arxiv_ids``), so a source without a kept metadata record is
+dropped and every drop here is counted by reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import email.utils
 import fnmatch
 import json
+import os
 import re
+import xml.etree.ElementTree as ElementTree
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from megasci.corpus.arxiv_ids import canonical_id
-from megasci.utils.io import iter_numbered_lines
+from megasci.utils.io import iter_numbered_lines, open_binary
 
 OUTCOMES = ("kept", "category", "before_min_year", "withdrawn", "bad_json", "bad_record", "duplicate_id")
-"""Every non-blank line lands in exactly one of these, so the counts add up to the lines read."""
+"""Every snapshot line, OAI-PMH record and ``.abs`` file lands in exactly one of these, so the counts add
+up to the entries read."""
 
 MAX_REPORTED_PROBLEMS = 5
 
@@ -43,14 +50,18 @@ class MetadataFilterConfig:
 
 @dataclasses.dataclass
 class MetadataRecord:
-    """What later stages need from one snapshot line; ``id`` is canonical, ``year`` is that of v1."""
+    """What later stages need from one metadata entry; ``id`` is canonical, ``year`` is that of v1.
+
+    ``first_version_date`` is spelled as the channel spells it (RFC 2822 or ISO date);
+    ``latest_version`` is None where the channel lists no versions (the ``arXiv`` and ``oai_dc`` formats).
+    """
 
     id: str
     title: str
     abstract: str
     categories: list[str]
     first_version_date: str
-    latest_version: str
+    latest_version: str | None
     year: int
     update_date: str | None
     withdrawn: bool
@@ -132,45 +143,301 @@ def normalize_abstract(abstract: str | None) -> str:
 
 
 class _BadRecord(ValueError):
-    """A line that is valid JSON but lacks what the filter needs (id, categories, v1 date)."""
+    """An entry that parses but lacks what the filter needs (id, categories, v1 date)."""
 
 
-def _first_version(entry: dict) -> tuple[str, int, str]:
-    """(v1 created date, its year, latest version label); versions are listed oldest first."""
-    versions = entry.get("versions")
-    if not isinstance(versions, list) or not versions or not all(isinstance(v, dict) for v in versions):
-        raise _BadRecord("no versions")
-    created = versions[0].get("created")
+_ISO_DATE = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?:T[0-9:]+Z?)?\s*")
+
+
+def _year_of(created: object) -> int:
+    """The year of an RFC 2822 date (snapshot, arXivRaw, ``.abs``) or an ISO date (arXiv, oai_dc)."""
+    if isinstance(created, str) and (iso := _ISO_DATE.fullmatch(created)):
+        try:
+            return datetime.date(*map(int, iso.groups())).year
+        except ValueError as exc:
+            raise _BadRecord(f"unparseable v1 date {created!r}") from exc
     try:
-        year = email.utils.parsedate_to_datetime(created).year
+        return email.utils.parsedate_to_datetime(created).year
     except (TypeError, ValueError, IndexError) as exc:
         raise _BadRecord(f"unparseable v1 date {created!r}") from exc
-    latest = str(versions[-1].get("version") or f"v{len(versions)}")
-    return created, year, latest
+
+
+def _make_record(arxiv_id: object, title: str | None, abstract: str | None, categories: object, created: object,
+                 latest_version: str | None, update_date: str | None, notices: Iterable[str | None],
+                 withdrawn_flag: bool = False, missing_date: str = "no v1 date") -> MetadataRecord:
+    """The one place every channel's fields become a record, so all channels judge papers alike.
+
+    Checked in order: id, categories, v1 date. ``notices`` are the texts that may announce a
+    withdrawal (comments, abstract).
+    """
+    try:
+        key = canonical_id(arxiv_id)
+    except ValueError as exc:
+        raise _BadRecord(str(exc)) from exc
+    if isinstance(categories, str):
+        categories = categories.split()
+    if not isinstance(categories, list) or not categories:
+        raise _BadRecord("no categories")
+    if created is None:
+        raise _BadRecord(missing_date)
+    return MetadataRecord(
+        id=key,
+        title=normalize_title(title),
+        abstract=normalize_abstract(abstract),
+        categories=categories,
+        first_version_date=created,
+        latest_version=latest_version,
+        year=_year_of(created),
+        update_date=update_date,
+        withdrawn=withdrawn_flag or any(is_withdrawn_text(text) for text in notices),
+    )
+
+
+def _first_version(entry: dict) -> tuple[str | None, str | None]:
+    """(v1 created date, latest version label), or Nones without a version list; listed oldest first."""
+    versions = entry.get("versions")
+    if not isinstance(versions, list) or not versions or not all(isinstance(v, dict) for v in versions):
+        return None, None
+    return versions[0].get("created"), str(versions[-1].get("version") or f"v{len(versions)}")
 
 
 def _parse_record(entry: object) -> MetadataRecord:
+    """One snapshot line, already JSON-decoded."""
     if not isinstance(entry, dict):
         raise _BadRecord("not a JSON object")
-    try:
-        arxiv_id = canonical_id(entry.get("id"))
-    except ValueError as exc:
-        raise _BadRecord(str(exc)) from exc
     categories = entry.get("categories")
-    if not isinstance(categories, str) or not categories.split():
-        raise _BadRecord("no categories")
-    created, year, latest = _first_version(entry)
-    return MetadataRecord(
-        id=arxiv_id,
-        title=normalize_title(entry.get("title")),
-        abstract=normalize_abstract(entry.get("abstract")),
-        categories=categories.split(),
-        first_version_date=created,
-        latest_version=latest,
-        year=year,
-        update_date=entry.get("update_date"),
-        withdrawn=is_withdrawn_text(entry.get("comments")) or is_withdrawn_text(entry.get("abstract")),
-    )
+    created, latest = _first_version(entry)
+    return _make_record(entry.get("id"), entry.get("title"), entry.get("abstract"),
+                        categories if isinstance(categories, str) else None, created, latest,
+                        entry.get("update_date"), (entry.get("comments"), entry.get("abstract")),
+                        missing_date="no versions")
+
+
+# An entry of a channel: a record, or (kind, why) where kind is "bad_json", "bad_record" or "note"
+# (a file-level remark, such as an OAI-PMH error response, that is reported but not counted).
+_Entry = tuple[int, "MetadataRecord | tuple[str, str]"]
+
+
+def _snapshot_entries(path: str) -> Iterator[_Entry]:
+    """The Kaggle snapshot: one JSON object per line, plain or compressed."""
+    for _, number, line in iter_numbered_lines([path]):
+        try:
+            entry = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield number, ("bad_json", str(exc))
+            continue
+        try:
+            yield number, _parse_record(entry)
+        except _BadRecord as exc:
+            yield number, ("bad_record", str(exc))
+
+
+OAI = "{http://www.openarchives.org/OAI/2.0/}"
+ARXIV_RAW = "{http://arxiv.org/OAI/arXivRaw/}"
+ARXIV = "{http://arxiv.org/OAI/arXiv/}"
+OAI_DC = "{http://www.openarchives.org/OAI/2.0/oai_dc/}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+OAI_ID_PREFIX = "oai:arXiv.org:"
+
+
+def _text(parent: ElementTree.Element, tag: str) -> str | None:
+    child = parent.find(tag)
+    return None if child is None else (child.text or "")
+
+
+def _oai_id(identifier: str | None) -> str | None:
+    """``oai:arXiv.org:0704.0001`` and ``oai:arXiv.org:math/0303004`` name the paper after the prefix."""
+    if identifier and identifier.strip().startswith(OAI_ID_PREFIX):
+        return identifier.strip()[len(OAI_ID_PREFIX):]
+    return identifier
+
+
+def _arxiv_raw_record(header: ElementTree.Element, raw: ElementTree.Element) -> MetadataRecord:
+    """``arXivRaw``: every version with its RFC 2822 date, oldest first; source type ``I`` marks a withdrawal."""
+    versions = raw.findall(ARXIV_RAW + "version")
+    if not versions:
+        raise _BadRecord("no versions")
+    latest = versions[-1].get("version") or f"v{len(versions)}"
+    abstract = _text(raw, ARXIV_RAW + "abstract")
+    return _make_record(_text(raw, ARXIV_RAW + "id"), _text(raw, ARXIV_RAW + "title"), abstract,
+                        _text(raw, ARXIV_RAW + "categories"), _text(versions[0], ARXIV_RAW + "date"), latest,
+                        _text(header, OAI + "datestamp"), (_text(raw, ARXIV_RAW + "comments"), abstract),
+                        withdrawn_flag="I" in (_text(versions[-1], ARXIV_RAW + "source_type") or ""))
+
+
+def _arxiv_record(header: ElementTree.Element, meta: ElementTree.Element) -> MetadataRecord:
+    """``arXiv``: ``<created>`` is the first version's date (``<updated>`` the latest's); versions are not listed."""
+    abstract = _text(meta, ARXIV + "abstract")
+    return _make_record(_text(meta, ARXIV + "id"), _text(meta, ARXIV + "title"), abstract,
+                        _text(meta, ARXIV + "categories"), _text(meta, ARXIV + "created"), None,
+                        _text(header, OAI + "datestamp"), (_text(meta, ARXIV + "comments"), abstract))
+
+
+_COMMENT_PREFIX = re.compile(r"\A\s*Comments?:\s*")
+
+
+def _set_category(set_spec: str) -> str | None:
+    """The category a setSpec names: ``math:math:CO`` is math.CO, ``physics:hep-th`` is hep-th; ``math`` is a group."""
+    parts = set_spec.strip().split(":")
+    if len(parts) == 3:
+        return f"{parts[1]}.{parts[2]}"
+    return parts[1] if len(parts) == 2 else None
+
+
+def _oai_dc_record(header: ElementTree.Element, dc: ElementTree.Element) -> MetadataRecord:
+    """``oai_dc``: categories only as header setSpecs, the v1 date as the earliest ``dc:date``.
+
+    ``dc:subject`` holds category *names* ("Mathematics - Combinatorics"), so categories come from the
+    setSpecs, which arXiv writes per category (``math:math:CO``). Group-level sets (``math``, ``cs``)
+    name no category; a record with only those cannot be judged by the category rule and is refused.
+    The first ``dc:description`` is the abstract, later ones the comments (``Comment:``-prefixed in
+    arXiv's older service).
+    """
+    categories = [c for c in (_set_category(s.text or "") for s in header.findall(OAI + "setSpec")) if c]
+    if not categories:
+        sets = [s.text for s in header.findall(OAI + "setSpec")]
+        raise _BadRecord(f"oai_dc gives categories only as setSpecs, and {sets} name none: the category rule "
+                         "cannot be applied (harvest the arXivRaw or arXiv format)")
+    dates = sorted(d.text.strip() for d in dc.findall(DC + "date") if d.text and d.text.strip())
+    descriptions = [d.text or "" for d in dc.findall(DC + "description")]
+    return _make_record(_oai_id(_text(header, OAI + "identifier")), _text(dc, DC + "title"),
+                        descriptions[0] if descriptions else None, categories, dates[0] if dates else None, None,
+                        _text(header, OAI + "datestamp"), (_COMMENT_PREFIX.sub("", d) for d in descriptions))
+
+
+_OAI_FORMATS = {ARXIV_RAW + "arXivRaw": _arxiv_raw_record, ARXIV + "arXiv": _arxiv_record, OAI_DC + "dc": _oai_dc_record}
+
+
+def _oai_record(record: ElementTree.Element) -> MetadataRecord | tuple[str, str]:
+    header = record.find(OAI + "header")
+    if header is None:
+        return "bad_record", "record without a header"
+    identifier = (_text(header, OAI + "identifier") or "").strip()
+    if header.get("status") == "deleted":
+        return "bad_record", f"{identifier}: deleted record"
+    metadata = record.find(OAI + "metadata")
+    try:
+        if metadata is None or not len(metadata):
+            raise _BadRecord("no metadata")
+        reader = _OAI_FORMATS.get(metadata[0].tag)
+        if reader is None:
+            raise _BadRecord(f"unsupported metadata format <{metadata[0].tag}>")
+        return reader(header, metadata[0])
+    except _BadRecord as exc:
+        return "bad_record", f"{identifier}: {exc}"
+
+
+def _oai_entries(path: str) -> Iterator[_Entry]:
+    """One OAI-PMH response (``ListRecords`` or ``GetRecord``), streamed: each record is dropped once read.
+
+    The resumption token is ignored (each harvested page is its own file); an error response other than
+    ``noRecordsMatch`` becomes a note, since it usually means the harvest missed records, and so does
+    other XML (a schema saved beside the pages), which is skipped.
+    """
+    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    root, container, record_line = None, None, 0
+    with open_binary(path) as stream:
+        for number, line in enumerate(stream, 1):
+            try:
+                parser.feed(line)
+                events = list(parser.read_events())
+            except ElementTree.ParseError as exc:
+                raise ValueError(f"{path}:{exc.position[0]}: not well-formed XML ({exc})") from None
+            for event, element in events:
+                if event == "start":
+                    if root is None:
+                        root = element
+                        if element.tag != OAI + "OAI-PMH":  # a schema or feed saved beside the harvest
+                            yield number, ("note", f"skipped: XML but not an OAI-PMH response (<{element.tag}>)")
+                            return
+                    elif element.tag in (OAI + "ListRecords", OAI + "GetRecord"):
+                        container = element
+                    elif element.tag == OAI + "record":
+                        record_line = number
+                elif element.tag == OAI + "record":
+                    yield record_line, _oai_record(element)
+                    if container is not None:
+                        container.remove(element)
+                elif element.tag == OAI + "error" and element.get("code") != "noRecordsMatch":
+                    yield number, ("note", f"OAI-PMH error {element.get('code')}: {(element.text or '').strip()}")
+    try:
+        parser.close()
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"{path}:{exc.position[0]}: truncated XML ({exc})") from None
+
+
+_ABS_SEPARATOR = re.compile(r"^\\\\[ \t]*$", re.MULTILINE)
+_ABS_FIELD = re.compile(r"(?P<name>[A-Za-z][A-Za-z-]*(?: \(revised v[0-9]+\))?):[ \t]*(?P<value>.*)")
+_ABS_SIZE = re.compile(r"\s+\([^()]*\)\s*$")
+
+
+def _abs_fields(header: str) -> tuple[dict[str, str], list[str]]:
+    """Header fields by name (continuation lines kept as the snapshot keeps them) and the dates in order."""
+    fields: dict[str, str] = {}
+    dates: list[str] = []
+    name = None
+    for line in header.splitlines():
+        if line[:1] in (" ", "\t") and name is not None:
+            fields[name] += "\n" + line
+        elif m := _ABS_FIELD.fullmatch(line.rstrip()):
+            name = m["name"]
+            fields[name] = m["value"]
+            if name.startswith("Date"):
+                dates.append(_ABS_SIZE.sub("", m["value"]))
+        elif line.strip():
+            name = None
+    return fields, dates
+
+
+def _abs_entries(path: str) -> Iterator[_Entry]:
+    """One ``.abs`` file: a ``\\\\`` line, header fields, ``\\\\``, the abstract, ``\\\\``."""
+    with open_binary(path) as stream:
+        data = stream.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield 1, ("bad_record", f"not UTF-8 ({exc})")
+        return
+    parts = _ABS_SEPARATOR.split(text)
+    if not text.strip():
+        yield 1, ("bad_record", "empty .abs file")
+        return
+    if len(parts) < 3:
+        yield 1, ("bad_record", "not an .abs file (expected \\\\ lines around the header and the abstract)")
+        return
+    fields, dates = _abs_fields(parts[1])
+    arxiv_id = (fields.get("arXiv") or fields.get("Paper") or "").strip()
+    try:
+        if not dates:
+            raise _BadRecord("no Date line")
+        yield 1, _make_record(arxiv_id, fields.get("Title"), parts[2], fields.get("Categories"), dates[0],
+                              f"v{len(dates)}", None, (fields.get("Comments"), parts[2]))
+    except _BadRecord as exc:
+        yield 1, ("bad_record", str(exc))
+
+
+_CHANNELS = {"snapshot": _snapshot_entries, "oai": _oai_entries, "abs": _abs_entries}
+
+
+def metadata_channel(path: str) -> str:
+    """Which reader a file needs, from its first bytes: XML is OAI-PMH, a ``\\\\`` or rule line is ``.abs``,
+    anything else is snapshot JSON lines (whose bad lines are then counted, not guessed at)."""
+    with open_binary(path) as stream:
+        head = stream.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<"):
+        return "oai"
+    if head.startswith((b"\\\\", b"---", b"arXiv:", b"Paper:")) or (not head and path.endswith(".abs")):
+        return "abs"
+    return "snapshot"
+
+
+def metadata_files(paths: Iterable[str]) -> Iterator[str]:
+    """Files in the order given, each directory expanded to its files in sorted order."""
+    for path in paths:
+        if os.path.isdir(path):
+            yield from sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        else:
+            yield path
 
 
 def _outcome(record: MetadataRecord, cfg: MetadataFilterConfig) -> str:
@@ -185,47 +452,50 @@ def _outcome(record: MetadataRecord, cfg: MetadataFilterConfig) -> str:
 
 
 def load_metadata(paths: str | Iterable[str], cfg: MetadataFilterConfig | None = None) -> MetadataIndex:
-    """Stream snapshot JSON lines (plain, ``.gz`` or ``.zst``) and keep the papers ``cfg`` admits.
+    """Stream metadata from any mix of channels and directories, keeping the papers ``cfg`` admits.
 
-    Blank lines are skipped; every other line counts once in ``OUTCOMES``. When an id repeats, the
-    later line is the newer metadata and wins: its own outcome is counted, the earlier line moves to
-    ``duplicate_id``, and the record is replaced or removed accordingly. So ``counts["kept"]``
-    always equals ``len(index)`` and the other reasons count distinct papers. That needs one remembered
-    outcome per id seen (roughly 0.3 GB for the full ~2.7M-line snapshot).
+    Snapshot lines (plain, ``.gz`` or ``.zst``; blank lines skipped), OAI-PMH records and ``.abs`` files
+    each count once in ``OUTCOMES``. When an id repeats, the later entry is the newer metadata and wins:
+    its own outcome is counted, the earlier one moves to ``duplicate_id``, and the record is replaced or
+    removed accordingly. So ``counts["kept"]`` always equals ``len(index)`` and the other reasons count
+    distinct papers. That needs one remembered outcome per id seen (roughly 0.3 GB for the full
+    ~2.7M-paper snapshot). Malformed XML raises ``ValueError`` naming the file and line: a harvest
+    page cut short cannot be read past the cut.
     """
     cfg = cfg or MetadataFilterConfig()
     if isinstance(paths, str):
         paths = [paths]
     index = MetadataIndex()
     outcome_by_id: dict[str, str] = {}
+    notes: list[str] = []
 
     def problem(kind: str, path: str, number: int, why: str) -> None:
         index.counts[kind] += 1
         if len(index.problems) < MAX_REPORTED_PROBLEMS:
             index.problems.append(f"{path}:{number}: {kind}: {why}")
 
-    for path, number, line in iter_numbered_lines(list(paths)):
-        try:
-            entry = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            problem("bad_json", path, number, str(exc))
-            continue
-        try:
-            record = _parse_record(entry)
-        except _BadRecord as exc:
-            problem("bad_record", path, number, str(exc))
-            continue
-        outcome = _outcome(record, cfg)
-        earlier = outcome_by_id.get(record.id)
-        if earlier is not None:
-            index.counts[earlier] -= 1
-            index.counts["duplicate_id"] += 1
-            index.records.pop(record.id, None)
-        outcome_by_id[record.id] = outcome
-        index.counts[outcome] += 1
-        if outcome == "kept":
-            index.records[record.id] = record
+    for path in metadata_files(paths):
+        for number, entry in _CHANNELS[metadata_channel(path)](path):
+            if isinstance(entry, tuple):
+                kind, why = entry
+                if kind == "note":
+                    if len(notes) < MAX_REPORTED_PROBLEMS:
+                        notes.append(f"{path}:{number}: {why}")
+                else:
+                    problem(kind, path, number, why)
+                continue
+            outcome = _outcome(entry, cfg)
+            earlier = outcome_by_id.get(entry.id)
+            if earlier is not None:
+                index.counts[earlier] -= 1
+                index.counts["duplicate_id"] += 1
+                index.records.pop(entry.id, None)
+            outcome_by_id[entry.id] = outcome
+            index.counts[outcome] += 1
+            if outcome == "kept":
+                index.records[entry.id] = entry
     for kind in OUTCOMES:
         index.counts.setdefault(kind, 0)
+    index.problems = notes + index.problems
     index.excluded = {key: outcome for key, outcome in outcome_by_id.items() if outcome != "kept"}
     return index

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from megasci.corpus import assemble as assemble_module
-from megasci.corpus.assemble import assemble, code_part, decode_tex
+from megasci.corpus.assemble import assemble, decode_tex
+from megasci.corpus.latex import code_part
 from megasci.corpus.package import Rejected, SourcePackage
 
 DOC = b"\\documentclass{article}\n"
-SAMPLE = Path("/work/shared/arxiv_sample")
+SAMPLE = Path(__file__).parent / ".." / ".." / "shared" / "arxiv_sample"
 
 
 def package(files: dict[str, bytes]) -> SourcePackage:
@@ -130,7 +131,7 @@ def test_no_main_file_is_rejected():
     assert error.value.reason == "no_main_file"
     with pytest.raises(Rejected) as error:
         assemble(package({"paper.tex.cry": b"\x93\x11binary", "imsart.sty": b"\\input{leqno.clo}\n"}))
-    assert error.value.reason == "encrypted_source"
+    assert error.value.reason == "encrypted"
 
 
 def test_latin1_cp1252_and_mixed_encodings():
@@ -240,7 +241,7 @@ def _file_package(name: str) -> SourcePackage:
     return SourcePackage(paper_id=name, source=name, files=files)
 
 
-real = pytest.mark.skipif(not SAMPLE.is_dir(), reason="arxiv_sample not present")
+real = pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real arXiv sample not present at {SAMPLE.resolve()}")
 
 
 @real
@@ -303,4 +304,4 @@ def test_real_commented_out_inputs_not_followed():
 def test_real_encrypted_source_rejected():
     with pytest.raises(Rejected) as error:
         assemble(_bulk_package("minitest.tar", "0303/math0303004.gz"))
-    assert error.value.reason == "encrypted_source"
+    assert error.value.reason == "encrypted"

@@ -9,7 +9,7 @@ import pytest
 from megasci.corpus.clean import clean_latex
 
 PREAMBLE = "\\documentclass{article}\n\\usepackage{amsmath}\n"
-SAMPLES = "/work/shared/arxiv_sample/packages"
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample", "packages")
 
 
 def clean_body(body: str, preamble: str = "", **options):

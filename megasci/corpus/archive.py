@@ -36,14 +36,15 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from megasci.corpus.package import Rejected, SourcePackage
+from megasci.corpus.latex import BEGIN_DOCUMENT, DOCUMENT_CLASS, TEX_SUFFIXES
+from megasci.corpus.package import Rejected, SourcePackage, is_encrypted
 
 _CHUNK = 1 << 16
-_TEX_EXTENSIONS = (".tex", ".ltx", ".latex")
 _SUPPORT_EXTENSIONS = (".sty", ".cls", ".clo", ".bst", ".bbl", ".bib", ".cfg", ".def", ".fd", ".ist")
 _NESTED_ARCHIVE_EXTENSIONS = (".tar", ".tar.gz", ".tgz", ".zip")
 _INPUT_EXTENSIONS = (".gz", ".tgz", ".tar", ".tex", ".pdf", ".zip")
-_TEX_MARKERS = re.compile(rb"\\(documentclass|documentstyle|begin\s*\{document\}|bye\b)")
+# A LaTeX preamble or body, or plain TeX's end: content that is TeX whatever the file is called.
+_TEX_MARKERS = re.compile(b"|".join(rule.pattern.encode() for rule in (DOCUMENT_CLASS, BEGIN_DOCUMENT)) + rb"|\\bye\b")
 _HTML_PREFIXES = (b"<!doctype html", b"<html", b"<head", b"<body")
 _BULK_MEMBER = re.compile(r"^\d{4}/[^/]+\.(gz|pdf)$")
 _BULK_NAME = re.compile(r"^arXiv_src_\d{4}_\d+\.tar$")
@@ -206,7 +207,7 @@ class _Collector:
             self.skipped.append((self.within + raw_name, reason))
             return
         name = posixpath.join(prefix, name) if prefix else name
-        if name.lower().endswith(".cry"):
+        if is_encrypted(name):
             raise Rejected("encrypted", f"encrypted member {name!r}")
         if _is_nested_archive(name) and sniff(data) in ("tar", "gzip", "zip"):
             self._unpack_nested(raw_name, name, data, depth)
@@ -333,7 +334,7 @@ def _is_tex(name: str, data: bytes) -> bool:
     lowered = name.lower()
     if not _looks_like_text(data[:4096]) or lowered.endswith(_SUPPORT_EXTENSIONS):
         return False
-    return lowered.endswith(_TEX_EXTENSIONS) or bool(_TEX_MARKERS.search(data[:65536]))
+    return lowered.endswith(TEX_SUFFIXES) or bool(_TEX_MARKERS.search(data[:65536]))
 
 
 def _reject_without_tex(files: dict[str, bytes], skipped: list[tuple[str, str]]) -> None:
@@ -356,12 +357,12 @@ def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,
                  source: str | None = None) -> SourcePackage:
     """One per-paper object as arXiv serves or receives it → its files, or `Rejected` with a reason."""
     limits = limits or ArchiveLimits()
-    if name.lower().endswith(".cry"):
+    if is_encrypted(name):
         raise Rejected("encrypted", f"{name!r} is an encrypted source")
     collector, file_name, kind = _Collector(limits), _strip_compression_suffix(name), sniff(data)
     if kind == "gzip":
         file_name = posixpath.basename((_gzip_file_name(data) or "").replace("\\", "/")) or "main.tex"
-        if file_name.lower().endswith(".cry"):
+        if is_encrypted(file_name):
             raise Rejected("encrypted", f"{name!r} holds the encrypted source {file_name!r}")
         data = _gunzip(data, limits.max_total_bytes)
         kind = sniff(data)

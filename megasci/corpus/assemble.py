@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import charset_normalizer
 
-from megasci.corpus.package import Rejected, SourcePackage
+from megasci.corpus.latex import BEGIN_DOCUMENT, DOCUMENT_CLASS, END_DOCUMENT, TEX_SUFFIXES, code_part
+from megasci.corpus.package import Rejected, SourcePackage, is_encrypted
 
 MAX_DEPTH = 20
 MAX_TOTAL_CHARS = 20_000_000
@@ -25,7 +26,6 @@ MAX_TOTAL_CHARS = 20_000_000
 MAX_DETECTION_CHAOS = 0.2
 MIN_DETECTION_EVIDENCE = 32
 
-TEX_SUFFIXES = {".tex", ".ltx", ".latex"}
 # Files that may mention \documentclass but are never the paper itself.
 NEVER_MAIN_SUFFIXES = {
     ".sty", ".cls", ".clo", ".cfg", ".def", ".fd", ".bst", ".bbl", ".bib", ".dtx", ".ins", ".aux",
@@ -36,9 +36,6 @@ NEVER_MAIN_SUFFIXES = {
 ENCODING_RANK = {"utf-8": 0, "detected": 1, "cp1252": 2, "latin-1": 3}
 ZZRM_V1_KEYWORDS = {"toplevelfile", "ignore", "include", "append", "keepcomments", "landscape", "fontmap"}
 
-# The part of a line TeX reads: up to the first `%` preceded by an even run of backslashes.
-COMMENT_RE = re.compile(r"(?<!\\)((?:\\\\)*)%")
-DOCUMENT_RE = re.compile(r"\\document(?:class|style)(?![A-Za-z@])")
 INCLUSION_RE = re.compile(
     r"\\(?P<import>(?:sub)?import)\*?\s*\{(?P<dir>[^{}]*)\}\s*\{(?P<ifile>[^{}]*)\}"
     r"|\\(?P<cmd>include|subfile)\s*\{(?P<file>[^{}]*)\}"
@@ -46,8 +43,6 @@ INCLUSION_RE = re.compile(
 )
 # Only a bare `\endinput` line: inside a conditional (a load-once guard) it may never run.
 ENDINPUT_LINE_RE = re.compile(r"\s*\\endinput\s*")
-BEGIN_DOCUMENT_RE = re.compile(r"\\begin\s*\{document\}")
-END_DOCUMENT_RE = re.compile(r"\\end\s*\{document\}")
 OUTSIDE = "<outside>"
 
 
@@ -97,12 +92,6 @@ def _decode_legacy(data: bytes) -> tuple[str, str]:
 
 def weakest_encoding(encodings: list[str]) -> str:
     return max(encodings, key=lambda name: ENCODING_RANK[name.split(":")[0]], default="utf-8")
-
-
-def code_part(line: str) -> str:
-    """What TeX executes on a line: the text before an unescaped `%` (`\\%` is a literal percent)."""
-    match = COMMENT_RE.search(line)
-    return line if match is None else line[: match.start() + len(match.group(1))]
 
 
 def _suffix(path: str) -> str:
@@ -291,7 +280,7 @@ class _Assembler:
         candidates = [
             p for p in usable
             if _suffix(p) not in NEVER_MAIN_SUFFIXES and b"\\document" in self.files[p]
-            and any(DOCUMENT_RE.search(code_part(line)) for line in self.text_of(p).split("\n"))
+            and any(DOCUMENT_CLASS.search(code_part(line)) for line in self.text_of(p).split("\n"))
         ]
         if candidates:
             tex_like = set(candidates) | {p for p in usable if _suffix(p) in TEX_SUFFIXES}
@@ -302,8 +291,8 @@ class _Assembler:
         tex_like = [p for p in usable if _suffix(p) in TEX_SUFFIXES or _suffix(p) == ""]
         if len(tex_like) == 1:
             return tex_like
-        if any(_suffix(p) == ".cry" for p in self.files):
-            raise Rejected("encrypted_source", ", ".join(p for p in sorted(self.files) if p.endswith(".cry")))
+        if any(is_encrypted(p) for p in self.files):
+            raise Rejected("encrypted", ", ".join(p for p in sorted(self.files) if is_encrypted(p)))
         raise Rejected("no_main_file", f"{len(tex_like)} TeX-like files, none with \\documentclass")
 
 
@@ -340,8 +329,8 @@ def _parse_zzrm_json(text: str) -> list[tuple[str, str]]:
 
 def subfile_body(text: str) -> str:
     """A `subfiles` child is a full document; the parent uses only its body, as the package does."""
-    begin = BEGIN_DOCUMENT_RE.search(text)
-    end = END_DOCUMENT_RE.search(text, begin.end()) if begin else None
+    begin = BEGIN_DOCUMENT.search(text)
+    end = END_DOCUMENT.search(text, begin.end()) if begin else None
     if begin is None or end is None:
         return text
     return text[begin.end() : end.start()].strip("\n")
@@ -350,7 +339,7 @@ def subfile_body(text: str) -> str:
 def assemble(package: SourcePackage) -> AssembledPaper:
     """Expand the package's main file(s) into one LaTeX string.
 
-    Raises Rejected("no_main_file"), or Rejected("encrypted_source") when only `.cry` files stand in for it.
+    Raises Rejected("no_main_file"), or Rejected("encrypted") when only `.cry` files stand in for it.
     """
     assembler = _Assembler(package)
     mains = assembler.main_files()

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ENCRYPTED_SUFFIX = ".cry"
+
+
+def is_encrypted(name: str) -> bool:
+    """arXiv stores sources its authors keep private as `<name>.cry`: nothing in them can be read."""
+    return name.lower().endswith(ENCRYPTED_SUFFIX)
+
 
 class Rejected(Exception):
     """A whole input yields no paper. `reason` is a short stable key counted in the yield report.

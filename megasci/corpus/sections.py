@@ -13,8 +13,7 @@ import re
 from collections import defaultdict
 
 from megasci.corpus.labels import SECTION_LABELS
-
-MATH_ENVIRONMENTS = "equation|align|alignat|gather|multline|eqnarray|flalign|displaymath|math"
+from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN, closing_brace
 
 # Tokens that can open or close math, found in one left-to-right regex scan. Escaped \$ and \\ are
 # tokens too, so that \$5 is a dollar sign and \\[2pt] a line break, never math delimiters.
@@ -22,7 +21,7 @@ MATH_TOKEN = re.compile(r"""
   \\begin\{(?:ENVS)\*?\} | \\end\{(?:ENVS)\*?\}
 | \\[()\[\]] | \\[\\$] | \$\$ | \$
 | \n[ \t]*\n
-""".replace("ENVS", MATH_ENVIRONMENTS), re.X)
+""".replace("ENVS", MATH_ENVIRONMENT_PATTERN), re.X)
 _CLOSER = {"\\(": "\\)", "\\[": "\\]", "$$": "$$", "$": "$"}
 
 
@@ -117,28 +116,14 @@ def heading_label(heading: str) -> str:
     return "other"
 
 
-def _braced_end(text: str, open_brace: int) -> int:
-    """Index just past the ``}`` matching ``text[open_brace] == "{"``; ``len(text)`` if unbalanced."""
-    depth, i = 0, open_brace
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        depth += (char == "{") - (char == "}")
-        i += 1
-        if depth == 0:
-            return i
-    return len(text)
-
-
 def _body_cuts(body: str) -> list[tuple[int, str]]:
     """``(offset, label)`` where each body span starts; ``\\subsection`` never cuts."""
     appendix = _APPENDIX.search(body)
     appendix_at = appendix.start() if appendix else len(body)
     cuts = [(0, "other")]
     for m in _SECTION_HEADING.finditer(body, 0, appendix_at):
-        heading = body[m.end():_braced_end(body, m.end() - 1) - 1]
+        close = closing_brace(body, m.end() - 1)
+        heading = body[m.end():close if close >= 0 else len(body)]
         cuts.append((m.start(), heading_label(heading)))
     if appendix:
         cuts.append((appendix_at, "appendix"))

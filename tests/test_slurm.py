@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from megasci.corpus.synthetic import write_arxiv_dump
+from megasci.corpus.synthetic import generate_papers, write_arxiv_dump, write_corpus_jsonl
+from megasci.tokenizer import SentencePieceTrainConfig, train_sentencepiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD_SCRIPT = os.path.join(ROOT, "examples", "slurm", "build_corpus.sbatch")
@@ -87,3 +88,30 @@ def test_submitted_to_slurm_equals_one_machine(dump, tmp_path):
     _wait(_run(["sbatch", "--wait", "--cpus-per-task=1", "--mem=2G", BUILD_SCRIPT, *args]))
     assert _files(output) == _files(single)
     assert (output / "yield.json").read_bytes() == (single / "yield.json").read_bytes()
+
+
+PREPROCESS_SCRIPT = os.path.join(ROOT, "examples", "slurm", "preprocess.sbatch")
+
+
+def test_preprocess_array_and_merge_equal_one_machine(tmp_path):
+    tokenizer = str(tmp_path / "t.model")
+    train_sentencepiece((p["text"] for p in generate_papers(20, seed=2)), tokenizer,
+                        SentencePieceTrainConfig(vocab_size=800, num_threads=1))
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    for shard in range(5):
+        write_corpus_jsonl(shard_dir / f"arxiv-{shard:05d}.jsonl.zst", 3, seed=100 + shard)
+    shards = sorted(glob.glob(str(shard_dir / "*.jsonl.zst")))
+    _wait(_run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", *shards,
+                "--tokenizer-model", tokenizer, "--output-prefix", str(tmp_path / "single"), "--workers", "0",
+                "--no-progress"]))
+    args = [str(shard_dir), str(tmp_path / "sharded"), tokenizer, "--workers", "0"]
+    array_env = {"SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1"}
+    for process in [_run(["bash", PREPROCESS_SCRIPT, *args], {**array_env, "SLURM_ARRAY_TASK_ID": str(task)})
+                    for task in range(2)]:
+        _wait(process)
+    assert len(glob.glob(str(tmp_path / "sharded.parts" / "part-*_text_document.idx"))) == 2
+    _wait(_run(["bash", PREPROCESS_SCRIPT, *args]))
+    for suffix in (".bin", ".idx", ".docs.jsonl"):
+        merged = (tmp_path / f"sharded_text_document{suffix}").read_bytes()
+        assert merged == (tmp_path / f"single_text_document{suffix}").read_bytes() and merged, suffix

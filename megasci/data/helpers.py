@@ -59,7 +59,7 @@ def build_blending_indices(weights, num_samples: int, rule: str = "fair") -> tup
       Samples 0 and 1 both use the multiplier 1, so (P >= 2) sample 1 goes to the largest weight
       among the sources sample 0 did not take, however small. Bit-exact with Megatron for positive
       weights (Megatron lets a zero-weight source win an exact tie at error 0); over-allocation
-      stays below 1 - w_s, but under-allocation can exceed one sample once P >= 3.
+      is at most 1 - w_s, but under-allocation can exceed one sample once P >= 3.
     """
     return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples),
                                      _rule_id(rule))

@@ -9,7 +9,7 @@ Writes `<output>.model` and `<output>.meta.json` (special ids, config, mined com
 import argparse
 import sys
 
-from megasci.tokenizer import SentencePieceTrainConfig, train_sentencepiece
+from megasci.tokenizer import CHAT_TEMPLATES, SentencePieceTrainConfig, train_sentencepiece
 from megasci.utils.io import expand_inputs, iter_jsonl_field
 
 
@@ -30,12 +30,15 @@ def main(argv=None) -> int:
                    help="most frequent LaTeX commands made whole pieces (unigram only)")
     p.add_argument("--num-threads", type=int, default=d.num_threads)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--chat-template", choices=sorted(CHAT_TEMPLATES), default=None,
+                   help="reserve this conversation format's markers as single tokens and store the template "
+                        "in the .meta.json (for SFT data); off by default, which leaves the vocabulary as before")
     args = p.parse_args(argv)
     cfg = SentencePieceTrainConfig(
         vocab_size=args.vocab_size, model_type=args.model_type, character_coverage=args.character_coverage,
         input_sentence_size=args.input_sentence_size, max_documents=args.max_documents,
         max_sentencepiece_length=args.max_sentencepiece_length, mined_commands=args.mined_commands,
-        num_threads=args.num_threads, seed=args.seed,
+        num_threads=args.num_threads, seed=args.seed, chat_template=args.chat_template,
     )
     try:
         documents = iter_jsonl_field(expand_inputs(args.input), args.json_key)
@@ -48,6 +51,10 @@ def main(argv=None) -> int:
     print(f"LaTeX commands: {report.commands_seen:,} distinct, {len(report.commands_mined)} mined as whole pieces"
           f" ({len(report.commands_added)} added to the vocabulary), {len(report.commands_not_whole)} still split"
           + (f": {' '.join(report.commands_not_whole[:20])}" if report.commands_not_whole else ""))
+    if args.chat_template:
+        print(f"chat template {args.chat_template}: markers are single tokens; {len(report.pieces_unused_for_chat)} "
+              f"learned pieces that could cross a marker's edge left unused"
+              + (f": {' '.join(map(repr, report.pieces_unused_for_chat[:20]))}" if report.pieces_unused_for_chat else ""))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from megasci.tokenizer.base import Tokenizer
+from megasci.tokenizer.chat import CHAT_TEMPLATES, ChatEncoder, ChatFormatError, ChatTemplate, get_chat_template
 from megasci.tokenizer.hf_tokenizer import HFTokenizer
 from megasci.tokenizer.sp_tokenizer import (
     SentencePieceTokenizer,
@@ -14,6 +15,7 @@ from megasci.tokenizer.sp_tokenizer import (
 )
 
 __all__ = [
+    "CHAT_TEMPLATES", "ChatEncoder", "ChatFormatError", "ChatTemplate", "get_chat_template",
     "Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "SentencePieceTrainConfig", "TrainReport",
     "train_sentencepiece", "load_tokenizer",
 ]

@@ -6,6 +6,8 @@ import abc
 
 import numpy as np
 
+from megasci.tokenizer.chat import ChatTemplate
+
 
 class Tokenizer(abc.ABC):
     """Text to token ids and back, plus the special ids datasets and training need.
@@ -18,6 +20,8 @@ class Tokenizer(abc.ABC):
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
+    # The conversation format this tokenizer was trained for (its markers are tokens of it), if any.
+    chat_template: ChatTemplate | None = None
 
     @property
     @abc.abstractmethod
@@ -51,11 +55,15 @@ class Tokenizer(abc.ABC):
     def id_to_piece(self, token_id: int) -> str: ...
 
     def identity(self) -> dict:
-        """What identifies this tokenizer in checkpoints and exports (kind, file hash, vocab, special ids)."""
-        return {
+        """What identifies this tokenizer in checkpoints and exports (kind, file hash, vocab, special ids,
+        and the chat template where it has one)."""
+        identity = {
             "name": self.name,
             "vocab_size": self.vocab_size,
             "bos_id": self.bos_id,
             "eos_id": self.eos_id,
             "pad_id": self.pad_id,
         }
+        if self.chat_template is not None:
+            identity["chat_template"] = self.chat_template.to_meta()
+        return identity

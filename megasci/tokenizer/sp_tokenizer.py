@@ -14,6 +14,7 @@ import numpy as np
 import sentencepiece as spm
 
 from megasci.tokenizer.base import Tokenizer
+from megasci.tokenizer.chat import ChatTemplate, crosses_a_marker, get_chat_template
 from megasci.utils.io import atomic_output, file_sha256, write_json_atomic
 
 # Special ids are fixed so every tokenizer we train agrees on them (saved beside the model too).
@@ -53,6 +54,9 @@ class SentencePieceTokenizer(Tokenizer):
             with open(meta_file, encoding="utf-8") as f:
                 self.meta = json.load(f)
             self.bos_id, self.eos_id, self.pad_id = self.meta["bos_id"], self.meta["eos_id"], self.meta["pad_id"]
+            if self.meta.get("chat_template"):
+                self.chat_template = ChatTemplate.from_meta(self.meta["chat_template"])
+                self.chat_template.bind(self)  # its markers must be single tokens of this model
 
     @property
     def vocab_size(self) -> int:
@@ -102,6 +106,7 @@ class SentencePieceTrainConfig:
     min_command_count: int = 5
     num_threads: int = os.cpu_count() or 1
     seed: int = 1234
+    chat_template: str | None = None  # a megasci.tokenizer.chat template whose markers become pieces
     extra_options: dict = field(default_factory=dict)
 
 
@@ -116,6 +121,7 @@ class TrainReport:
     commands_mined: list[str]
     commands_added: list[str]
     commands_not_whole: list[str]
+    pieces_unused_for_chat: list[str] = field(default_factory=list)
 
 
 def _training_lines(documents: Iterable[str], cfg: SentencePieceTrainConfig, stats: dict) -> Iterator[str]:
@@ -162,6 +168,34 @@ def _add_whole_pieces(model_proto: bytes, commands: list[str]) -> tuple[bytes, l
     return proto.SerializeToString(), added
 
 
+def _make_markers_atomic(model_proto: bytes, markers: list[str]) -> tuple[bytes, list[str]]:
+    """Make each chat marker one token wherever it occurs, with nothing of its neighbours.
+
+    Every learned piece that could cover part of a marker and text beside it becomes UNUSED (never
+    matched, ids kept), so no path crosses a marker's edges. The markers, reserved as user-defined
+    symbols in training, become normal pieces with the best learned score: any split of a marker
+    into two or more pieces scores lower (scores are negative), so it is always taken whole. Being
+    normal, they score like every other piece in exported tokenizers too (a user-defined piece's
+    `length * max_score - 0.1` would fall below every learned score for a long marker).
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    kind = pb.ModelProto.SentencePiece
+    proto = pb.ModelProto()
+    proto.ParseFromString(model_proto)
+    best_score = max(p.score for p in proto.pieces if p.type == kind.NORMAL)
+    if best_score >= 0:
+        raise ValueError(f"the best piece scores {best_score}, not below 0: chat markers could be split")
+    unused = []
+    for p in proto.pieces:
+        if p.piece in markers:
+            p.type, p.score = kind.NORMAL, best_score
+        elif p.type in (kind.NORMAL, kind.USER_DEFINED) and any(crosses_a_marker(p.piece, m) for m in markers):
+            p.type = kind.UNUSED
+            unused.append(p.piece)
+    return proto.SerializeToString(), unused
+
+
 def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: SentencePieceTrainConfig) -> TrainReport:
     """Train on raw documents and write `model_path` plus its `.meta.json`, atomically.
 
@@ -172,6 +206,9 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         raise ValueError(f"{model_path}: the model file name must end in .model")
     if cfg.model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', got {cfg.model_type!r}")
+    chat = get_chat_template(cfg.chat_template) if cfg.chat_template is not None else None
+    if chat is not None and cfg.model_type != "unigram":
+        raise ValueError("a chat template needs a unigram model (its markers are made atomic by their scores)")
     stats = {"documents": 0, "lines": 0, "characters": 0, "commands": Counter()}
     buffer = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # reservoir sampling and shuffling
@@ -192,7 +229,7 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         split_by_unicode_script=False,  # lets `\frac` and `{equation}` be pieces
         allow_whitespace_only_pieces=True,  # indentation runs
         byte_fallback=True,
-        user_defined_symbols=NEWLINE_PIECES,
+        user_defined_symbols=NEWLINE_PIECES + (chat.markers if chat is not None else []),
         unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
         num_threads=cfg.num_threads,
         minloglevel=2,
@@ -205,6 +242,9 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
     added: list[str] = []
     if cfg.model_type == "unigram" and mined:
         proto, added = _add_whole_pieces(proto, mined)
+    unused_for_chat: list[str] = []
+    if chat is not None:
+        proto, unused_for_chat = _make_markers_atomic(proto, chat.markers)
     with atomic_output(model_path) as f:
         f.write(proto)
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -219,6 +259,7 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         commands_mined=mined,
         commands_added=added,
         commands_not_whole=not_whole,
+        pieces_unused_for_chat=unused_for_chat,
     )
     write_json_atomic(meta_path(model_path), {
         "kind": "sentencepiece",
@@ -228,5 +269,6 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         "config": asdict(cfg),
         "documents": report.documents,
         "mined_commands": mined,
+        **({"chat_template": chat.to_meta()} if chat is not None else {}),
     })
     return report

@@ -26,42 +26,19 @@ exactly to the source's loss: each is measured in its own context.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from megasci.data.blended_dataset import parse_blend, parse_curriculum
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents
 from megasci.data.indexed_dataset import IndexedDataset, data_file_path
+from megasci.data.provenance import tokenizer_warnings
 from megasci.data.sidecar import read_sidecar, sidecar_path
-from megasci.utils.io import file_sha256
 from megasci.training.checkpoint import load_model, resolve_checkpoint
 from megasci.training.config import DataSection
-
-
-@torch.no_grad()
-def evaluate(model, datasets: dict[str, GPTDataset], batch_size: int, device, dp_rank: int = 0,
-             dp_size: int = 1) -> dict[str, float]:
-    """Mean token loss per source and over all of them ("all"), samples spread over the ranks."""
-    sums = torch.zeros(len(datasets), 2, dtype=torch.float64, device=device)  # loss x tokens, tokens
-    for k, dataset in enumerate(datasets.values()):
-        mine = list(range(dp_rank, len(dataset), dp_size))
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
-            samples = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64) for i in chunk])).to(device)
-            tokens = samples[:, 1:].numel()
-            sums[k, 0] += model(samples[:, :-1], samples[:, 1:]).double() * tokens
-            sums[k, 1] += tokens
-    if dp_size > 1:
-        dist.all_reduce(sums)
-    losses = {name: float(sums[k, 0] / sums[k, 1]) for k, name in enumerate(datasets)}
-    if datasets:
-        losses["all"] = float(sums[:, 0].sum() / sums[:, 1].sum())
-    return losses
+from megasci.training.validator import evaluate, perplexity
 
 
 EVAL_SPLITS = ("valid", "test", "train", "all")
@@ -93,12 +70,6 @@ class EvalGroup:
         return {"name": self.name, "prefix": self.prefix, "label_key": self.label_key, "label": self.label,
                 "documents": len(self.documents), "tokens": self.tokens, "samples": self.samples,
                 "tokens_evaluated": self.tokens_evaluated, "loss": self.loss, "perplexity": perplexity(self.loss)}
-
-
-def perplexity(loss: float | None) -> float | None:
-    if loss is None:
-        return None
-    return math.exp(loss) if loss < 700 else math.inf
 
 
 def held_out_settings(meta: dict, checkpoint: str) -> tuple[tuple[float, float, float], int, int]:
@@ -245,62 +216,6 @@ def evaluate_groups(model, groups: list[EvalGroup], batch_size: int, device) -> 
         if part is sources:
             overall = losses["all"]
     return overall
-
-
-def tokenizer_warnings(prefix: str, identity: dict | None) -> list[str]:
-    """Reasons to doubt that `prefix` was tokenized with the checkpoint's tokenizer, from what the
-    dataset records: a `<prefix>.tokenizer.json` identity, or the `<out>_preprocess.json` report
-    that preprocess_data.py writes beside `<out>_<key>_document`. Nothing recorded: no warnings."""
-    if not identity:
-        return []
-    warnings = []
-    recorded = f"{prefix}.tokenizer.json"
-    if os.path.isfile(recorded):
-        with open(recorded, encoding="utf-8") as f:
-            warnings += _compare_identity(recorded, json.load(f), identity)
-    report = _preprocess_report(prefix)
-    if report is not None:
-        with open(report, encoding="utf-8") as f:
-            content = json.load(f)
-        model_path = (content.get("config") or {}).get("tokenizer_model")
-        vocab_size = (content.get("summary") or {}).get("vocab_size")
-        if (content.get("tokenizer") or {}).get("sha256"):  # the identity preprocessing recorded
-            warnings += _compare_identity(report, content["tokenizer"], identity)
-        elif model_path and os.path.isfile(model_path) and identity.get("sha256"):
-            warnings += _compare_identity(report, {"sha256": file_sha256(model_path)}, identity)
-        elif vocab_size is not None:
-            warnings += _compare_identity(report, {"vocab_size": vocab_size}, identity)
-    return warnings
-
-
-def _compare_identity(where: str, recorded: dict, identity: dict) -> list[str]:
-    for key in ("sha256", "vocab_size"):
-        if recorded.get(key) is not None and identity.get(key) is not None:
-            if recorded[key] != identity[key]:
-                return [f"{where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
-                        f"tokenizer in use ({identity[key]})"]
-            return []
-    return []
-
-
-def _preprocess_report(prefix: str) -> str | None:
-    """The preprocessing report that lists `prefix` among its outputs, if there is one."""
-    if not prefix.endswith("_document"):
-        return None
-    stem = prefix[: -len("_document")]
-    for cut in range(len(stem) - 1, 0, -1):
-        if stem[cut] != "_":
-            continue
-        candidate = f"{stem[:cut]}_preprocess.json"
-        if os.path.isfile(candidate):
-            try:
-                with open(candidate, encoding="utf-8") as f:
-                    outputs = (json.load(f).get("summary") or {}).get("outputs") or {}
-            except ValueError:
-                continue
-            if any(os.path.abspath(p) == os.path.abspath(prefix) for p in outputs.values()):
-                return candidate
-    return None
 
 
 def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "valid", by: str | None = None,

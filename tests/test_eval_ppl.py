@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, split_documents
 from megasci.data.indexed_dataset import IndexedDataset, IndexedDatasetWriter
-from megasci.evaluation import evaluate_perplexity, held_out_settings, plan_groups, tokenizer_warnings
+from megasci.data.provenance import tokenizer_warnings
+from megasci.evaluation import evaluate_perplexity, held_out_settings, plan_groups
 from megasci.model import build_model, get_config
 from megasci.tokenizer import load_tokenizer
 from megasci.training.checkpoint import load_model, read_meta, save_checkpoint

@@ -14,7 +14,8 @@ import sys
 
 from megasci.distributed import shutdown_distributed
 from megasci.training.config import load_config
-from megasci.training.trainer import TrainingDiverged, pretrain
+from megasci.training.guard import TrainingDiverged
+from megasci.training.trainer import pretrain
 
 
 def main(argv=None) -> int:

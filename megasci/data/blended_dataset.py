@@ -38,8 +38,7 @@ import os
 import numpy as np
 
 from megasci.data import helpers
-from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents
-from megasci.data.indexed_dataset import IndexedDataset
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, split_tokens
 
 SHARE, EPOCHS = "share", "epochs"
 
@@ -152,10 +151,13 @@ def parse_curriculum(config: list[dict]) -> list[CurriculumStage]:
 
 
 class BlendedDataset:
-    """`ds[i]` is global sample i (int64, seq_length + 1 tokens), a pure function of i."""
+    """`ds[i]` is global sample i (int64, seq_length + 1 tokens), a pure function of i.
+
+    `may_build` is passed to each source's `GPTDataset`: False only loads cached indices.
+    """
 
     def __init__(self, stages: list[CurriculumStage], seq_length: int, seed: int = 1234, split: str = "train",
-                 cache_dir: str | None = None, split_fractions=(0.98, 0.01, 0.01)):
+                 cache_dir: str | None = None, split_fractions=(0.98, 0.01, 0.01), may_build: bool = True):
         if not stages:
             raise ValueError("a blended dataset needs at least one stage")
         self.stages, self.seq_length = list(stages), seq_length
@@ -170,7 +172,7 @@ class BlendedDataset:
                     position[spec.key] = len(self.sources)
                     self.sources.append(spec)
         configs = [GPTDatasetConfig(prefix=s.prefix, document_filter=s.document_filter, **base) for s in self.sources]
-        self.samples_per_epoch = np.array([self._split_tokens(c) // seq_length for c in configs], dtype=np.int64)
+        self.samples_per_epoch = np.array([split_tokens(c) // seq_length for c in configs], dtype=np.int64)
 
         weights = np.zeros((len(self.stages), len(self.sources)))
         ends, previous = [], 0
@@ -193,14 +195,8 @@ class BlendedDataset:
         self.source_index, self.source_sample_index, self.stage_index = \
             helpers.build_curriculum_blending_indices(self.stage_ends, weights)
         self.samples_per_source = np.bincount(self.source_index, minlength=len(self.sources))
-        self.datasets = [GPTDataset(dataclasses.replace(c, num_samples=int(n)))
+        self.datasets = [GPTDataset(dataclasses.replace(c, num_samples=int(n)), may_build=may_build)
                          for c, n in zip(configs, self.samples_per_source)]
-
-    @staticmethod
-    def _split_tokens(config: GPTDatasetConfig) -> int:
-        """Tokens of the split after the filter: of the documents `GPTDataset` samples."""
-        dataset = IndexedDataset(config.prefix)
-        return int(dataset.document_lengths()[select_documents(config, dataset)].sum())
 
     def __len__(self) -> int:
         return int(self.stage_ends[-1])

@@ -21,11 +21,13 @@ boundaries freely. Three index arrays define the dataset:
 - **shuffle index** (`shuffle_index`): one seeded permutation of all `num_samples` sample ids.
   Simpler than Megatron, which shuffles full epochs and a partial last epoch separately.
 
-The arrays are built once (by rank 0 when torch.distributed is initialised; the other ranks wait
-at a barrier, so the cache directory must be on a filesystem all ranks share) and saved as `.npy`
-in `cache_dir` under a sha256 of everything they depend on: the dataset's absolute path, file
-sizes and modification times, the sidecar's too when filtering, and every sampling parameter.
-Changing any input changes the name, so a stale cache is never read. Loading memory-maps them.
+The arrays are built once and saved as `.npy` in `cache_dir` under a sha256 of everything they
+depend on: the dataset's absolute path, file sizes and modification times, the sidecar's too when
+filtering, and every sampling parameter. Changing any input changes the name, so a stale cache is
+never read. Loading memory-maps them. The dataset does no distributed coordination (data sits
+below `megasci.distributed`): with several processes the caller builds first in one of them and the
+others construct with `may_build=False`, loading what it wrote (`megasci.training.data` does this
+on rank 0, so the cache directory must be on a filesystem all ranks share).
 """
 
 from __future__ import annotations
@@ -175,45 +177,30 @@ def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[di
     return {"doc_idx": doc_idx, "sample_idx": sample_idx, "shuffle_idx": shuffle_idx.astype(shuffle_dtype)}, facts
 
 
-def _distributed_rank() -> int | None:
-    """This process's rank when torch.distributed is initialised, else None (single process)."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return None
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else None
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
+def split_tokens(config: GPTDatasetConfig) -> int:
+    """Tokens of the split after the filter: of the documents a `GPTDataset` with `config` samples."""
+    dataset = IndexedDataset(config.prefix)
+    return int(dataset.document_lengths()[select_documents(config, dataset)].sum())
 
 
 class GPTDataset:
-    """Map-style dataset: `ds[i]` is sample i as an int64 array; `len(ds)` is `num_samples`."""
+    """Map-style dataset: `ds[i]` is sample i as an int64 array; `len(ds)` is `num_samples`.
 
-    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices):
+    `may_build=False` only loads: a missing cache is an error instead of a build, for processes
+    that must read what another one built.
+    """
+
+    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices, may_build: bool = True):
         self.config = config
         self.dataset = IndexedDataset(config.prefix)
         self.description = cache_description(config)
         self.hash = cache_hash(self.description)
         self.built = False  # whether this process built the indices (False: loaded from the cache)
-        rank = _distributed_rank()
-        build_error = None
-        if rank in (None, 0) and not self._cache_complete():
-            try:
-                self._build_and_save(builder)
-            except Exception as e:
-                if rank is None:
-                    raise
-                build_error = e  # reach the barrier anyway, so the other ranks fail instead of hanging
-        if rank is not None:
-            _barrier()
-        if build_error is not None:
-            raise build_error
+        if may_build and not self._cache_complete():
+            self._build_and_save(builder)
         if not self._cache_complete():
-            raise RuntimeError(f"{self.config.cache_dir}: rank 0 did not build the index cache {self.hash}")
+            raise RuntimeError(f"{self.config.cache_dir}: the index cache {self.hash} was not built "
+                               f"(the process that builds it failed, or this directory is not the one it wrote)")
         self.document_order, self.sample_index, self.shuffle_index = (
             np.load(self._cache_path(f"-{name}.npy"), mmap_mode="r") for name in _INDEX_NAMES)
         with open(self._cache_path(".json"), encoding="utf-8") as f:

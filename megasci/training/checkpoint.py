@@ -20,16 +20,21 @@ complete `step_*` directory when `latest` is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
+from megasci.distributed import barrier, print_rank0
 from megasci.model import ModelConfig, build_model
-from megasci.utils.io import atomic_text_output
+from megasci.utils.io import atomic_output, atomic_text_output
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 META_NAME, MODEL_NAME, CONFIG_NAME, TOKENIZER_NAME = "meta.json", "model.pt", "config.yaml", "tokenizer.model"
@@ -110,11 +115,9 @@ def _step_of(path: str) -> int:
 
 
 def _save_synced(obj, path: str) -> None:
-    """torch.save, flushed to disk before the directory can be renamed to its final name."""
-    with open(path, "wb") as f:
+    """torch.save, on disk (fsynced) before the directory can be renamed to its final name."""
+    with atomic_output(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, model_state: dict | None = None,
@@ -137,14 +140,12 @@ def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, mo
             raise ValueError("rank 0 must pass model_state and meta")
         _save_synced(model_state, os.path.join(tmp, MODEL_NAME))
         if config_yaml is not None:
-            with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
+            with atomic_text_output(os.path.join(tmp, CONFIG_NAME)) as f:
                 f.write(config_yaml)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_NAME))
-        with open(os.path.join(tmp, META_NAME), "w", encoding="utf-8") as f:
+        with atomic_output(os.path.join(tmp, META_NAME), "w") as f:
             json.dump({**meta, "step": step}, f, indent=2, sort_keys=True)  # last: marks the directory complete
-            f.flush()
-            os.fsync(f.fileno())
         if os.path.exists(final):  # an older save of the same step (e.g. after a rewind): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -156,3 +157,78 @@ def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, mo
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def rng_state() -> dict:
+    """Every random stream of this process, so that a resumed rank draws what it would have."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    """The training run's checkpoints: what goes into one (model, every rank's optimizer shard and
+    RNG streams, the spike guard, the data position and curriculum stage) and how a run resumes.
+
+    Collective: every rank calls `resume` and `save` together."""
+
+    def __init__(self, save_dir: str, *, model, optimizer, guard, data, tokenizer, model_cfg: ModelConfig,
+                 train_cfg, rank: int, world_size: int, device, keep_last: int | None):
+        self.save_dir, self.model, self.optimizer, self.guard, self.data = save_dir, model, optimizer, guard, data
+        self.tokenizer, self.model_cfg, self.train_cfg = tokenizer, model_cfg, train_cfg
+        self.rank, self.world_size, self.device, self.keep_last = rank, world_size, device, keep_last
+
+    def latest(self) -> str | None:
+        """The checkpoint to resume from: rank 0's answer for every rank, even where a shared
+        filesystem's caches disagree."""
+        found = latest_checkpoint(self.save_dir)
+        if self.world_size > 1:
+            chosen = [found]
+            dist.broadcast_object_list(chosen, src=0)
+            found = chosen[0]
+        return found
+
+    def resume(self, path: str) -> dict:
+        """Loads the checkpoint at `path` into the model, optimizer, guard and (same ranks) RNG
+        streams; returns its meta. A different number of ranks re-shards the optimizer state."""
+        meta = read_meta(path)
+        self.model.load_state_dict(torch.load(os.path.join(path, MODEL_NAME), map_location=self.device,
+                                              weights_only=True))
+        own = load_rank_state(path, self.rank) if meta["dp_size"] == self.world_size else None
+        self.optimizer.load_state_dict(lambda r: own["optimizer"] if own is not None and r == self.rank
+                                       else load_rank_state(path, r)["optimizer"], meta["dp_size"])
+        self.guard.load_state_dict(meta["spike_guard"])
+        if own is not None:  # same ranks: each gets its own RNG streams back
+            set_rng_state(own["rng"])
+        if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
+            print_rank0(f"warning: {self.train_cfg.data.tokenizer} differs from the tokenizer the checkpoint "
+                        f"was trained with")
+        print_rank0(f"resumed from {path}: step {meta['step']}, {meta['consumed_samples']:,} samples consumed "
+                    f"(saved with {meta['dp_size']} rank(s), now {self.world_size})")
+        return meta
+
+    def save(self, step: int, consumed_samples: int) -> str:
+        """Writes the checkpoint of `step`, after `consumed_samples` samples; returns its path."""
+        self.optimizer.wait_for_parameters()
+        meta = {"consumed_samples": consumed_samples, "dp_size": self.world_size,
+                "model_config": dataclasses.asdict(self.model_cfg), "tokenizer": self.tokenizer.identity(),
+                "train_config": self.train_cfg.to_dict(), "spike_guard": self.guard.state_dict(),
+                "stage": self.data.stages[self.data.stage_of(max(0, consumed_samples - 1))].name}
+        rank0 = self.rank == 0
+        model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if rank0 else None
+        path = save_checkpoint(self.save_dir, step, rank=self.rank,
+                               rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng_state()},
+                               model_state=model_state, meta=meta, config_yaml=self.train_cfg.to_yaml(),
+                               tokenizer_path=getattr(self.tokenizer, "path", None), keep_last=self.keep_last,
+                               barrier=barrier)
+        print_rank0(f"saved {path}")
+        return path

@@ -1,5 +1,7 @@
 """Where training numbers go: TensorBoard scalars, a JSON-lines file and a console line (rank 0).
 
+`MetricsLog` writes scalars; `TrainingMetrics` is what the trainer measures and when it reports it.
+
 MFU follows the model's FLOP convention (`megasci.model.flops_per_token`: 6 N_matmul + 12 L h s,
 no causal discount, no recomputation) against the device's dense bf16 peak.
 """
@@ -9,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import torch
+
+from megasci.distributed import print_rank0
 
 # Dense bf16 tensor-core peak per device, TFLOP/s (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
@@ -68,3 +73,66 @@ def read_metrics(log_dir: str) -> dict[int, dict]:
             record = json.loads(line)
             rows.setdefault(record["step"], {}).update(record)
     return rows
+
+
+class TrainingMetrics:
+    """The trainer's numbers: per-step scalars, and every `log_interval` steps the interval's means
+    (throughput, TFLOP/s and MFU, the step-time split, data position and curriculum stage, peak
+    memory) as scalars and one console line on rank 0."""
+
+    def __init__(self, log: MetricsLog, data, *, train_steps: int, global_batch_size: int, seq_length: int,
+                 flops_per_token: int, world_size: int, peak_tflops: float | None, device, rank0: bool):
+        self.log, self.data = log, data
+        self.train_steps, self.global_batch_size, self.seq_length = train_steps, global_batch_size, seq_length
+        self.flops_per_token, self.world_size, self.peak, self.device, self.rank0 = (
+            flops_per_token, world_size, peak_tflops, device, rank0)
+        self.names = [s.name for s in data.sources]
+        self._reset()
+
+    def start(self) -> None:
+        """Called as the step loop starts, so peak memory is the training steps' own."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _reset(self) -> None:
+        self.interval = {"steps": 0, "time": 0.0, "wait": 0.0, "fb": 0.0, "opt": 0.0, "loss": 0.0}
+
+    def step(self, step: int, result, lr: float, total_skipped: int) -> None:
+        """One finished optimizer step (`result` a `train_step.StepResult`), numbered from 1."""
+        for key, value in (("time", result.seconds), ("wait", result.data_wait_s),
+                           ("fb", result.forward_backward_s), ("opt", result.optimizer_s), ("loss", result.loss)):
+            self.interval[key] += value
+        self.interval["steps"] += 1
+        self.log.scalars(step, {"train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
+                                "train/skipped_steps": total_skipped})
+
+    def report(self, step: int, consumed: int, lr: float, grad_norm: float, total_skipped: int) -> str:
+        """The interval's scalars and console line (printed on rank 0); starts the next interval."""
+        n, iv = self.interval["steps"], self.interval
+        tokens_per_s = n * self.global_batch_size * self.seq_length / iv["time"]
+        tflops = tokens_per_s * self.flops_per_token / self.world_size / 1e12
+        stage = self.data.stage_of(consumed - 1)
+        per_source = (np.bincount(self.data.source_index[:consumed], minlength=len(self.names)) if self.rank0
+                      else np.zeros(len(self.names), dtype=np.int64))  # only rank 0 logs
+        values = {"perf/tokens_per_s": tokens_per_s, "perf/tflops_per_device": tflops,
+                  "time/step_s": iv["time"] / n, "time/data_wait_s": iv["wait"] / n,
+                  "time/forward_backward_s": iv["fb"] / n, "time/optimizer_comm_s": iv["opt"] / n,
+                  "data/stage": stage, "data/consumed_samples": consumed}
+        values.update({f"data/samples/{name}": int(c) for name, c in zip(self.names, per_source)})
+        line = (f"step {step}/{self.train_steps} | loss {iv['loss'] / n:.4f} | lr {lr:.3g} | "
+                f"grad norm {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s | {tflops:.3g} TFLOP/s/device")
+        if self.peak:
+            values["perf/mfu"] = tflops / self.peak
+            line += f" {100 * tflops / self.peak:.1f}% MFU"
+        line += (f" | step {iv['time'] / n:.3f}s (data {iv['wait'] / n:.3f}, "
+                 f"fwd+bwd {iv['fb'] / n:.3f}, opt+comm {iv['opt'] / n:.3f})")
+        if self.device.type == "cuda":
+            values["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            line += f" | peak mem {values['mem/peak_gib']:.1f} GiB"
+        line += f" | stage {self.data.stages[stage].name}"
+        if total_skipped:
+            line += f" | skipped {total_skipped}"
+        self.log.scalars(step, values)
+        print_rank0(line)
+        self._reset()
+        return line

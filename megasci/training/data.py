@@ -1,0 +1,85 @@
+"""The training run's datasets, built once in a distributed job: rank 0 builds, the others load.
+
+The data layer does no distributed coordination, so it is done here: rank 0 constructs the
+datasets (building any missing sample-index cache), every rank meets at a barrier, then the
+other ranks construct them with `may_build=False`, loading what rank 0 wrote. The cache
+directory must therefore be on a filesystem all ranks share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, TypeVar
+
+from megasci.data.blended_dataset import BlendedDataset, CurriculumStage, parse_blend, parse_curriculum
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, split_tokens
+from megasci.data.provenance import tokenizer_warnings
+from megasci.distributed import barrier, print_rank0
+
+from .config import TrainConfig
+
+T = TypeVar("T")
+
+
+def built_on_rank0(make: Callable[[bool], T], rank: int, world_size: int) -> T:
+    """`make(may_build)`: with True on rank 0, then after a barrier with False on the other ranks.
+
+    If rank 0 fails, it still reaches the barrier before raising, so the other ranks fail on the
+    missing cache instead of waiting forever."""
+    if world_size == 1:
+        return make(True)
+    made, error = None, None
+    if rank == 0:
+        try:
+            made = make(True)
+        except Exception as e:
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    return made if rank == 0 else make(False)
+
+
+def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True) -> BlendedDataset:
+    """The training stream: the curriculum's stages, or one stage of the blend covering every step."""
+    needed = cfg.train.train_steps * cfg.train.global_batch_size
+    if cfg.data.curriculum:
+        stages = parse_curriculum(cfg.data.curriculum)
+        last = stages[-1]
+        if last.end_samples is None and last.end_tokens is None:  # the last stage runs to the end of training,
+            stages[-1] = dataclasses.replace(last, end_samples=needed)  # epoch multipliers then give its shares
+    elif cfg.data.blend:
+        stages = [CurriculumStage("main", parse_blend(cfg.data.blend), end_samples=needed)]
+    else:
+        raise ValueError("the config needs data.blend or data.curriculum")
+    dataset = BlendedDataset(stages, cfg.data.seq_length, seed=cfg.data.seed, split="train", cache_dir=cache_dir,
+                             split_fractions=cfg.data.split, may_build=may_build)
+    if len(dataset) < needed:
+        raise ValueError(f"the curriculum covers {len(dataset):,} samples but {cfg.train.train_steps:,} steps of "
+                         f"{cfg.train.global_batch_size} need {needed:,}; extend the last stage")
+    return dataset
+
+
+def build_eval_datasets(cfg: TrainConfig, train: BlendedDataset, cache_dir: str,
+                        may_build: bool = True) -> dict[str, GPTDataset]:
+    """Each source's first `eval_samples` validation samples (fewer if its validation split is small)."""
+    datasets = {}
+    for source in train.sources:
+        config = GPTDatasetConfig(prefix=source.prefix, document_filter=source.document_filter, split="valid",
+                                  split_fractions=cfg.data.split, seq_length=cfg.data.seq_length,
+                                  seed=cfg.data.seed, cache_dir=cache_dir)
+        available = (split_tokens(config) - 1) // cfg.data.seq_length  # one pass, label included
+        if available == 0:
+            print_rank0(f"validation: source {source.name} has no full sample in its validation split; not evaluated")
+            continue
+        datasets[source.name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
+                                           may_build=may_build)
+    return datasets
+
+
+def check_tokenizer(train: BlendedDataset, tokenizer_path: str, identity: dict) -> None:
+    """Refuses data written with another tokenizer: a model trained on its ids loads, runs and means nothing."""
+    mismatched = [w for source in train.sources for w in tokenizer_warnings(source.prefix, identity)]
+    if mismatched:
+        raise ValueError(f"data.tokenizer {tokenizer_path} is not the tokenizer the data was written with:\n"
+                         + "\n".join(mismatched))

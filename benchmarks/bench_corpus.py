@@ -3,8 +3,9 @@
 
 Runs the real builder (phase 1 and finalize) on the real arXiv sample (../shared/arxiv_sample,
 when present) and on synthetic arXiv-style bulk tars, at each worker count. Per-stage times are
-summed from the builder's own per-paper laps (assembly, cleaning + composition, language ID);
-archive reading is timed on its own pass; finalize (dedup, shards, yield report) separately.
+summed from the builder's own per-paper times, one per step of `PAPER_STAGES` (assembly, cleaning
+with composition, length, language ID, exact_dedup's keys); archive reading is timed on its own
+pass; finalize (dedup, shards, yield report) separately.
 
     python benchmarks/bench_corpus.py --synthetic-papers 400 --workers 1 2
 """
@@ -19,9 +20,8 @@ import tempfile
 import time
 
 from megasci.corpus.archive import iter_source_inputs
-from megasci.corpus.builder import BuildConfig, finalize, process_units
+from megasci.corpus.builder import BuildConfig, finalize, finished_unit_keys, iter_unit_results, process_units
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
-from megasci.utils.io import iter_json_records
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "arxiv_sample")
 
@@ -42,9 +42,9 @@ def run(name: str, sources: list[str], metadata: list[str], workers: int) -> dic
         report = finalize(cfg)
         final = time.perf_counter() - start
         stage_seconds = collections.Counter()
-        for path in glob.glob(os.path.join(out, "units", "*.jsonl.zst")):
-            for result in iter_json_records(path):
-                stage_seconds.update(result.get("seconds", {}))
+        unit_dir = os.path.join(out, "units")
+        for result in iter_unit_results(unit_dir, finished_unit_keys(unit_dir)):
+            stage_seconds.update(result.seconds)
     start = time.perf_counter()
     for _ in iter_source_inputs(sources):
         pass

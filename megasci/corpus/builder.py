@@ -10,6 +10,11 @@ Two phases, so work splits across machines and survives being killed:
    (keeping the latest, then longest), writes `shards/arxiv-NNNNN.jsonl.zst` and the yield report
    (`yield.json`, a printed funnel, `yield.png`).
 Every input ends in exactly one funnel row: written, or rejected at a named stage with a reason.
+
+The funnel is declared once: `INPUT_STAGES` (decided while reading inputs), `PAPER_STAGES` (one
+`Stage` per step, run per paper in the workers under the time limit, each returning the paper or
+its rejection) and `CORPUS_STAGES` (finalize). `STAGES`, the unit counts, the per-stage times and
+the yield report all follow from those lists.
 """
 
 from __future__ import annotations
@@ -22,21 +27,20 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
-from megasci.corpus.assemble import assemble
-from megasci.corpus.clean import clean_latex
+from megasci.corpus.assemble import AssembledPaper, assemble
+from megasci.corpus.clean import CleanedPaper, clean_latex
 from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex, exact_key
-from megasci.corpus.filters import detect_language, detect_language_raw, load_language_profiles, passes_length
+from megasci.corpus.filters import (LanguageConfig, check_language, detect_language_raw, load_language_profiles,
+                                    passes_length)
 from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_metadata
 from megasci.corpus.package import Rejected, SourcePackage
 from megasci.corpus.sections import compose_document, math_fraction
-from megasci.utils.io import atomic_text_output, iter_json_records, write_json_atomic
+from megasci.utils.io import atomic_output, atomic_text_output, iter_json_records, jsonable, write_json_atomic
 from megasci.utils.parallel import bounded_imap
-
-# The funnel, in order; a paper leaves at the first stage that rejects it.
-STAGES = ("archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup", "near_dedup")
 
 
 @dataclass
@@ -59,6 +63,11 @@ class BuildConfig:
     records_per_shard: int = 10_000
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
+    @property
+    def language_filter(self) -> LanguageConfig:
+        """The language stage's settings (flat fields here, so yield.json keeps its config layout)."""
+        return LanguageConfig(seed=self.language_seed, expected=self.language)
+
 
 def make_units(sources: list[str], files_per_unit: int) -> list[tuple[str, list[str]]]:
     """(key, files) work units in a fixed order; the key names the unit's files on disk."""
@@ -76,6 +85,138 @@ def make_units(sources: list[str], files_per_unit: int) -> list[tuple[str, list[
             digest = hashlib.sha256("\n".join(os.path.abspath(f) for f in group).encode()).hexdigest()[:16]
             units.append((f"{os.path.basename(group[0])}-{digest}", group))
     return units
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Where and why an input left the funnel: a stage of `STAGES` and a stable reason key."""
+
+    stage: str
+    reason: str
+
+
+@dataclass
+class Paper:
+    """One paper on its way through `PAPER_STAGES`; each step fills in what it produces."""
+
+    package: SourcePackage
+    meta: dict | None  # title, abstract, categories and year from the metadata, when it has a record
+    chars: int = 0  # characters it has now: assembled LaTeX after assembly, clean text after cleaning
+    assembled: AssembledPaper | None = None
+    cleaned: CleanedPaper | None = None
+    title: str | None = None
+    abstract: str | None = None
+    text: str = ""
+    sections: list[dict] = field(default_factory=list)
+    math_fraction: float = 0.0
+    language_flip: bool = False
+    exact_key: str = ""
+    minhash: list[int] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """The corpus record, one line of a shard."""
+        return {
+            "id": self.package.paper_id,
+            "title": self.title or "",
+            "text": self.text,
+            "sections": self.sections,
+            "categories": self.meta["categories"] if self.meta else [],
+            "year": self.meta["year"] if self.meta else None,
+            "math_fraction": self.math_fraction,
+            "source": self.package.source,
+            "encoding": self.assembled.encoding,
+        }
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A declared step of the funnel. `step(paper, cfg)` returns the paper carried on, or `Rejected`
+    with the reason it goes no further; `name` is where that rejection and the step's time are counted."""
+
+    name: str
+    step: Callable[[Paper, BuildConfig], Paper | Rejected]
+
+
+def _assemble(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
+    try:
+        paper.assembled = assemble(paper.package)
+    except Rejected as rejected:
+        return rejected
+    paper.chars = len(paper.assembled.text)
+    return paper
+
+
+def _clean(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
+    """Clean the LaTeX; metadata, when present, gives the title and abstract instead of the source."""
+    paper.cleaned = clean_latex(paper.assembled.text, keep_captions=cfg.keep_captions)
+    paper.title = paper.meta["title"] if paper.meta else paper.cleaned.title
+    paper.abstract = paper.meta["abstract"] if paper.meta else paper.cleaned.abstract
+    paper.text, paper.sections = compose_document(paper.title, paper.abstract, paper.cleaned.text)
+    paper.math_fraction = round(math_fraction(paper.text), 4)
+    paper.chars = len(paper.text)
+    return paper
+
+
+def _check_length(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
+    return paper if passes_length(paper.cleaned.text, cfg.min_body_chars) else Rejected("too_short")
+
+
+def _check_language(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
+    """Language of the prose; also notes whether masking math changed the answer, for the report."""
+    settings = cfg.language_filter
+    language, passes = check_language(paper.title, paper.abstract, paper.cleaned.text, settings)
+    paper.language_flip = detect_language_raw(paper.text, settings.seed, settings.min_chars) != language
+    return paper if passes else Rejected(f"language_{language}")
+
+
+def _dedup_keys(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
+    """The keys finalize compares, made here beside the text so finalize never holds the corpus."""
+    paper.exact_key = exact_key(paper.text)
+    paper.minhash = _near_dup_signature(paper.text)
+    return paper
+
+
+ARCHIVE, METADATA, EXACT_DEDUP, NEAR_DEDUP = "archive", "metadata", "exact_dedup", "near_dedup"
+INPUT_STAGES = (ARCHIVE, METADATA)  # decided while the inputs are read, in the main process
+# Run per paper, in the workers, under the per-paper time limit. exact_dedup starts here (its keys,
+# which near_dedup uses too) and ends in finalize, where the corpus-wide comparison drops papers.
+PAPER_STAGES = (
+    Stage("assembly", _assemble),
+    Stage("cleaning", _clean),
+    Stage("length", _check_length),
+    Stage("language", _check_language),
+    Stage(EXACT_DEDUP, _dedup_keys),
+)
+CORPUS_STAGES = (EXACT_DEDUP, NEAR_DEDUP)  # decided in finalize, over every unit at once
+# The funnel, in order; a paper leaves at the first stage that rejects it.
+STAGES = tuple(dict.fromkeys(INPUT_STAGES + tuple(stage.name for stage in PAPER_STAGES) + CORPUS_STAGES))
+
+
+@dataclass
+class InputResult:
+    """What phase 1 learned about one input: one line of a unit file, read back only by finalize."""
+
+    source: str
+    id: str | None = None
+    skipped_members: list[str] = field(default_factory=list)  # reasons of members dropped inside it
+    has_metadata: bool | None = None  # None: the input never reached the paper stages
+    rejection: Rejection | None = None  # None: a candidate for the corpus-wide stages
+    chars: dict[str, int] = field(default_factory=dict)  # paper stage -> characters left after it
+    seconds: dict[str, float] = field(default_factory=dict)  # paper stage -> its time on this paper
+    language_flip: bool = False
+    record: dict | None = None
+    exact_key: str = ""
+    minhash: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InputResult":
+        rejection = data["rejection"] and Rejection(**data["rejection"])
+        return cls(**{**data, "rejection": rejection})
+
+    def passed(self) -> tuple[str, ...]:
+        """The funnel stages this input has passed; a candidate has passed all before the corpus-wide ones."""
+        leaves_at = self.rejection.stage if self.rejection else CORPUS_STAGES[0]
+        return STAGES[: STAGES.index(leaves_at)]
 
 
 _signer: NearDuplicateIndex | None = None  # per process: holds the MinHash permutations
@@ -96,65 +237,37 @@ def _on_alarm(signum, frame):
     raise _PaperTimeout()
 
 
-def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> dict:
-    """Assemble, clean, compose and filter one paper; returns its record or the stage that rejected it."""
+def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> InputResult:
+    """Run `PAPER_STAGES` on one paper, timing each; the result is its record or the stage that rejected it."""
     package, meta, cfg = task
-    out = {"source": package.source, "id": package.paper_id, "seconds": {}, "has_metadata": meta is not None,
-           "skipped_members": [reason for _, reason in package.skipped_members]}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:  # per-stage time, summed by benchmarks/bench_corpus.py
-        nonlocal clock
-        now = time.perf_counter()
-        out["seconds"][name] = round(now - clock, 6)
-        clock = now
-
-    stage = "assembly"
+    paper = Paper(package, meta)
+    result = InputResult(source=package.source, id=package.paper_id, has_metadata=meta is not None,
+                         skipped_members=[reason for _, reason in package.skipped_members])
+    stage = PAPER_STAGES[0]
     previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, cfg.paper_time_limit_s)
-        paper = assemble(package)
-        out["assembled_chars"] = len(paper.text)
-        lap("assembly")
-        stage = "cleaning"
-        cleaned = clean_latex(paper.text, keep_captions=cfg.keep_captions)
-        title = meta["title"] if meta else cleaned.title
-        abstract = meta["abstract"] if meta else cleaned.abstract
-        text, sections = compose_document(title, abstract, cleaned.text)
-        out["cleaned_chars"] = len(text)
-        lap("cleaning")
-        if not passes_length(cleaned.text, cfg.min_body_chars):
-            return {**out, "stage": "length", "reason": "too_short"}
-        language = detect_language(title, abstract, cleaned.text, cfg.language_seed)
-        out["language_flip"] = detect_language_raw(text) != language
-        lap("language")
-        if language != cfg.language:
-            return {**out, "stage": "language", "reason": f"language_{language}"}
-        # Dedup keys are made here, beside the text, so finalize never holds the corpus in memory.
-        out["exact_key"] = exact_key(text)
-        out["minhash"] = _near_dup_signature(text)
-        lap("dedup_keys")
-        out["record"] = {
-            "id": package.paper_id,
-            "title": title or "",
-            "text": text,
-            "sections": sections,
-            "categories": meta["categories"] if meta else [],
-            "year": meta["year"] if meta else None,
-            "math_fraction": round(math_fraction(text), 4),
-            "source": package.source,
-            "encoding": paper.encoding,
-        }
-        return out
-    except Rejected as e:
-        return {**out, "stage": stage, "reason": e.reason}
+        clock = time.perf_counter()
+        for stage in PAPER_STAGES:
+            outcome = stage.step(paper, cfg)
+            now = time.perf_counter()
+            result.seconds[stage.name] = round(now - clock, 6)  # summed by benchmarks/bench_corpus.py
+            clock = now
+            if isinstance(outcome, Rejected):
+                result.rejection = Rejection(stage.name, outcome.reason)
+                break
+            result.chars[stage.name] = paper.chars
     except _PaperTimeout:
-        return {**out, "stage": stage, "reason": "time_limit"}
+        result.rejection = Rejection(stage.name, "time_limit")
     except Exception as e:  # one pathological paper must not stop a run of millions
-        return {**out, "stage": stage, "reason": f"error_{type(e).__name__}"}
+        result.rejection = Rejection(stage.name, f"error_{type(e).__name__}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_handler)
+    result.language_flip = paper.language_flip
+    if result.rejection is None:
+        result.record, result.exact_key, result.minhash = paper.record(), paper.exact_key, paper.minhash
+    return result
 
 
 def _metadata_for(index: MetadataIndex | None, paper_id: str, cfg: BuildConfig) -> tuple[dict | None, str | None]:
@@ -192,8 +305,9 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
             with atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out:
                 for result in _unit_results(files, index, cfg, pool):
                     counts["inputs"] += 1
-                    counts[f"{result['stage']}:{result['reason']}" if "reason" in result else "candidates"] += 1
-                    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                    rejection = result.rejection
+                    counts[f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"] += 1
+                    out.write(json.dumps(jsonable(result), ensure_ascii=False) + "\n")
                     bar.update(1)
             write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"), {"files": files, "counts": counts})
     finally:
@@ -203,28 +317,42 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     return [key for key, _ in todo]
 
 
-def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool):
-    """One result per input of the unit, in input order."""
+def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool) -> Iterator[InputResult]:
+    """One result per input of the unit, in input order: the input stages here, the paper stages in `pool`."""
     def tasks():
         for source, outcome in iter_source_inputs(files, cfg.limits):
+            skipped = [reason for _, reason in outcome.skipped_members]
             if isinstance(outcome, Rejected):
-                yield {"source": source, "stage": "archive", "reason": outcome.reason,
-                       "skipped_members": [why for _, why in outcome.skipped_members]}
+                yield InputResult(source=source, skipped_members=skipped, rejection=Rejection(ARCHIVE, outcome.reason))
                 continue
             meta, reason = _metadata_for(index, outcome.paper_id, cfg)
             if reason:
-                yield {"source": source, "id": outcome.paper_id, "stage": "metadata", "reason": reason,
-                       "skipped_members": [why for _, why in outcome.skipped_members]}
+                yield InputResult(source=source, id=outcome.paper_id, skipped_members=skipped,
+                                  rejection=Rejection(METADATA, reason))
                 continue
             yield (outcome, meta, cfg)
 
-    work = (t for t in tasks())
-    for task, result in bounded_imap(pool, _process_or_pass, work, in_flight=4 * max(cfg.workers, 1)):
+    for _, result in bounded_imap(pool, _process_or_pass, tasks(), in_flight=4 * max(cfg.workers, 1)):
         yield result
 
 
 def _process_or_pass(task):
-    return task if isinstance(task, dict) else process_paper(task)
+    return task if isinstance(task, InputResult) else process_paper(task)
+
+
+def finished_unit_keys(unit_dir: str) -> list[str]:
+    """Keys of the units phase 1 finished (their `.done.json` exists), in key order."""
+    return sorted(name[: -len(".done.json")] for name in os.listdir(unit_dir) if name.endswith(".done.json"))
+
+
+def iter_unit_results(unit_dir: str, keys: list[str]) -> Iterator[InputResult]:
+    """Every input's result from the units `keys` of `unit_dir`, in unit and input order."""
+    for key in keys:
+        for data in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst")):
+            yield InputResult.from_json(data)
+
+
+INPUTS_ROW = "inputs"  # the funnel's first row: every input, before any stage
 
 
 @dataclass
@@ -245,7 +373,7 @@ class YieldReport:
         lines = [f"{'stage':<12} {'papers left':>12} {'chars left':>15}  rejected (reason: papers)"]
         for row in self.funnel:
             reasons = self.rejections.get(row["stage"], {})
-            chars = f"{row['chars']:,}" if row["stage"] not in ("inputs", "archive", "metadata") else "-"
+            chars = f"{row['chars']:,}" if row["stage"] not in (INPUTS_ROW, *INPUT_STAGES) else "-"
             lines.append(f"{row['stage']:<12} {row['papers']:>12,} {chars:>15}  "
                          + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
         lines.append(f"{self.written:,} of {self.inputs:,} inputs written; language detection changed for "
@@ -263,7 +391,7 @@ class YieldReport:
 def finalize(cfg: BuildConfig) -> YieldReport:
     """Phase 2: global dedup over all units, final shards and the yield report."""
     unit_dir = os.path.join(cfg.output, "units")
-    keys = sorted(name[: -len(".done.json")] for name in os.listdir(unit_dir) if name.endswith(".done.json"))
+    keys = finished_unit_keys(unit_dir)
     exact, near = ExactDeduplicator(), NearDuplicateIndex(threshold=cfg.near_dup_threshold)
     report = YieldReport()
     rejections: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -276,25 +404,22 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     if os.path.exists(metadata_counts):
         with open(metadata_counts, encoding="utf-8") as f:
             report.metadata_lines = json.load(f)["counts"]
-    for key in keys:
-        for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst")):
-            report.inputs += 1
-            report.language_flips += bool(result.get("language_flip"))
-            skipped.update(result.get("skipped_members", []))
-            if "has_metadata" in result:
-                report.sources_with_metadata += result["has_metadata"]
-                report.sources_without_metadata += not result["has_metadata"]
-            if "reason" in result:
-                rejections[result["stage"]][result["reason"]] += 1
-                stage_index = STAGES.index(result["stage"])
-            else:
-                record = result["record"]
-                candidates[result["source"]] = (record["year"] or 0, len(record["text"]))
-                keys_by_source[result["source"]] = (record["id"], result["exact_key"], result["minhash"])
-                stage_index = STAGES.index("exact_dedup")
-            for stage in STAGES[:stage_index]:
-                left_after[stage] += 1
-                chars_after[stage] += _chars_at(result, stage)
+    for result in iter_unit_results(unit_dir, keys):
+        report.inputs += 1
+        report.language_flips += result.language_flip
+        skipped.update(result.skipped_members)
+        if result.has_metadata is not None:
+            report.sources_with_metadata += result.has_metadata
+            report.sources_without_metadata += not result.has_metadata
+        if result.rejection:
+            rejections[result.rejection.stage][result.rejection.reason] += 1
+        else:
+            record = result.record
+            candidates[result.source] = (record["year"] or 0, len(record["text"]))
+            keys_by_source[result.source] = (record["id"], result.exact_key, result.minhash)
+        for stage in result.passed():
+            left_after[stage] += 1
+            chars_after[stage] += result.chars.get(stage, 0)  # the input stages leave no text yet
     # The same paper from two inputs (a bulk tar and a per-paper file, two versions): keep the best one.
     best_by_id: dict[str, str] = {}
     for source, priority in sorted(candidates.items()):
@@ -303,48 +428,38 @@ def finalize(cfg: BuildConfig) -> YieldReport:
         if other is None or priority > candidates[other]:
             best_by_id[paper_id] = source
     for source in sorted(set(candidates) - set(best_by_id.values())):
-        rejections["exact_dedup"]["duplicate_id"] += 1
+        rejections[EXACT_DEDUP]["duplicate_id"] += 1
         del candidates[source]
     for source, priority in candidates.items():
         exact.add_key(source, keys_by_source[source][1], priority)
     for source in exact.dropped():
-        rejections["exact_dedup"]["exact_duplicate"] += 1
+        rejections[EXACT_DEDUP]["exact_duplicate"] += 1
         del candidates[source]
     for source, priority in candidates.items():
         near.add_signature(source, keys_by_source[source][2], priority)
     keep = near.keep_set()
     report.near_duplicate_clusters = [[keys_by_source[s][0] for s in cluster] for cluster in near.clusters()]
     if len(candidates) > len(keep):
-        rejections["near_dedup"]["near_duplicate"] += len(candidates) - len(keep)
-    for stage, survivors in (("exact_dedup", candidates), ("near_dedup", keep)):
+        rejections[NEAR_DEDUP]["near_duplicate"] += len(candidates) - len(keep)
+    for stage, survivors in zip(CORPUS_STAGES, (candidates, keep)):
         left_after[stage] = len(survivors)
         chars_after[stage] = sum(candidates[s][1] for s in survivors)
     report.written = _write_shards(cfg, unit_dir, keys, keep, report)
-    report.funnel = [{"stage": "inputs", "papers": report.inputs, "chars": 0}] + [
+    report.funnel = [{"stage": INPUTS_ROW, "papers": report.inputs, "chars": 0}] + [
         {"stage": stage, "papers": left_after[stage], "chars": chars_after[stage]} for stage in STAGES]
     report.rejections = {stage: dict(counter) for stage, counter in rejections.items()}
     report.skipped_members = dict(skipped)
-    write_json_atomic(os.path.join(cfg.output, "yield.json"), {"config": _jsonable(cfg), **asdict(report)})
+    write_json_atomic(os.path.join(cfg.output, "yield.json"), {"config": jsonable(cfg), **jsonable(report)})
     _plot_funnel(report, os.path.join(cfg.output, "yield.png"))
     return report
-
-
-def _chars_at(result: dict, stage: str) -> int:
-    """Characters a paper still has after `stage`: assembled LaTeX until cleaning, clean text after."""
-    if stage in ("archive", "metadata"):
-        return 0
-    if stage == "assembly":
-        return result.get("assembled_chars", 0)
-    return result.get("cleaned_chars", 0)
 
 
 def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, report: YieldReport) -> int:
     """Kept records in unit order, `records_per_shard` to a file; a failure leaves no partial shard."""
     shard_dir = os.path.join(cfg.output, "shards")
     os.makedirs(shard_dir, exist_ok=True)
-    records = (result["record"] for key in keys
-               for result in iter_json_records(os.path.join(unit_dir, f"{key}.jsonl.zst"))
-               if "record" in result and result["source"] in keep)
+    records = (result.record for result in iter_unit_results(unit_dir, keys)
+               if result.record is not None and result.source in keep)
     written, encodings = 0, collections.Counter()
     for shard in itertools.count():
         batch = list(itertools.islice(records, cfg.records_per_shard))
@@ -374,16 +489,9 @@ def _plot_funnel(report: YieldReport, path: str) -> None:
     ax.set_xlabel("papers left after stage")
     ax.set_title(f"arXiv corpus yield: {report.written:,} of {report.inputs:,} inputs written")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _jsonable(cfg: BuildConfig) -> dict:
-    data = asdict(cfg)
-    data["metadata_filter"]["categories"] = list(data["metadata_filter"]["categories"])
-    return data
 
 
 def build(cfg: BuildConfig, progress: bool = True, finalize_run: bool | None = None) -> YieldReport | None:

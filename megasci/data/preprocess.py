@@ -1,6 +1,7 @@
-"""JSONL documents to Megatron `.bin/.idx` datasets, one per JSON key, with a metadata sidecar.
+"""JSONL or Parquet documents to Megatron `.bin/.idx` datasets, one per key, with a metadata sidecar.
 
-The main process only cuts the input into ~1 MB blocks at line boundaries and appends finished
+The main process only cuts the input into ~1 MB blocks at line boundaries (Parquet: row groups, see
+megasci/data/records.py) and appends finished
 token buffers to the output; workers parse JSON, tokenize and pack each block into one flat array,
 so per-document Python work never happens in the main process. Blocks come back in input order.
 """
@@ -13,14 +14,15 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
+from megasci.data.records import BadRecord, RecordBlock, iter_blocks, read_block
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import Tokenizer, load_tokenizer
-from megasci.utils.io import COMPRESSED_SUFFIXES, expand_inputs, open_binary, write_json_atomic
+from megasci.utils.io import COMPRESSED_SUFFIXES, expand_inputs, jsonable, write_json_atomic
 from megasci.utils.parallel import bounded_imap
 
 
@@ -82,24 +84,6 @@ class PreprocessSummary:
         return "\n".join(rows)
 
 
-@dataclass
-class _Block:
-    """A run of whole lines. Plain files travel as (path, start, length) and workers read the bytes
-    themselves; compressed files cannot be entered mid-stream, so their bytes travel with the block."""
-
-    path: str
-    start: int
-    length: int
-    data: bytes | None = None
-
-    def read(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        with open(self.path, "rb") as f:
-            f.seek(self.start)
-            return f.read(self.length)
-
-
 # Set in each worker by _init_worker, so the tokenizer is loaded once per process.
 _worker_tokenizer: Tokenizer | None = None
 _worker_settings: dict = {}
@@ -111,7 +95,7 @@ def _init_worker(tokenizer_model: str, settings: dict) -> None:
     _worker_settings = settings
 
 
-def _encode_block(block: _Block) -> dict:
+def _encode_block(block: RecordBlock) -> dict:
     """Parse and tokenize one block: per key a flat token array, document lengths and sidecar lines."""
     cpu_start = time.process_time()
     settings = _worker_settings
@@ -121,21 +105,11 @@ def _encode_block(block: _Block) -> dict:
     texts = {k: [] for k in keys}
     metas = {k: [] for k in keys}
     empty = dict.fromkeys(keys, 0)
-    data = block.read()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    # Errors carry the line's index within the block; the main process, seeing blocks in order, adds the base.
-    for line_no, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as e:
-            errors.append(("bad_json", line_no, f"not valid JSON ({e.__class__.__name__}: {str(e)[:80]})"))
-            continue
-        if not isinstance(record, dict):
-            errors.append(("not_an_object", line_no, f"a JSON {type(record).__name__}, not an object"))
+    units, items = read_block(block, columns=list(keys) + list(meta_keys))
+    # Errors carry the record's index within the block; the main process, seeing blocks in order, adds the base.
+    for line_no, record in items:
+        if isinstance(record, BadRecord):
+            errors.append((record.kind, line_no, record.message))
             continue
         meta = {k: record[k] for k in meta_keys if k in record}
         for key in keys:
@@ -149,7 +123,7 @@ def _encode_block(block: _Block) -> dict:
             else:
                 texts[key].append(text)
                 metas[key].append(meta)
-    out = {"errors": errors, "bytes": len(data), "lines": len(lines), "keys": {}}
+    out = {"errors": errors, "bytes": block.length, "lines": units, "keys": {}}
     for key in keys:
         arrays = _worker_tokenizer.encode_to_arrays(texts[key]) if texts[key] else []
         # Documents that tokenize to nothing (possible with some tokenizers) are skipped like empty text.
@@ -162,36 +136,11 @@ def _encode_block(block: _Block) -> dict:
                 parts.extend(eod)
         lengths = np.array([len(a) + len(eod) for a, kept in zip(arrays, keep) if kept], dtype=np.int64)
         flat = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
-        sidecar = [json.dumps(m, ensure_ascii=False) for m, kept in zip(metas[key], keep) if kept]
+        # default=str: Parquet metadata columns may hold dates or decimals, which JSON has no type for.
+        sidecar = [json.dumps(m, ensure_ascii=False, default=str) for m, kept in zip(metas[key], keep) if kept]
         out["keys"][key] = (flat, lengths, sidecar, empty[key])
     out["cpu_seconds"] = time.process_time() - cpu_start
     return out
-
-
-def _read_blocks(paths: Sequence[str], block_bytes: int) -> Iterator[_Block]:
-    """Cut each file into blocks of about `block_bytes` that end at line boundaries."""
-    for path in paths:
-        if path.endswith(COMPRESSED_SUFFIXES):
-            with open_binary(path) as f:
-                start = 0
-                while data := f.read(block_bytes):
-                    if not data.endswith(b"\n"):
-                        data += f.readline()
-                    yield _Block(path, start, len(data), data)
-                    start += len(data)
-            continue
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            start = 0
-            while start < size:
-                if start + block_bytes >= size:
-                    end = size
-                else:
-                    f.seek(start + block_bytes - 1)
-                    f.readline()  # through the newline that ends the block's last line
-                    end = f.tell()
-                yield _Block(path, start, end - start)
-                start = end
 
 
 def output_prefix_for(output_prefix: str, key: str) -> str:
@@ -229,11 +178,11 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
         pool = _start_pool(cfg, settings)
         bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B",
                    unit_scale=True, disable=not progress, desc="preprocess", dynamic_ncols=True)
-        blocks = _read_blocks(paths, cfg.block_bytes)
+        blocks = iter_blocks(paths, cfg.block_bytes)
         for block, result in bounded_imap(pool, _encode_block, blocks, in_flight=4 * max(cfg.workers, 1)):
             for kind, line_in_block, message in result["errors"]:
                 errors[kind] += 1
-                where = f"{block.path}:{lines_before[block.path] + line_in_block + 1}: {message}"
+                where = f"{block.where(lines_before[block.path] + line_in_block + 1)}: {message}"
                 if cfg.strict:
                     raise PreprocessError(f"{where} (--strict stops at the first bad line)")
                 if reported < cfg.max_reported_errors:
@@ -271,7 +220,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     summary.errors = dict(errors)
     if reported < sum(errors.values()):
         log(f"... {sum(errors.values()) - reported} more bad lines not shown (counts below)")
-    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": _jsonable(cfg), "summary": asdict(summary),
+    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": jsonable(cfg), "summary": asdict(summary),
                                                                 "tokenizer": tokenizer.identity()})
     return summary
 
@@ -283,7 +232,3 @@ def _start_pool(cfg: PreprocessConfig, settings: dict):
         return None
     return mp.get_context(cfg.start_method).Pool(
         cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings))
-
-
-def _jsonable(cfg: PreprocessConfig) -> dict:
-    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(cfg).items()}

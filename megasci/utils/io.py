@@ -146,3 +146,22 @@ def write_json_atomic(path: str, obj) -> None:
     with atomic_output(path, "w") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def jsonable(value):
+    """A dataclass (or dicts, lists, tuples and sets of them) as plain JSON-ready data, recursively.
+
+    Tuples become lists and sets sorted lists, so a config written to a report reads back as the
+    same plain data whatever container types its fields use, and equal configs give equal files.
+    """
+    from dataclasses import fields, is_dataclass
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(jsonable(item) for item in value)
+    return value

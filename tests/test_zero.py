@@ -19,8 +19,7 @@ from megasci.distributed import AdamWConfig, ZeroAdamW, default_decay
 from megasci.distributed.zero import SHARD_ALIGN
 from megasci.model import build_model, get_config
 
-sys.path.insert(0, os.path.dirname(__file__))
-import zero_worker  # noqa: E402
+import zero_worker
 
 ATOL = {"float32": 1e-4, "float64": 1e-10}
 BULK_ATOL, BULK_FRACTION = 2e-6, 0.999

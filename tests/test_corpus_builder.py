@@ -1,15 +1,23 @@
 """The corpus builder end to end: every input accounted for, clean records, dedup, resume, real sample."""
 
 import glob
+import json
 import os
 import re
 import tarfile
 
 import pytest
 
-from megasci.corpus.builder import BuildConfig, build
+from megasci.corpus import builder
+from megasci.corpus.builder import (PAPER_STAGES, STAGES, BuildConfig, InputResult, Rejection, build,
+                                    process_paper)
+from megasci.corpus.clean import clean_latex
+from megasci.corpus.dedup import exact_key
+from megasci.corpus.filters import check_language
+from megasci.corpus.package import SourcePackage
+from megasci.corpus.sections import compose_document
 from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_arxiv_metadata, write_source_packages
-from megasci.utils.io import iter_json_records
+from megasci.utils.io import iter_json_records, jsonable
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
 UNESCAPED_PERCENT = re.compile(r"(?<!\\)(?:\\\\)*%")
@@ -154,3 +162,57 @@ def test_shards_split_by_record_count_with_the_same_records(tmp_path, sources):
     assert len(shards) == -(-report.written // 3)
     assert [os.path.basename(p) for p in shards] == [f"arxiv-{i:05d}.jsonl.zst" for i in range(len(shards))]
     assert read_records(split) == read_records(whole)
+
+
+def test_the_funnel_is_the_declared_stages_in_order():
+    assert [stage.name for stage in PAPER_STAGES] == ["assembly", "cleaning", "length", "language", "exact_dedup"]
+    assert STAGES == ("archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup",
+                      "near_dedup")
+
+
+def _paper_result(tex: str, **config) -> InputResult:
+    package = SourcePackage(paper_id="2301.00009", source="test:2301.00009", files={"main.tex": tex.encode()})
+    return process_paper((package, None, BuildConfig(sources=[], output="", **config)))
+
+
+def test_a_paper_leaves_at_the_first_stage_that_rejects_it_with_that_stage_timed():
+    tex = paper_tex("Short", "Too short to keep, $x$.")
+    result = _paper_result(tex)
+    assert result.rejection == Rejection("length", "too_short")
+    assert list(result.seconds) == ["assembly", "cleaning", "length"]
+    cleaned = clean_latex(tex)
+    composed, _ = compose_document(cleaned.title, cleaned.abstract, cleaned.text)
+    assert result.chars == {"assembly": len(tex), "cleaning": len(composed)}
+    assert result.record is None and result.has_metadata is False
+    nothing = SourcePackage(paper_id="x", source="x", files={"a.tex": b"text\n", "b.tex": b"text\n"})
+    assert process_paper((nothing, None, BuildConfig(sources=[], output=""))).rejection == Rejection(
+        "assembly", "no_main_file")
+
+
+def test_the_language_stage_is_the_language_filter_of_the_config():
+    tex = paper_tex("Original", words(3))
+    kept = _paper_result(tex)
+    assert kept.rejection is None and kept.record["text"].startswith("\\title{Original}")
+    assert kept.exact_key == exact_key(kept.record["text"]) and len(kept.minhash) == 128
+    assert list(kept.seconds) == ["assembly", "cleaning", "length", "language", "exact_dedup"]
+    cleaned = clean_latex(tex)
+    language, _ = check_language(cleaned.title, cleaned.abstract, cleaned.text)
+    assert language == "en"
+    assert _paper_result(tex, language="de").rejection == Rejection("language", "language_en")
+
+
+def test_a_step_that_fails_rejects_the_paper_at_its_stage(monkeypatch):
+    def broken_cleaner(text, keep_captions=True):
+        raise ValueError("pathological input")
+
+    monkeypatch.setattr(builder, "clean_latex", broken_cleaner)
+    result = _paper_result(paper_tex("Original", words(3)))
+    assert result.rejection == Rejection("cleaning", "error_ValueError")
+    assert list(result.chars) == ["assembly"]
+
+
+def test_unit_lines_read_back_as_the_results_written():
+    result = _paper_result(paper_tex("Original", words(3)))
+    assert InputResult.from_json(json.loads(json.dumps(jsonable(result)))) == result
+    rejected = _paper_result(paper_tex("Short", "Too short."))
+    assert InputResult.from_json(json.loads(json.dumps(jsonable(rejected)))) == rejected

@@ -113,16 +113,16 @@ def expected_funnel(in_scope: int, rows: list[dict]) -> list[dict]:
     return out
 
 
-def _chars_per_token(tokenizer_path: str | None, index) -> tuple[float, int, str]:
+def _chars_per_token(tokenizer_path: str | None, records: list) -> tuple[float, int, str]:
     """(characters per token, vocabulary size, where the figure comes from)."""
     if tokenizer_path is None:
         return DEFAULTS["chars_per_token"], DEFAULTS["vocab_size"], "default (real-sample measurement)"
     from megasci.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
-    if index is None or not len(index):
+    if not records:
         raise ValueError("--tokenizer needs in-scope metadata to measure on (titles and abstracts)")
-    texts = [f"{r.title}\n{r.abstract}" for r, _ in zip(index.records.values(), range(TOKENIZER_SAMPLE_RECORDS))]
+    texts = [f"{r.title}\n{r.abstract}" for r in records[:TOKENIZER_SAMPLE_RECORDS]]
     tokens = sum(len(tokenizer.encode(text)) for text in texts)
     return (sum(map(len, texts)) / tokens, tokenizer.vocab_size,
             f"measured with {tokenizer_path} on {len(texts)} in-scope titles and abstracts")
@@ -134,7 +134,7 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
     """The plan as a JSON-ready dict: exact integers for counts and bytes, sources named for each estimate."""
     first_year, last_year = years
     tars = [t for t in read_manifest(manifest) if first_year <= t.year <= last_year]
-    index, in_scope_ids = None, None
+    in_scope_ids: list[str] = []
     if metadata:
         index = load_metadata(metadata, MetadataFilterConfig(categories=categories, min_first_version_year=first_year))
         in_scope_ids = [key for key, record in index.records.items() if record.year <= last_year]
@@ -152,7 +152,8 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
     rows, funnel_source = _stage_rows(yield_path)
     funnel = expected_funnel(in_scope, rows)
     written = funnel[-1]
-    chars_per_token, vocab_size, token_source = _chars_per_token(tokenizer, index)
+    chars_per_token, vocab_size, token_source = _chars_per_token(
+        tokenizer, [index.records[key] for key in in_scope_ids] if metadata else [])
     tokens = round(written["chars"] / chars_per_token)
     token_bytes = best_token_dtype(vocab_size)().itemsize
     budget = tokens if train_tokens is None else train_tokens

@@ -101,3 +101,18 @@ def test_bad_manifest_names_the_entry(tmp_path, run_tool, capsys):
     bad.write_text("<arXivSRC><file><filename>src/x.tar</filename><size>big</size></file></arXivSRC>")
     assert run_tool("plan_run.py", ["--manifest", str(bad)]) == 1
     assert f"{bad}: <file> 1 (src/x.tar)" in capsys.readouterr().err
+
+
+def test_tokenizer_measures_chars_per_token_on_in_scope_metadata(inputs, tmp_path):
+    from megasci.corpus.synthetic import generate_papers
+    from megasci.plan import plan_run
+    from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
+
+    model = str(tmp_path / "t.model")
+    train_sentencepiece((p["text"] for p in generate_papers(10, seed=1)), model,
+                        SentencePieceTrainConfig(vocab_size=500, num_threads=1))
+    plan = plan_run(inputs[0], [inputs[1]], ("math.*", "cs.*", "hep-th"), (2000, 2020), tokenizer=model)
+    texts = ["T\nAn abstract."] * 3  # the three in-scope papers' titles and abstracts
+    expected = sum(map(len, texts)) / sum(len(load_tokenizer(model).encode(t)) for t in texts)
+    assert plan["chars_per_token"] == round(expected, 4) and plan["token_dtype"] == "uint16"
+    assert plan["vocab_size"] == 500 and "measured" in plan["chars_per_token_source"]

@@ -15,6 +15,8 @@ def is_encrypted(name: str) -> bool:
 class Rejected(Exception):
     """A whole input yields no paper. `reason` is a short stable key counted in the yield report.
 
+    Archive reading and assembly raise it; the builder's paper steps return it as their outcome.
+
     `skipped_members` lists (member, reason) pairs dropped before the package was rejected (a tar of
     only `../` paths is rejected as having no TeX; its members still count as `parent_path`).
     """

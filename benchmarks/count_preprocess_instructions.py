@@ -6,7 +6,7 @@ counts are repeatable. This runs three child processes under callgrind, all with
 imports, corpus loaded, tokenizer loaded, blocks cut.
   setup   that start alone
   raw     + `encode(text)` for every document (list output, as users call it)
-  worker  + the worker's `_encode_block` on every block (JSON parsing, encoding, packing, sidecar)
+  worker  + the worker's `encode_block` on every block (JSON parsing, encoding, packing, sidecar)
 The start is subtracted from the other two. The ratio is the worker's per-token CPU overhead,
 and it excludes pool start-up, transfer between processes and scheduling.
 
@@ -29,16 +29,17 @@ def child(mode: str, corpus: str, model: str) -> None:
     import sentencepiece as spm
 
     import megasci.data.preprocess as pre
+    from megasci.data.records import iter_blocks
 
     texts = [json.loads(line)["text"] for line in open(corpus, "rb")]
     sp = spm.SentencePieceProcessor(model_file=model)
-    pre._init_worker(model, {"json_keys": ["text"], "metadata_keys": ["id", "source", "section"],
-                             "dtype": np.uint16, "append_eod": True})
-    blocks = list(pre._read_blocks([corpus], 1 << 20))
+    pre.init_worker(model, {"json_keys": ["text"], "metadata_keys": ["id", "source", "section"],
+                            "dtype": np.uint16, "append_eod": True})
+    blocks = list(iter_blocks([corpus], 1 << 20))
     if mode == "raw":
         tokens = sum(len(sp.encode(t)) for t in texts)
     elif mode == "worker":
-        tokens = sum(len(pre._encode_block(b)["keys"]["text"][0]) for b in blocks)
+        tokens = sum(len(pre.encode_block(b)["keys"]["text"][0]) for b in blocks)
     else:
         tokens = 0
     print(f"tokens={tokens}")

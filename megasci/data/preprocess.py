@@ -84,18 +84,18 @@ class PreprocessSummary:
         return "\n".join(rows)
 
 
-# Set in each worker by _init_worker, so the tokenizer is loaded once per process.
+# Set in each worker by init_worker, so the tokenizer is loaded once per process.
 _worker_tokenizer: Tokenizer | None = None
 _worker_settings: dict = {}
 
 
-def _init_worker(tokenizer_model: str, settings: dict) -> None:
+def init_worker(tokenizer_model: str, settings: dict) -> None:
     global _worker_tokenizer, _worker_settings
     _worker_tokenizer = load_tokenizer(tokenizer_model)
     _worker_settings = settings
 
 
-def _encode_block(block: RecordBlock) -> dict:
+def encode_block(block: RecordBlock) -> dict:
     """Parse and tokenize one block: per key a flat token array, document lengths and sidecar lines."""
     cpu_start = time.process_time()
     settings = _worker_settings
@@ -179,7 +179,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
         bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B",
                    unit_scale=True, disable=not progress, desc="preprocess", dynamic_ncols=True)
         blocks = iter_blocks(paths, cfg.block_bytes)
-        for block, result in bounded_imap(pool, _encode_block, blocks, in_flight=4 * max(cfg.workers, 1)):
+        for block, result in bounded_imap(pool, encode_block, blocks, in_flight=4 * max(cfg.workers, 1)):
             for kind, line_in_block, message in result["errors"]:
                 errors[kind] += 1
                 where = f"{block.where(lines_before[block.path] + line_in_block + 1)}: {message}"
@@ -228,7 +228,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
 def _start_pool(cfg: PreprocessConfig, settings: dict):
     """A worker pool, or None to encode in this process (workers <= 0: for debugging and profiling)."""
     if cfg.workers <= 0:
-        _init_worker(cfg.tokenizer_model, settings)
+        init_worker(cfg.tokenizer_model, settings)
         return None
     return mp.get_context(cfg.start_method).Pool(
-        cfg.workers, initializer=_init_worker, initargs=(cfg.tokenizer_model, settings))
+        cfg.workers, initializer=init_worker, initargs=(cfg.tokenizer_model, settings))

@@ -18,7 +18,12 @@ Decisions on ambiguous real-world objects (see tests/test_corpus_archive.py):
 
 Rejected reasons: pdf_only, encrypted, html, rar, postscript_only, not_source, empty, corrupt_gzip,
 truncated_tar, corrupt_tar, corrupt_zip, too_many_members, member_too_large, total_too_large, no_tex,
-withdrawn_stub, special_file (a bulk-tar member that is not a regular file).
+withdrawn_stub, special_file (a bulk-tar member that is not a regular file), tar_of_<what it holds>
+(a tar handed in that is neither a paper nor a bulk tar: `tar_of_data+images`).
+
+Layout by content: a tar whose members are mostly per-paper objects named by arXiv id (`YYMM/`, any
+other folder or none; `.gz`, `.tar.gz`, `.tgz`, `.pdf`; `math0303004.gz` or `math/0303004.gz`) and hold no
+source file is a bulk tar, whatever it is called; each member is then one input (`is_bulk_listing`).
 Skipped-member reasons: absolute_path, parent_path, directory, link, special_file, bad_name, __MACOSX,
 appledouble, duplicate_name, nested_archive_too_deep, nested_<rejection reason>.
 """
@@ -46,8 +51,13 @@ _INPUT_EXTENSIONS = (".gz", ".tgz", ".tar", ".tex", ".pdf", ".zip")
 # A LaTeX preamble or body, or plain TeX's end: content that is TeX whatever the file is called.
 _TEX_MARKERS = re.compile(b"|".join(rule.pattern.encode() for rule in (DOCUMENT_CLASS, BEGIN_DOCUMENT)) + rb"|\\bye\b")
 _HTML_PREFIXES = (b"<!doctype html", b"<html", b"<head", b"<body")
-_BULK_MEMBER = re.compile(r"^\d{4}/[^/]+\.(gz|pdf)$")
 _BULK_NAME = re.compile(r"^arXiv_src_\d{4}_\d+\.tar$")
+# What one paper's object is called inside a bulk tar: `<id>.gz` (a gzipped file or tar), `<id>.tar.gz`
+# / `<id>.tgz` (repackaged downloads) or `<id>.pdf` (arXiv keeps only the PDF).
+_PER_PAPER_SUFFIXES = (".tar.gz", ".tgz", ".gz", ".pdf")
+# Member names that tell a paper's own tar from a bulk tar: sources and their support files.
+_SOURCE_FILE_SUFFIXES = TEX_SUFFIXES + _SUPPORT_EXTENSIONS
+BULK_SCAN_MEMBERS = 256  # regular members whose names decide whether a tar is a bulk tar
 
 
 @dataclass(frozen=True)
@@ -316,17 +326,63 @@ def _strip_compression_suffix(name: str) -> str:
     return base[:-3] if base.lower().endswith(".gz") else base
 
 
+def _id_candidates(name: str) -> list[str]:
+    """The spellings of a path that may be an arXiv id: as given, its file name, and its last two parts
+    (old-style `math/0303004.gz` keeps its archive in the folder)."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part]
+    return list(dict.fromkeys([name, *parts[-1:], "/".join(parts[-2:])]))
+
+
+def _canonical_or_none(name: str) -> str | None:
+    from megasci.corpus.arxiv_ids import canonical_id
+
+    for candidate in _id_candidates(name):
+        try:
+            return canonical_id(candidate)
+        except ValueError:
+            continue
+    return None
+
+
 def _paper_id(name: str) -> str:
-    """Canonical arXiv id when arxiv_ids can read one, else the bare file stem."""
+    """Canonical arXiv id when arxiv_ids can read one (under any folder), else the bare file stem."""
     try:
-        from megasci.corpus.arxiv_ids import canonical_id
-        return canonical_id(name)
-    except (ImportError, ValueError):
-        stem = posixpath.basename(name.replace("\\", "/"))
-        for suffix in (".tar.gz", ".tgz", ".gz", ".pdf", ".tar", ".zip", ".tex"):
-            if stem.lower().endswith(suffix):
-                return stem[:-len(suffix)]
-        return stem
+        paper_id = _canonical_or_none(name)
+    except ImportError:
+        paper_id = None
+    if paper_id is not None:
+        return paper_id
+    stem = posixpath.basename(name.replace("\\", "/"))
+    for suffix in (".tar.gz", ".tgz", ".gz", ".pdf", ".tar", ".zip", ".tex"):
+        if stem.lower().endswith(suffix):
+            return stem[:-len(suffix)]
+    return stem
+
+
+def per_paper_archive_id(name: str) -> str | None:
+    """The arXiv id of a member named like one paper's object (`<id>.gz|.tar.gz|.tgz|.pdf`, new or old
+    style, under any folder), else None."""
+    if not name.lower().endswith(_PER_PAPER_SUFFIXES):
+        return None
+    try:
+        return _canonical_or_none(name)
+    except ImportError:
+        return None
+
+
+def is_bulk_listing(regular_members: list[str]) -> bool:
+    """Whether a tar's regular members make it a bulk tar (each member one paper) rather than one paper.
+
+    Most members must be per-paper objects named by arXiv id and none a source file (`.tex`, `.sty`,
+    `.bib`…): a paper's own tar always holds its source, and may hold its own `<id>.pdf` beside it, while
+    a mirror's bundle may hold a stray README beside thousands of papers (that member is then an input
+    of its own, rejected with its reason). macOS metadata (`__MACOSX/`, `._*`, `.DS_Store`) is not counted.
+    """
+    names = [name for name in regular_members if _safe_name(name)[1] not in ("__MACOSX", "appledouble")]
+    if any(name.lower().endswith(_SOURCE_FILE_SUFFIXES) for name in names):
+        return False
+    papers = sum(per_paper_archive_id(name) is not None for name in names)
+    return papers > 0 and 2 * papers >= len(names)
 
 
 def _is_tex(name: str, data: bytes) -> bool:
@@ -383,22 +439,48 @@ def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,
                          skipped_members=collector.skipped)
 
 
-def _looks_like_bulk_tar(path: str) -> bool:
-    """arXiv's `arXiv_src_YYMM_NNN.tar`, or any tar whose first files are `YYMM/<id>.gz|.pdf`."""
-    if _BULK_NAME.match(os.path.basename(path)):
-        return True
-    try:
-        with open(path, "rb") as handle:
-            if not _is_tar_header(handle.read(512)):
-                return False
-            handle.seek(0)
-            with tarfile.open(fileobj=handle, mode="r|") as tar:
-                for _, member in zip(range(4), tar):
-                    if member.isfile():
-                        return bool(_BULK_MEMBER.match(member.name))
-    except (tarfile.TarError, OSError, EOFError):
-        return False
-    return False
+def _tar_listing(path: str) -> list[str] | None:
+    """Names of the first `BULK_SCAN_MEMBERS` regular members of a tar file (headers only, data skipped),
+    or None when the file is not a tar. A tar that breaks off after some members lists those."""
+    with open(path, "rb") as handle:
+        if not _is_tar_header(handle.read(512)):
+            return None
+        handle.seek(0)
+        names: list[str] = []
+        try:
+            tar = tarfile.open(fileobj=handle, mode="r:")
+            while len(names) < BULK_SCAN_MEMBERS and (member := tar.next()) is not None:
+                if member.isreg():
+                    names.append(member.name)
+        except (tarfile.TarError, EOFError, ValueError, OverflowError):
+            pass
+        return names
+
+
+_CONTENT_CATEGORIES = (  # what a tar that is no paper holds, by file suffix, for its rejection reason
+    ("images", (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".svg", ".eps", ".ps", ".fig")),
+    ("documents", (".pdf", ".doc", ".docx", ".odt", ".djvu", ".rtf", ".html", ".htm", ".md", ".txt")),
+    ("data", (".csv", ".tsv", ".json", ".jsonl", ".xml", ".dat", ".h5", ".hdf5", ".npy", ".npz", ".mat", ".parquet")),
+    ("code", (".py", ".c", ".h", ".cc", ".cpp", ".f", ".f90", ".m", ".r", ".jl", ".sh", ".ipynb", ".java", ".js")),
+    ("archives", _NESTED_ARCHIVE_EXTENSIONS + (".gz", ".bz2", ".xz", ".7z", ".rar")),
+)
+
+
+def _content_category(name: str) -> str:
+    lowered = name.lower()
+    return next((category for category, suffixes in _CONTENT_CATEGORIES if lowered.endswith(suffixes)), "other")
+
+
+def _not_a_paper(listing: list[str], rejected: Rejected) -> Rejected:
+    """A tar that is neither a paper nor a bulk tar: the reason names what it holds (`tar_of_data+images`),
+    the detail how many files of each kind and a few of their names."""
+    by_category: dict[str, list[str]] = {}
+    for name in listing:
+        by_category.setdefault(_content_category(name), []).append(name)
+    detail = "; ".join(f"{len(names)} {category} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                       for category, names in sorted(by_category.items()))
+    return Rejected("tar_of_" + "+".join(sorted(by_category)), f"neither a paper nor a bulk tar of papers: {detail}",
+                    skipped_members=rejected.skipped_members)
 
 
 def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
@@ -438,10 +520,19 @@ def _read_file(path: str, limits: ArchiveLimits) -> SourcePackage | Rejected:
 
 
 def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
-    if path.lower().endswith(".tar") and _looks_like_bulk_tar(path):
+    """A bulk tar (arXiv's name, or members that say so, whatever the file is called) streams one input
+    per member; anything else is one paper's object, and a tar without TeX says what it holds instead."""
+    try:
+        listing = _tar_listing(path)
+    except OSError:
+        listing = None
+    if _BULK_NAME.match(os.path.basename(path)) or (listing is not None and is_bulk_listing(listing)):
         yield from _iter_bulk_tar(path, limits)
-    else:
-        yield path, _read_file(path, limits)
+        return
+    outcome = _read_file(path, limits)
+    if listing and isinstance(outcome, Rejected) and outcome.reason == "no_tex":
+        outcome = _not_a_paper(listing, outcome)
+    yield path, outcome
 
 
 def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None

@@ -8,6 +8,11 @@ one onto transformers' LlamaForCausalLM (see hf_mapping.py). Training policy (ac
 checkpointing, torch.compile) is applied from outside, by `megasci.training.parallelize`; the
 weightless attention core and SwiGLU activation are submodules so that it can wrap them.
 
+Packed samples (document masking): `forward` takes each token's position in its document and its
+document's id; positions pick the RoPE rows, so every document starts at position 0, and the ids go
+to the attention op, which masks block-causally. Without them, positions are 0..S-1 and one causal
+mask spans the sample.
+
 For generation, `Transformer.decode` runs new tokens against a `KVCache` of the keys and values of
 the tokens before them, so a step computes the projections and MLP of the new tokens only
 (see generate.py).
@@ -37,9 +42,9 @@ class AttentionCore(nn.Module):
     """Everything between the QKV and output projections (RoPE, softmax(QK^T)V): no weights, so a
     module of its own that an activation-checkpointing policy can wrap and rerun cheaply."""
 
-    def forward(self, q, k, v, cos, sin):
+    def forward(self, q, k, v, cos, sin, segment_ids=None):
         q, k = ops.apply_rotary(q, k, cos, sin)
-        return ops.attention(q, k, v, causal=True)
+        return ops.attention(q, k, v, causal=True, segment_ids=segment_ids)
 
 
 class SwiGLU(nn.Module):
@@ -83,13 +88,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
         self.core = AttentionCore()
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, segment_ids=None):
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, self.n_heads, self.head_dim)
         k = self.wk(x).view(b, s, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(b, s, self.n_kv_heads, self.head_dim)
         if cache is None:
-            y = self.core(q, k, v, cos, sin)
+            y = self.core(q, k, v, cos, sin, segment_ids)
         else:
             q, k = ops.apply_rotary(q, k, cos, sin)
             k, v = cache.update(self.layer_idx, k, v)
@@ -117,8 +122,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache=cache)
+    def forward(self, x, cos, sin, cache: KVCache | None = None, segment_ids=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache=cache, segment_ids=segment_ids)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -148,20 +153,26 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, tokens, labels=None):
+    def forward(self, tokens, labels=None, positions=None, segment_ids=None, **loss_options):
         """tokens [B, S] -> logits [B, S, V]; with labels [B, S] (already shifted, -100 = ignore),
-        the mean cross-entropy instead, computed in chunks so the full logits never exist."""
+        the mean cross-entropy instead, computed in chunks so the full logits never exist
+        (`loss_options` go to `ops.cross_entropy_loss`). `positions` and `segment_ids` [B, S]
+        describe packed documents (see the module docstring); give both or neither."""
         seq_len = tokens.shape[1]
         if seq_len > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if (positions is None) != (segment_ids is None):
+            raise ValueError("packed documents need both positions and segment_ids")
         x = self.embed(tokens)
         cos, sin = ops.rotary_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
+        if positions is not None:
+            cos, sin = cos[positions], sin[positions]  # [B, S, D]: each document from position 0
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, segment_ids=segment_ids)
         x = self.norm(x)
         if labels is None:
             return self.output(x)
-        return ops.cross_entropy_loss(x, self.output.weight, labels)
+        return ops.cross_entropy_loss(x, self.output.weight, labels, **loss_options)
 
     def decode(self, tokens, cache: KVCache, last_only: bool = False):
         """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the

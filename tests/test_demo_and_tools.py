@@ -77,3 +77,5 @@ def test_merge_tool_merges_tokens_and_sidecars(demo_run, tmp_path, capsys, run_t
     assert merged.num_documents == da.num_documents + db.num_documents
     assert np.array_equal(merged.get_document(da.num_documents), db.get_document(0))
     assert len(read_sidecar(str(tmp_path / "m"))) == merged.num_documents
+    with open(a + ".tokenizer.json") as fa, open(str(tmp_path / "m") + ".tokenizer.json") as fm:
+        assert json.load(fm) == json.load(fa)  # both inputs record the same tokenizer: so does the merge

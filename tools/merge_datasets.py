@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Concatenate indexed datasets (same dtype) into one, in the order given; sidecars are merged too."""
+"""Concatenate indexed datasets (same dtype) into one, in the order given; sidecars and the recorded
+tokenizer (when every input has them) are merged too."""
 
 import argparse
 import glob
@@ -7,6 +8,7 @@ import os
 import sys
 
 from megasci.data.indexed_dataset import IndexedDatasetError, merge_datasets
+from megasci.data.provenance import common_tokenizer, record_tokenizer, tokenizer_record_path
 from megasci.data.sidecar import merge_sidecars, sidecar_path
 
 
@@ -23,14 +25,19 @@ def main(argv=None) -> int:
         else:
             prefixes.append(entry)
     try:
+        tokenizer = common_tokenizer(prefixes)
         merged = merge_datasets(prefixes, args.output_prefix)
     except (IndexedDatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     with_sidecar = merge_sidecars(prefixes, args.output_prefix)
+    if tokenizer is not None:
+        record_tokenizer(args.output_prefix, tokenizer)
     print(f"merged {len(prefixes)} datasets -> {args.output_prefix}.bin/.idx: "
           f"{merged.num_documents:,} documents, {merged.num_tokens:,} tokens ({merged.dtype})"
-          + (f", sidecar {sidecar_path(args.output_prefix)}" if with_sidecar else ", no sidecar (not every input has one)"))
+          + (f", sidecar {sidecar_path(args.output_prefix)}" if with_sidecar else ", no sidecar (not every input has one)")
+          + (f", tokenizer {tokenizer_record_path(args.output_prefix)}" if tokenizer is not None
+             else ", no tokenizer record (not every input has one)"))
     return 0
 
 

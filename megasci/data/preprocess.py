@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
+from megasci.data.provenance import output_prefix_for, record_tokenizer, report_path_for
 from megasci.data.records import BadRecord, RecordBlock, iter_blocks, read_block
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import Tokenizer, load_tokenizer
@@ -143,11 +144,6 @@ def encode_block(block: RecordBlock) -> dict:
     return out
 
 
-def output_prefix_for(output_prefix: str, key: str) -> str:
-    """Megatron's naming: `<prefix>_<key>_document`."""
-    return f"{output_prefix}_{key}_document"
-
-
 def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> PreprocessSummary:
     """Tokenize `cfg.inputs` into one dataset (+ sidecar) per JSON key; outputs appear only when complete."""
     from tqdm import tqdm
@@ -203,9 +199,10 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
             first = cfg.json_keys[0]
             bar.set_postfix_str(f"{summary.documents[first] / elapsed:,.0f} docs/s "
                                 f"{summary.tokens[first] / elapsed:,.0f} tok/s", refresh=False)
-        for key in outputs:
+        for key, prefix in outputs.items():
             writers[key].finalize()
             sidecars[key].finalize()
+            record_tokenizer(prefix, tokenizer.identity())
     except BaseException:
         for key in outputs:
             writers[key].discard()
@@ -220,7 +217,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     summary.errors = dict(errors)
     if reported < sum(errors.values()):
         log(f"... {sum(errors.values()) - reported} more bad lines not shown (counts below)")
-    write_json_atomic(f"{cfg.output_prefix}_preprocess.json", {"config": jsonable(cfg), "summary": asdict(summary),
+    write_json_atomic(report_path_for(cfg.output_prefix), {"config": jsonable(cfg), "summary": asdict(summary),
                                                                 "tokenizer": tokenizer.identity()})
     return summary
 

@@ -1,8 +1,11 @@
-"""What a dataset records about how it was made: its preprocessing report and its tokenizer.
+"""What a dataset records about how it was made: the tokenizer that wrote its ids, and its report.
 
-`megasci.data.preprocess` names a run's outputs `output_prefix_for(out, key)` = `<out>_<key>_document`
-and writes one report, `<out>_preprocess.json`, whose `summary.outputs[key]` is that prefix and whose
-`tokenizer` is the identity of the tokenizer used. From a dataset prefix alone `<out>` is ambiguous
+Every writer of token datasets (preprocess, preprocess_sft, merge) records the identity of its
+tokenizer beside the dataset, in `<prefix>.tokenizer.json` (`record_tokenizer`); that is the rule,
+and merging keeps it only when every input agrees. Datasets written before that record existed are
+traced through their preprocessing report instead: preprocessing names a run's outputs
+`output_prefix_for(out, key)` = `<out>_<key>_document` and writes one report, `<out>_preprocess.json`,
+whose `summary.outputs[key]` is that prefix and whose `tokenizer` is the identity of the tokenizer used. From a dataset prefix alone `<out>` is ambiguous
 (both `<out>` and the JSON key may contain underscores), so the rule is: the report of a prefix is
 `<out>_preprocess.json` for the longest `<out>` for which the report exists and names this very
 prefix under the key that the rest of the name spells. A report that lists the prefix under another
@@ -14,10 +17,46 @@ from __future__ import annotations
 import json
 import os
 
-from megasci.data.preprocess import output_prefix_for
-from megasci.utils.io import file_sha256
+from megasci.utils.io import file_sha256, write_json_atomic
 
 DOCUMENT_SUFFIX = "_document"
+
+
+def output_prefix_for(output_prefix: str, key: str) -> str:
+    """Megatron's naming of a preprocessing output: `<prefix>_<key>_document`."""
+    return f"{output_prefix}_{key}{DOCUMENT_SUFFIX}"
+
+
+def tokenizer_record_path(prefix: str) -> str:
+    return f"{os.fspath(prefix)}.tokenizer.json"
+
+
+def record_tokenizer(prefix: str, identity: dict) -> None:
+    """Write the identity (`Tokenizer.identity()`) of the tokenizer that produced dataset `prefix`."""
+    write_json_atomic(tokenizer_record_path(prefix), identity)
+
+
+def recorded_tokenizer(prefix: str) -> dict | None:
+    path = tokenizer_record_path(prefix)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a JSON tokenizer identity ({e})") from None
+
+
+def common_tokenizer(prefixes: list[str]) -> dict | None:
+    """The tokenizer every input records, for their merge; None when some input records none. Inputs
+    that record different tokenizers cannot be merged into one id space: that is an error."""
+    records = [recorded_tokenizer(p) for p in prefixes]
+    known = [(p, r) for p, r in zip(prefixes, records) if r is not None]
+    for prefix, record in known[1:]:
+        if _compare_identity(tokenizer_record_path(prefix), record, known[0][1]):
+            raise ValueError(f"{tokenizer_record_path(prefix)} and {tokenizer_record_path(known[0][0])} record "
+                             f"different tokenizers: their token ids do not mean the same thing")
+    return known[0][1] if known and len(known) == len(prefixes) else None
 
 
 def report_path_for(output_prefix: str) -> str:
@@ -50,15 +89,14 @@ def preprocess_report(prefix: str) -> str | None:
 
 def tokenizer_warnings(prefix: str, identity: dict | None) -> list[str]:
     """Reasons to doubt that `prefix` was tokenized with the tokenizer of `identity`, from what the
-    dataset records: a `<prefix>.tokenizer.json` identity, or its preprocessing report. Nothing
+    dataset records: its `<prefix>.tokenizer.json`, else its preprocessing report. Nothing
     recorded: no warnings. Training refuses data with warnings; evaluation prints them."""
     if not identity:
         return []
     warnings = []
-    recorded = f"{prefix}.tokenizer.json"
-    if os.path.isfile(recorded):
-        with open(recorded, encoding="utf-8") as f:
-            warnings += _compare_identity(recorded, json.load(f), identity)
+    record = recorded_tokenizer(prefix)
+    if record is not None:
+        return _compare_identity(tokenizer_record_path(prefix), record, identity)
     report = preprocess_report(prefix)
     if report is not None:
         with open(report, encoding="utf-8") as f:

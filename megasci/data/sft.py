@@ -28,6 +28,7 @@ from xml.parsers import expat
 import numpy as np
 
 from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
+from megasci.data.provenance import record_tokenizer
 from megasci.data.records import BadRecord, iter_records
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import ChatFormatError, load_tokenizer
@@ -469,6 +470,7 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
         tokens_out.finalize()
         mask_out.finalize()
         sidecar.finalize()
+        record_tokenizer(outputs["tokens"], tokenizer.identity())
     except BaseException:
         tokens_out.discard()
         mask_out.discard()

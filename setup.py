@@ -35,7 +35,9 @@ setup(
         "tensorboard>=2.10",
     ],
     extras_require={
-        "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4", "pyarrow>=14"],
+        # triton is pinned to a release whose CPU interpreter runs our kernels, so CI tests them on every change.
+        "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4", "pyarrow>=14",
+                "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # Parquet input for preprocessing (OpenWebMath ships as Parquet); JSONL needs nothing extra.
         "parquet": ["pyarrow>=14"],
         # Optional accelerators: import-guarded, never required for the fast path.

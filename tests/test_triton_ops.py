@@ -1,25 +1,28 @@
-"""Our Triton RMSNorm and SwiGLU kernels against the reference paths, forward and backward.
+"""Our Triton kernels against the reference paths, forward and backward.
 
-Verified under the Triton interpreter on CPU only: TRITON_INTERPRET=1 is set below, before megasci
-imports its triton kernels, so they run in numpy. Performance and correctness on real hardware
-(compilation, warps, the GPU's rounding) must be checked on a GPU, with benchmarks/bench_model.py in a
-GPU session.
+Without CUDA, TRITON_INTERPRET=1 is set below, before megasci imports its triton kernels, so they run in
+Triton's CPU interpreter (numpy); with CUDA the same tests run the compiled kernels. Every test here is
+marked ``gpu``, so a GPU session runs them with ``pytest -m gpu``.
 """
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed; the triton backends are not registered as available",
                 allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
 
 import megasci.ops as ops  # noqa: E402
 from megasci.ops import backends as registry  # noqa: E402

@@ -10,6 +10,10 @@ The kernels use their own ``_add`` and ``_sigmoid`` instead of ``tl.sum``, ``tl.
 when triton was imported before ``TRITON_INTERPRET=1`` was set (transformers imports triton, so a test
 run does that), and the interpreter cannot call them. The generated GPU code is the same.
 
+Loops with a run-time trip count are ``while`` loops over a tensor counter, not ``for ... in range(a, b)``:
+the interpreter holds scalars as one-element arrays, and ``range()`` converts its bounds with ``int()``,
+which numpy 2 refuses for those (Triton 3.6 under numpy 2.4). Compiled, both are the same scf loop.
+
 Numerics follow the reference paths: RMSNorm takes its statistics in float32, casts the normalised row
 back to the input dtype, then multiplies by the weight (transformers' LlamaRMSNorm order); SwiGLU
 computes in float32 and stores in the input dtype. Gradients are computed in float32 throughout.
@@ -58,9 +62,9 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, n_rows, n_cols, rows_per_progr
     mask = cols < n_cols
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.full((BLOCK,), 0.0, tl.float32)
-    row_start = pid.to(tl.int64) * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    for row in range(row_start, row_end):
+    row = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row + rows_per_program, n_rows)
+    while row < row_end:  # see the module docstring: a `while`, because the interpreter's range() fails
         x = tl.load(X + row * n_cols + cols, mask=mask, other=0.0)
         dy = tl.load(DY + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(RSTD + row)
@@ -69,6 +73,7 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, n_rows, n_cols, rows_per_progr
         g = dy * w
         dx = rstd * (g - h * (tl.reduce(g * h, 0, _add) / n_cols))
         tl.store(DX + row * n_cols + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        row += 1
     tl.store(DW_PARTIAL + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
 

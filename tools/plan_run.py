@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Plan an arXiv run before downloading anything: tars and bytes to fetch, papers, characters and tokens
+r"""Plan an arXiv run before downloading anything: tars and bytes to fetch, papers, characters and tokens
 after each stage, disk for every intermediate, and training time.
 
     python tools/plan_run.py --manifest arXiv_src_manifest.xml --metadata arxiv-metadata-oai-snapshot.json \

@@ -16,19 +16,36 @@ import torch
 
 from megasci.distributed import print_rank0
 
-# Dense bf16 tensor-core peak per device, TFLOP/s (vendor data sheets, SXM parts).
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
+# Dense (no 2:4 sparsity) bf16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets (the dense figure,
+# or half the sparse one where only that is printed), keyed by the exact `torch.cuda.get_device_name`
+# string: variants of one chip differ in clocks and power (H100 PCIe and NVL are not the SXM part), and
+# a substring would let "NVIDIA L40" match "NVIDIA L4".
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989.4,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.5,
+    "NVIDIA H200": 989.4,  # H200 SXM
+    "NVIDIA H200 NVL": 835.5,
+    "NVIDIA H800": 989.4,  # H800 SXM5
+    "NVIDIA H800 PCIe": 756.0,
+    "NVIDIA H20": 148.0,
+    "NVIDIA A100-SXM4-40GB": 312.0,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA A100-PCIE-40GB": 312.0,
+    "NVIDIA A100 80GB PCIe": 312.0,
+    "NVIDIA L4": 121.0,
+    "NVIDIA L40": 181.05,
+    "NVIDIA L40S": 362.05,
+    "NVIDIA B200": 2250.0,
+}
 
 
 def device_peak_tflops(device: torch.device) -> float | None:
-    """The bf16 peak of a known GPU by name; None on CPU or an unknown GPU (MFU is then not reported)."""
+    """The dense bf16 peak of a known GPU by exact name; None on CPU or an unknown GPU (then MFU is not
+    reported unless `train.peak_tflops` gives the peak)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_TFLOPS.items():
-        if key in name:
-            return peak
-    return None
+    return PEAK_TFLOPS.get(torch.cuda.get_device_name(device).strip())
 
 
 class MetricsLog:

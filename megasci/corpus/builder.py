@@ -204,6 +204,7 @@ class InputResult:
     chars: dict[str, int] = field(default_factory=dict)  # paper stage -> characters left after it
     seconds: dict[str, float] = field(default_factory=dict)  # paper stage -> its time on this paper
     language_flip: bool = False
+    emails_removed: int = 0  # e-mail addresses cleaning took out of this paper
     record: dict | None = None
     exact_key: str = ""
     minhash: list[int] = field(default_factory=list)
@@ -265,6 +266,7 @@ def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> Input
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_handler)
     result.language_flip = paper.language_flip
+    result.emails_removed = paper.cleaned.stats["emails_removed"] if paper.cleaned else 0
     if result.rejection is None:
         result.record, result.exact_key, result.minhash = paper.record(), paper.exact_key, paper.minhash
     return result
@@ -362,6 +364,7 @@ class YieldReport:
     funnel: list[dict] = field(default_factory=list)  # per stage: papers and characters left after it
     rejections: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> reason -> papers
     language_flips: int = 0
+    emails_removed: int = 0  # e-mail addresses taken out of the papers that reached cleaning
     metadata_lines: dict[str, int] = field(default_factory=dict)  # snapshot lines by filter outcome
     sources_with_metadata: int = 0  # packages that reached assembly with / without a metadata record
     sources_without_metadata: int = 0
@@ -377,7 +380,8 @@ class YieldReport:
             lines.append(f"{row['stage']:<12} {row['papers']:>12,} {chars:>15}  "
                          + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
         lines.append(f"{self.written:,} of {self.inputs:,} inputs written; language detection changed for "
-                     f"{self.language_flips:,} papers when math was masked")
+                     f"{self.language_flips:,} papers when math was masked; "
+                     f"{self.emails_removed:,} e-mail addresses removed")
         if self.metadata_lines:
             lines.append(f"metadata: {sum(self.metadata_lines.values()):,} snapshot lines, "
                          f"{self.metadata_lines.get('kept', 0):,} in scope; sources with metadata "
@@ -407,6 +411,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     for result in iter_unit_results(unit_dir, keys):
         report.inputs += 1
         report.language_flips += result.language_flip
+        report.emails_removed += result.emails_removed
         skipped.update(result.skipped_members)
         if result.has_metadata is not None:
             report.sources_with_metadata += result.has_metadata

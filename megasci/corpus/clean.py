@@ -142,8 +142,20 @@ def _plain_name(printed: str) -> str:
     return re.sub(r"\\[a-zA-Z]+\s*|[{}]", "", accents_to_unicode(printed, Counter())).strip()
 
 
-_FRONT_MATTER = re.compile(r"\\(title|author|address|affiliation|affil|institute|email|date|thanks)"
-                           r"(?![a-zA-Z])\s*(?:\[[^\]]*\]\s*)?(?=\{)")
+# The \maketitle area: who wrote the paper, where they work, how to reach them, what funded it.
+# Names and addresses are not paper text. Each command with the braced arguments it takes (REVTeX,
+# elsarticle, IEEEtran, AMS, LLNCS, AASTeX, ICML, svjour forms).
+_FRONT_MATTER_ARGS = {
+    "title": 1, "author": 1, "address": 1, "affiliation": 1, "affil": 1, "institute": 1, "institution": 1,
+    "email": 1, "date": 1, "thanks": 1, "curraddr": 1, "urladdr": 1, "homepage": 1, "orcid": 1, "ead": 1,
+    "dedicatory": 1, "collaboration": 1, "altaffiltext": 2, "tnotetext": 1, "fntext": 1,
+    "cortext": 1, "IEEEauthorblockN": 1, "IEEEauthorblockA": 1, "icmlauthor": 2, "icmlaffiliation": 2,
+    "icmlcorrespondingauthor": 2, "correspondingauthor": 1, "authorinfo": 3, "titlerunning": 1,
+    "authorrunning": 1, "shorttitle": 1, "shortauthors": 1, "markboth": 2, "preprint": 1, "pacs": 1, "PACS": 1,
+    "subjclass": 1, "received": 1, "accepted": 1, "revised": 1, "published": 1, "journal": 1, "catchline": 5,
+}
+_FRONT_MATTER = re.compile(r"\\(" + "|".join(sorted(_FRONT_MATTER_ARGS, key=len, reverse=True)) + r")"
+                           r"(?![a-zA-Z])\*?\s*(?:\[[^\]]*\]\s*)?(?=\{)")
 _ABSTRACT_ENV = re.compile(r"\\begin\{abstract\}(?s:(.*?))\\end\{abstract\}")
 _ABSTRACT_CMD = re.compile(r"\\abstract\s*(?=\{)")
 _THANKS = re.compile(r"\\thanks\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}")  # braces nest two deep
@@ -153,23 +165,30 @@ def extract_front_matter(text: str, stats: Counter) -> tuple[str, str | None, st
     """(text without front matter, raw title, raw abstract).
 
     The first ``\\title`` gives the title (``\\thanks`` dropped, ``\\\\`` → space); the first
-    ``abstract`` environment or ``\\abstract{…}`` the abstract. Author, address, e-mail and date
-    commands are dropped with a trailing comma: names and addresses are not paper text.
+    ``abstract`` environment or ``\\abstract{…}`` the abstract. Author, affiliation, address, e-mail,
+    funding and running-head commands (``_FRONT_MATTER_ARGS``) are dropped with their arguments and a
+    trailing comma: names and addresses are not paper text.
     """
     title = abstract = None
     out, last = [], 0
     for m in _FRONT_MATTER.finditer(text):
         if m.start() < last:
             continue
-        group = braced(text, m.end())
-        if group is None:
+        groups, end = [], m.end()
+        for _ in range(_FRONT_MATTER_ARGS[m.group(1)]):
+            group = braced(text, skip_space(text, end))
+            if group is None:
+                break
+            groups.append(group[0])
+            end = group[1]
+        if not groups:
             continue
         out.append(text[last:m.start()])
-        last = group[1]
+        last = end
         if text.startswith(",", last):
             last += 1
         if m.group(1) == "title" and title is None:
-            title = _THANKS.sub("", group[0]).replace("\\\\", " ")
+            title = _THANKS.sub("", groups[0]).replace("\\\\", " ")
     out.append(text[last:])
     text = "".join(out)
     m = _ABSTRACT_ENV.search(text)
@@ -302,23 +321,151 @@ def unwrap_formatting(text: str, stats: Counter) -> str:
     return _DECLARATION.sub("", text)
 
 
-# Bibliography, graphics, spacing, page layout and title-page commands: nothing here is paper text.
+# Bibliography and graphics commands, and TeX's own spacing with a bare dimension: nothing here is paper text.
+_UNIT = r"(?:true)?(?:pt|cm|mm|in|em|ex|bp|pc|sp|dd|cc|mu)"
+_DIMEN = r"-?(?:[\d.]+\s*" + _UNIT + r"|[\d.]*\s*\\[a-zA-Z@]+)(?:\s+plus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?" \
+         r"(?:\s+minus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?"
+# Length and count registers papers set in their body (plain TeX style: `\baselineskip=18pt`).
+_REGISTERS = ("baselineskip|baselinestretch|parindent|parskip|hsize|vsize|hoffset|voffset|textwidth|textheight"
+              "|topmargin|oddsidemargin|evensidemargin|headheight|headsep|footskip|columnsep|tabcolsep|arraycolsep"
+              "|arraystretch|jot|abovedisplayskip|belowdisplayskip|abovecaptionskip|belowcaptionskip|overfullrule"
+              "|unitlength|epsfxsize|epsfysize|linewidth|leftmargin|itemsep|topsep|labelsep|footnotesep|mathsurround"
+              "|magnification|tolerance|emergencystretch|hbadness|vbadness|hfuzz|vfuzz|pretolerance|clubpenalty"
+              "|widowpenalty|displaywidowpenalty|interlinepenalty")
 _NON_TEXT = re.compile(r"\\begin\{thebibliography\}(?s:.*?)(?:\\end\{thebibliography\}|$)"
-                       r"|\\(?:bibliography|bibliographystyle|addbibresource|includegraphics)\*?\s*"
-                       r"(?:\[[^\]]*\])?\s*\{[^{}]*\}|\\printbibliography(?:\[[^\]]*\])?"
-                       r"|\\(?:vspace|hspace|addvspace|thispagestyle|pagestyle|enlargethispage)\*?\s*\{[^{}]*\}"
-                       r"|\\(?:setcounter|addtocounter|setlength|addtolength)\s*\{[^{}]*\}\s*\{[^{}]*\}"
-                       r"|\\(?:vskip|hskip|kern)\s*-?[\d.]+\s*(?:true)?(?:pt|cm|mm|in|em|ex|bp|pc|sp|dd|cc)"
-                       r"|\\(?:medskip|smallskip|bigskip|noindent|indent|newpage|clearpage|cleardoublepage|pagebreak"
-                       r"|nopagebreak|linebreak|break|vfill|hfill|centering|raggedright|raggedleft|sloppy|fussy"
-                       r"|maketitle|tableofcontents|listoffigures|listoftables|makeatletter|makeatother|protect"
-                       r")(?![a-zA-Z])[ \t]*")
+                       r"|\\(?:bibliography|bibliographystyle|addbibresource|includegraphics|epsfig|psfig|epsffile"
+                       r"|epsfbox)\*?\s*(?:\[[^\]]*\])?\s*\{[^{}]*\}|\\printbibliography(?:\[[^\]]*\])?"
+                       r"|\\(?:vskip|hskip|kern|vspace|hspace|mskip|moveleft|moveright|raise|lower)\*?\s*" + _DIMEN +
+                       r"|\\(?:" + _REGISTERS + r")(?![a-zA-Z])\s*=?\s*(?:\\magstep\s*\d|\d+(?![\d.]*\s*[a-z\\])|"
+                       + _DIMEN + r")"
+                       r"|\\(?:newdimen|newcount|newskip|newbox|newtoks|newlength|newfam)\s*\{?\s*\\[a-zA-Z@]+\s*\}?"
+                       r"|\\(?:textfont|scriptfont|scriptscriptfont)\s*\\?\w+\s*=\s*\\[a-zA-Z@]+"
+                       r"|\\font\s*\\[a-zA-Z@]+\s*=?\s*[\w-]+(?:\s+(?:at\s*[\d.]+\s*" + _UNIT + r"|scaled\s*\\?\w+))?")
 
 
 def drop_non_text(text: str, stats: Counter) -> str:
-    """Drop the reference list, ``\\bibliography``, stray ``\\includegraphics`` and layout commands."""
+    """Drop the reference list, ``\\bibliography``, stray ``\\includegraphics`` and TeX spacing."""
     text, count = _NON_TEXT.subn("", text)
     stats["non_text_commands_removed"] += count
+    return text
+
+
+# Layout-only commands, each with its arguments: `o` an optional ``[…]`` and `m` a braced argument,
+# both dropped, `k` a braced argument whose content is kept (``\textsuperscript{1}`` → ``1``,
+# ``\centerline{x}`` → ``x``). A bare command also takes a following ``{}`` with it (``\today{}``).
+# Inside math these are the math's business (``\hspace`` in ``$…$``, ``\quad``): math is hidden first.
+LAYOUT_COMMANDS = {
+    **dict.fromkeys(("xspace", "today", "maketitle", "par", "indent", "noindent", "newpage", "clearpage",
+                     "cleardoublepage", "pagebreak", "nopagebreak", "linebreak", "nolinebreak", "newline", "break",
+                     "allowbreak", "medskip", "smallskip", "bigskip", "vfill", "hfill", "vfil", "hfil", "hss",
+                     "vss", "centering", "raggedright", "raggedleft", "sloppy", "fussy", "protect", "relax",
+                     "tableofcontents", "listoffigures", "listoftables", "makeatletter", "makeatother",
+                     "onecolumn", "twocolumn", "selectfont", "frenchspacing",
+                     "nonfrenchspacing", "and", "AND", "And", "noaffiliation", "leavevmode", "null", "strut",
+                     "nobreak", "quad", "qquad", "enspace", "thinspace", "negthinspace", "displaystyle",
+                     "flushbottom", "raggedbottom", "singlespacing", "onehalfspacing", "doublespacing",
+                     "normalbaselines", "offinterlineskip", "bye", "eject", "supereject", "acknowledgments",
+                     "acknowledgements", "justifying", "mainmatter", "frontmatter", "backmatter", "narrower",
+                     "obeylines", "singlespace", "doublespace", "flushleft", "flushright"), ""),
+    **dict.fromkeys(("vspace", "hspace", "addvspace", "thispagestyle", "pagestyle", "enlargethispage", "phantom",
+                     "hphantom", "vphantom", "newcounter", "stepcounter", "refstepcounter", "pagenumbering",
+                     "altaffilmark", "inst", "IEEEauthorrefmark", "thanksref", "corref", "fnref", "tnoteref",
+                     "footnotetext", "color", "linespread", "setstretch", "fontsize", "usefont", "fontfamily",
+                     "fontseries", "fontshape", "DeclareGraphicsExtensions", "graphicspath", "hypersetup",
+                     "special", "linethickness", "setcitestyle", "initfloatingfigs"), "m"),
+    **dict.fromkeys(("setcounter", "addtocounter", "setlength", "addtolength", "settowidth", "settoheight",
+                     "settodepth"), "mm"),
+    **dict.fromkeys(("footnotemark", "hyphenation"), "o"),
+    **dict.fromkeys(("textsuperscript", "textsubscript", "centerline", "leftline", "rightline", "uppercase",
+                     "lowercase", "MakeUppercase", "MakeLowercase", "nolinkurl", "ensuremath", "underbar",
+                     "vbox"), "k"),
+    **dict.fromkeys(("makebox", "framebox"), "ook"),
+    "parbox": "ooomk", "raisebox": "mook", "textcolor": "mk", "colorbox": "mk", "fcolorbox": "mmk",
+    "scalebox": "mok", "resizebox": "mmk", "rotatebox": "omk", "hyperlink": "mk", "hypertarget": "mk",
+    "rule": "omm", "hrule": "", "vrule": "", "smash": "ok", "adjustbox": "mk", "IEEEPARstart": "kk",
+}
+_LAYOUT_COMMAND = re.compile(r"\\(" + "|".join(sorted(LAYOUT_COMMANDS, key=len, reverse=True)) + r")(?![a-zA-Z@])\*?")
+# Environments that only place their content: unwrapped, their text kept (``center`` keeps its lines),
+# with the width or options they take (`minipage` has ``[pos]{width}``).
+LAYOUT_ENVIRONMENTS = {
+    **dict.fromkeys(("center", "flushleft", "flushright", "titlepage", "singlespace", "doublespace",
+                     "onehalfspace", "raggedright", "raggedleft", "small", "footnotesize", "scriptsize", "tiny",
+                     "large", "Large", "normalsize", "frontmatter", "centering", "sloppypar", "landscape",
+                     "samepage", "minipage", "spacing", "multicols", "adjustwidth", "addmargin", "narrow",
+                     "fullwidth", "widetext", "linenumbers", "strip", "bottomstuff"), ""),
+    "minipage": "oom", "spacing": "m", "multicols": "mo", "adjustwidth": "mm", "addmargin": "om",
+}
+_LAYOUT_ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{(" + "|".join(sorted(LAYOUT_ENVIRONMENTS, key=len,
+                                                                            reverse=True)) + r")\*?\}")
+
+
+def _arguments(text: str, i: int, spec: str) -> tuple[list[str], int]:
+    """The kept arguments of a layout command at ``i`` and where it ends; a missing mandatory one ends it."""
+    kept = []
+    for kind in spec:
+        j = skip_space(text, i)
+        group = bracketed(text, j) if kind == "o" else braced(text, j)
+        if group is None:
+            if kind == "o":
+                continue
+            break
+        if kind == "k":
+            kept.append(group[0])
+        i = group[1]
+    return kept, i
+
+
+def _drop_layout_commands(text: str, stats: Counter) -> str:
+    """Each layout command with its arguments; kept arguments are cleaned the same way (``\\vbox{\\centerline{x}}``)."""
+    out, last = [], 0
+    for m in _LAYOUT_COMMAND.finditer(text):
+        if m.start() < last:
+            continue
+        spec = LAYOUT_COMMANDS[m.group(1)]
+        kept, end = _arguments(text, m.end(), spec)
+        if not spec and text.startswith("{}", end):
+            end += 2
+        elif not spec:
+            end = _TRAILING_BLANKS.match(text, end).end()
+        out.append(text[last:m.start()])
+        out.append(_drop_layout_commands("".join(kept), stats) if kept else "")
+        last = end
+        stats["layout_commands_removed"] += 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def drop_layout(text: str, stats: Counter) -> str:
+    """Layout commands go with their arguments (content kept where they have any), layout environments
+    keep their text; outside math only (math is hidden by then)."""
+    text = _drop_layout_commands(text, stats)
+    out, last = [], 0
+    for m in _LAYOUT_ENVIRONMENT.finditer(text):
+        if m.start() < last:
+            continue
+        end = m.end()
+        if text[m.start() + 1] == "b":
+            end = _arguments(text, end, LAYOUT_ENVIRONMENTS[m.group(1)])[1]
+        out.append(text[last:m.start()])
+        last = end
+        stats["layout_environments_unwrapped"] += text[m.start() + 1] == "b"
+    out.append(text[last:])
+    return "".join(out)
+
+
+_TRAILING_BLANKS = re.compile(r"[ \t]*")
+# An e-mail address (also `{a,b}@host` and a label before it: "E-mail:", "email address:"); a paper's
+# authors are not its text, and addresses are personal data wherever they appear.
+_EMAIL = re.compile(r"(?:(?i:\b(?:e-?mails?|electronic\s+(?:mail|address))(?:\s+address(?:es)?)?)\s*[:.]?\s*)?"
+                    r"(?:\\?\{[\w.,\s+-]+\\?\}|(?<![\w.+-])[\w.+-]+)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def remove_emails(text: str, stats: Counter) -> str:
+    """Remove every e-mail address (and its "E-mail:" label), counted in ``emails_removed``."""
+    if "@" not in text:
+        return text
+    text, count = _EMAIL.subn("", text)
+    stats["emails_removed"] += count
     return text
 
 
@@ -400,6 +547,7 @@ def _clean_fragment(text: str, context: dict, stats: Counter, keep_captions: boo
     text = hide_math(text, math, stats)
     text = drop_floats(text, stats, keep_captions)
     text = drop_non_text(text, stats)
+    text = drop_layout(text, stats)
     text = normalise_sections(text, stats)
     text = replace_references(text, stats)
     text = unwrap_formatting(text, stats)
@@ -407,7 +555,7 @@ def _clean_fragment(text: str, context: dict, stats: Counter, keep_captions: boo
     text = ties_to_spaces(text)
     text = rename_theorems(text, context["theorems"], stats)
     text = _restore(_restore(text, _MATH_TOKEN, math), _PROTECTED_TOKEN, context["protected"])
-    return normalise(text)
+    return normalise(remove_emails(text, stats))
 
 
 def clean_latex(source: str, keep_captions: bool = True) -> CleanedPaper:

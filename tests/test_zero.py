@@ -6,6 +6,13 @@ Tolerances, after 4 steps at lr 1e-2 with clipping and weight decay:
   full-batch backward), and Adam's update g / (sqrt(v) + eps) turns float32 rounding in gradients
   near zero into differences of up to a few percent of lr for a handful of elements.
 - float64: within 1e-10, which checks the algorithm itself (clip, decay, moments, bias correction).
+
+The gradient modes against the default mode (two ranks, two micro-batches each, the same data):
+- main_grads (weight gradients added into the fp32 buffer inside the matmul's backward): the same
+  sums of the same float32 products, only fused into one `addmm_`; equal within 1e-6 (exactly equal
+  with this CPU's BLAS), float64 within 1e-12.
+- shard_gradients (reduce-scatter per micro-batch, shards summed): the same terms summed in another
+  order, so float32 within the AdamW tolerances above, float64 within 1e-12.
 """
 
 import os
@@ -16,12 +23,15 @@ import pytest
 import torch
 
 from megasci.distributed import AdamWConfig, ZeroAdamW, default_decay
-from megasci.distributed.zero import SHARD_ALIGN
+from megasci.distributed.zero import MAX_IN_FLIGHT, SHARD_ALIGN
 from megasci.model import build_model, get_config
 
 import zero_worker
 
 ATOL = {"float32": 1e-4, "float64": 1e-10}
+MODE_ATOL = {("main_grads", "float32"): 1e-6, ("main_grads", "float64"): 1e-12,
+             ("shard_gradients", "float32"): ATOL["float32"], ("shard_gradients", "float64"): 1e-12}
+GRADIENT_MODES = ("main_grads", "shard_gradients")
 BULK_ATOL, BULK_FRACTION = 2e-6, 0.999
 
 
@@ -69,6 +79,9 @@ def zero_runs(tmp_path_factory):
     runs = {"dp2": [load("dp2", 0), load("dp2", 1)], "dp1": [load("dp1", 0)]}
     runs["dp2_float64"] = [load("dp2", 0, "float64"), load("dp2", 1, "float64")]
     runs["skipped"] = [torch.load(out / f"dp2.skipped.rank{r}", weights_only=False) for r in range(2)]
+    for mode in GRADIENT_MODES:
+        for dtype in ("float32", "float64"):
+            runs[f"dp2_{mode}_{dtype}"] = [load(f"dp2.{mode}", r, dtype) for r in range(2)]
     return runs
 
 
@@ -191,3 +204,49 @@ def test_moving_parameters_after_construction_is_caught_and_masters_can_be_resyn
     model(torch.randn(2, 4)).sum().backward()
     with pytest.raises(RuntimeError, match="moved out of ZeroAdamW's buffer"):
         opt.step(1e-2, opt.finish_gradient_sync())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", GRADIENT_MODES)
+def test_gradient_modes_match_the_default_mode(zero_runs, mode, dtype):
+    """Same losses, same averaged gradient shards before every step, same parameters after every step."""
+    atol = MODE_ATOL[mode, dtype]
+    default = zero_runs["dp2"] if dtype == "float32" else zero_runs["dp2_float64"]
+    for rank, (got, want) in enumerate(zip(zero_runs[f"dp2_{mode}_{dtype}"], default)):
+        assert got["losses"] == pytest.approx(want["losses"], abs=atol), rank
+        assert got["norms"] == pytest.approx(want["norms"], rel=1e-5), rank
+        for step in range(zero_worker.STEPS):
+            grad_diff = max((a - b).abs().max().item() for a, b in zip(got["grad_shards"][step], want["grad_shards"][step]))
+            assert grad_diff <= atol, (rank, step, grad_diff)
+            param_diff = max((got["params"][step][k] - want["params"][step][k]).abs().max().item() for k in want["params"][step])
+            assert param_diff <= atol, (rank, step, param_diff)
+    assert all(shard.abs().max() > 0 for shard in default[0]["grad_shards"][0]), "the gradients compared must not be zero"
+
+
+@pytest.mark.parametrize("mode", GRADIENT_MODES)
+def test_gradient_modes_match_single_process_adamw(zero_runs, mode):
+    _, _, ref_params, ref_norms = reference_run()
+    for rank_run in zero_runs[f"dp2_{mode}_float32"]:
+        for step, (got, want) in enumerate(zip(rank_run["params"], ref_params)):
+            diffs = torch.cat([(got[k] - want[k]).abs().reshape(-1) for k in want])
+            assert diffs.max() < ATOL["float32"], f"{mode} step {step}: max diff {diffs.max():.3g}"
+            assert (diffs < BULK_ATOL).float().mean() >= BULK_FRACTION, f"{mode} step {step}"
+        assert rank_run["norms"] == pytest.approx(ref_norms, rel=1e-5)
+
+
+def test_main_grads_leave_no_matmul_weight_gradient_to_autograd(zero_runs):
+    """With main_grads the blocks' matmul weights never get a `.grad`; in the default mode every one does."""
+    layers, matmuls = get_config("tiny").n_layers, 7  # wq wk wv wo gate up down
+    backwards = zero_worker.STEPS * (zero_worker.GLOBAL // 2 // zero_worker.MICRO)
+    assert zero_runs["dp2"][0]["linear_grads_through_autograd"] == layers * matmuls * backwards
+    for run in zero_runs["dp2_main_grads_float32"]:
+        assert run["linear_grads_through_autograd"] == 0
+
+
+def test_shard_gradients_keeps_half_of_the_gradient_buffer_on_two_ranks(zero_runs):
+    """Default: the full fp32 accumulator on each rank; shard_gradients: its half plus a few bucket-sized staging buffers."""
+    for default, sharded in zip(zero_runs["dp2"], zero_runs["dp2_shard_gradients_float32"]):
+        staging = sharded["gradient_bytes"] - default["gradient_bytes"] // 2
+        buffers = staging / sharded["largest_bucket_bytes"]
+        assert buffers == int(buffers) and 1 <= buffers <= MAX_IN_FLIGHT + 1, buffers
+        assert sharded["gradient_bytes"] < default["gradient_bytes"]

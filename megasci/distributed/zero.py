@@ -8,6 +8,19 @@ rank r owns the r-th 1/D of every bucket: its fp32 master weights, Adam's two mo
 the reduce-scatter, its part of the summed gradient. So optimizer state per rank is 12 bytes per
 parameter / D, plus the model dtype parameters and the fp32 accumulator on every rank.
 
+Two gradient modes (bytes per parameter on each rank, bf16 parameters, D ranks; `gradient_bytes()`
+and `state_bytes()` measure them):
+
+- default: the full fp32 accumulator on every rank, reduce-scattered once, during the last
+  micro-batch's backward: 2 (parameters) + 4 (accumulator) + 12 / D (masters, moments). With
+  `main_grads`, every parameter gets `param.main_grad`, an fp32 view into the accumulator, and the
+  matmuls of `megasci.ops.linear` add their weight gradients into it directly (no bf16 `.grad`
+  per micro-batch); they call `param.main_grad_added()`, so their buckets still launch on time.
+- `shard_gradients` (DeepSpeed stage 2): every micro-batch's gradients are staged bucket by bucket
+  in fp32, reduce-scattered at once, and only this rank's fp32 shard is kept: 2 + 16 / D, plus at
+  most `MAX_IN_FLIGHT` + (buckets being filled) staging buffers of one bucket each. It communicates
+  once per micro-batch instead of once per step, so it is the option for memory, not the default.
+
 One optimizer step, as the training loop drives it:
 
 1. `prepare_backward(last_micro_batch)` before each backward. A post-accumulate-grad hook adds
@@ -46,6 +59,7 @@ import torch.nn as nn
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 SHARD_ALIGN = 64  # elements: every shard starts 128-byte aligned in bf16, whatever the data-parallel size
+MAX_IN_FLIGHT = 2  # shard_gradients: reduce-scatters in flight before a new bucket waits for the oldest
 
 
 @dataclasses.dataclass
@@ -65,7 +79,7 @@ def default_decay(name: str, param: nn.Parameter) -> bool:
 class _Bucket:
     """A contiguous run of parameters with their flat buffers and this rank's shard of the state."""
 
-    def __init__(self, entries: list[tuple[str, nn.Parameter]], dp_rank: int, dp_size: int):
+    def __init__(self, entries: list[tuple[str, nn.Parameter]], dp_rank: int, dp_size: int, shard_gradients: bool):
         self.names = [name for name, _ in entries]
         self.params = [p for _, p in entries]
         self.offsets, offset = [], 0
@@ -76,9 +90,17 @@ class _Bucket:
         self.shard_size = -(-offset // (dp_size * SHARD_ALIGN)) * SHARD_ALIGN  # aligned shard starts for NCCL
         padded = self.shard_size * dp_size
         first = self.params[0]
+        self.padded = padded
         self.param_buffer = torch.zeros(padded, dtype=first.dtype, device=first.device)
-        state_dtype = torch.promote_types(first.dtype, torch.float32)  # fp32, or fp64 for a float64 model
-        self.grad_buffer = torch.zeros(padded, dtype=state_dtype, device=first.device)
+        self.state_dtype = state_dtype = torch.promote_types(first.dtype, torch.float32)  # fp32, or fp64 for float64
+        # default mode: the full accumulator; shard_gradients: only this rank's shard of it, and a
+        # staging buffer from the optimizer's pool while a micro-batch's gradients are in flight
+        self.grad_buffer = None if shard_gradients else torch.zeros(padded, dtype=state_dtype, device=first.device)
+        self.grad_accumulator = (torch.zeros(self.shard_size, dtype=state_dtype, device=first.device)
+                                 if shard_gradients else None)
+        self.staging = None
+        self.staging_base = None
+        self.reduced = False
         for p, start in zip(self.params, self.offsets):
             self.param_buffer[start:start + p.numel()].copy_(p.data.reshape(-1))
             p.data = self.param_buffer[start:start + p.numel()].view_as(p)
@@ -102,20 +124,32 @@ class _Bucket:
 
     @property
     def grad_shard(self) -> torch.Tensor:
-        return self.grad_buffer[self.shard]
+        """This rank's part of the summed gradient (after `finish_gradient_sync`)."""
+        return self.grad_accumulator if self.grad_buffer is None else self.grad_buffer[self.shard]
 
 
 class ZeroAdamW:
     """Sharded AdamW over `model`'s parameters for the data-parallel `group` (None: the default group).
 
     Construct after the model is on its device and before anything keeps references to
-    `param.data`: parameters are re-pointed into the flat buffers.
+    `param.data`: parameters are re-pointed into the flat buffers. `main_grads` and
+    `shard_gradients` choose the gradient mode (module docstring); they exclude each other, as
+    a `main_grad` needs the full accumulator to add into.
     """
 
     def __init__(self, model: nn.Module, config: AdamWConfig = AdamWConfig(), group=None,
-                 bucket_numel: int = 40_000_000, decay: Callable[[str, nn.Parameter], bool] = default_decay):
+                 bucket_numel: int = 40_000_000, decay: Callable[[str, nn.Parameter], bool] = default_decay,
+                 *, main_grads: bool = False, shard_gradients: bool = False):
+        if main_grads and shard_gradients:
+            raise ValueError("main_grads needs the full fp32 gradient buffer, shard_gradients keeps only a shard: "
+                             "choose one")
         self.config = config
         self.group = group
+        self.shard_gradients = shard_gradients
+        self._in_flight: list[_Bucket] = []  # shard_gradients: reductions launched, not yet added to the shard
+        self._free_staging: list[torch.Tensor] = []
+        self._staging_allocated = 0
+        self._backward_pending = False
         distributed = dist.is_available() and dist.is_initialized()
         self.dp_size = dist.get_world_size(group) if distributed else 1
         self.dp_rank = dist.get_rank(group) if distributed else 0
@@ -133,10 +167,11 @@ class ZeroAdamW:
             current.append((name, p))
             size += p.numel()
             if size >= bucket_numel:
-                self.buckets.append(_Bucket(current, self.dp_rank, self.dp_size))
+                self.buckets.append(_Bucket(current, self.dp_rank, self.dp_size, shard_gradients))
                 current, size = [], 0
         if current:
-            self.buckets.append(_Bucket(current, self.dp_rank, self.dp_size))
+            self.buckets.append(_Bucket(current, self.dp_rank, self.dp_size, shard_gradients))
+        self._staging_numel = max(bucket.padded for bucket in self.buckets)
         if self.dp_size > 1:  # one starting point for every rank, whatever each initialised locally
             source = dist.get_global_rank(group, 0) if group is not None else 0
             for bucket in self.buckets:
@@ -149,22 +184,67 @@ class ZeroAdamW:
         for bucket in self.buckets:
             for i, p in enumerate(bucket.params):
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(bucket, i)))
+                if main_grads:
+                    start = bucket.offsets[i]
+                    p.main_grad = bucket.grad_buffer[start:start + p.numel()].view_as(p)
+                    p.main_grad_added = self._make_arrival(bucket, i)
 
     # ---- gradients -------------------------------------------------------------------------
     def _make_hook(self, bucket: _Bucket, index: int):
         start, numel = bucket.offsets[index], bucket.params[index].numel()
+        arrived = self._make_arrival(bucket, index)
 
         def hook(param: torch.Tensor) -> None:
-            if bucket.reduce_handle is not None:
-                raise RuntimeError(f"{bucket.names[index]}: a gradient arrived after its bucket was reduced "
-                                   f"(a second backward in the last micro-batch?)")
-            bucket.grad_buffer[start:start + numel].add_(param.grad.reshape(-1))
+            if param.grad is None:  # it went into main_grad, which counted it; autograd still runs this hook
+                if not bucket.arrived[index]:
+                    arrived()
+                return
+            self._check_not_reduced(bucket, index)
+            target = bucket.grad_buffer if bucket.grad_buffer is not None else self._staging_for(bucket)
+            target[start:start + numel].add_(param.grad.reshape(-1))
             param.grad = None
+            arrived()
+        return hook
+
+    def _make_arrival(self, bucket: _Bucket, index: int):
+        """Counts parameter `index`'s gradient as in its bucket (once per backward) and launches what is ready."""
+        def arrived() -> None:
+            self._check_not_reduced(bucket, index)
             if not bucket.arrived[index]:
                 bucket.arrived[index] = True
                 bucket.grads_ready += 1
             self._launch_ready_buckets()
-        return hook
+        return arrived
+
+    @staticmethod
+    def _check_not_reduced(bucket: _Bucket, index: int) -> None:
+        if bucket.reduce_handle is not None or bucket.reduced:
+            raise RuntimeError(f"{bucket.names[index]}: a gradient arrived after its bucket was reduced "
+                               f"(a second backward in the last micro-batch?)")
+
+    def _staging_for(self, bucket: _Bucket) -> torch.Tensor:
+        """shard_gradients: the bucket's zeroed fp32 staging buffer for this micro-batch, from the pool."""
+        if bucket.staging is None:
+            while len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._finish_reduction(self._in_flight.pop(0))
+            if self._free_staging:
+                base = self._free_staging.pop()
+            else:
+                first = bucket.params[0]
+                base = torch.empty(self._staging_numel, dtype=bucket.state_dtype, device=first.device)
+                self._staging_allocated += 1
+            bucket.staging_base, bucket.staging = base, base[:bucket.padded].zero_()
+            self._backward_pending = True
+        return bucket.staging
+
+    def _finish_reduction(self, bucket: _Bucket) -> None:
+        """shard_gradients: wait for the bucket's reduce-scatter, add its shard in, return the staging buffer."""
+        if bucket.reduce_handle is not None:
+            bucket.reduce_handle.wait()
+            bucket.reduce_handle = None
+        bucket.grad_accumulator.add_(bucket.staging[bucket.shard])
+        self._free_staging.append(bucket.staging_base)
+        bucket.staging = bucket.staging_base = None
 
     def _launch_ready_buckets(self) -> None:
         """Reduce complete buckets strictly in bucket order, so every rank issues the same collectives
@@ -177,23 +257,48 @@ class ZeroAdamW:
             self._next_bucket += 1
 
     def _reduce(self, bucket: _Bucket) -> None:
-        if self.dp_size > 1 and bucket.reduce_handle is None:
+        if self.shard_gradients:
+            if not bucket.reduced:
+                staging = self._staging_for(bucket)  # zeros if none of its parameters had a gradient
+                if self.dp_size > 1:
+                    bucket.reduce_handle = _reduce_scatter(staging[bucket.shard], staging, group=self.group,
+                                                           async_op=True)
+                bucket.reduced = True
+                self._in_flight.append(bucket)
+        elif self.dp_size > 1 and bucket.reduce_handle is None:
             bucket.reduce_handle = _reduce_scatter(bucket.grad_shard, bucket.grad_buffer,
                                                               group=self.group, async_op=True)
 
+    def _reduce_micro_batch(self) -> None:
+        """shard_gradients: the last backward's remaining buckets reduced in order, every reduction added in."""
+        if self._backward_pending:
+            for bucket in self.buckets:
+                self._reduce(bucket)
+            while self._in_flight:
+                self._finish_reduction(self._in_flight.pop(0))
+            self._backward_pending = False
+
     def prepare_backward(self, last_micro_batch: bool) -> None:
-        """Call before each backward: only the last micro-batch's backward launches the reductions."""
-        self._sync = last_micro_batch
+        """Call before each backward: only the last micro-batch's backward launches the reductions
+        (with shard_gradients, every micro-batch's does)."""
+        if self.shard_gradients:
+            self._reduce_micro_batch()
+            self._backward_pending = True
+        self._sync = last_micro_batch or self.shard_gradients
         self._next_bucket = 0
         for bucket in self.buckets:
             bucket.arrived = [False] * len(bucket.params)
             bucket.grads_ready = 0
+            bucket.reduced = False
 
     def finish_gradient_sync(self) -> torch.Tensor:
         """Waits for every bucket's reduce-scatter; returns the global L2 norm of the averaged gradient."""
-        for bucket in self.buckets:  # in order; buckets whose hooks did not all fire (unused parameters) go now
-            self._reduce(bucket)
-        squares = self.buckets[0].grad_buffer.new_zeros(())
+        if self.shard_gradients:
+            self._reduce_micro_batch()
+        else:
+            for bucket in self.buckets:  # in order; buckets whose hooks did not all fire (unused parameters) go now
+                self._reduce(bucket)
+        squares = self.buckets[0].grad_shard.new_zeros(())
         for bucket in self.buckets:
             if bucket.reduce_handle is not None:
                 bucket.reduce_handle.wait()
@@ -206,10 +311,13 @@ class ZeroAdamW:
         return squares.sqrt()
 
     def zero_grad(self) -> None:
+        if self.shard_gradients:
+            self._reduce_micro_batch()  # nothing may still be in flight into the shard being zeroed
         for bucket in self.buckets:
-            bucket.grad_buffer.zero_()
+            (bucket.grad_buffer if bucket.grad_buffer is not None else bucket.grad_accumulator).zero_()
             bucket.arrived = [False] * len(bucket.params)
             bucket.grads_ready = 0
+            bucket.reduced = False
         self._next_bucket = 0
 
     def skip_step(self) -> None:
@@ -272,6 +380,13 @@ class ZeroAdamW:
     def state_bytes(self) -> int:
         """Bytes of optimizer state on this rank: fp32 masters and both Adam moments of its shards."""
         return sum(t.numel() * t.element_size() for b in self.buckets for t in (b.master, b.exp_avg, b.exp_avg_sq))
+
+    def gradient_bytes(self) -> int:
+        """Bytes of gradient buffers on this rank: the full accumulators, or (shard_gradients) the
+        shards plus every staging buffer allocated so far."""
+        held = sum(b.grad_shard.numel() if b.grad_buffer is None else b.grad_buffer.numel() for b in self.buckets)
+        held += self._staging_allocated * self._staging_numel
+        return held * self.buckets[0].grad_shard.element_size()
 
     def _layout(self) -> list[list[tuple[str, int]]]:
         return [[(name, p.numel()) for name, p in zip(b.names, b.params)] for b in self.buckets]

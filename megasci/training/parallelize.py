@@ -1,4 +1,5 @@
-"""Training policy applied to a built model from outside it: activation checkpointing and torch.compile.
+"""Training policy applied to a built model from outside it: activation checkpointing, fp32 gradient
+accumulation in the matmuls, and torch.compile.
 
 The model (`megasci.model.llama`) holds only the math; as in torchtitan's `parallelize` step, the
 trainer wraps its modules here. Wrapping replaces a module's `forward` on the instance, so parameter
@@ -14,11 +15,16 @@ Modes (`ModelConfig.checkpointing`):
 
 Recomputation happens only where autograd records a graph: under `no_grad` or `inference_mode`
 (validation, KV-cache decoding) a wrapped module simply runs.
+
+`apply_fp32_grad_accumulation` swaps the blocks' `nn.Linear` forwards for
+`megasci.ops.linear.linear_into_main_grad` (same math), so that with the optimizer's `main_grads`
+their weight gradients are added into the fp32 accumulator directly (see megasci/ops/linear.py).
 """
 
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 import torch.nn as nn
@@ -26,8 +32,10 @@ from torch.utils.checkpoint import checkpoint
 
 from megasci.model.config import CHECKPOINTING_MODES
 from megasci.model.llama import Transformer
+from megasci.ops.linear import linear_into_main_grad
 
 _WRAPPED = "_megasci_recomputed"  # marks an instance whose forward this module replaced
+_INTO_MAIN_GRAD = "_megasci_into_main_grad"  # marks a linear whose forward adds its weight gradient into main_grad
 
 
 def _recompute(module: nn.Module) -> None:
@@ -68,6 +76,36 @@ def apply_activation_checkpointing(model: Transformer, mode: str) -> Transformer
             _recompute(block.attn.core)
             _recompute(block.mlp.act)
     return model
+
+
+def _linear_forward_into_main_grad(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    return linear_into_main_grad(inputs, linear.weight)
+
+
+def apply_fp32_grad_accumulation(model: Transformer, enabled: bool = True) -> Transformer:
+    """Every block's bias-free `nn.Linear` computes its weight gradient into `weight.main_grad`
+    (when the weight has one); `enabled=False` restores the plain `nn.Linear`. Returns `model`.
+
+    The output projection is not a module call (the loss reads its weight), so it is not swapped here.
+    """
+    for block in model.layers:
+        for module in block.modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            if module.bias is not None:
+                raise ValueError("fp32 gradient accumulation covers bias-free linears only")
+            if getattr(module, _INTO_MAIN_GRAD, False):
+                del module.forward
+                delattr(module, _INTO_MAIN_GRAD)
+            if enabled:
+                module.forward = types.MethodType(_linear_forward_into_main_grad, module)
+                setattr(module, _INTO_MAIN_GRAD, True)
+    return model
+
+
+def fp32_accumulating_linears(model: Transformer) -> list[nn.Module]:
+    """The linears whose weight gradients currently go into `main_grad`."""
+    return [m for m in model.modules() if getattr(m, _INTO_MAIN_GRAD, False)]
 
 
 def apply_compile(model: Transformer, backend: str) -> Transformer:

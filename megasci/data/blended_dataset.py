@@ -219,6 +219,16 @@ class BlendedDataset:
         i = self._check(i)
         return self.datasets[int(self.source_index[i])][int(self.source_sample_index[i])]
 
+    def sample(self, i: int):
+        """Global sample i as a `gpt_dataset.Sample` (document pieces, loss mask)."""
+        i = self._check(i)
+        return self.datasets[int(self.source_index[i])].sample(int(self.source_sample_index[i]))
+
+    @property
+    def has_loss_mask(self) -> bool:
+        """Whether any source is an SFT source, so some labels go unscored."""
+        return any(d.has_loss_mask for d in self.datasets)
+
     def describe(self) -> str:
         """The realised blend, from the built indices: per stage and source, and totals per source."""
         def epochs(samples, j):

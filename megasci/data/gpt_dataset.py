@@ -21,6 +21,12 @@ boundaries freely. Three index arrays define the dataset:
 - **shuffle index** (`shuffle_index`): one seeded permutation of all `num_samples` sample ids.
   Simpler than Megatron, which shuffles full epochs and a partial last epoch separately.
 
+**Packed documents.** `ds[i]` is the token array alone, as it always was. `ds.sample(i)` is a
+`Sample`: the same tokens, the lengths of the document pieces they were cut from (the sample index
+already knows where each document starts), and, for an SFT prefix (one with a loss-mask dataset
+beside it, as `tools/preprocess_sft.py` writes), the loss mask of the same tokens. The loader turns
+these into positions, segment ids and ignored labels (document masking, SFT loss).
+
 The arrays are built once and saved as `.npy` in `cache_dir` under a sha256 of everything they
 depend on: the dataset's absolute path, file sizes and modification times, the sidecar's too when
 filtering, and every sampling parameter. Changing any input changes the name, so a stale cache is
@@ -43,6 +49,7 @@ import numpy as np
 
 from megasci.data import helpers
 from megasci.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
+from megasci.data.sft import sft_output_prefixes
 from megasci.data.sidecar import read_sidecar, sidecar_path
 from megasci.utils.io import atomic_output
 
@@ -88,6 +95,25 @@ class GPTDatasetConfig:
     @property
     def effective_split_seed(self) -> int:
         return self.seed if self.split_seed is None else self.split_seed
+
+
+@dataclasses.dataclass
+class Sample:
+    """One sample with what document masking and the SFT loss need to know about it."""
+
+    tokens: np.ndarray  # int64 [seq_length + 1]
+    document_lengths: np.ndarray  # int64: the pieces of documents the tokens are cut from, in order; sums to len(tokens)
+    loss_mask: np.ndarray | None = None  # uint8 like tokens, 1 where the token is a scored target; None: all are
+
+
+def loss_mask_prefix(prefix: str) -> str | None:
+    """The loss-mask dataset written beside an SFT token dataset (`sft_output_prefixes`), if there is one."""
+    prefix = os.fspath(prefix)
+    tokens_suffix = sft_output_prefixes("")["tokens"]
+    if not prefix.endswith(tokens_suffix):
+        return None
+    candidate = sft_output_prefixes(prefix[: -len(tokens_suffix)])["loss_mask"]
+    return candidate if os.path.isfile(index_file_path(candidate)) else None
 
 
 def split_documents(num_documents: int, fractions, seed: int) -> dict[str, np.ndarray]:
@@ -206,6 +232,11 @@ class GPTDataset:
         with open(self._cache_path(".json"), encoding="utf-8") as f:
             self.num_epochs = json.load(f)["num_epochs"]
         self._sample_tokens = config.seq_length + (1 if config.add_extra_token else 0)
+        mask_prefix = loss_mask_prefix(config.prefix)
+        self.loss_mask = None if mask_prefix is None else IndexedDataset(mask_prefix)
+        if self.loss_mask is not None and not np.array_equal(self.loss_mask.document_lengths(),
+                                                             self.dataset.document_lengths()):
+            raise ValueError(f"{mask_prefix}: the loss mask's documents do not have the lengths of {config.prefix}'s")
 
     def _cache_path(self, suffix: str) -> str:
         return os.path.join(self.config.cache_dir, self.hash + suffix)
@@ -235,7 +266,12 @@ class GPTDataset:
     def __len__(self) -> int:
         return self.config.num_samples
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    @property
+    def has_loss_mask(self) -> bool:
+        return self.loss_mask is not None
+
+    def _pieces(self, i: int) -> list[tuple[int, int, int]]:
+        """(document, start, stop) of each document piece sample i is cut from, in order (none empty)."""
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
@@ -246,10 +282,27 @@ class GPTDataset:
             last_offset += 1  # sample s ends on the token where sample s + 1 starts
         pieces = []
         for pos in range(first_pos, last_pos + 1):
-            tokens = self.dataset.get_document(int(self.document_order[pos]))
+            document = int(self.document_order[pos])
             start = first_offset if pos == first_pos else 0
-            stop = last_offset if pos == last_pos else len(tokens)
-            pieces.append(tokens[start:stop])
-        sample_tokens = np.concatenate(pieces).astype(np.int64)
+            stop = last_offset if pos == last_pos else len(self.dataset.get_document(document))
+            if stop > start:
+                pieces.append((document, start, stop))
+        return pieces
+
+    @staticmethod
+    def _gather(source: IndexedDataset, pieces) -> np.ndarray:
+        return np.concatenate([source.get_document(d)[start:stop] for d, start, stop in pieces])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        sample_tokens = self._gather(self.dataset, self._pieces(i)).astype(np.int64)
         assert len(sample_tokens) == self._sample_tokens, (len(sample_tokens), self._sample_tokens)
         return sample_tokens
+
+    def sample(self, i: int) -> Sample:
+        """Sample i with its document pieces and (SFT prefixes) loss mask; its tokens are `self[i]`."""
+        pieces = self._pieces(i)
+        tokens = self._gather(self.dataset, pieces).astype(np.int64)
+        assert len(tokens) == self._sample_tokens, (len(tokens), self._sample_tokens)
+        lengths = np.asarray([stop - start for _, start, stop in pieces], dtype=np.int64)
+        mask = None if self.loss_mask is None else self._gather(self.loss_mask, pieces).astype(np.uint8)
+        return Sample(tokens=tokens, document_lengths=lengths, loss_mask=mask)

@@ -18,6 +18,12 @@ State is `consumed_samples` alone. It advances by G when this rank yields the la
 a step (all ranks do so in lockstep), so a checkpoint taken after an optimizer step resumes at the
 next step. A loader resumed mid-step replays that step from its start.
 
+**Packed documents and unscored tokens** (`make_batch`). With `document_mask`, a batch also
+carries `positions` (each token's place in its document piece, so RoPE restarts) and `segment_ids`
+(which piece, for the block-causal mask), from the dataset's `sample(g)`. Labels of unscored
+targets are -100: targets an SFT source's loss mask leaves out, and with `eod_mask_id` every EOD
+target. Without any of these the dataset's plain `dataset[g]` arrays are used, exactly as before.
+
 Micro-batches are assembled by a daemon thread into a bounded queue (`prefetch` deep), pinned
 when `pin_memory`; the copy to `device` is issued non-blocking by the consumer, on the training
 thread's stream, so it is ordered before the compute that uses it. `wait_seconds` is the time the
@@ -54,6 +60,8 @@ class DataLoaderConfig:
     dp_size: int = 1
     consumed_samples: int = 0
     prefetch: int = 2  # micro-batches queued ahead by the background thread; 0 loads in the caller
+    document_mask: bool = False  # add positions and segment_ids (block-causal attention per document)
+    eod_mask_id: int | None = None  # this id as a target is not scored (data.eod_mask_loss)
     pin_memory: bool | None = None  # default: torch.cuda.is_available()
     device: str | torch.device | None = None
 
@@ -82,6 +90,41 @@ class DataLoaderConfig:
         return self.global_batch_size // (self.micro_batch_size * self.dp_size)
 
 
+IGNORE_INDEX = -100  # what the loss op skips
+
+
+def needs_samples(dataset, document_mask: bool, eod_mask_id: int | None) -> bool:
+    """Whether batches need more than the token arrays: document pieces, loss masks or an EOD mask."""
+    return document_mask or eod_mask_id is not None or bool(getattr(dataset, "has_loss_mask", False))
+
+
+def make_batch(dataset, indices: np.ndarray, document_mask: bool = False, eod_mask_id: int | None = None) -> dict:
+    """The micro-batch of global samples `indices`: tokens, labels ([mb, seq]) and, as the options ask,
+    positions and segment_ids; the rule of the module docstring, shared by training and validation."""
+    if not needs_samples(dataset, document_mask, eod_mask_id):
+        samples = torch.from_numpy(np.stack([np.asarray(dataset[int(g)], dtype=np.int64) for g in indices]))
+        return {"tokens": samples[:, :-1].contiguous(), "labels": samples[:, 1:].contiguous(),
+                "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64))}
+    parts = [dataset.sample(int(g)) for g in indices]
+    tokens = np.stack([p.tokens for p in parts])
+    labels = tokens[:, 1:].copy()
+    scored = np.ones(labels.shape, dtype=bool)
+    for row, part in enumerate(parts):
+        if part.loss_mask is not None:
+            scored[row] &= part.loss_mask[1:].astype(bool)
+    if eod_mask_id is not None:
+        scored &= labels != eod_mask_id
+    labels[~scored] = IGNORE_INDEX
+    batch = {"tokens": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])), "labels": torch.from_numpy(labels),
+             "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64))}
+    if document_mask:
+        segments = np.stack([np.repeat(np.arange(len(p.document_lengths)), p.document_lengths)[:-1] for p in parts])
+        positions = np.stack([np.concatenate([np.arange(n) for n in p.document_lengths])[:-1] for p in parts])
+        batch["segment_ids"] = torch.from_numpy(segments.astype(np.int64))
+        batch["positions"] = torch.from_numpy(positions.astype(np.int64))
+    return batch
+
+
 def _micro_batches(dataset, config: DataLoaderConfig, stop: threading.Event):
     """(batch, ends_step) for this rank from `config.consumed_samples` on, in the layout above.
 
@@ -96,9 +139,7 @@ def _micro_batches(dataset, config: DataLoaderConfig, stop: threading.Event):
                 return
             first = slice_start + micro * config.micro_batch_size
             indices = np.arange(first, first + config.micro_batch_size, dtype=np.int64)
-            samples = torch.from_numpy(np.stack([np.asarray(dataset[int(g)], dtype=np.int64) for g in indices]))
-            batch = {"tokens": samples[:, :-1].contiguous(), "labels": samples[:, 1:].contiguous(),
-                     "indices": torch.from_numpy(indices)}
+            batch = make_batch(dataset, indices, config.document_mask, config.eod_mask_id)
             if config.pin_memory:
                 batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
             yield batch, micro == config.accumulation_steps - 1
@@ -137,7 +178,8 @@ def _from_queue(source: queue.Queue, stop: threading.Event):
 
 
 class DataLoader:
-    """Iterates this rank's micro-batches as dicts of `tokens`, `labels` ([mb, seq]) and `indices`.
+    """Iterates this rank's micro-batches as dicts of `tokens`, `labels` ([mb, seq]) and `indices`
+    (plus `positions` and `segment_ids` under `document_mask`).
 
     `DataLoader(dataset, config)` or `DataLoader(dataset, micro_batch_size=..., global_batch_size=...)`.
     Iterating (re)starts from `consumed_samples`; use as a context manager or call `close()`.

@@ -211,6 +211,29 @@ def test_learning_rate_schedule_by_hand():
     assert learning_rate(100, **kw) == pytest.approx(0.1)
 
 
+def test_wsd_schedule_by_hand():
+    """warmup 2, window 10, decay fraction 0.3: lr held for steps 2..8, then linear over 3 steps."""
+    kw = dict(lr=1.0, min_lr=0.1, warmup_steps=2, decay_steps=10, schedule="wsd", decay_fraction=0.3)
+    got = [learning_rate(s, **kw) for s in range(14)]
+    expected = [0.5, 1.0] + [1.0] * 7 + [1.0, 1.0 - 0.9 / 3, 1.0 - 0.9 * 2 / 3, 0.1, 0.1]
+    assert got == pytest.approx(expected, abs=1e-12)
+    # extending a WSD run: the stable phase of a longer window is the same lr at every shared step
+    longer = dict(kw, decay_steps=20)
+    assert [learning_rate(s, **longer) for s in range(9)] == got[:9]
+    assert learning_rate(5, **dict(kw, decay_fraction=0.0)) == 1.0
+    assert learning_rate(12, **dict(kw, decay_fraction=0.0)) == 0.1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        learning_rate(0, 1.0, 0.1, 0, 10, schedule="linear")
+
+
+def test_schedule_and_z_loss_fields_are_checked(tmp_path):
+    assert load_config(None, ["optim.schedule=wsd", "optim.decay_fraction=0.2"]).optim.schedule == "wsd"
+    for bad, match in (("optim.schedule=linear", "optim.schedule"), ("optim.decay_fraction=1.5", "decay_fraction"),
+                       ("optim.z_loss=-1", "z_loss")):
+        with pytest.raises(ValueError, match=match):
+            load_config(None, [bad])
+
+
 def test_compiled_blocks_train_like_eager(runs, tmp_path):
     """train.compile: the blocks under torch.compile (aot_eager: the compiler front end, no C++ build)
     give the eager run's losses, in one process."""

@@ -216,6 +216,23 @@ class Checkpointer:
                     f"(saved with {meta['dp_size']} rank(s), now {self.world_size})")
         return meta
 
+    def load_weights(self, path: str) -> str:
+        """Fine-tuning's start: the weights of the checkpoint at `path` (or the newest in a save dir)
+        and nothing else (no optimizer state, step, data position or guard); returns the checkpoint.
+        The model and the tokenizer must be the ones it was trained with."""
+        path = resolve_checkpoint(path)
+        meta = read_meta(path)
+        if model_config_from_meta(meta) != self.model_cfg:
+            raise ValueError(f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
+                             f"{dataclasses.asdict(self.model_cfg)}")
+        if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
+            raise ValueError(f"train.init_from {path} was trained with another tokenizer than "
+                             f"{self.train_cfg.data.tokenizer}; its token ids would mean other things")
+        self.model.load_state_dict(torch.load(os.path.join(path, MODEL_NAME), map_location=self.device,
+                                              weights_only=True))
+        print_rank0(f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh")
+        return path
+
     def save(self, step: int, consumed_samples: int) -> str:
         """Writes the checkpoint of `step`, after `consumed_samples` samples; returns its path."""
         self.optimizer.wait_for_parameters()

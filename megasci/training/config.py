@@ -23,6 +23,8 @@ import yaml
 
 from megasci.model import ModelConfig, get_config
 
+from .schedule import SCHEDULES
+
 
 @dataclasses.dataclass
 class ModelSection:
@@ -54,6 +56,8 @@ class DataSection:
     seed: int = 1234
     eval_samples: int = 64  # per source, from its validation split
     prefetch: int = 4
+    document_mask: bool = False  # block-causal attention and RoPE restarts per packed document (needed by SFT sources)
+    eod_mask_loss: bool = False  # the EOD token as a target is not scored
 
 
 @dataclasses.dataclass
@@ -62,12 +66,27 @@ class OptimSection:
     min_lr: float = 3e-5
     warmup_steps: int = 100
     decay_steps: int | None = None  # cosine from lr to min_lr over this many steps after warm-up; default: the rest
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay: lr held, then linear to min_lr at the end)
+    decay_fraction: float = 0.1  # wsd: the last fraction of the decay_steps that decays
+    z_loss: float = 0.0  # weight of mean(logsumexp(logits)^2) added to the loss (PaLM uses 1e-4)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ValueError(f"optim.decay_fraction: expected a fraction in [0, 1], got {self.decay_fraction}")
+        if self.z_loss < 0:
+            raise ValueError(f"optim.z_loss: expected a non-negative weight, got {self.z_loss}")
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # weight decay on the input and output embeddings too
     clip_grad: float = 1.0
     bucket_numel: int = 40_000_000  # ZeRO-2 bucket size, in parameters
+    fp32_grad_accumulation: bool = True  # matmul weight gradients straight into the fp32 buffer (no bf16 .grad);
+    #                                      false: the reference path. Not with shard_gradients (no full buffer)
+    shard_gradients: bool = False  # reduce-scatter every micro-batch and keep only this rank's fp32 gradient
+    #                                shard (less memory, one reduction per micro-batch); see distributed/zero.py
 
 
 @dataclasses.dataclass
@@ -90,6 +109,9 @@ class TrainSection:
     max_skipped_steps: int = 5  # stop after this many skipped steps in a row
     timing_sync: bool = True  # synchronise the GPU between phases so the step-time split is honest
     compile: str | None = None  # torch.compile each block with this backend ("inductor"); None: eager, hand-fused ops
+    profile_steps: tuple[int, int] | None = None  # [a, b]: profiler trace (and CUDA memory snapshot) of steps a..b
+    #                                               into <save_dir>/profile (training/profiler.py)
+    init_from: str | None = None  # fine-tuning: weights only from this checkpoint (or save dir) when save_dir has none
 
 
 @dataclasses.dataclass

@@ -3,6 +3,14 @@
 The ZeRO hooks accumulate fp32 gradients and, during the last backward, reduce-scatter each
 finished bucket; then come the global gradient norm, the loss-spike / NaN guard, and the sharded
 AdamW step that all-gathers the updated parameters (or, for a skipped step, nothing changes).
+
+**The loss when some tokens are unscored** (SFT loss masks, `data.eod_mask_loss`): the mean over
+the scored tokens of the whole global batch, not a mean of per-micro-batch means. The step first
+counts the scored tokens of all its micro-batches and all-reduces the count N; micro-batch i, whose
+op returns the mean over its n_i scored tokens, then backpropagates mean_i * n_i * D / N (ZeRO
+averages over the D ranks), so every scored token weighs 1/N and an unscored one nothing. A
+micro-batch with no scored token still runs its backward (the ZeRO hooks reduce during it) with
+weight zero. With every token scored the old mean of means is kept, bit for bit.
 Parameters live in the model dtype with fp32 masters in the optimizer: Megatron-style mixed
 precision, no autocast.
 """
@@ -10,15 +18,28 @@ precision, no autocast.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import time
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+from megasci import ops
+from megasci.data.loader import IGNORE_INDEX
 from megasci.distributed import print_rank0
 
 from .guard import SpikeGuard
+
+
+def check_loss_options(options: dict) -> None:
+    """Fails before the first step if the loss op does not take these keywords (e.g. z_loss)."""
+    accepted = inspect.signature(ops.cross_entropy_loss).parameters
+    missing = sorted(set(options) - set(accepted))
+    if missing:
+        raise ValueError(f"megasci.ops.cross_entropy_loss takes no {', '.join(missing)} keyword; "
+                         f"optim.{missing[0]} needs a loss op that supports it")
 
 
 @dataclasses.dataclass
@@ -44,28 +65,65 @@ class TrainStep:
     spent waiting for batches, so the step can tell data wait from compute."""
 
     def __init__(self, model, optimizer, guard: SpikeGuard, *, accumulation: int, device, world_size: int,
-                 timing_sync: bool, data_wait: Callable[[], float]):
+                 timing_sync: bool, data_wait: Callable[[], float], count_scored_tokens: bool = False,
+                 loss_options: dict | None = None):
         self.model, self.optimizer, self.guard = model, optimizer, guard
         self.accumulation, self.device, self.world_size = accumulation, device, world_size
         self.timing_sync, self.data_wait = timing_sync, data_wait
+        self.count_scored_tokens = count_scored_tokens  # some labels are IGNORE_INDEX: weigh by scored tokens
+        self.loss_options = loss_options or {}  # keywords for ops.cross_entropy_loss (z_loss)
+
+    def _loss(self, batch: dict, labels=None):
+        packed = {name: batch[name] for name in ("positions", "segment_ids") if name in batch}
+        return self.model(batch["tokens"], batch["labels"] if labels is None else labels, **packed, **self.loss_options)
+
+    def _forward_backward(self, batches: Iterator[dict]) -> torch.Tensor:
+        """Mean of the micro-batch means, every token scored; returns this rank's sum of them."""
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        for micro in range(self.accumulation):
+            batch = next(batches)
+            self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
+            loss = self._loss(batch)
+            (loss / self.accumulation).backward()
+            loss_sum += loss.detach().float()
+        return loss_sum
+
+    def _forward_backward_scored(self, batches: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over the global batch's scored tokens; returns this rank's (sum of token losses, N)."""
+        micro_batches = [next(batches) for _ in range(self.accumulation)]
+        counts = [int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
+        total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        total_tokens = float(total)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
+            self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
+            if count == 0:  # every label scored, weight zero: a finite loss whose gradient is exactly zero
+                (self._loss(batch, labels=batch["tokens"]) * 0.0).backward()
+                continue
+            loss = self._loss(batch)
+            (loss * (count * self.world_size / total_tokens)).backward()
+            loss_sum += loss.detach().double() * count
+        return loss_sum, total
 
     def __call__(self, batches: Iterator[dict], step: int, lr: float) -> StepResult:
         """Optimizer step `step` (0-based) at learning rate `lr`, over the next micro-batches."""
         started = time.perf_counter()
         waited = self.data_wait()
-        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-        for micro in range(self.accumulation):
-            batch = next(batches)
-            self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
-            loss = self.model(batch["tokens"], batch["labels"])
-            (loss / self.accumulation).backward()
-            loss_sum += loss.detach().float()
+        if self.count_scored_tokens:
+            loss_sum, scored = self._forward_backward_scored(batches)
+        else:
+            loss_sum = self._forward_backward(batches)
         _sync(self.device, self.timing_sync)
         backward_done = time.perf_counter()
         grad_norm = self.optimizer.finish_gradient_sync()
         if self.world_size > 1:
             dist.all_reduce(loss_sum)
-        loss_value = float(loss_sum) / (self.accumulation * self.world_size)
+        if self.count_scored_tokens:  # no scored token in the whole batch: NaN, which the guard skips
+            loss_value = float(loss_sum) / float(scored) if float(scored) else math.nan
+        else:
+            loss_value = float(loss_sum) / (self.accumulation * self.world_size)
         norm_value = float(grad_norm)
         reason = self.guard.check(step, loss_value, norm_value)
         if reason is None:

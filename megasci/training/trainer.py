@@ -7,6 +7,12 @@
     guard.py, stop.py, schedule.py, data.py, parallelize.py   the guard, SIGTERM, the learning
                    rate, the datasets (rank 0 builds), checkpointing and compile applied to the model
 
+Fine-tuning runs through the same loop: `train.init_from` loads a checkpoint's weights only (a
+fresh optimizer, this run's schedule and step counter) when `save_dir` holds no checkpoint yet, so
+an interrupted fine-tune resumes from its own save_dir. SFT sources (prefixes with a loss mask
+beside them) need `data.document_mask`; their loss is the mean over the global batch's scored
+tokens (train_step.py).
+
 Resuming is exact: the whole data state is `consumed_samples`, and the checkpoint holds the model,
 every rank's optimizer shard, the spike guard's running mean and the RNG states, so N steps, a
 kill, a resume and N more steps give the same losses and parameters as 2N steps in one go.
@@ -32,7 +38,7 @@ from .metrics import MetricsLog, TrainingMetrics, device_peak_tflops
 from .parallelize import apply_activation_checkpointing, apply_compile
 from .schedule import learning_rate
 from .stop import StopRequest
-from .train_step import TrainStep
+from .train_step import TrainStep, check_loss_options
 from .validator import Validator
 
 __all__ = ["Trainer", "TrainingDiverged", "pretrain"]
@@ -73,6 +79,10 @@ class Trainer:
         self.data = built_on_rank0(lambda may_build: build_train_dataset(cfg, cache_dir, may_build),
                                    env.rank, env.world_size)
         check_tokenizer(self.data, cfg.data.tokenizer, tokenizer.identity())
+        if self.data.has_loss_mask and not cfg.data.document_mask:
+            raise ValueError("the blend has SFT sources (a loss mask beside the prefix): their conversations are "
+                             "packed, so set data.document_mask: true")
+        eod_mask_id = tokenizer.eod_id if cfg.data.eod_mask_loss else None
         print_rank0("data:\n" + self.data.describe())
         eval_data = built_on_rank0(lambda may_build: build_eval_datasets(cfg, self.data, cache_dir, may_build),
                                    env.rank, env.world_size)
@@ -90,26 +100,35 @@ class Trainer:
                                          data=self.data, tokenizer=tokenizer, model_cfg=model_cfg, train_cfg=cfg,
                                          rank=env.rank, world_size=env.world_size, device=env.device,
                                          keep_last=t.keep_last)
-        self.step, consumed = 0, 0
+        self.step, consumed, self.initialized_from = 0, 0, None
         self.resumed_from = self.checkpointer.latest()
         if self.resumed_from is not None:
             meta = self.checkpointer.resume(self.resumed_from)
             self.step, consumed = meta["step"], meta["consumed_samples"]
+        elif t.init_from:
+            self.initialized_from = self.checkpointer.load_weights(t.init_from)
+            optimizer.sync_masters_from_params()
         if consumed % t.global_batch_size:
             raise ValueError(f"the checkpoint consumed {consumed} samples, not a multiple of global_batch_size "
                              f"{t.global_batch_size}; resume with the batch size it was trained with")
 
         self.decay_steps = o.decay_steps if o.decay_steps is not None else max(0, t.train_steps - o.warmup_steps)
+        loss_options = {"z_loss": o.z_loss} if o.z_loss else {}
+        check_loss_options(loss_options)
         log = MetricsLog(self.tensorboard_dir, active=env.rank == 0)
         log.text("config", cfg.to_yaml())
         log.text("data", self.data.describe())
         self.loader = DataLoader(self.data, DataLoaderConfig(
             micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size, dp_rank=env.rank,
-            dp_size=env.world_size, consumed_samples=consumed, prefetch=cfg.data.prefetch, device=env.device))
-        self.validator = Validator(self.model, eval_data, t.micro_batch_size, env.device, env.rank, env.world_size, log)
+            dp_size=env.world_size, consumed_samples=consumed, prefetch=cfg.data.prefetch, device=env.device,
+            document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id))
+        self.validator = Validator(self.model, eval_data, t.micro_batch_size, env.device, env.rank, env.world_size, log,
+                                   document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id)
         self.train_step = TrainStep(self.model, optimizer, self.guard, accumulation=accumulation, device=env.device,
                                     world_size=env.world_size, timing_sync=t.timing_sync,
-                                    data_wait=lambda: self.loader.wait_seconds)
+                                    data_wait=lambda: self.loader.wait_seconds,
+                                    count_scored_tokens=self.data.has_loss_mask or eod_mask_id is not None,
+                                    loss_options=loss_options)
         self.metrics = TrainingMetrics(
             log, self.data, train_steps=t.train_steps, global_batch_size=t.global_batch_size,
             seq_length=cfg.data.seq_length, flops_per_token=flops_per_token(model_cfg, cfg.data.seq_length),
@@ -118,7 +137,7 @@ class Trainer:
 
     def learning_rate(self, step: int) -> float:
         o = self.cfg.optim
-        return learning_rate(step, o.lr, o.min_lr, o.warmup_steps, self.decay_steps)
+        return learning_rate(step, o.lr, o.min_lr, o.warmup_steps, self.decay_steps, o.schedule, o.decay_fraction)
 
     def train(self) -> dict:
         """Runs to `train.train_steps`, a SIGTERM or `exit_interval`; returns the run's summary."""

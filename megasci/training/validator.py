@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megasci.data.loader import IGNORE_INDEX, make_batch
 from megasci.distributed import print_rank0
 
 from .metrics import MetricsLog
@@ -28,18 +29,23 @@ def perplexity(loss: float | None) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, dp_size: int = 1) -> dict[str, float]:
-    """Mean token loss per source and over all of them ("all"), samples spread over the ranks.
+def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, dp_size: int = 1,
+             document_mask: bool = False, eod_mask_id: int | None = None) -> dict[str, float]:
+    """Mean loss per scored token per source and over all of them ("all"), samples spread over the ranks.
 
-    `datasets` maps names to map-style datasets of `seq_length + 1` token samples."""
+    `datasets` maps names to map-style datasets of `seq_length + 1` token samples; batches are made
+    as for training (`loader.make_batch`: document masking, SFT loss masks, the EOD mask)."""
     sums = torch.zeros(len(datasets), 2, dtype=torch.float64, device=device)  # loss x tokens, tokens
     for k, dataset in enumerate(datasets.values()):
         mine = list(range(dp_rank, len(dataset), dp_size))
         for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
-            samples = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64) for i in chunk])).to(device)
-            tokens = samples[:, 1:].numel()
-            sums[k, 0] += model(samples[:, :-1], samples[:, 1:]).double() * tokens
+            batch = make_batch(dataset, np.asarray(mine[start:start + batch_size]), document_mask, eod_mask_id)
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            tokens = int((batch["labels"] != IGNORE_INDEX).sum())
+            if tokens == 0:
+                continue
+            packed = {name: batch[name] for name in ("positions", "segment_ids") if name in batch}
+            sums[k, 0] += model(batch["tokens"], batch["labels"], **packed).double() * tokens
             sums[k, 1] += tokens
     if dp_size > 1:
         dist.all_reduce(sums)
@@ -52,9 +58,11 @@ def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, d
 class Validator:
     """The trainer's validation: every rank evaluates its share, rank 0 logs and prints the result."""
 
-    def __init__(self, model, datasets: dict, batch_size: int, device, dp_rank: int, dp_size: int, log: MetricsLog):
+    def __init__(self, model, datasets: dict, batch_size: int, device, dp_rank: int, dp_size: int, log: MetricsLog,
+                 document_mask: bool = False, eod_mask_id: int | None = None):
         self.model, self.datasets, self.batch_size = model, datasets, batch_size
         self.device, self.dp_rank, self.dp_size, self.log = device, dp_rank, dp_size, log
+        self.batch_options = {"document_mask": document_mask, "eod_mask_id": eod_mask_id}
 
     def __bool__(self) -> bool:
         """False when there is nothing to validate on."""
@@ -63,7 +71,8 @@ class Validator:
     def __call__(self, step: int) -> dict[str, float]:
         """Losses per source and "all" at `step`; leaves the model in training mode."""
         self.model.eval()
-        losses = evaluate(self.model, self.datasets, self.batch_size, self.device, self.dp_rank, self.dp_size)
+        losses = evaluate(self.model, self.datasets, self.batch_size, self.device, self.dp_rank, self.dp_size,
+                          **self.batch_options)
         self.model.train()
         values = {}
         for name, loss in losses.items():

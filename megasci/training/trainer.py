@@ -35,7 +35,8 @@ from .config import TrainConfig
 from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer
 from .guard import SpikeGuard, TrainingDiverged
 from .metrics import MetricsLog, TrainingMetrics, device_peak_tflops
-from .parallelize import apply_activation_checkpointing, apply_compile
+from .parallelize import apply_activation_checkpointing, apply_compile, apply_fp32_grad_accumulation
+from .profiler import StepProfiler
 from .schedule import learning_rate
 from .stop import StopRequest
 from .train_step import TrainStep, check_loss_options
@@ -90,12 +91,16 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = apply_activation_checkpointing(build_model(model_cfg, device=env.device), model_cfg.checkpointing)
         decay = default_decay if not o.decay_embeddings else (lambda name, p: p.dim() >= 2)
+        main_grads = o.fp32_grad_accumulation and not o.shard_gradients
+        apply_fp32_grad_accumulation(self.model, main_grads)
         optimizer = ZeroAdamW(self.model, AdamWConfig(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                                      max_grad_norm=o.clip_grad), bucket_numel=o.bucket_numel, decay=decay)
+                                                      max_grad_norm=o.clip_grad), bucket_numel=o.bucket_numel, decay=decay,
+                              main_grads=main_grads, shard_gradients=o.shard_gradients)
         if t.compile:  # after the optimizer has re-pointed the parameters into its buffers; compiles on first use
             apply_compile(self.model, t.compile)
             print_rank0(f"blocks compiled with torch.compile(backend={t.compile!r})")
         self.guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
+        self.profiler = StepProfiler(t.profile_steps, os.path.join(t.save_dir, "profile"), env.device, env.rank)
         self.checkpointer = Checkpointer(t.save_dir, model=self.model, optimizer=optimizer, guard=self.guard,
                                          data=self.data, tokenizer=tokenizer, model_cfg=model_cfg, train_cfg=cfg,
                                          rank=env.rank, world_size=env.world_size, device=env.device,
@@ -153,7 +158,8 @@ class Trainer:
                 batches = iter(self.loader)
                 while self.step < t.train_steps:
                     lr = self.learning_rate(self.step)
-                    result = self.train_step(batches, self.step, lr)
+                    with self.profiler.step(self.step + 1):
+                        result = self.train_step(batches, self.step, lr)
                     if result.skipped is not None:
                         summary["skipped"].append(self.step)
                     self.step += 1

@@ -87,10 +87,6 @@ class OptimSection:
     #                                      false: the reference path. Not with shard_gradients (no full buffer)
     shard_gradients: bool = False  # reduce-scatter every micro-batch and keep only this rank's fp32 gradient
     #                                shard (less memory, one reduction per micro-batch); see distributed/zero.py
-    fp32_grad_accumulation: bool = True  # matmul weight gradients straight into the fp32 buffer (no bf16 .grad);
-    #                                      false: the reference path. Not with shard_gradients (no full buffer)
-    shard_gradients: bool = False  # reduce-scatter every micro-batch and keep only this rank's fp32 gradient
-    #                                shard (less memory, one reduction per micro-batch); see distributed/zero.py
 
 
 @dataclasses.dataclass
@@ -113,8 +109,6 @@ class TrainSection:
     max_skipped_steps: int = 5  # stop after this many skipped steps in a row
     timing_sync: bool = True  # synchronise the GPU between phases so the step-time split is honest
     compile: str | None = None  # torch.compile each block with this backend ("inductor"); None: eager, hand-fused ops
-    profile_steps: tuple[int, int] | None = None  # [a, b]: profiler trace (and CUDA memory snapshot) of steps a..b
-    #                                               into <save_dir>/profile (training/profiler.py)
     profile_steps: tuple[int, int] | None = None  # [a, b]: profiler trace (and CUDA memory snapshot) of steps a..b
     #                                               into <save_dir>/profile (training/profiler.py)
     init_from: str | None = None  # fine-tuning: weights only from this checkpoint (or save dir) when save_dir has none

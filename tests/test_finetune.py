@@ -1,0 +1,103 @@
+"""Fine-tuning on the pretraining stack, end to end on CPU: a tiny pretrained checkpoint, SFT data
+from generated conversations, then `train.init_from` with document masking under 2 ranks (ZeRO-2):
+weights only are taken, the step counter starts at 0, exact resume from the fine-tune's own save_dir,
+TensorBoard scalars, and a falling assistant-token loss."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from megasci.corpus.synthetic import generate_papers
+from megasci.data.indexed_dataset import IndexedDatasetWriter
+from megasci.data.sft import SFTConfig, preprocess_sft
+from megasci.data.synthetic_chat import generate_conversations
+from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
+from megasci.training import checkpoint as ckpt
+from megasci.training.config import load_config
+from megasci.training.metrics import read_metrics
+from megasci.training.trainer import pretrain
+
+from training_fixtures import run_pretrain
+
+
+def _base(tokenizer, vocab_size, save_dir, **extra):
+    values = {
+        "model.preset": "tiny", "model.overrides": f"{{vocab_size: {vocab_size}}}",
+        "data.tokenizer": tokenizer, "data.seq_length": 32, "data.split": "[0.9, 0.1, 0.0]",
+        "data.eval_samples": 8, "data.prefetch": 2,
+        "optim.lr": 3e-3, "optim.min_lr": 3e-4, "optim.warmup_steps": 2, "optim.bucket_numel": 20000,
+        "train.micro_batch_size": 2, "train.global_batch_size": 8, "train.device": "cpu",
+        "train.save_dir": save_dir, "train.log_interval": 2, "train.peak_tflops": 1.0,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    papers = list(generate_papers(40, seed=7))
+    conversations = list(generate_conversations(300, seed=1))
+    model = str(root / "chat.model")
+    text = [p["text"] for p in papers] + [m["content"] for c in conversations for m in c["messages"]]
+    train_sentencepiece(text, model, SentencePieceTrainConfig(vocab_size=512, num_threads=2, mined_commands=50,
+                                                              chat_template="megasci-v1"))
+    tokenizer = load_tokenizer(model)
+    pretrain_prefix = str(root / "arxiv_text_document")
+    with IndexedDatasetWriter(pretrain_prefix, dtype=np.uint16) as writer:
+        for paper in papers:
+            writer.add_document(np.array(tokenizer.encode(paper["text"]) + [tokenizer.eod_id], dtype=np.uint16))
+    pretrained = str(root / "pretrained")
+    pretrain(load_config(None, _base(model, tokenizer.vocab_size, pretrained, **{
+        "data.blend": f"[1, {pretrain_prefix}]", "train.train_steps": 4, "train.eval_interval": 0,
+        "train.save_interval": 4})))
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    preprocess_sft(SFTConfig([str(chats)], str(root / "sft"), model, append_eod=True), progress=False)
+    return {"root": root, "tokenizer": model, "vocab_size": tokenizer.vocab_size, "pretrained": pretrained,
+            "sft_prefix": str(root / "sft_text_document")}
+
+
+def _finetune(setup, save_dir, **extra):
+    return _base(setup["tokenizer"], setup["vocab_size"], save_dir, **{
+        "data.blend": f"[1.0x, {setup['sft_prefix']}]", "data.document_mask": "true",
+        "train.init_from": setup["pretrained"], "train.train_steps": 8, "train.save_interval": 4,
+        "train.eval_interval": 4, **extra})
+
+
+def test_init_from_takes_the_weights_only(setup, tmp_path):
+    """lr 0: the fine-tune's checkpoint holds exactly the pretrained weights, at its own step 1."""
+    save_dir = str(tmp_path / "lr0")
+    summary = pretrain(load_config(None, _finetune(setup, save_dir, **{
+        "optim.lr": 0.0, "optim.min_lr": 0.0, "optim.weight_decay": 0.0, "train.train_steps": 1,
+        "train.eval_interval": 0})))
+    assert summary["start_step"] == 0 and summary["end_step"] == 1
+    after = torch.load(os.path.join(ckpt.latest_checkpoint(save_dir), ckpt.MODEL_NAME), weights_only=True)
+    before = torch.load(os.path.join(ckpt.latest_checkpoint(setup["pretrained"]), ckpt.MODEL_NAME), weights_only=True)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert ckpt.read_meta(save_dir)["step"] == 1  # its own counter, not the pretraining's step 4
+
+
+def test_sft_needs_document_masking(setup, tmp_path):
+    with pytest.raises(ValueError, match="document_mask"):
+        pretrain(load_config(None, _finetune(setup, str(tmp_path / "nomask"), **{"data.document_mask": "false"})))
+
+
+def test_two_rank_finetune_resumes_exactly_and_the_assistant_loss_falls(setup):
+    root = setup["root"]
+    straight, resumed = str(root / "ft_straight"), str(root / "ft_resumed")
+    first = run_pretrain(2, _finetune(setup, straight))
+    assert "initialised the weights from" in first.stdout
+    run_pretrain(2, _finetune(setup, resumed, **{"train.exit_interval": 4}))
+    second = run_pretrain(2, _finetune(setup, resumed, **{"train.exit_interval": 4}))
+    assert "resumed from" in second.stdout and "initialised the weights" not in second.stdout
+    a, b = read_metrics(os.path.join(straight, "tensorboard")), read_metrics(os.path.join(resumed, "tensorboard"))
+    assert [a[s]["train/loss"] for s in range(1, 9)] == [b[s]["train/loss"] for s in range(1, 9)]
+    name = "val/loss/sft_text_document"
+    assert a[8][name] < a[0][name] - 0.3, (a[0][name], a[8][name])
+    final = {k: torch.load(os.path.join(ckpt.latest_checkpoint(d), ckpt.MODEL_NAME), weights_only=True)
+             for k, d in (("a", straight), ("b", resumed))}
+    assert all(torch.equal(final["a"][k], final["b"][k]) for k in final["a"])

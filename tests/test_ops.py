@@ -17,8 +17,9 @@ from megasci.ops.loss import cross_entropy_chunked, cross_entropy_reference
 from megasci.ops.rmsnorm import rms_norm_reference
 from megasci.ops.rotary import apply_rotary_reference
 from megasci.ops.swiglu import swiglu_reference
+from memory_watch import LargeTensorWatch
 
-OPS = ["rms_norm", "swiglu", "attention", "cross_entropy_loss"]
+OPS = ["rms_norm", "swiglu", "attention", "cross_entropy_loss", "apply_rotary"]
 
 
 @pytest.fixture(autouse=True)
@@ -328,18 +329,34 @@ def test_registry_defaults_and_auto_choices_on_cpu():
         assert "reference" in ops.available_backends(op)
     assert ops.resolve_backend("rms_norm", x, torch.ones(8)) == "reference"
     assert ops.resolve_backend("cross_entropy_loss", x, torch.ones(3, 8), torch.zeros(2)) == "chunked"
+    q, cos = torch.randn(1, 2, 2, 8), torch.randn(2, 8)
+    assert ops.resolve_backend("apply_rotary", q, q, cos, cos) == "reference"
 
 
 def test_registry_rejects_unknown_or_unavailable():
     with pytest.raises(KeyError):
         ops.set_backend("layer_norm", "reference")
-    with pytest.raises(KeyError):  # one implementation: a plain function, not a registry entry
+    with pytest.raises(KeyError):  # the op is named after its function, apply_rotary
         ops.set_backend("rotary", "reference")
-    with pytest.raises(ValueError, match="triton"):
-        ops.set_backend("rms_norm", "triton")
+    with pytest.raises(ValueError, match="no backend 'fused'"):
+        ops.set_backend("rms_norm", "fused")
+    for op in ("rms_norm", "apply_rotary", "cross_entropy_loss", "swiglu"):
+        if not torch.cuda.is_available():  # the triton kernels are available only with a GPU
+            with pytest.raises(ValueError, match="triton"):
+                ops.set_backend(op, "triton")
+        assert ops.get_backend(op) == "auto"
     if "apex" not in ops.available_backends("rms_norm"):
         with pytest.raises(ValueError, match="cannot run here"):
             ops.set_backend("rms_norm", "apex")
+
+
+def test_unavailable_backend_cannot_be_forced_anywhere(monkeypatch):
+    """The same check on every machine: a backend whose package is missing is refused and not selected."""
+    monkeypatch.setitem(registry._registry, "rms_norm", dict(registry._registry["rms_norm"]))
+    ops.register_backend("rms_norm", "missing", rms_norm_reference, lambda: False)
+    with pytest.raises(ValueError, match="cannot run here"):
+        ops.set_backend("rms_norm", "missing")
+    assert ops.get_backend("rms_norm") == "auto"
 
 
 def test_registered_backend_is_used_when_forced(monkeypatch):
@@ -391,3 +408,106 @@ def test_cross_entropy_under_autocast():
     torch.testing.assert_close(loss, ref_loss, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(gh, ref_gh, rtol=5e-2, atol=5e-3)
     torch.testing.assert_close(gw, ref_gw, rtol=5e-2, atol=5e-3)
+
+
+# ---------------------------------------------------------------- fused cross-entropy: z-loss, main_grad, memory
+
+def hand_loss(hidden, weight, labels, z_loss, ignore_index=-100):
+    """The loss written out in float64: mean over scored tokens of lse - logit[label] + z_loss * lse**2."""
+    logits = hidden.double() @ weight.double().T
+    total, count = 0.0, 0
+    for row, label in zip(logits, labels.tolist()):
+        if label == ignore_index:
+            continue
+        lse = row.max() + torch.log(torch.exp(row - row.max()).sum())
+        total = total + (lse - row[label]) + z_loss * lse ** 2
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+@pytest.mark.parametrize("z_loss", [0.0, 1e-4, 0.3])
+def test_cross_entropy_z_loss_matches_hand_computation(backend, z_loss):
+    hidden, weight, labels = ce_inputs(n=19, h=8, v=30, ignore=(1, 7), seed=11)
+    ops.set_backend("cross_entropy_loss", backend)
+    loss, gh, gw = loss_and_grads(ops.cross_entropy_loss, hidden.double(), weight.double(), labels,
+                                  chunk_size=4, z_loss=z_loss)
+    want, want_gh, want_gw = loss_and_grads(lambda a, b, c: hand_loss(a, b, c, z_loss), hidden.double(),
+                                            weight.double(), labels)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gh, want_gh, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, want_gw, rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_z_loss_gradcheck_float64():
+    hidden, weight, labels = ce_inputs(n=7, h=3, v=5, ignore=(2,))
+    hidden = hidden.detach().double().requires_grad_()
+    weight = weight.detach().double().requires_grad_()
+    assert gradcheck(lambda a, b: cross_entropy_chunked(a, b, labels, 3, -100, 0.2), (hidden, weight))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_adds_into_main_grad_and_returns_none(dtype):
+    """With ``weight.main_grad`` the float32 weight gradient is added into it, the arrival callback runs
+    once, and ``weight.grad`` stays None; without it the gradient is returned in the weight's dtype."""
+    hidden, weight, labels = ce_inputs(n=45, h=32, v=200, dtype=dtype, ignore=(2, 9))
+    exact = loss_and_grads(lambda a, b, c: F.cross_entropy(a @ b.T, c), hidden.double(), weight.double(), labels)
+    w = weight.detach().clone().requires_grad_()
+    w.main_grad = torch.zeros(weight.shape)
+    arrivals = []
+    w.main_grad_added = lambda: arrivals.append(1)
+    h = hidden.detach().clone().requires_grad_()
+    (2.0 * ops.cross_entropy_loss(h, w, labels, chunk_size=8)).backward()
+    assert w.grad is None and arrivals == [1] and w.main_grad.dtype == torch.float32
+    first = w.main_grad.clone()
+    ops.cross_entropy_loss(h, w, labels, chunk_size=8).backward()  # a second micro-batch adds to the first
+    assert arrivals == [1, 1] and torch.equal(w.main_grad, first * 1.5)
+    _, _, returned = loss_and_grads(ops.cross_entropy_loss, hidden, weight, labels, chunk_size=8)
+    assert returned.dtype == dtype
+    assert torch.equal(returned, (first / 2).to(dtype))  # the same float32 sum, rounded once
+    truth = 2 * exact[2]
+    main_err = (first.double() - truth).abs().max()
+    assert main_err <= (2 * returned.double() - truth).abs().max()
+    if dtype == torch.float32:
+        torch.testing.assert_close(first.double(), truth, rtol=1e-4, atol=1e-6)
+    else:
+        torch.testing.assert_close(first.double(), truth, rtol=2e-2, atol=2e-3)
+
+
+def test_cross_entropy_under_no_grad_does_no_gradient_work():
+    hidden, weight, labels = ce_inputs(n=40)
+    calls = []
+
+    class CountMatmuls(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default):
+                calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), CountMatmuls():
+        loss = ops.cross_entropy_loss(hidden, weight, labels, chunk_size=16)
+    assert len(calls) == 3  # one logits matmul per chunk of 16, 16, 8 tokens
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.T, labels))
+
+
+@pytest.mark.parametrize("dtype,chunks_held", [(torch.float32, 1.0), (torch.bfloat16, 1.5)])
+def test_cross_entropy_holds_one_chunk_of_logits(dtype, chunks_held):
+    """Largest tensors alive at once during forward and backward: one float32 chunk of logits (a
+    bf16 chunk adds its own half-size copy on the PyTorch path); the reference holds all of them."""
+    n, v, chunk = 512, 4000, 64
+    hidden, weight, labels = ce_inputs(n=n, h=8, v=v, dtype=dtype)
+    chunk_fp32_bytes = chunk * v * 4
+    watch = LargeTensorWatch(min_numel=chunk * v // 2)
+    with watch:
+        ops.cross_entropy_loss(hidden, weight, labels, chunk_size=chunk).backward()
+    assert watch.peak == chunks_held * chunk_fp32_bytes
+    reference = LargeTensorWatch(min_numel=chunk * v // 2)
+    with reference:
+        cross_entropy_reference(hidden, weight, labels).backward()
+    assert reference.peak >= n * v * 4
+
+
+def test_cross_entropy_rejects_negative_z_loss():
+    hidden, weight, labels = ce_inputs(n=4)
+    with pytest.raises(ValueError, match="z_loss"):
+        ops.cross_entropy_loss(hidden, weight, labels, z_loss=-1.0)

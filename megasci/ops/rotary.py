@@ -4,12 +4,19 @@ HF pairs dimension i with i + D/2 (not adjacent dimensions as in the RoPE paper)
 to or from HF only line up under the same pairing. Tables are computed in float32 and cast at the end,
 as ``LlamaRotaryEmbedding`` does, so low-precision tables equal HF's bit for bit.
 
-One implementation, so a plain function: the backend registry is for ops with several to choose from.
+Backends of ``apply_rotary``: ``reference`` (plain PyTorch, everywhere; about ten elementwise kernels
+each way) and ``triton`` (one kernel for q and k together, forward and backward, with the reference's
+rounding: on CUDA when triton is installed).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .backends import dispatch, module_available, register_backend, register_op
+
+_HAS_TRITON = module_available("triton")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float = 10000.0, device=None,
@@ -37,6 +44,30 @@ def apply_rotary_reference(q, k, cos, sin):
     return q_out, k_out
 
 
+def apply_rotary_triton(q, k, cos, sin):
+    """The fused kernel; triton is imported on first use, not with megasci."""
+    from .triton_kernels import apply_rotary_triton as fn
+
+    return fn(q, k, cos, sin)
+
+
+def _triton_available() -> bool:
+    """Triton kernels need a GPU; the CPU interpreter is for tests, which call the backend directly."""
+    return _HAS_TRITON and torch.cuda.is_available()
+
+
+def _auto(q, k, cos, sin) -> str:
+    if (_HAS_TRITON and q.is_cuda and q.dtype == k.dtype and q.dtype in _TRITON_DTYPES
+            and cos.dtype in _TRITON_DTYPES and not (cos.requires_grad or sin.requires_grad)):
+        return "triton"
+    return "reference"
+
+
+register_op("apply_rotary", _auto)
+register_backend("apply_rotary", "reference", apply_rotary_reference)
+register_backend("apply_rotary", "triton", apply_rotary_triton, _triton_available)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """Rotate q [B, S, Hq, D] and k [B, S, Hkv, D] by position.
 
@@ -46,4 +77,4 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     """
     if cos.shape != sin.shape or cos.dim() not in (2, 3):
         raise ValueError(f"cos and sin must both be [S, D] or [B, S, D]; got {tuple(cos.shape)}, {tuple(sin.shape)}")
-    return apply_rotary_reference(q, k, cos, sin)
+    return dispatch("apply_rotary", q, k, cos, sin)

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for RMSNorm and SwiGLU, forward and backward.
+"""Fused Triton kernels: RMSNorm and SwiGLU (forward and backward), the cross-entropy chunk, rotary embeddings.
 
 This module imports triton at the top, so the op modules import it lazily: importing megasci must not
 pay for (or require) triton, and tests must be able to set ``TRITON_INTERPRET=1`` first. Whether the
@@ -96,6 +96,88 @@ def _swiglu_bwd(DY, G, U, DG, DU, n, BLOCK: tl.constexpr):
     sig = _sigmoid(g)
     tl.store(DG + offs, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(DG.dtype.element_ty), mask=mask)
     tl.store(DU + offs, (dy * g * sig).to(DU.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _cross_entropy_chunk(LOGITS, stride, LABELS, TOKEN_LOSS, SCALE, n_cols, ignore_index, z_loss,
+                         WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """One row: its log-sum-exp in one online pass, then its gradient written over the logits in a second."""
+    row = tl.program_id(0).to(tl.int64)
+    ptr = LOGITS + row * stride
+    label = tl.load(LABELS + row)
+    valid = label != ignore_index
+    safe_label = tl.where(valid, label, 0)
+    cols = tl.arange(0, BLOCK)
+    m = tl.load(ptr).to(ACC)  # any element is a valid start for the running maximum
+    d = m * 0.0
+    start = tl.program_id(0) * 0
+    while start < n_cols:
+        offs = start + cols
+        x = tl.load(ptr + offs, mask=offs < n_cols, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.reduce(x, 0, _max))
+        d = d * tl.exp(m - m_new) + tl.reduce(tl.exp(x - m_new), 0, _add)
+        m = m_new
+        start += BLOCK
+    lse = m + tl.log(d)
+    target = tl.load(ptr + safe_label).to(ACC)
+    tl.store(TOKEN_LOSS + row, tl.where(valid, lse - target + z_loss * lse * lse, 0.0))
+    if WRITE_GRAD:
+        scale = tl.where(valid, tl.load(SCALE).to(ACC), 0.0)
+        softmax_scale = scale * (1.0 + 2.0 * z_loss * lse)
+        start = tl.program_id(0) * 0
+        while start < n_cols:
+            offs = start + cols
+            mask = offs < n_cols
+            x = tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+            g = tl.exp(x - lse) * softmax_scale
+            g = tl.where(offs == safe_label, g - scale, g)
+            tl.store(ptr + offs, g.to(LOGITS.dtype.element_ty), mask=mask)
+            start += BLOCK
+
+
+@triton.jit
+def _rotate_heads(X, Y, n_heads, heads, d, mask, c1, c2, s1, s2, HALF: tl.constexpr, BACKWARD: tl.constexpr,
+                  CDT: tl.constexpr, ACC: tl.constexpr):
+    """Rotate one token's heads [n_heads, 2 * HALF]; every product and sum is rounded to CDT, the dtype
+    the reference computes in, so the results are the reference's."""
+    offs = heads[:, None] * (2 * HALF) + d[None, :]
+    x1 = tl.load(X + offs, mask=mask, other=0.0).to(CDT).to(ACC)
+    x2 = tl.load(X + offs + HALF, mask=mask, other=0.0).to(CDT).to(ACC)
+    if BACKWARD:  # the transpose of the rotation: the sines change sign and halves
+        y1 = (x1 * c1).to(CDT).to(ACC) + (x2 * s2).to(CDT).to(ACC)
+        y2 = (x2 * c2).to(CDT).to(ACC) - (x1 * s1).to(CDT).to(ACC)
+    else:
+        y1 = (x1 * c1).to(CDT).to(ACC) - (x2 * s1).to(CDT).to(ACC)
+        y2 = (x2 * c2).to(CDT).to(ACC) + (x1 * s2).to(CDT).to(ACC)
+    tl.store(Y + offs, y1.to(CDT).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + offs + HALF, y2.to(CDT).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary(Q, K, COS, SIN, QO, KO, seq_len, table_batch_stride, n_q_heads, n_k_heads, HALF: tl.constexpr,
+            BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BACKWARD: tl.constexpr, CDT: tl.constexpr,
+            ACC: tl.constexpr):
+    """One program per token: its cos/sin row is read once and applied to all its q and k heads."""
+    token = tl.program_id(0).to(tl.int64)
+    table = (token // seq_len) * table_batch_stride + (token % seq_len) * (2 * HALF)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HALF
+    c1 = tl.load(COS + table + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
+    c2 = tl.load(COS + table + HALF + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
+    s1 = tl.load(SIN + table + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
+    s2 = tl.load(SIN + table + HALF + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
+    heads = tl.arange(0, BLOCK_H)
+    q_mask = (heads[:, None] < n_q_heads) & d_mask[None, :]
+    k_mask = (heads[:, None] < n_k_heads) & d_mask[None, :]
+    _rotate_heads(Q + token * n_q_heads * (2 * HALF), QO + token * n_q_heads * (2 * HALF), n_q_heads, heads, d,
+                  q_mask, c1, c2, s1, s2, HALF, BACKWARD, CDT, ACC)
+    _rotate_heads(K + token * n_k_heads * (2 * HALF), KO + token * n_k_heads * (2 * HALF), n_k_heads, heads, d,
+                  k_mask, c1, c2, s1, s2, HALF, BACKWARD, CDT, ACC)
 
 
 # True when triton.jit wrapped the kernels for the CPU interpreter rather than for the GPU.
@@ -200,3 +282,80 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"swiglu: triton backend needs equal shapes and dtypes; got {tuple(gate.shape)} "
                          f"{gate.dtype} and {tuple(up.shape)} {up.dtype}")
     return _SwiGLUFunction.apply(gate, up)
+
+
+_CROSS_ENTROPY_DTYPES = SUPPORTED_DTYPES + (torch.float64,)
+_CROSS_ENTROPY_MAX_BLOCK = 8192
+
+
+def cross_entropy_chunk_triton(logits: torch.Tensor, labels: torch.Tensor, token_loss: torch.Tensor,
+                               scale: torch.Tensor, ignore_index: int, z_loss: float,
+                               write_grad: bool) -> torch.Tensor:
+    """Fills ``token_loss`` [N] (``lse - logit[label] + z_loss * lse**2``, 0 where ignored) and, when
+    ``write_grad``, overwrites ``logits`` [N, V] with the gradient of ``scale * sum(token_loss)``
+    (``scale`` a 0-dim tensor, read on the device, so nothing waits for the host); returns ``logits``.
+    The math runs in float32 (float64 for float64 logits); the gradient is stored in the logits' dtype."""
+    _check_device(logits, labels, token_loss, scale)
+    if logits.dtype not in _CROSS_ENTROPY_DTYPES:
+        raise TypeError(f"cross_entropy: triton kernel supports {_CROSS_ENTROPY_DTYPES}, got {logits.dtype}")
+    if logits.dim() != 2 or logits.stride(1) != 1:
+        raise ValueError("cross_entropy: logits must be a row-major [N, V] matrix")
+    n_rows, n_cols = logits.shape
+    acc = tl.float64 if logits.dtype == torch.float64 else tl.float32
+    block = min(triton.next_power_of_2(n_cols), _CROSS_ENTROPY_MAX_BLOCK)
+    if n_rows:
+        _cross_entropy_chunk[(n_rows,)](logits, logits.stride(0), labels.contiguous(), token_loss, scale, n_cols,
+                                        ignore_index, float(z_loss), WRITE_GRAD=write_grad, ACC=acc,
+                                        BLOCK=block, num_warps=_num_warps(block))
+    return logits
+
+
+_ROTARY_DTYPES = SUPPORTED_DTYPES + (torch.float64,)
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+              torch.float64: tl.float64}
+
+
+def _launch_rotary(q, k, cos, sin, backward: bool):
+    batch, seq_len, n_q_heads, head_dim = q.shape
+    qo, ko = torch.empty_like(q), torch.empty_like(k)
+    compute = torch.promote_types(q.dtype, cos.dtype)
+    acc = tl.float64 if compute == torch.float64 else tl.float32
+    half = head_dim // 2
+    block_h = triton.next_power_of_2(max(n_q_heads, k.shape[2]))
+    block_d = triton.next_power_of_2(half)
+    table_batch_stride = seq_len * head_dim if cos.dim() == 3 else 0
+    if q.numel():
+        _rotary[(batch * seq_len,)](q, k, cos, sin, qo, ko, seq_len, table_batch_stride, n_q_heads, k.shape[2],
+                                    HALF=half, BLOCK_H=block_h, BLOCK_D=block_d, BACKWARD=backward,
+                                    CDT=_TL_DTYPES[compute], ACC=acc, num_warps=_num_warps(block_h * block_d))
+    return qo, ko
+
+
+class _RotaryFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        q, k, cos, sin = q.contiguous(), k.contiguous(), cos.contiguous(), sin.contiguous()
+        ctx.save_for_backward(cos, sin)
+        return _launch_rotary(q, k, cos, sin, backward=False)
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        cos, sin = ctx.saved_tensors
+        dq, dk = _launch_rotary(dq.contiguous(), dk.contiguous(), cos, sin, backward=True)
+        return dq, dk, None, None
+
+
+def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotary embedding of q [B, S, Hq, D] and k [B, S, Hkv, D] in one launch (forward and backward), with
+    cos/sin [S, D] or [B, S, D]; the rounding of ``rotary.apply_rotary_reference``. The tables get no
+    gradient."""
+    _check_device(q, k, cos, sin)
+    for t in (q, k, cos, sin):
+        if t.dtype not in _ROTARY_DTYPES:
+            raise TypeError(f"apply_rotary: triton kernel supports {_ROTARY_DTYPES}, got {t.dtype}")
+    if q.dtype != k.dtype or q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"apply_rotary: q and k must be [B, S, H, D] of one dtype with equal B, S, D; got "
+                         f"{tuple(q.shape)} {q.dtype} and {tuple(k.shape)} {k.dtype}")
+    if cos.shape[-2:] != (q.shape[1], q.shape[3]) or (cos.dim() == 3 and cos.shape[0] != q.shape[0]):
+        raise ValueError(f"apply_rotary: tables {tuple(cos.shape)} do not match q {tuple(q.shape)}")
+    return _RotaryFunction.apply(q, k, cos, sin)

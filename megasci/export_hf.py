@@ -8,7 +8,8 @@
       tokenizer.model             the training SentencePiece model, byte for byte
       tokenizer.json              the same model for the `tokenizers` library (built here, see below)
       tokenizer_config.json       no BOS/EOS added and special-token text not parsed, so
-      special_tokens_map.json     `tokenizer(text).input_ids` is exactly the training ids
+      special_tokens_map.json     `tokenizer(text).input_ids` is exactly the training ids; the chat
+                                  template's Jinja (`chat_template`) when the tokenizer has one
 
 An export is only as good as its check, so `export_checkpoint` writes into `<output>.tmp-*`, reloads that
 directory with `AutoModelForCausalLM` / `AutoTokenizer` (`verify_export`), and only then renames it to
@@ -22,7 +23,9 @@ probe batch (tolerances in `LOGIT_RTOL`; a bfloat16 export is compared with our 
 same rounded weights); greedy continuation with `generate` (KV cache) against ours by repeated full forward
 passes (a flip at a near-tie within the tolerance ends the comparison with a note instead of failing); the
 exported tokenizer against the training one (the file meta.json names by sha256): every piece, the special
-ids, and the ids and decoded text of probe texts with LaTeX, Unicode, newline runs, tabs, spaces, digits.
+ids, and the ids and decoded text of probe texts with LaTeX, Unicode, newline runs, tabs, spaces, digits;
+with a chat template, `apply_chat_template` on multi-turn probe conversations (with and without a
+system turn, with and without the generation prompt) against our ids (`CHAT_PROBES`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 
 from megasci.model import ModelConfig, hf_config_dict, to_hf_state_dict
 from megasci.model.dtypes import DTYPES, dtype_name
+from megasci.tokenizer.chat import ChatTemplate
 from megasci.tokenizer.probes import PROBE_TEXTS
 from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
 from megasci.utils.io import file_sha256
@@ -51,6 +55,18 @@ EXPORT_DTYPES = ("float32", "bfloat16")  # the dtypes whose logit tolerance is k
 LOGIT_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 GREEDY_TOKENS = 16
 _MISSING = "<missing>"
+# Conversations the exported chat template must encode to our ids: multi-turn, with and without a system
+# turn, LaTeX, Unicode and newlines in the content.
+CHAT_PROBES = [
+    [{"role": "user", "content": "What is $\\int_0^1 x^2\\,dx$?"},
+     {"role": "assistant", "content": "It is $\\frac{1}{3}$.\n\nBy the power rule."},
+     {"role": "user", "content": "And Ω ≥ 2?"}],
+    [{"role": "system", "content": "You answer briefly."},
+     {"role": "user", "content": "Define a manifold."},
+     {"role": "assistant", "content": "A space locally like $\\mathbb{R}^n$."},
+     {"role": "user", "content": "Thanks.\tOne more:  two spaces"},
+     {"role": "assistant", "content": "Ask away."}],
+]
 
 
 
@@ -148,7 +164,8 @@ def sentencepiece_to_tokenizers(model_path: str):
 
 
 def write_tokenizer_files(out_dir: str, model_path: str, identity: dict) -> None:
-    """tokenizer.model (copied), tokenizer.json and the two configs transformers reads beside it.
+    """tokenizer.model (copied), tokenizer.json and the two configs transformers reads beside it
+    (with the identity's chat template as `chat_template`).
 
     Special tokens are the training identity's ids. No BOS/EOS is added because training documents carry
     none at the start (only EOD at the end), and `split_special_tokens` keeps a literal "</s>" in text as
@@ -168,6 +185,7 @@ def write_tokenizer_files(out_dir: str, model_path: str, identity: dict) -> None
         "add_eos_token": False,
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,
+        **({"chat_template": identity["chat_template"]["jinja"]} if identity.get("chat_template") else {}),
     })
 
 
@@ -278,6 +296,7 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
     hf_tok = transformers.AutoTokenizer.from_pretrained(export_dir)
     caveats = literal_text_caveats(tokenizer)
     report.probe_tokens = _check_tokenizer(export_dir, hf_tok, sp, identity, caveats)
+    _check_chat_template(export_dir, hf_tok, sp, identity)
     if caveats:
         report.notes.append(f"literal {', '.join(map(repr, caveats[:5]))} in text may tokenize differently: "
                             f"normal pieces span every place to cut them")
@@ -373,6 +392,34 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identi
                               f"{decoded[max(0, i - 20):i + 20]!r} vs training {want_text[max(0, i - 20):i + 20]!r}")
         seen += len(want)
     return seen
+
+
+def _check_chat_template(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identity: dict) -> None:
+    """`apply_chat_template` of the exported tokenizer gives our ids for every probe conversation."""
+    where = os.path.join(export_dir, "tokenizer_config.json")
+    if not identity.get("chat_template"):
+        if getattr(hf_tok, "chat_template", None):
+            raise ExportError(f"{where}: has a chat_template, but the training tokenizer has none")
+        return
+    if not getattr(hf_tok, "chat_template", None):
+        raise ExportError(f"{where}: no chat_template, but the training tokenizer has "
+                          f"{identity['chat_template']['name']!r}")
+    encoder = ChatTemplate.from_meta(identity["chat_template"]).bind(sp)
+    for k, conversation in enumerate(CHAT_PROBES):
+        for prompt in (False, True):
+            history = conversation if not prompt or conversation[-1]["role"] == "user" else conversation[:-1]
+            want = encoder.encode(history, add_generation_prompt=prompt)[0].tolist()
+            try:
+                out = hf_tok.apply_chat_template(history, tokenize=True, add_generation_prompt=prompt)
+            except Exception as e:  # a broken Jinja string fails inside transformers in many ways
+                raise ExportError(f"{where}: apply_chat_template fails on probe conversation {k}: {e}") from None
+            theirs = list(out["input_ids"] if hasattr(out, "keys") else out)
+            if theirs != want:
+                i = _first_difference(theirs, want)
+                raise ExportError(f"{where}: apply_chat_template ids differ from ours at position {i} of probe "
+                                  f"conversation {k} (generation prompt {prompt}): exported "
+                                  f"{theirs[i] if i < len(theirs) else 'end of ids'} vs ours "
+                                  f"{want[i] if i < len(want) else 'end of ids'}")
 
 
 def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -> None:

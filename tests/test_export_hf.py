@@ -247,3 +247,68 @@ def test_cli_end_to_end(exported, tmp_path, capsys, run_tool):
     _edit_json(os.path.join(hf_dir, "config.json"), tie_word_embeddings=True)
     assert run_tool("export_hf.py", ["--checkpoint", save_dir, "--output", hf_dir, "--verify-only"]) == 1
     assert "tie_word_embeddings is True, expected False" in capsys.readouterr().err
+
+
+# --- chat template ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_export(tmp_path_factory):
+    """A checkpoint whose tokenizer has the megasci-v1 chat template, and its export."""
+    out = tmp_path_factory.mktemp("chat")
+    docs = [p["text"] for p in generate_papers(40, seed=0)]
+    train_sentencepiece(docs, str(out / "chat.model"), SentencePieceTrainConfig(
+        vocab_size=VOCAB, num_threads=2, mined_commands=100, chat_template="megasci-v1"))
+    tok = SentencePieceTokenizer(str(out / "chat.model"))
+    _checkpoint(out / "ckpt", tok)
+    export_checkpoint(str(out / "ckpt"), str(out / "hf"))
+    return out, tok
+
+
+def test_chat_template_is_exported_and_gives_our_ids(chat_export):
+    out, tok = chat_export
+    with open(out / "hf" / "tokenizer_config.json") as f:
+        assert json.load(f)["chat_template"] == tok.chat_template.jinja()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out / "hf"))
+    encoder = tok.chat_template.bind(tok)
+    conversations = [
+        [{"role": "user", "content": "Is $x^2 \\ge 0$?"}, {"role": "assistant", "content": "Yes, for real x."},
+         {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "A square is never negative."}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."},
+         {"role": "assistant", "content": "Seven."}, {"role": "user", "content": "Another one."}],
+    ]
+    for messages in conversations:
+        prompt = messages[-1]["role"] == "user"
+        out_ids = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=prompt)
+        theirs = list(out_ids["input_ids"] if hasattr(out_ids, "keys") else out_ids)
+        assert theirs == encoder.encode(messages, add_generation_prompt=prompt)[0].tolist()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda jinja: jinja.replace("<|end|>", "\n<|end|>"), "apply_chat_template ids differ"),
+    (lambda jinja: jinja.replace("'<|system|>'", "'<|user|>'"), "apply_chat_template ids differ"),
+    (lambda jinja: None, "no chat_template"),
+], ids=["newline-before-end", "system-as-user", "removed"])
+def test_a_tampered_chat_template_is_caught(chat_export, tmp_path, change, message):
+    out, _ = chat_export
+    shutil.copytree(out / "hf", tmp_path / "hf")
+    path = tmp_path / "hf" / "tokenizer_config.json"
+    with open(path) as f:
+        config = json.load(f)
+    tampered = change(config["chat_template"])
+    if tampered is None:
+        del config["chat_template"]
+    else:
+        assert tampered != config["chat_template"]
+        config["chat_template"] = tampered
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ExportError, match=message):
+        verify_export(str(tmp_path / "hf"), str(out / "ckpt"))
+
+
+def test_a_template_on_a_tokenizer_without_one_is_caught(exported, tmp_path):
+    hf_dir, checkpoint = _tampered(exported, tmp_path)
+    _edit_json(hf_dir / "tokenizer_config.json", chat_template="{{ messages[0]['content'] }}")
+    with pytest.raises(ExportError, match="training tokenizer has none"):
+        verify_export(str(hf_dir), checkpoint)

@@ -8,6 +8,7 @@
         config.yaml               the training config as run (readable, reusable with --config)
         model.pt                  model state dict (our parameter names, training dtype), rank 0
         tokenizer.model           copy of the training tokenizer, so a checkpoint is self-contained
+        tokenizer.meta.json       with its .meta.json when it has one (special ids, chat template)
         rank_00000.pt ...         each rank's own state: its optimizer shard, RNG states, scheduler
 
 Every rank writes into `step_XXXXXXXX.tmp` (on a filesystem all ranks share); after a barrier,
@@ -34,6 +35,7 @@ import torch.distributed as dist
 
 from megasci.distributed import barrier, print_rank0
 from megasci.model import ModelConfig, build_model
+from megasci.tokenizer.sp_tokenizer import meta_path as tokenizer_meta_path
 from megasci.utils.io import atomic_output, atomic_text_output
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -144,6 +146,8 @@ def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, mo
                 f.write(config_yaml)
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_NAME))
+            if os.path.isfile(tokenizer_meta_path(tokenizer_path)):  # special ids and the chat template travel too
+                shutil.copyfile(tokenizer_meta_path(tokenizer_path), tokenizer_meta_path(os.path.join(tmp, TOKENIZER_NAME)))
         with atomic_output(os.path.join(tmp, META_NAME), "w") as f:
             json.dump({**meta, "step": step}, f, indent=2, sort_keys=True)  # last: marks the directory complete
         if os.path.exists(final):  # an older save of the same step (e.g. after a rewind): replace it

@@ -22,7 +22,9 @@ def main(argv=None) -> int:
     p.add_argument("--sources", nargs="+", required=False, default=[],
                    help="bulk tars, per-paper files, or directories of them")
     p.add_argument("--output", required=True)
-    p.add_argument("--metadata", nargs="*", default=[], help="arXiv metadata snapshot JSON lines (optional)")
+    p.add_argument("--metadata", nargs="*", default=[],
+                   help="snapshot JSON lines, OAI-PMH responses (arXivRaw/arXiv/oai_dc), .abs files, "
+                        "or directories of them")
     p.add_argument("--categories", nargs="+", default=list(MetadataFilterConfig().categories),
                    help="glob patterns; a paper matches if any of its categories does")
     p.add_argument("--min-year", type=int, default=MetadataFilterConfig().min_first_version_year)

@@ -17,8 +17,10 @@ import re
 import threading
 from dataclasses import dataclass
 
+from langdetect.detector import Detector
 from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
 from langdetect.lang_detect_exception import LangDetectException
+from langdetect.utils.ngram import NGram
 
 from megasci.corpus.sections import mask_math
 
@@ -54,6 +56,50 @@ def _detector_factory() -> DetectorFactory:
     return _factory
 
 
+class _Detector(Detector):
+    """langdetect's detector with its two inner loops written for speed; the n-gram list, the random
+    draws and every floating-point operation are langdetect's own, so the answers are the same
+    (tests/test_corpus_filters.py compares the probabilities)."""
+
+    _normalized: dict[str, str] = {}  # NGram.normalize is a pure function of one character
+
+    def _extract_ngrams(self) -> list[str]:
+        known, normalized, result = self.word_lang_prob_map, self._normalized, []
+        grams, capital = " ", False
+        for ch in self.text:
+            norm = normalized.get(ch)
+            if norm is None:
+                norm = normalized[ch] = NGram.normalize(ch)
+            last = grams[-1]
+            if last == " ":
+                grams, capital = " ", False
+                if norm == " ":
+                    continue
+            elif len(grams) >= NGram.N_GRAM:
+                grams = grams[1:]
+            grams += norm
+            if norm.isupper():
+                if last.isupper():
+                    capital = True
+            else:
+                capital = False
+            if capital:
+                continue
+            for n in range(1, min(len(grams), NGram.N_GRAM) + 1):
+                gram = grams[-n:]
+                if gram != " " and gram in known:
+                    result.append(gram)
+        return result
+
+    def _update_lang_prob(self, prob: list[float], word: str, alpha: float) -> bool:
+        lang_prob_map = self.word_lang_prob_map.get(word)
+        if lang_prob_map is None:
+            return False
+        weight = alpha / self.BASE_FREQ
+        prob[:] = [p * (weight + q) for p, q in zip(prob, lang_prob_map)]
+        return True
+
+
 def load_language_profiles() -> None:
     """Load langdetect's profiles now, e.g. before forking workers, so each worker need not (~0.5 s)."""
     _detector_factory()
@@ -63,7 +109,7 @@ def _detect(text: str, seed: int, min_chars: int) -> str:
     """langdetect's top language for ``text`` with a per-call seed; "unknown" when it cannot tell."""
     if len(_LETTER.findall(text)) < min_chars:
         return UNKNOWN
-    detector = _detector_factory().create()
+    detector = _Detector(_detector_factory())
     detector.seed = seed
     detector.append(text)
     try:

@@ -215,13 +215,25 @@ def _macro_args(text: str, i: int, macro: Macro) -> tuple[list[str], int] | None
     return args, i
 
 
+@lru_cache(maxsize=64)
+def _calls_pattern(names: tuple[str, ...]) -> re.Pattern:
+    """Finds the calls of these macros as `CONTROL_SEQUENCE` would read them, skipping the rest: an
+    escaped backslash is consumed (so `\\\\foo` is no call), a control word must end where its letters end.
+    Scanning only for the user's names keeps expansion off the text's thousands of other commands."""
+    words = [re.escape(name) for name in names if re.fullmatch(r"[a-zA-Z@]+", name)]
+    symbols = [re.escape(name) for name in names if not re.fullmatch(r"[a-zA-Z@]+", name)]
+    alternatives = symbols + ([f"(?:{'|'.join(sorted(words, key=len, reverse=True))})(?![a-zA-Z@])"] if words else [])
+    return re.compile(r"\\(?:(" + "|".join(alternatives or ["(?!)"]) + r")|\\)")
+
+
 def _expand_once(text: str, macros: dict[str, Macro], cap: int, stats: Counter) -> tuple[str, int, bool]:
     """One left-to-right pass expanding every macro call once; also says whether a call made a new one.
 
     Replacements are not rescanned within the pass (the next pass does that, if needed).
     """
     out, last, count, size, rescan = [], 0, 0, len(text), False
-    for m in CONTROL_SEQUENCE.finditer(text):
+    calls = _calls_pattern(tuple(sorted(macros)))
+    for m in calls.finditer(text):
         if m.start() < last:
             continue
         macro = macros.get(m.group(1))
@@ -241,7 +253,7 @@ def _expand_once(text: str, macros: dict[str, Macro], cap: int, stats: Counter) 
         out.append(text[last:m.start()])
         out.append(replacement)
         last, count = end, count + 1
-        rescan = rescan or any(name in macros for name in CONTROL_SEQUENCE.findall(replacement))
+        rescan = rescan or any(m.group(1) for m in calls.finditer(replacement))
         size += len(replacement) - (end - m.start())
         if size > cap:
             break

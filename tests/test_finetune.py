@@ -86,11 +86,17 @@ def test_sft_needs_document_masking(setup, tmp_path):
         pretrain(load_config(None, _finetune(setup, str(tmp_path / "nomask"), **{"data.document_mask": "false"})))
 
 
-def test_two_rank_finetune_resumes_exactly_and_the_assistant_loss_falls(setup):
-    root = setup["root"]
-    straight, resumed = str(root / "ft_straight"), str(root / "ft_resumed")
-    first = run_pretrain(2, _finetune(setup, straight))
-    assert "initialised the weights from" in first.stdout
+@pytest.fixture(scope="module")
+def finetuned(setup):
+    """An 8-step 2-rank fine-tune straight through; its stdout."""
+    straight = str(setup["root"] / "ft_straight")
+    return straight, run_pretrain(2, _finetune(setup, straight)).stdout
+
+
+def test_two_rank_finetune_resumes_exactly_and_the_assistant_loss_falls(setup, finetuned):
+    straight, stdout = finetuned
+    resumed = str(setup["root"] / "ft_resumed")
+    assert "initialised the weights from" in stdout
     run_pretrain(2, _finetune(setup, resumed, **{"train.exit_interval": 4}))
     second = run_pretrain(2, _finetune(setup, resumed, **{"train.exit_interval": 4}))
     assert "resumed from" in second.stdout and "initialised the weights" not in second.stdout
@@ -101,3 +107,39 @@ def test_two_rank_finetune_resumes_exactly_and_the_assistant_loss_falls(setup):
     final = {k: torch.load(os.path.join(ckpt.latest_checkpoint(d), ckpt.MODEL_NAME), weights_only=True)
              for k, d in (("a", straight), ("b", resumed))}
     assert all(torch.equal(final["a"][k], final["b"][k]) for k in final["a"])
+
+
+def test_the_hf_export_chats_like_our_model(setup, finetuned, tmp_path, run_tool, capsys):
+    """Exported: AutoTokenizer's chat template gives our prompt ids, AutoModelForCausalLM's greedy reply
+    is ours, and tools/generate.py --chat-file answers with that reply."""
+    transformers = pytest.importorskip("transformers")
+    from megasci.export_hf import export_checkpoint
+    from megasci.model.generate import generate
+
+    straight, _ = finetuned
+    export_checkpoint(straight, str(tmp_path / "hf"))
+    tok = load_tokenizer(setup["tokenizer"])
+    question = [{"role": "user", "content": "What is three plus four?"}]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    out = hf_tok.apply_chat_template(question, tokenize=True, add_generation_prompt=True)
+    prompt = list(out["input_ids"] if hasattr(out, "keys") else out)
+    assert prompt == tok.chat_template.bind(tok).encode(question, add_generation_prompt=True)[0].tolist()
+
+    ids = [tok.eod_id] + prompt  # as tools/generate.py feeds it: after an EOD, like every packed conversation
+    end_id = tok.chat_template.bind(tok).end_id
+    model, _ = ckpt.load_model(straight)
+    ours = generate(model.eval(), ids, 12, temperature=0.0, eos_id=end_id)[0].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=end_id,
+                             pad_token_id=end_id)[0].tolist()
+    assert theirs[:len(ours)] == ours
+
+    chats = tmp_path / "questions.jsonl"
+    chats.write_text(json.dumps({"id": "q1", "messages": question}) + "\n")
+    assert run_tool("generate.py", ["--checkpoint", straight, "--chat-file", str(chats), "--temperature", "0",
+                                    "--max-new-tokens", "12"]) == 0
+    answered = json.loads(capsys.readouterr().out)
+    new = ours[len(ids):]
+    reply = tok.decode(new[: new.index(end_id)] if end_id in new else new)
+    assert answered["id"] == "q1" and answered["messages"] == question + [{"role": "assistant", "content": reply}]

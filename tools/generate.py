@@ -6,12 +6,22 @@ stderr. The tokenizer is the one copied into the checkpoint unless --tokenizer n
 are prefixed with the end-of-document token by default, since in training every document but the first
 follows one; --no-eod-prefix feeds the prompt as it is.
 
-Example:
+With --chat the tokenizer's chat template is applied: each --prompt is one user turn (after the
+--system prompt, if given), rendered with the assistant marker as the generation prompt, and the
+reply ends at the template's end marker. --chat-file reads a JSONL of conversations
+(`{"messages": [{"role", "content"}, ...]}`, ending with a user turn) and writes each line back
+with the assistant's reply appended, as JSONL on stdout.
+
+Examples:
     python tools/generate.py --checkpoint runs/1p36b/checkpoints --prompt '\\begin{abstract}' \\
         --max-new-tokens 200 --temperature 0.8 --top-p 0.95 --seed 0
+    python tools/generate.py --checkpoint runs/sft/checkpoints --chat --temperature 0 \\
+        --prompt 'What is a manifold?'
+    python tools/generate.py --checkpoint runs/sft/checkpoints --chat-file questions.jsonl > answers.jsonl
 """
 
 import argparse
+import json
 import sys
 import time
 
@@ -22,6 +32,31 @@ from megasci.model.generate import generate
 from megasci.tokenizer import load_tokenizer
 from megasci.training.checkpoint import checkpoint_tokenizer_path, load_model, resolve_checkpoint
 
+
+def chat_prompt_ids(tok, messages: list[dict], eod_prefix: bool = True) -> list[int]:
+    """The conversation's ids as the SFT data has them, then the assistant marker to answer after."""
+    if tok.chat_template is None:
+        raise ValueError(f"the tokenizer {getattr(tok, 'path', '')} has no chat template; --chat needs one "
+                         f"(train it with tools/train_tokenizer.py --chat-template megasci-v1)")
+    ids, _ = tok.chat_template.bind(tok).encode(messages, add_generation_prompt=True)
+    return ([tok.eod_id] if eod_prefix else []) + ids.tolist()
+
+
+def read_conversations(path: str) -> list[dict]:
+    """The records of a JSONL file of conversations; a bad line is an error naming it."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e})") from None
+            if not isinstance(record, dict) or "messages" not in record:
+                raise ValueError(f"{path}:{number}: expected an object with 'messages'")
+            records.append(record)
+    return records
 
 
 def main(argv=None) -> int:
@@ -36,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eod-prefix", action="store_true", help="do not start the prompt with the EOD token")
+    p.add_argument("--chat", action="store_true", help="apply the chat template: each --prompt is a user turn")
+    p.add_argument("--system", default=None, help="--chat: a system turn before each prompt")
+    p.add_argument("--chat-file", default=None, help="a JSONL of conversations to answer (implies --chat)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the training dtype")
     args = p.parse_args(argv)
@@ -46,8 +84,13 @@ def main(argv=None) -> int:
         for path in args.prompt_file:
             with open(path, encoding="utf-8") as f:
                 prompts.append(f.read())
-        if not prompts:
-            p.error("give --prompt or --prompt-file")
+        chat = args.chat or args.chat_file is not None
+        records = read_conversations(args.chat_file) if args.chat_file else None
+        if records is None:
+            if not prompts:
+                p.error("give --prompt, --prompt-file or --chat-file")
+            system = [{"role": "system", "content": args.system}] if args.system else []
+            records = [{"messages": system + [{"role": "user", "content": text}]} for text in prompts] if chat else None
         path = resolve_checkpoint(args.checkpoint)
         tokenizer_path = args.tokenizer or checkpoint_tokenizer_path(path)
         if tokenizer_path is None:
@@ -58,20 +101,30 @@ def main(argv=None) -> int:
         if tok.vocab_size > model.cfg.vocab_size:
             raise ValueError(f"tokenizer has {tok.vocab_size} tokens, the model only {model.cfg.vocab_size}")
         generator = torch.Generator(args.device).manual_seed(args.seed)
-        for i, prompt in enumerate(prompts):
+        stop_ids = [tok.eos_id]
+        if chat:
+            stop_ids.insert(0, tok.chat_template.bind(tok).end_id)
+        for i, prompt in enumerate(records if chat else prompts):
             prefix = [] if args.no_eod_prefix else [tok.eod_id]
-            ids = prefix + tok.encode(prompt)
+            ids = chat_prompt_ids(tok, prompt["messages"], not args.no_eod_prefix) if chat else prefix + tok.encode(prompt)
             start = time.perf_counter()
             out = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, eos_id=tok.eos_id, generator=generator)[0].tolist()
+                           top_k=args.top_k, eos_id=stop_ids[0], generator=generator)[0].tolist()
             seconds = time.perf_counter() - start
             new = out[len(ids):]
-            speed = len(new) / seconds  # the EOS counts: it was generated too
-            if tok.eos_id in new:
-                new = new[: new.index(tok.eos_id)]
-            if i:
-                print("\n" + "-" * 80)
-            print(tok.decode(out[len(prefix): len(ids)] + new))
+            speed = len(new) / seconds  # the stop token counts: it was generated too
+            stops = [new.index(s) for s in stop_ids if s in new]
+            if stops:
+                new = new[: min(stops)]
+            if args.chat_file:
+                reply = {"role": "assistant", "content": tok.decode(new)}
+                print(json.dumps({**prompt, "messages": prompt["messages"] + [reply]}, ensure_ascii=False))
+            elif chat:
+                print(("\n" + "-" * 80 + "\n" if i else "") + tok.decode(new))
+            else:
+                if i:
+                    print("\n" + "-" * 80)
+                print(tok.decode(out[len(prefix): len(ids)] + new))
             print(f"[{len(ids)} prompt tokens, {len(new)} new in {seconds:.2f} s: "
                   f"{speed:.1f} tokens/s on {args.device}]", file=sys.stderr)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

@@ -143,3 +143,17 @@ def test_the_hf_export_chats_like_our_model(setup, finetuned, tmp_path, run_tool
     new = ours[len(ids):]
     reply = tok.decode(new[: new.index(end_id)] if end_id in new else new)
     assert answered["id"] == "q1" and answered["messages"] == question + [{"role": "assistant", "content": reply}]
+
+
+def test_the_example_finetune_config_is_the_plans_three_sources(monkeypatch):
+    from megasci.data.blended_dataset import parse_blend
+
+    for name in ("TOKENIZER", "SE_STEM", "MATHINSTRUCT", "ULTRACHAT", "PRETRAINED", "SAVE_DIR"):
+        monkeypatch.setenv(name, f"/data/{name.lower()}")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(repo, "examples", "configs", "finetune_sft.yaml"))
+    blend = parse_blend(cfg.data.blend)
+    assert [(s.name, s.weight, s.weight_kind) for s in blend] == [
+        ("stackexchange_stem", 1.0, "epochs"), ("mathinstruct", 1.0, "epochs"), ("ultrachat", 1.0, "epochs")]
+    assert cfg.data.document_mask and cfg.train.init_from == "/data/pretrained"
+    assert cfg.model.build().n_layers == 24 and cfg.data.seq_length <= cfg.model.build().max_seq_len

@@ -226,6 +226,40 @@ def test_wsd_schedule_by_hand():
         learning_rate(0, 1.0, 0.1, 0, 10, schedule="linear")
 
 
+@pytest.mark.parametrize("count_scored_tokens", [False, True], ids=["all-scored", "scored-tokens"])
+def test_z_loss_reaches_the_step_by_hand(count_scored_tokens):
+    """optim.z_loss as the trainer passes it: the step's loss is CE + z * mean(logsumexp(logits)^2)."""
+    from megasci.distributed import AdamWConfig, ZeroAdamW
+    from megasci.model import build_model, get_config
+    from megasci.training.guard import SpikeGuard
+    from megasci.training.train_step import TrainStep, check_loss_options
+
+    cfg, z = get_config("tiny"), 0.05
+    check_loss_options({"z_loss": z})
+    g = torch.Generator().manual_seed(4)
+    data = torch.randint(0, cfg.vocab_size, (4, 17), generator=g)
+    tokens, labels = data[:, :-1], data[:, 1:].clone()
+    if count_scored_tokens:
+        labels[0, :5] = -100
+    torch.manual_seed(0)
+    model = build_model(cfg, dtype=torch.float64)
+    optimizer = ZeroAdamW(model, AdamWConfig(lr=0.0, weight_decay=0.0, max_grad_norm=None), bucket_numel=1 << 30)
+    step = TrainStep(model, optimizer, SpikeGuard(0.0, 0, 5), accumulation=2, device=torch.device("cpu"), world_size=1,
+                     timing_sync=False, data_wait=lambda: 0.0, count_scored_tokens=count_scored_tokens,
+                     loss_options={"z_loss": z})
+    with torch.no_grad():
+        logits = model(tokens)
+    keep = labels != -100
+    lse = logits[keep].logsumexp(-1)
+    ce = (lse - logits[keep].gather(-1, labels[keep][:, None])[:, 0]).mean()
+    expected = float(ce + z * (lse ** 2).mean())
+    result = step(iter([{"tokens": tokens[i:i + 2], "labels": labels[i:i + 2]} for i in (0, 2)]), 0, lr=0.0)
+    # the mean of micro-batch means is summed in float32 (as it always was); the scored-token path in float64
+    assert result.loss == pytest.approx(expected, rel=1e-10 if count_scored_tokens else 1e-6)
+    with pytest.raises(ValueError, match="no bogus"):
+        check_loss_options({"bogus": 1.0})
+
+
 def test_schedule_and_z_loss_fields_are_checked(tmp_path):
     assert load_config(None, ["optim.schedule=wsd", "optim.decay_fraction=0.2"]).optim.schedule == "wsd"
     for bad, match in (("optim.schedule=linear", "optim.schedule"), ("optim.decay_fraction=1.5", "decay_fraction"),

@@ -1,4 +1,4 @@
-# Two entry points, each setting itself up on a fresh machine: `make demo` and `make test`.
+# Entry points, each setting itself up on a fresh machine: `make demo` (then `make demo-sft`) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_output
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: setup demo test clean
+.PHONY: setup demo demo-sft test clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): setup.py pyproject.toml csrc/helpers.cpp
 
 demo: $(STAMP)
 	$(PY) -m megasci.demo --output $(DEMO_DIR)
+
+# Post-training over the demo's output (run `make demo` first): fine-tune on generated conversations, chat once.
+demo-sft: $(STAMP)
+	$(PY) -m megasci.demo --output $(DEMO_DIR) --sft
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -8,12 +8,20 @@ the library call a tool in tools/ makes, or that tool itself, so the printed com
 step by hand. The training stage is examples/configs/tiny_cpu.yaml, as examples/pretrain_tiny_cpu.sh runs it.
 
     python -m megasci.demo --output demo_output
+
+Post-training (`--sft`, `make demo-sft`), after that: generated conversations -> SFT token and
+loss-mask datasets (tools/preprocess_sft.py) -> a fine-tune of the demo model (train.init_from, document
+masking, examples/configs/tiny_cpu_sft.yaml) whose assistant-token validation loss falls -> a verified
+HuggingFace export with the chat template -> one chat through that export with transformers.
+
+    python -m megasci.demo --output demo_output --sft
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import shlex
@@ -26,6 +34,7 @@ from megasci.corpus.sections import write_section_records
 from megasci.corpus.synthetic import write_arxiv_dump, write_corpus_jsonl
 from megasci.data.preprocess import PreprocessConfig, output_prefix_for, preprocess
 from megasci.data.stats import dataset_statistics, format_statistics
+from megasci.data.synthetic_chat import generate_conversations
 from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
 from megasci.tokenizer.evaluate import evaluate_tokenizers, format_table
 from megasci.training.metrics import read_metrics
@@ -39,6 +48,9 @@ def _stage(title: str) -> float:
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join("examples", "configs", "tiny_cpu.yaml")
+SFT_CONFIG = os.path.join("examples", "configs", "tiny_cpu_sft.yaml")
+SFT_CONVERSATIONS = 2000
+CHAT_QUESTION = "What is three plus four?"
 
 
 def _command(args: list[str], env: dict | None = None, capture: bool = False) -> str:
@@ -84,6 +96,69 @@ def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     result["export_dir"] = export_dir
     result["run_dir"] = run_dir
     return result
+
+
+def finetune_and_chat(output: str, sft_overrides: list[str] = (), conversations: int = SFT_CONVERSATIONS) -> dict:
+    """Post-training stages 1-4 over a finished demo in `output`: SFT data, fine-tune, export, one chat."""
+    output = os.path.abspath(output)
+    run_dir, sft_dir = os.path.join(output, "run"), os.path.join(output, "sft_run")
+    tokenizer_model = os.path.join(output, "tokenizer", "arxiv.model")
+    if not os.path.isfile(os.path.join(run_dir, "latest")):
+        raise SystemExit(f"demo: no pretrained demo model in {run_dir}; run `make demo` (python -m megasci.demo) first")
+    template = load_tokenizer(tokenizer_model).chat_template
+    if template is None:
+        raise SystemExit(f"demo: {tokenizer_model} has no chat template; rerun `make demo`, whose tokenizer has one")
+    env = {"DEMO_DIR": output}
+
+    _stage(f"post-training 1/4: {conversations} generated conversations -> SFT tokens + loss mask (assistant turns)")
+    chats = os.path.join(output, "chat", "conversations.jsonl")
+    os.makedirs(os.path.dirname(chats), exist_ok=True)
+    with open(chats, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(c) + "\n" for c in generate_conversations(conversations, seed=0))
+    _command(["python", "tools/preprocess_sft.py", "--input", chats, "--output-prefix",
+              os.path.join(output, "data", "chat_sft"), "--tokenizer-model", tokenizer_model, "--append-eod",
+              "--no-progress"])
+
+    t = _stage("post-training 2/4: fine-tune from the demo model (init_from), 2 processes, document masking")
+    _command(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tools/pretrain.py",
+              "--config", SFT_CONFIG, *sft_overrides], env=env)
+    rows = read_metrics(os.path.join(sft_dir, "tensorboard"))
+    val = {s: r["val/loss/chat"] for s, r in sorted(rows.items()) if "val/loss/chat" in r}
+    result = {"sft_val_loss": val, "sft_run_dir": sft_dir}
+    print("assistant-token validation loss: " + " -> ".join(f"{v:.3f} (step {s})" for s, v in val.items()))
+    print(f"fine-tuning took {time.perf_counter() - t:.1f} s")
+
+    _stage("post-training 3/4: HuggingFace export with the chat template, verified (apply_chat_template ids too)")
+    export_dir = os.path.join(output, "hf_sft")
+    _command(["python", "tools/export_hf.py", "--checkpoint", sft_dir, "--output", export_dir, "--overwrite"])
+
+    _stage("post-training 4/4: one chat through the exported model (transformers: apply_chat_template, generate)")
+    result["question"], result["answer"] = CHAT_QUESTION, chat_with_export(export_dir, CHAT_QUESTION, template.end_marker)
+    print(f"user:      {result['question']}\nassistant: {result['answer']}")
+    print(f"or with our stack: python tools/generate.py --checkpoint {sft_dir} --chat --temperature 0 "
+          f"--prompt {shlex.quote(CHAT_QUESTION)}")
+    result["export_dir"] = export_dir
+    return result
+
+
+def chat_with_export(export_dir: str, question: str, end_marker: str, max_new_tokens: int = 40) -> str:
+    """The greedy reply of the exported model to one user turn, as a transformers user gets it; the
+    reply ends at the template's `end_marker`."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
+                                           add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    end_id = tokenizer.convert_tokens_to_ids(end_marker)
+    ids = [tokenizer.eos_token_id] + prompt  # after an EOD, as every packed conversation was trained
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=[end_id, tokenizer.eos_token_id], pad_token_id=end_id)[0, len(ids):].tolist()
+    stops = [out.index(s) for s in (end_id, tokenizer.eos_token_id) if s in out]
+    return tokenizer.decode(out[: min(stops)] if stops else out)
 
 
 def run(output: str, papers: int, vocab_size: int, workers: int, seed: int, train: bool = True,
@@ -167,7 +242,15 @@ def main(argv=None) -> int:
     p.add_argument("--skip-training", action="store_true", help="stop after the datasets (stages 1-4)")
     p.add_argument("--train-override", action="append", default=[], metavar="section.field=value",
                    help=f"passed to tools/pretrain.py over {TRAIN_CONFIG}; repeatable")
+    p.add_argument("--sft", action="store_true",
+                   help="post-training only, over a finished demo in --output: fine-tune on generated conversations, "
+                        "export, chat once")
+    p.add_argument("--sft-override", action="append", default=[], metavar="section.field=value",
+                   help=f"passed to tools/pretrain.py over {SFT_CONFIG}; repeatable")
     args = p.parse_args(argv)
+    if args.sft:
+        finetune_and_chat(args.output, args.sft_override)
+        return 0
     run(args.output, args.papers, args.vocab_size, args.workers, args.seed, train=not args.skip_training,
         train_overrides=args.train_override)
     return 0

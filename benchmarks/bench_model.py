@@ -27,6 +27,7 @@ from megasci import ops
 from megasci.model import build_model, get_config
 from megasci.model.config import flops_per_token
 from megasci.training.metrics import device_peak_tflops
+from megasci.training.parallelize import apply_activation_checkpointing
 
 
 def synchronize(device: torch.device) -> None:
@@ -129,8 +130,7 @@ def bench_model(cfg, args, device, dtype) -> list[dict]:
     rows = []
     peak = args.peak_tflops or device_peak_tflops(device)
     torch.manual_seed(0)
-    model = build_model(cfg, device=device, dtype=dtype)
-    model.checkpointing = args.checkpointing
+    model = apply_activation_checkpointing(build_model(cfg, device=device, dtype=dtype), args.checkpointing)
     for seq in args.seq:
         for micro in args.micro_batches:
             tokens = torch.randint(0, cfg.vocab_size, (micro, seq), device=device)

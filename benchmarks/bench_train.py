@@ -5,8 +5,10 @@ Contenders, each training the same preset on the same tokens from the same initi
 
 * ours: the step of megasci/training/trainer.py: `accumulation` micro-batches of forward + backward
   through `build_model` (fused ops as `megasci.ops` picks them, chunked cross-entropy, optional
-  activation checkpointing), the ZeRO AdamW hooks accumulating fp32 gradients, the global norm, the
-  spike guard and the AdamW step on fp32 masters (Megatron-style mixed precision, dp = 1).
+  activation checkpointing), the ZeRO AdamW hooks accumulating fp32 gradients (`--gradients`: the
+  matmuls adding theirs into the fp32 buffer directly, as the trainer does by default; `reference`,
+  through bf16 `.grad`; `shard`, reduce-scattered per micro-batch), the global norm, the spike guard
+  and the AdamW step on fp32 masters (Megatron-style mixed precision, dp = 1).
 * hf: what a user would otherwise pick: `LlamaForCausalLM` with the same config and SDPA attention,
   parameters, gradients and AdamW moments all in bf16 (`--hf-precision params`, the default; `amp`
   keeps fp32 parameters under bf16 autocast instead, as the HF Trainer's `bf16=True` does), fused
@@ -61,8 +63,9 @@ import torch
 from megasci import ops
 from megasci.distributed import AdamWConfig, ZeroAdamW, default_decay
 from megasci.model import build_model, flops_per_token, get_config, hf_config_dict, num_parameters, to_hf_state_dict
+from megasci.training.guard import SpikeGuard
 from megasci.training.metrics import device_peak_tflops
-from megasci.training.trainer import SpikeGuard
+from megasci.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fp32_grad_accumulation
 
 CONTENDERS = ("ours", "hf")
 # The training loop's defaults (megasci/training/config.py), used by both contenders.
@@ -70,6 +73,8 @@ BETAS, EPS, WEIGHT_DECAY, CLIP = (0.9, 0.95), 1e-8, 0.1, 1.0
 BUCKET_NUMEL = 40_000_000
 SPIKE_FACTOR, SPIKE_WARMUP, MAX_SKIPPED = 3.0, 20, 5
 GOAL_SPEEDUP, GOAL_MFU = 1.5, 0.5
+# --gradients -> ZeroAdamW's gradient mode (the trainer's optim.fp32_grad_accumulation / optim.shard_gradients)
+GRADIENT_MODES = {"fp32_accumulation": {"main_grads": True}, "reference": {}, "shard": {"shard_gradients": True}}
 
 
 def synchronize(device: torch.device) -> None:
@@ -108,24 +113,25 @@ def init_ours(cfg, args, device, dtype):
 def resolved_backends(cfg, device, dtype) -> dict:
     """The backend `auto` gives each op for this model's tensors on this device."""
     x = torch.zeros(1, cfg.hidden_size, device=device, dtype=dtype)
+    output_weight = torch.zeros(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
     q = torch.zeros(1, 1, cfg.n_heads, cfg.head_dim, device=device, dtype=dtype)
     kv = torch.zeros(1, 1, cfg.n_kv_heads, cfg.head_dim, device=device, dtype=dtype)
     return {"rms_norm": ops.resolve_backend("rms_norm", x, x[0]),
             "swiglu": ops.resolve_backend("swiglu", x, x),
             "attention": ops.resolve_backend("attention", q, kv, kv, causal=True),
-            "cross_entropy_loss": ops.resolve_backend("cross_entropy_loss")}
+            "cross_entropy_loss": ops.resolve_backend("cross_entropy_loss", x, output_weight)}
 
 
 def setup_ours(cfg, args, device, dtype):
     """The trainer's step: ZeRO hooks, chunked loss, global norm, spike guard, AdamW on fp32 masters."""
-    model = init_ours(cfg, args, device, dtype)
-    model.checkpointing = args.checkpointing
+    model = apply_activation_checkpointing(init_ours(cfg, args, device, dtype), args.checkpointing)
     model.train()
+    mode = GRADIENT_MODES[args.gradients]
+    apply_fp32_grad_accumulation(model, mode.get("main_grads", False))
     optimizer = ZeroAdamW(model, AdamWConfig(lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
-                                             max_grad_norm=CLIP), bucket_numel=BUCKET_NUMEL)
+                                             max_grad_norm=CLIP), bucket_numel=BUCKET_NUMEL, **mode)
     if args.compile:  # as train.compile does: each block, after the optimizer owns the parameters
-        for layer in model.layers:
-            layer.compile(backend=args.compile)
+        apply_compile(model, args.compile)
     guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WARMUP, MAX_SKIPPED)
     accumulation = args.accumulation
 
@@ -145,10 +151,11 @@ def setup_ours(cfg, args, device, dtype):
             optimizer.skip_step()
         return loss_value, norm_value
 
-    info = {"checkpointing": args.checkpointing, "compile": args.compile,
+    accumulator = {"fp32_accumulation": "fp32 gradient accumulator (matmul weight gradients added in directly)",
+                   "reference": "fp32 gradient accumulator", "shard": "fp32 gradient shard"}[args.gradients]
+    info = {"checkpointing": args.checkpointing, "compile": args.compile, "gradients": args.gradients,
             "backends": resolved_backends(cfg, device, dtype),
-            "precision": f"{dtype_name(dtype)} parameters, fp32 gradient accumulator, fp32 master weights "
-                         "and AdamW moments",
+            "precision": f"{dtype_name(dtype)} parameters, {accumulator}, fp32 master weights and AdamW moments",
             "optimizer": "ZeroAdamW (dp=1)"}
     return (model, optimizer), step, info
 
@@ -270,7 +277,7 @@ def child_command(args, name: str, json_out: str, hf_checkpointing: str) -> list
     command = [sys.executable, os.path.abspath(__file__), "--only", name, "--isolation", "none",
                "--json-out", json_out, "--hf-checkpointing", hf_checkpointing]
     for option in ("preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "checkpointing", "device",
-                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "compile"):
+                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "compile", "gradients"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
@@ -393,6 +400,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=5, help="optimizer steps run before timing")
     p.add_argument("--checkpointing", default="none", choices=["none", "full", "selective"], help="ours")
+    p.add_argument("--gradients", default="fp32_accumulation", choices=list(GRADIENT_MODES),
+                   help="ours: how gradients reach the fp32 state (the trainer's default: fp32_accumulation)")
     p.add_argument("--compile", default=None, metavar="BACKEND",
                    help="ours: torch.compile each block with this backend (inductor), as train.compile does")
     p.add_argument("--hf-checkpointing", default="auto", choices=["none", "full", "auto"],

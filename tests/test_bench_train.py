@@ -56,12 +56,13 @@ def test_both_contenders_train_the_same_model_on_the_same_tokens(bench, tmp_path
 
 
 def test_each_contender_subprocess_gets_the_same_options(bench):
-    args = bench.parse_args(SMOKE + ["--checkpointing", "selective", "--peak-tflops", "2.5", "--lr", "1e-3"])
+    args = bench.parse_args(SMOKE + ["--checkpointing", "selective", "--peak-tflops", "2.5", "--lr", "1e-3",
+                                     "--gradients", "shard"])
     command = bench.child_command(args, "hf", "/tmp/rows.jsonl", "full")
     assert command[1] == str(SCRIPT)
     child = bench.parse_args(command[2:])
     for option in ("preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "checkpointing", "device",
-                   "dtype", "hf_precision", "lr", "seed", "peak_tflops"):
+                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "gradients"):
         assert getattr(child, option) == getattr(args, option), option
     assert (child.only, child.isolation, child.hf_checkpointing, child.json_out) == (
         ["hf"], "none", "full", "/tmp/rows.jsonl")

@@ -7,6 +7,9 @@
 Overrides are `section.field=value` (value read as YAML) over the sections of
 megasci/training/config.py: model, data, optim, train. `--print-config` shows the resolved config.
 SIGTERM saves a checkpoint and exits; running the same command again resumes exactly.
+
+Fine-tuning is the same command with `train.init_from=<pretrained checkpoint>` (weights only) over SFT
+sources and `data.document_mask=true`, as examples/finetune_sft.sh runs it.
 """
 
 import argparse

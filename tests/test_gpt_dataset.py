@@ -203,3 +203,43 @@ def test_a_dataset_that_may_not_build_only_loads(corpus):
     loaded = GPTDataset(config, may_build=False)
     assert built.built and not loaded.built
     np.testing.assert_array_equal(np.stack([loaded[i] for i in range(50)]), np.stack([built[i] for i in range(50)]))
+
+
+# --- samples with their document pieces and loss masks ------------------------------------------------
+
+
+def reference_pieces(ds):
+    """Per sample, the (document id, token offset) of each token in the document-order stream, the slow way."""
+    reader = IndexedDataset(ds.config.prefix)
+    owner = np.concatenate([np.full(len(reader.get_document(int(d))), k) for k, d in enumerate(ds.document_order)])
+    length = ds.config.seq_length
+    return [owner[s * length: s * length + length + 1] for s in ds.shuffle_index]
+
+
+def test_sample_pieces_are_where_documents_start(corpus):
+    ds = GPTDataset(GPTDatasetConfig(prefix=corpus, seq_length=37, num_samples=60, cache_dir=os.path.dirname(corpus)))
+    for i, owners in enumerate(reference_pieces(ds)):
+        sample = ds.sample(i)
+        np.testing.assert_array_equal(sample.tokens, ds[i])
+        expected = np.diff(np.flatnonzero(np.diff(np.concatenate([[-1], owners, [-1]])) != 0))
+        np.testing.assert_array_equal(sample.document_lengths, expected, err_msg=f"sample {i}")
+        assert sample.loss_mask is None and not ds.has_loss_mask
+
+
+def test_an_sft_prefix_carries_its_loss_mask(tmp_path):
+    """`<p>_text_document` with `<p>_loss_mask_document` beside it: each sample's mask is its tokens' mask."""
+    docs = random_docs(3, 40, vocab=200)
+    tokens = write_dataset(str(tmp_path / "chat_text_document"), docs)
+    masks = [(d % 3 == 0).astype(np.uint8) for d in docs]  # a mask that is a function of the token
+    with IndexedDatasetWriter(str(tmp_path / "chat_loss_mask_document"), dtype=np.uint8) as writer:
+        for mask in masks:
+            writer.add_document(mask)
+    ds = GPTDataset(GPTDatasetConfig(prefix=tokens, seq_length=25, num_samples=30, cache_dir=str(tmp_path / "c")))
+    assert ds.has_loss_mask
+    for i in range(len(ds)):
+        sample = ds.sample(i)
+        np.testing.assert_array_equal(sample.loss_mask, (sample.tokens % 3 == 0).astype(np.uint8))
+    with IndexedDatasetWriter(str(tmp_path / "chat_loss_mask_document"), dtype=np.uint8) as writer:
+        writer.add_document(np.zeros(5, dtype=np.uint8))
+    with pytest.raises(ValueError, match="lengths"):
+        GPTDataset(GPTDatasetConfig(prefix=tokens, seq_length=25, num_samples=30, cache_dir=str(tmp_path / "c")))

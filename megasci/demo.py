@@ -50,6 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join("examples", "configs", "tiny_cpu.yaml")
 SFT_CONFIG = os.path.join("examples", "configs", "tiny_cpu_sft.yaml")
 SFT_CONVERSATIONS = 2000
+CHAT_TEMPLATE = "megasci-v1"  # reserved in the demo's tokenizer, so the post-training stages can use it
 CHAT_QUESTION = "What is three plus four?"
 
 
@@ -186,10 +187,10 @@ def run(output: str, papers: int, vocab_size: int, workers: int, seed: int, trai
     _, n_sections = write_section_records(corpus, sections)
     print(f"corpus: {len(corpus)} shard(s) and {n_sections:,} section records in {time.perf_counter() - t:.1f} s")
 
-    t = _stage(f"2/7 tokenizer: SentencePiece unigram, vocabulary {vocab_size:,}, tuned for LaTeX")
+    t = _stage(f"2/7 tokenizer: SentencePiece unigram, vocabulary {vocab_size:,}, tuned for LaTeX, chat markers reserved")
     print(f"$ python tools/train_tokenizer.py --input '{corpus_dir}/shards/*.jsonl.zst' --output {tokenizer_prefix} "
-          f"--vocab-size {vocab_size}")
-    cfg = SentencePieceTrainConfig(vocab_size=vocab_size, mined_commands=500)
+          f"--vocab-size {vocab_size} --chat-template {CHAT_TEMPLATE}")
+    cfg = SentencePieceTrainConfig(vocab_size=vocab_size, mined_commands=500, chat_template=CHAT_TEMPLATE)
     report = train_sentencepiece(iter_jsonl_field(corpus), tokenizer_prefix + ".model", cfg)
     print(f"trained on {report.documents:,} documents in {time.perf_counter() - t:.1f} s; "
           f"{len(report.commands_mined)} frequent LaTeX commands kept whole ({len(report.commands_not_whole)} split)")

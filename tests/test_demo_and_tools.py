@@ -38,6 +38,24 @@ def test_demo_trains_and_validation_perplexity_falls(demo_run, capsys):
     assert os.path.isfile(out / "hf_export" / "tokenizer.json")
 
 
+# The post-training stages shortened for CI: 12 steps, validation every 4.
+SHORT_SFT = ["train.train_steps=12", "train.eval_interval=4", "train.save_interval=12", "train.log_interval=4",
+             "optim.warmup_steps=2", "data.eval_samples=16"]
+
+
+def test_demo_sft_fine_tunes_the_demo_model_and_chats(demo_run, capfd):
+    out, _ = demo_run
+    result = demo.finetune_and_chat(str(out), SHORT_SFT, conversations=600)
+    losses = list(result["sft_val_loss"].values())
+    assert sorted(result["sft_val_loss"]) == [0, 4, 8, 12]
+    assert losses[-1] < losses[0] - 0.5, losses  # the assistant-token loss falls
+    assert os.path.isfile(out / "hf_sft" / "tokenizer_config.json")
+    assert json.load(open(out / "hf_sft" / "tokenizer_config.json"))["chat_template"]
+    printed = capfd.readouterr().out  # the fine-tune's own output comes from torchrun's processes
+    assert f"assistant: {result['answer']}" in printed and "initialised the weights from" in printed
+    assert demo.load_tokenizer(str(out / "tokenizer" / "arxiv.model")).chat_template.name == demo.CHAT_TEMPLATE
+
+
 def test_demo_writes_consistent_datasets(demo_run):
     out, result = demo_run
     papers = IndexedDataset(str(out / "data" / "arxiv_text_document"))

@@ -96,14 +96,15 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
             return out.detach(), [t.grad.detach().clone() for t in inputs if t.requires_grad]
 
         ref_out, ref_grads = grads_of("reference")
-        variants = [(b, None) for b in ops.available_backends(op)] + [("compile(reference)", "reference")]
+        variants = [(b, None) for b in ops.available_backends(op)] + [(f"compile(reference, {args.compile_backend})",
+                                                                         "reference")]
         for name, backend in variants:
             if backend is None:
                 ops.set_backend(op, name)
                 fn = call
             else:
                 ops.set_backend(op, backend)
-                fn = torch.compile(call)
+                fn = torch.compile(call, backend=args.compile_backend)
             try:
                 for t in inputs:
                     t.grad = None
@@ -171,6 +172,7 @@ def main() -> None:
     p.add_argument("--micro-batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--checkpointing", default="none", choices=["none", "full", "selective"])
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled reference")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the device is not known")
     p.add_argument("--json-out")
     args = p.parse_args()

@@ -1,6 +1,7 @@
 # Sourced by the device_*.sh scripts: the GPU machine's environment for one call.
-# $OUT exists; wheels carried in .whl/ (packages the machine lacks, e.g. zstandard) are installed
-# into /tmp/site; the repository and /tmp/site are on PYTHONPATH; Python output is unbuffered.
+# $OUT exists; wheels carried in .whl/ (the packages the machine lacks: zstandard, datasketch,
+# langdetect, pylatexenc; `bash benchmarks/device_check.sh --fetch-wheels` fetches them here) are
+# installed into /tmp/site; the repository and /tmp/site are on PYTHONPATH; Python output is unbuffered.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

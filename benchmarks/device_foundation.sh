@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the foundation issue: build the extension on the GPU machine's Python/torch,
 # run the CPU test suite there, and the preprocessing benchmark at 1-8 workers (16 cores).
-# Usage (device tool): bash benchmarks/device_foundation.sh   (carry .whl with the zstandard wheel)
+# Usage (device tool): bash benchmarks/device_foundation.sh   (carry .whl: the wheels of
+# `bash benchmarks/device_check.sh --fetch-wheels`, without which the suite stops at collection)
 source "$(dirname "$0")/device_env.sh"
 {
   nvidia-smi -L; nproc; python3 --version

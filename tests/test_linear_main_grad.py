@@ -79,3 +79,19 @@ def test_swapped_model_trains_as_before_and_can_be_restored():
 def test_main_grads_and_shard_gradients_exclude_each_other():
     with pytest.raises(ValueError, match="choose one"):
         ZeroAdamW(torch.nn.Linear(4, 4, bias=False), main_grads=True, shard_gradients=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bf16-into-fp32 GEMM (addmm out_dtype) runs on CUDA only")
+def test_cuda_bf16_weight_gradient_accumulates_in_fp32_in_place():
+    torch.manual_seed(0)
+    w = torch.randn(256, 512, device="cuda").to(torch.bfloat16).requires_grad_()
+    w.main_grad = torch.zeros(256, 512, device="cuda")
+    storage = w.main_grad.data_ptr()
+    xs = [torch.randn(8, 64, 512, device="cuda").to(torch.bfloat16) for _ in range(4)]
+    gs = [torch.randn(8, 64, 256, device="cuda").to(torch.bfloat16) for _ in range(4)]
+    for x, g in zip(xs, gs):
+        linear_into_main_grad(x, w).backward(g)
+    exact = sum(g.double().reshape(-1, 256).t() @ x.double().reshape(-1, 512) for x, g in zip(xs, gs))
+    assert w.grad is None and w.main_grad.data_ptr() == storage
+    assert (w.main_grad.double() - exact).abs().max() < 1e-4 * exact.abs().max()

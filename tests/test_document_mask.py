@@ -124,3 +124,29 @@ def test_segment_ids_shape_is_checked():
     q = torch.zeros(1, 4, 2, 8)
     with pytest.raises(ValueError, match="segment_ids"):
         ops.attention(q, q, q, segment_ids=torch.zeros(1, 5, dtype=torch.int64))
+
+
+def test_a_flash_attn_that_crashes_on_first_call_falls_back_to_sdpa(monkeypatch):
+    """An importable wheel built against another torch: the probe fails, one warning, then SDPA."""
+    import importlib
+    import sys
+    import types
+
+    attention_module = importlib.import_module("megasci.ops.attention")
+
+    def crashing(*args, **kwargs):
+        raise RuntimeError("undefined symbol: _ZN3c104cuda9SetDevice")
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=crashing))
+    monkeypatch.setattr(attention_module, "module_available", lambda name: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: real_zeros(1))  # no CUDA here: a stand-in reaches the wheel
+    attention_module.flash_usable.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="does not run here.*undefined symbol"):
+            assert attention_module.flash_usable() is False
+        assert attention_module.flash_usable() is False  # cached: the warning comes once
+        assert "flash" not in ops.available_backends("attention")
+    finally:
+        attention_module.flash_usable.cache_clear()

@@ -150,6 +150,12 @@ def test_formatting_is_unwrapped():
             == "bold and it x y T m b s")
 
 
+def test_a_font_switch_inside_a_command_argument_keeps_the_argument_braces():
+    """`\\section{\\boldmath Experiment}` (a real arXiv heading) is a heading, not `\\sectionExperiment`."""
+    text = body_text("\\section{\\boldmath Experiment}\nText.\n\\subsection*{\\bf Layout}\nMore. See {\\bf this}.")
+    assert "\\section{Experiment}" in text and "\\subsection{Layout}" in text and "See this." in text  # headings lose the star
+
+
 def test_spacing_and_title_page_commands_are_removed():
     body = ("\\maketitle\n\\tableofcontents\n\\noindent First\\vspace{2mm} line\\hspace*{1em}.\n"
             "\\medskip\n\\newpage\nNext")

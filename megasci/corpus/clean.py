@@ -271,7 +271,8 @@ def replace_references(text: str, stats: Counter) -> str:
     return _REFERENCE.sub(replace, text)
 
 
-_SECTION = re.compile(r"\\(part|chapter|section|subsection|subsubsection|paragraph|subparagraph)\*?(?![a-zA-Z])\s*")
+_HEADING_COMMANDS = "part|chapter|section|subsection|subsubsection|paragraph|subparagraph"
+_SECTION = re.compile(r"\\(" + _HEADING_COMMANDS + r")\*?(?![a-zA-Z])\s*")
 
 
 def normalise_sections(text: str, stats: Counter) -> str:
@@ -299,6 +300,8 @@ _UNWRAP = re.compile(r"\\(?:textbf|textit|emph|underline|textsc|textrm|textsf|te
                      r"|textnormal|mbox|hbox|text|uline|fbox)\s*\{"
                      r"|\{(?:\s*\\(?:" + _DECLARATIONS + r")(?![a-zA-Z]))+\s*")
 _DECLARATION = re.compile(r"\\(?:" + _DECLARATIONS + r")(?![a-zA-Z])[ \t]*")
+# A heading command (with its star and [short title]) whose argument the group is: the heading keeps its braces.
+_ARGUMENT_BEFORE = re.compile(r"\\(?:" + _HEADING_COMMANDS + r")\*?\s*(?:\[[^\]]*\])?\s*$")
 
 
 def unwrap_formatting(text: str, stats: Counter) -> str:
@@ -307,7 +310,11 @@ def unwrap_formatting(text: str, stats: Counter) -> str:
     for m in _UNWRAP.finditer(text):
         brace = m.end() - 1 if text[m.start()] == "\\" else m.start()
         close = closing_brace(text, brace)
-        if close >= 0:
+        if close < 0:
+            continue
+        if brace == m.start() and _ARGUMENT_BEFORE.search(text, max(0, brace - 64), brace):
+            cuts += [(m.start() + 1, m.end()), (close, close)]  # `\section{\bf x}`: the heading's own braces
+        else:
             cuts += [(m.start(), m.end()), (close, close + 1)]
     if cuts:
         cuts.sort()

@@ -41,6 +41,20 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _round_to(x, CDT: tl.constexpr):
+    """``x`` (float32 or float64) rounded to the nearest CDT value, ties to even, as PyTorch rounds. For
+    bfloat16 this is done on the bits: the interpreter's float32-to-bfloat16 cast truncates."""
+    y = x
+    if CDT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        y = bits.to(tl.float32, bitcast=True)
+    if CDT == tl.float16:
+        y = x.to(tl.float16).to(tl.float32)
+    return y
+
+
+@triton.jit
 def _rms_norm_fwd(X, W, Y, RSTD, n_cols, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -136,7 +150,7 @@ def _cross_entropy_chunk(LOGITS, stride, LABELS, TOKEN_LOSS, SCALE, n_cols, igno
             x = tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
             g = tl.exp(x - lse) * softmax_scale
             g = tl.where(offs == safe_label, g - scale, g)
-            tl.store(ptr + offs, g.to(LOGITS.dtype.element_ty), mask=mask)
+            tl.store(ptr + offs, _round_to(g, LOGITS.dtype.element_ty).to(LOGITS.dtype.element_ty), mask=mask)
             start += BLOCK
 
 
@@ -146,16 +160,16 @@ def _rotate_heads(X, Y, n_heads, heads, d, mask, c1, c2, s1, s2, HALF: tl.conste
     """Rotate one token's heads [n_heads, 2 * HALF]; every product and sum is rounded to CDT, the dtype
     the reference computes in, so the results are the reference's."""
     offs = heads[:, None] * (2 * HALF) + d[None, :]
-    x1 = tl.load(X + offs, mask=mask, other=0.0).to(CDT).to(ACC)
-    x2 = tl.load(X + offs + HALF, mask=mask, other=0.0).to(CDT).to(ACC)
+    x1 = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
+    x2 = tl.load(X + offs + HALF, mask=mask, other=0.0).to(ACC)
     if BACKWARD:  # the transpose of the rotation: the sines change sign and halves
-        y1 = (x1 * c1).to(CDT).to(ACC) + (x2 * s2).to(CDT).to(ACC)
-        y2 = (x2 * c2).to(CDT).to(ACC) - (x1 * s1).to(CDT).to(ACC)
+        y1 = _round_to(_round_to(x1 * c1, CDT) + _round_to(x2 * s2, CDT), CDT)
+        y2 = _round_to(_round_to(x2 * c2, CDT) - _round_to(x1 * s1, CDT), CDT)
     else:
-        y1 = (x1 * c1).to(CDT).to(ACC) - (x2 * s1).to(CDT).to(ACC)
-        y2 = (x2 * c2).to(CDT).to(ACC) + (x1 * s2).to(CDT).to(ACC)
-    tl.store(Y + offs, y1.to(CDT).to(Y.dtype.element_ty), mask=mask)
-    tl.store(Y + offs + HALF, y2.to(CDT).to(Y.dtype.element_ty), mask=mask)
+        y1 = _round_to(_round_to(x1 * c1, CDT) - _round_to(x2 * s1, CDT), CDT)
+        y2 = _round_to(_round_to(x2 * c2, CDT) + _round_to(x1 * s2, CDT), CDT)
+    tl.store(Y + offs, _round_to(y1, Y.dtype.element_ty).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + offs + HALF, _round_to(y2, Y.dtype.element_ty).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -167,10 +181,10 @@ def _rotary(Q, K, COS, SIN, QO, KO, seq_len, table_batch_stride, n_q_heads, n_k_
     table = (token // seq_len) * table_batch_stride + (token % seq_len) * (2 * HALF)
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HALF
-    c1 = tl.load(COS + table + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
-    c2 = tl.load(COS + table + HALF + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
-    s1 = tl.load(SIN + table + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
-    s2 = tl.load(SIN + table + HALF + d, mask=d_mask, other=0.0).to(CDT).to(ACC)[None, :]
+    c1 = tl.load(COS + table + d, mask=d_mask, other=0.0).to(ACC)[None, :]
+    c2 = tl.load(COS + table + HALF + d, mask=d_mask, other=0.0).to(ACC)[None, :]
+    s1 = tl.load(SIN + table + d, mask=d_mask, other=0.0).to(ACC)[None, :]
+    s2 = tl.load(SIN + table + HALF + d, mask=d_mask, other=0.0).to(ACC)[None, :]
     heads = tl.arange(0, BLOCK_H)
     q_mask = (heads[:, None] < n_q_heads) & d_mask[None, :]
     k_mask = (heads[:, None] < n_k_heads) & d_mask[None, :]
@@ -318,8 +332,11 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
 def _launch_rotary(q, k, cos, sin, backward: bool):
     batch, seq_len, n_q_heads, head_dim = q.shape
     qo, ko = torch.empty_like(q), torch.empty_like(k)
-    compute = torch.promote_types(q.dtype, cos.dtype)
-    acc = tl.float64 if compute == torch.float64 else tl.float32
+    # The reference's forward rounds each term to the promoted dtype of inputs and tables; its autograd
+    # rounds each term's gradient to the input's dtype.
+    promoted = torch.promote_types(q.dtype, cos.dtype)
+    compute = q.dtype if backward else promoted
+    acc = tl.float64 if promoted == torch.float64 else tl.float32
     half = head_dim // 2
     block_h = triton.next_power_of_2(max(n_q_heads, k.shape[2]))
     block_d = triton.next_power_of_2(half)

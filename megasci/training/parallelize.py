@@ -14,8 +14,9 @@ Modes (`ModelConfig.checkpointing`):
   (selective activation checkpointing): the q, k, v, gate and up matmuls and the attention kernel.
   What reruns is cheap: both norms, RoPE, SwiGLU, the residual adds, and the two matmuls that write
   into the residual stream (attn.wo, mlp.down), of which only wo actually reruns (the backward needs
-  its output for the second norm; recomputation stops before down). At 1p36b that keeps 61% of
-  `none`'s activation bytes for 2.3% more FLOPs (benchmarks/bench_activations.py, docs/benchmarks.md).
+  its output for the second norm; recomputation stops before down). At 1p36b a block keeps 64.6% of
+  its `none` activation bytes (67.6% with the loss's), for 2.3% more FLOPs (benchmarks/bench_activations.py,
+  docs/benchmarks.md).
 
 Recomputation happens only where autograd records a graph: under `no_grad` or `inference_mode`
 (validation, KV-cache decoding) a wrapped module simply runs.

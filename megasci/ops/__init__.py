@@ -2,18 +2,20 @@
 
 Every op has a plain PyTorch ``reference`` implementation that runs on CPU and is tested against
 transformers' LLaMA code; ``auto`` (the default) picks a faster one when the inputs allow (our
-Triton RMSNorm and SwiGLU kernels and flash-attn on CUDA, apex FusedRMSNorm when named or when
-triton is missing, PyTorch SDPA elsewhere, chunked cross-entropy everywhere). ``set_backend(op, name)`` forces a choice for
-every later call.
+Triton RMSNorm, SwiGLU, RoPE and cross-entropy kernels and flash-attn on CUDA, apex FusedRMSNorm when
+named or when triton is missing, PyTorch SDPA elsewhere, the fused chunked cross-entropy everywhere).
+``set_backend(op, name)`` forces a choice for every later call.
 
 The Triton kernels (triton_kernels.py) are verified against the reference paths under Triton's
-CPU interpreter (tests/test_triton_ops.py, when triton is installed); their speed and hardware
-correctness still need a GPU session. There is no separate ``torch.compile`` path for swiglu or
-rms_norm: the reference paths are plain tensor code that ``torch.compile`` of the whole model traces
-and fuses (a test checks that all ops trace into a single graph).
+CPU interpreter (tests/test_triton_ops.py; triton is pinned in the dev extra) and run compiled by the
+same tests where CUDA is present (``pytest -m gpu``); their speed still needs a GPU session. There is
+no separate ``torch.compile`` path for swiglu or rms_norm: the reference paths are plain tensor code
+that ``torch.compile`` of the whole model traces and fuses (a test checks that all ops trace into a
+single graph).
 
-Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``cross_entropy_loss``: the ops with
-several implementations. Rotary embeddings and the cached-decode attention have one and are plain functions.
+Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``cross_entropy_loss``,
+``apply_rotary``: the ops with several implementations. The rotary tables and the cached-decode
+attention have one and are plain functions.
 """
 
 from .attention import attention, cached_attention

@@ -511,3 +511,20 @@ def test_cross_entropy_rejects_negative_z_loss():
     hidden, weight, labels = ce_inputs(n=4)
     with pytest.raises(ValueError, match="z_loss"):
         ops.cross_entropy_loss(hidden, weight, labels, z_loss=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulate_matmul_sums_in_the_accumulator_dtype(dtype):
+    """bf16 operands: the product goes into the float32 sum unrounded, unlike ``acc += (a @ b).float()``."""
+    from megasci.ops.accumulate import accumulate_matmul
+
+    g = gen(13)
+    a, b = torch.randn(20, 64, generator=g).to(dtype), torch.randn(64, 12, generator=g).to(dtype)
+    start = torch.randn(20, 12, generator=g)
+    acc = start.clone()
+    accumulate_matmul(acc, a, b)
+    exact = start.double() + a.double() @ b.double()
+    torch.testing.assert_close(acc.double(), exact, rtol=1e-6, atol=1e-5)
+    if dtype == torch.bfloat16:
+        rounded_err = (start + (a @ b).float() - exact).abs().max()
+        assert (acc.double() - exact).abs().max() < rounded_err / 10

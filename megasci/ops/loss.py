@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .accumulate import accumulate_matmul
 from .backends import dispatch, module_available, register_backend, register_op
 
 _HAS_TRITON = module_available("triton")
@@ -64,20 +65,6 @@ def chunk_loss_and_grad_triton(logits, labels, token_loss, scale, ignore_index, 
     return cross_entropy_chunk_triton(logits, labels, token_loss, scale, ignore_index, z_loss, write_grad)
 
 
-def accumulate_weight_grad(acc: torch.Tensor, grad: torch.Tensor, h: torch.Tensor) -> None:
-    """``acc += grad.T @ h`` with the sum in ``acc``'s dtype and no rounding of the product on the way.
-
-    Equal dtypes: one in-place ``addmm_``. Low-precision operands on CUDA: cuBLAS's mixed-precision
-    GEMM (``out_dtype``) into ``acc`` in place. Elsewhere the operands are upcast (exact, only slower).
-    """
-    if grad.dtype == h.dtype == acc.dtype:
-        acc.addmm_(grad.t(), h)
-    elif grad.is_cuda and grad.dtype == h.dtype:
-        torch.addmm(acc, grad.t(), h, out_dtype=acc.dtype, out=acc)
-    else:
-        acc.addmm_(grad.t().to(acc.dtype), h.to(acc.dtype))
-
-
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     # Under CUDA autocast, the matmuls run in the autocast dtype, as the model's other matmuls do.
     @staticmethod
@@ -105,7 +92,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if need_h:
                 grad_h[start:end] = grad.to(hidden.dtype) @ weight
             if need_w:
-                accumulate_weight_grad(grad_w, grad, h)
+                accumulate_matmul(grad_w, grad.t(), h)
             del logits, grad
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight = weight if need_w else None

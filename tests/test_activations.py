@@ -69,3 +69,13 @@ def test_selective_keeps_its_policys_tensors_and_saves_a_third_for_little_comput
     extra = layers["selective"][1] / layers["none"][1] - 1
     assert 0 < extra < 0.05
     assert layers["full"][1] / layers["none"][1] - 1 > 0.2  # full reruns the whole block forward
+
+
+def test_kernel_models_are_backends_only_inside_their_context():
+    from megasci import ops
+
+    assert all(bench.KERNEL_MODEL not in ops.available_backends(op) for op in ("rms_norm", "swiglu", "attention"))
+    with bench.kernel_models():
+        assert ops.get_backend("attention") == bench.KERNEL_MODEL
+    assert ops.get_backend("attention") != bench.KERNEL_MODEL
+    assert bench.KERNEL_MODEL not in ops.available_backends("attention")

@@ -20,21 +20,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .accumulate import accumulate_matmul
+
 
 def add_to_main_grad(weight: torch.Tensor, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
-    """`weight.main_grad += grad_out^T @ inputs` accumulated in main_grad's dtype; grad_out [N, out], inputs [N, in].
-
-    Same dtypes: one in-place `addmm_`. bf16 operands into fp32 on CUDA: cuBLAS's mixed-precision
-    GEMM (`out_dtype`), summing into main_grad in place. Elsewhere (bf16 on a CPU) the operands are
-    upcast, which is exact and only slower.
-    """
-    main_grad = weight.main_grad
-    if grad_out.dtype == main_grad.dtype:
-        main_grad.addmm_(grad_out.t(), inputs)
-    elif grad_out.is_cuda:
-        torch.addmm(main_grad, grad_out.t(), inputs, out_dtype=main_grad.dtype, out=main_grad)
-    else:
-        main_grad.addmm_(grad_out.t().to(main_grad.dtype), inputs.to(main_grad.dtype))
+    """`weight.main_grad += grad_out^T @ inputs` summed in main_grad's dtype (ops/accumulate.py), then
+    the owner told; grad_out [N, out], inputs [N, in]."""
+    accumulate_matmul(weight.main_grad, grad_out.t(), inputs)
     added = getattr(weight, "main_grad_added", None)
     if added is not None:
         added()

@@ -17,11 +17,10 @@ setup: $(STAMP)
 $(STAMP): setup.py pyproject.toml csrc/helpers.cpp
 	$(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PY) -m pip install -q "$(TORCH_GPU)"; \
+		$(PY) -m pip install -q "$(TORCH_GPU)" && $(PY) -m pip install -q -e ".[dev]"; \
 	else \
-		$(PY) -m pip install -q $(TORCH_CPU); \
+		$(PY) -m pip install -q $(TORCH_CPU) && $(PY) -m pip install -q -e ".[dev,interpreter]"; \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -35,9 +35,10 @@ setup(
         "tensorboard>=2.10",
     ],
     extras_require={
-        # triton is pinned to a release whose CPU interpreter runs our kernels, so CI tests them on every change.
-        "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4", "pyarrow>=14",
-                "triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        "dev": ["pytest>=7", "tokenizers>=0.15", "transformers>=4.40", "safetensors>=0.4", "pyarrow>=14"],
+        # For machines without CUDA (CI): a triton release whose CPU interpreter runs our kernels, so they are
+        # tested on every change. A CUDA torch brings the triton it was built with; never pin over that one.
+        "interpreter": ["triton==3.9.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # Parquet input for preprocessing (OpenWebMath ships as Parquet); JSONL needs nothing extra.
         "parquet": ["pyarrow>=14"],
         # Optional accelerators: import-guarded, never required for the fast path.

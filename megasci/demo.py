@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -81,7 +80,7 @@ def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     val_steps = sorted(s for s, r in rows.items() if "val/loss/all" in r)
     train_steps_logged = sorted(s for s, r in rows.items() if "train/loss" in r)
     first, last = val_steps[0], val_steps[-1]
-    result = {"val_ppl_start": math.exp(rows[first]["val/loss/all"]), "val_ppl_end": math.exp(rows[last]["val/loss/all"]),
+    result = {"val_ppl_start": rows[first]["val/ppl/all"], "val_ppl_end": rows[last]["val/ppl/all"],
               "train_loss_start": rows[train_steps_logged[0]]["train/loss"],
               "train_loss_end": rows[train_steps_logged[-1]]["train/loss"], "steps": train_steps_logged[-1],
               "tokens_per_s": [r["perf/tokens_per_s"] for r in rows.values() if "perf/tokens_per_s" in r][-1]}

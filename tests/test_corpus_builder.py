@@ -114,6 +114,22 @@ def test_workers_and_resume_give_identical_output(tmp_path, sources):
     assert read_records(two) == read_records(one)
 
 
+def test_units_signed_under_another_minhash_scheme_are_refused_by_name(tmp_path, sources):
+    paths, metadata, _ = sources
+    out = str(tmp_path / "o")
+    build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False)
+    done = sorted(glob.glob(os.path.join(out, "units", "*.done.json")))[1]
+    with open(done, encoding="utf-8") as f:
+        data = json.load(f)
+    del data["minhash_scheme"]  # as a unit from before the scheme was recorded
+    with open(done, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=re.escape(done) + ".*scheme None"):
+        build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False)
+    os.remove(done)
+    assert build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False).written > 0
+
+
 def test_a_paper_over_its_time_limit_is_rejected_not_fatal(tmp_path, sources):
     paths, metadata, _ = sources
     report = build(BuildConfig(sources=[paths[1]], output=str(tmp_path / "o"), paper_time_limit_s=1e-6),

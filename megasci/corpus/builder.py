@@ -4,7 +4,8 @@ Two phases, so work splits across machines and survives being killed:
 1. `process_units`: inputs are cut into units (one bulk tar, one per-paper file, or up to
    `files_per_unit` files of a directory, in sorted order). Each finished unit leaves
    `units/<key>.jsonl.zst` (its candidate records and every rejection) and `units/<key>.done.json`
-   (its funnel counts); a rerun skips units whose `.done.json` exists. `--num-shards/--shard-index`
+   (its funnel counts and the MinHash scheme its signatures use); a rerun skips units whose
+   `.done.json` exists. `--num-shards/--shard-index`
    takes every K-th unit, so K machines share one output directory.
 2. `finalize`: reads every unit in key order, removes exact and near duplicates over the whole run
    (keeping the latest, then longest), writes `shards/arxiv-NNNNN.jsonl.zst` and the yield report
@@ -33,7 +34,7 @@ from typing import Callable, Iterator
 from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
 from megasci.corpus.assemble import AssembledPaper, assemble
 from megasci.corpus.clean import CleanedPaper, clean_latex
-from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex, exact_key
+from megasci.corpus.dedup import SIGNATURE_SCHEME, ExactDeduplicator, NearDuplicateIndex, exact_key
 from megasci.corpus.filters import (LanguageConfig, check_language, detect_language_raw, load_language_profiles,
                                     passes_length)
 from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_metadata
@@ -311,7 +312,8 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
                     counts[f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"] += 1
                     out.write(json.dumps(jsonable(result), ensure_ascii=False) + "\n")
                     bar.update(1)
-            write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"), {"files": files, "counts": counts})
+            write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"),
+                              {"files": files, "counts": counts, "minhash_scheme": SIGNATURE_SCHEME})
     finally:
         bar.close()
         if pool is not None:
@@ -345,6 +347,18 @@ def _process_or_pass(task):
 def finished_unit_keys(unit_dir: str) -> list[str]:
     """Keys of the units phase 1 finished (their `.done.json` exists), in key order."""
     return sorted(name[: -len(".done.json")] for name in os.listdir(unit_dir) if name.endswith(".done.json"))
+
+
+def check_signature_scheme(unit_dir: str, keys: list[str]) -> None:
+    """Refuse units whose MinHash signatures another builder version made: compared with this one's,
+    their near duplicates would go unseen, silently."""
+    for key in keys:
+        path = os.path.join(unit_dir, f"{key}.done.json")
+        with open(path, encoding="utf-8") as f:
+            scheme = json.load(f).get("minhash_scheme")
+        if scheme != SIGNATURE_SCHEME:
+            raise ValueError(f"{path}: its MinHash signatures use scheme {scheme!r}, this builder uses "
+                             f"{SIGNATURE_SCHEME!r}; delete that unit's .done.json so phase 1 redoes it")
 
 
 def iter_unit_results(unit_dir: str, keys: list[str]) -> Iterator[InputResult]:
@@ -396,6 +410,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     """Phase 2: global dedup over all units, final shards and the yield report."""
     unit_dir = os.path.join(cfg.output, "units")
     keys = finished_unit_keys(unit_dir)
+    check_signature_scheme(unit_dir, keys)
     exact, near = ExactDeduplicator(), NearDuplicateIndex(threshold=cfg.near_dup_threshold)
     report = YieldReport()
     rejections: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -467,13 +467,28 @@ _EMAIL = re.compile(r"(?:(?i:\b(?:e-?mails?|electronic\s+(?:mail|address))(?:\s+
                     r"(?:\\?\{[\w.,\s+-]+\\?\}|(?<![\w.+-])[\w.+-]+)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
 
+# Every character an `_EMAIL` match can consume. No match crosses any other character, and its
+# lookbehind and `\b` read such a character as they read the text's edge, so the unanchored pattern
+# (slow: ~0.1 µs a character) need only scan the runs of these that hold an `@`.
+_EMAIL_RUN = re.compile(r"[\w\s.,+\-{}\\:@]*")
+
+
 def remove_emails(text: str, stats: Counter) -> str:
     """Remove every e-mail address (and its "E-mail:" label), counted in ``emails_removed``."""
-    if "@" not in text:
+    at = text.find("@")
+    if at < 0:
         return text
-    text, count = _EMAIL.subn("", text)
-    stats["emails_removed"] += count
-    return text
+    reverse, out, last = text[::-1], [], 0
+    while at >= 0:
+        back = len(text) - at  # where text[at - 1] is in `reverse`
+        start = at - (_EMAIL_RUN.match(reverse, back).end() - back)
+        end = _EMAIL_RUN.match(text, at).end()
+        run, count = _EMAIL.subn("", text[start:end])
+        out += [text[last:start], run]
+        stats["emails_removed"] += count
+        last, at = end, text.find("@", end)
+    out.append(text[last:])
+    return "".join(out)
 
 
 _ACCENTED = (r"\\(?:['\"`^~=.]\s*(?:\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|\\[ij](?![a-zA-Z])|[a-zA-Z])"

@@ -9,6 +9,24 @@ import pytest
 from megasci import ops
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
+ARXIV_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "arxiv_sample")
+
+
+@pytest.fixture(scope="session")
+def shared_sample_corpus(tmp_path_factory):
+    """(records, yield report) of the real arXiv sample built once (bulk, packages and hostile inputs)."""
+    from megasci.corpus.builder import BuildConfig, build
+    from megasci.utils.io import iter_json_records
+
+    if not os.path.isdir(ARXIV_SAMPLE):
+        pytest.skip(f"real arXiv sample not present at {ARXIV_SAMPLE}")
+    out = str(tmp_path_factory.mktemp("sample_corpus"))
+    report = build(BuildConfig(sources=[os.path.join(ARXIV_SAMPLE, d) for d in ("bulk", "packages", "hostile")],
+                               output=out), progress=False)
+    records = [r for name in sorted(os.listdir(os.path.join(out, "shards")))
+               for r in iter_json_records(os.path.join(out, "shards", name))]
+    assert len(records) == report.written > 0
+    return records, report
 
 
 @pytest.fixture

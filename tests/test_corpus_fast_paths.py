@@ -15,7 +15,7 @@ from datasketch import MinHash
 from langdetect.detector import Detector
 
 from megasci.corpus.dedup import NearDuplicateIndex, shingle_hash, shingles
-from megasci.corpus.filters import _Detector, _detector_factory
+from megasci.corpus.filters import DETECTION_CHARS, _Detector, _detector_factory, prose_for_detection
 from megasci.corpus.latex import CONTROL_SEQUENCE
 from megasci.corpus.macros import expand_macros, harvest_definitions
 from megasci.corpus.synthetic import generate_papers
@@ -64,18 +64,40 @@ def test_jaccard_estimates_follow_exact_jaccard():
     assert abs(sum(errors) / len(errors)) < 0.02
 
 
+LANGUAGE_TEXTS = TEXTS[-6:] + [t[:1500] for t in TEXTS[:4]] + [
+    "Tiếng Việt là ngôn ngữ chính thức của Việt Nam, được viết bằng chữ Quốc ngữ",  # Latin Extended Additional
+    "中文文本 with some English words mixed in 以及更多的中文字符和标点。", "ÜBER ALLES ist NICHT gut, aber OK",
+    "Contact me@example.org or see http://example.com/x?y=1 -- (and) [brackets] {braces} ^_` signs",
+    "Şi România are ţări și țări, cu diacritice", "repeat " * 40 + "repeat",
+    " leading and trailing spaces ", "x", ("A long English sentence about graphs and their spectra. " * 250)]
+
+
 @pytest.mark.parametrize("seed", [0, 7])
-@pytest.mark.parametrize("text", TEXTS[-6:] + [t[:1500] for t in TEXTS[:4]])
+@pytest.mark.parametrize("text", LANGUAGE_TEXTS)
 def test_language_probabilities_equal_langdetect(text, seed):
     factory = _detector_factory()
     fast, reference = _Detector(factory), Detector(factory)
     for detector in (fast, reference):
         detector.seed = seed
         detector.append(text)
+    assert fast.text == reference.text
     if not text.strip():
         return
     assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
         [(p.lang, p.prob) for p in reference.get_probabilities()]
+
+
+def test_language_of_the_real_sample_equals_langdetect(shared_sample_corpus):
+    """The prefixes the builder detects on (masked and raw), from the real arXiv sample's papers."""
+    factory = _detector_factory()
+    for text in (record["text"] for record in shared_sample_corpus[0]):
+        for sample in (prose_for_detection(None, None, text), text[:DETECTION_CHARS]):
+            fast, reference = _Detector(factory), Detector(factory)
+            for detector in (fast, reference):
+                detector.seed = 0
+                detector.append(sample)
+            assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
+                [(p.lang, p.prob) for p in reference.get_probabilities()]
 
 
 def _expand_scanning_everything(text, macros):

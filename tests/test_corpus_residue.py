@@ -8,18 +8,13 @@ article, REVTeX, elsarticle, IEEEtran, amsart, llncs, AASTeX)."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
-from megasci.corpus.builder import BuildConfig, build
 from megasci.corpus.clean import clean_latex
 from megasci.corpus.sections import mask_math
 from megasci.corpus.synthetic import generate_papers
-from megasci.utils.io import iter_json_records
-
-SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
 
 # (usage as papers write it, text that must survive it or "" when it carries none)
 LAYOUT_USES = [
@@ -145,21 +140,8 @@ def test_emails_are_removed_everywhere_and_counted():
     assert "Write to  or ." in paper.text and "Not an address: a@b" in paper.text
 
 
-@pytest.fixture(scope="module")
-def sample_records(tmp_path_factory):
-    if not os.path.isdir(SAMPLE):
-        pytest.skip(f"real arXiv sample not present at {SAMPLE}")
-    out = str(tmp_path_factory.mktemp("sample_corpus"))
-    report = build(BuildConfig(sources=[os.path.join(SAMPLE, d) for d in ("bulk", "packages", "hostile")],
-                               output=out), progress=False)
-    records = [r for name in sorted(os.listdir(os.path.join(out, "shards")))
-               for r in iter_json_records(os.path.join(out, "shards", name))]
-    assert len(records) == report.written > 0
-    return records, report
-
-
-def test_shared_sample_has_no_email_and_no_layout_residue(sample_records):
-    records, report = sample_records
+def test_shared_sample_has_no_email_and_no_layout_residue(shared_sample_corpus):
+    records, report = shared_sample_corpus
     for record in records:
         assert EMAIL.findall(mask_math(record["text"])) == [], record["id"]
         assert RESIDUE.findall(mask_math(record["text"])) == [], record["id"]

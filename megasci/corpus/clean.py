@@ -494,7 +494,9 @@ def remove_emails(text: str, stats: Counter) -> str:
 _ACCENTED = (r"\\(?:['\"`^~=.]\s*(?:\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|\\[ij](?![a-zA-Z])|[a-zA-Z])"
              r"|[uvHckdr](?:\s*\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|[ \t]+[a-zA-Z](?![a-zA-Z]))"
              r"|(?:ss|o|O|aa|AA|ae|AE|oe|OE|l|L|i|j)(?![a-zA-Z])(?:\{\})?)")
-_ACCENT = re.compile(r"\{(" + _ACCENTED + r")\}|(" + _ACCENTED + ")")
+# The bare form is not wrapped in a group: a branch that starts with `(` instead of a literal costs the
+# scan its first-character skip and made the pass three times slower.
+_ACCENT = re.compile(r"\{(" + _ACCENTED + r")\}|" + _ACCENTED)
 
 
 @lru_cache(maxsize=4096)
@@ -509,7 +511,7 @@ def accents_to_unicode(text: str, stats: Counter) -> str:
     """``\\"o``, ``{\\"u}``, ``\\'{e}``, ``\\v c``, ``\\ss``, ``\\o`` … → ö, ü, é, č, ß, ø (prose only)."""
     def replace(m: re.Match) -> str:
         stats["accents_converted"] += 1
-        return _accent_to_unicode(m.group(1) or m.group(2))
+        return _accent_to_unicode(m.group(1) or m.group())
 
     return _ACCENT.sub(replace, text)
 

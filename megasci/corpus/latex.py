@@ -34,7 +34,8 @@ PLACEHOLDER_CHARS = re.compile("[\ue000-\ue003]")
 
 # A control word (letters and @, as in a package's internals) or a control symbol.
 CONTROL_SEQUENCE = re.compile("\\\\([a-zA-Z@]+|[^a-zA-Z@\ue000-\ue003])")
-_BRACE = re.compile(r"\\[{}\\]|[{}]")
+# Every branch starts with a literal, so that the scan skips to the next candidate character in C.
+_BRACE = re.compile(r"\\[{}\\]|\{|\}")
 _SPACE = re.compile(r"[ \t\n]*")
 
 

@@ -17,10 +17,10 @@ from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN, closing_brace
 
 # Tokens that can open or close math, found in one left-to-right regex scan. Escaped \$ and \\ are
 # tokens too, so that \$5 is a dollar sign and \\[2pt] a line break, never math delimiters.
+# The backslash tokens share one branch, tried once per backslash instead of once per form.
 MATH_TOKEN = re.compile(r"""
-  \\begin\{(?:ENVS)\*?\} | \\end\{(?:ENVS)\*?\}
-| \\[()\[\]] | \\[\\$] | \$\$ | \$
-| \n[ \t]*\n
+  \\(?: begin\{(?:ENVS)\*?\} | end\{(?:ENVS)\*?\} | [()\[\]] | [\\$] )
+| \$\$? | \n[ \t]*\n
 """.replace("ENVS", MATH_ENVIRONMENT_PATTERN), re.X)
 _CLOSER = {"\\(": "\\)", "\\[": "\\]", "$$": "$$", "$": "$"}
 
@@ -38,22 +38,21 @@ def math_spans(text: str) -> list[tuple[int, int]]:
     error in math mode) or, without one, is plain text. Closers are looked up by bisection in
     per-closer position lists, so one stray ``$`` or unclosed ``\\[`` costs O(log n), not a rescan.
     """
-    tokens = [(m.start(), m.end(), m.group()) for m in MATH_TOKEN.finditer(text)]
-    paragraph_of, positions, paragraph = [], defaultdict(list), 0
-    for k, (_, _, token) in enumerate(tokens):
-        paragraph += token[0] == "\n"
-        paragraph_of.append(paragraph)
-        positions[token].append(k)
-    spans, k = [], 0
-    while k < len(tokens):
-        closer = _closer(tokens[k][2])
-        if closer:
-            candidates = positions.get(closer, [])
-            j = bisect.bisect_right(candidates, k)
-            if j < len(candidates) and paragraph_of[candidates[j]] == paragraph_of[k]:
-                spans.append((tokens[k][0], tokens[candidates[j]][1]))
-                k = candidates[j]
-        k += 1
+    matches = list(MATH_TOKEN.finditer(text))
+    at = defaultdict(list)  # each token's indices in `matches`
+    for k, token in enumerate(map(re.Match.group, matches)):
+        at[token].append(k)
+    breaks = sorted(k for token, indices in at.items() if token[0] == "\n" for k in indices) + [len(matches)]
+    closers = {token: closer for token in at if (closer := _closer(token)) in at}
+    spans, resume = [], 0
+    for k in sorted(k for token in closers for k in at[token]):  # openers whose closer occurs at all
+        if k < resume:
+            continue
+        candidates = at[closers[matches[k].group()]]
+        j = bisect.bisect_right(candidates, k)
+        if j < len(candidates) and candidates[j] < breaks[bisect.bisect_right(breaks, k)]:
+            resume = candidates[j] + 1
+            spans.append((matches[k].start(), matches[candidates[j]].end()))
     return spans
 
 

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from megasci import ops
 from megasci.model import build_model, flops_per_token, get_config
 from megasci.model.config import CHECKPOINTING_MODES
+from megasci.model.dtypes import DTYPES
 from megasci.training.parallelize import apply_activation_checkpointing
 
 KERNEL_MODEL = "kernel_model"  # the backend name these models register under
@@ -259,13 +260,13 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="1p36b")
     p.add_argument("--device", default="meta")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--seq", type=int, default=768)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--json-out", help="append JSON lines here")
     args = p.parse_args(argv)
     with kernel_models():
-        rows = measure(get_config(args.preset), args.device, getattr(torch, args.dtype), args.seq, args.micro_batch)
+        rows = measure(get_config(args.preset), args.device, DTYPES[args.dtype], args.seq, args.micro_batch)
     print_table(rows)
     if args.json_out:
         with open(args.json_out, "a") as f:

@@ -25,6 +25,7 @@ import torch
 
 from megasci import ops
 from megasci.model import build_model, get_config
+from megasci.model.dtypes import DTYPES
 from megasci.model.config import flops_per_token
 from megasci.training.metrics import device_peak_tflops
 from megasci.training.parallelize import apply_activation_checkpointing
@@ -165,7 +166,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="1p36b")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--only", nargs="+", choices=["ops", "model"], default=["ops", "model"])
     p.add_argument("--tokens", type=int, default=8192, help="rows of the op inputs (micro-batch x sequence)")
     p.add_argument("--seq", type=int, nargs="+", default=[768, 2048])
@@ -176,7 +177,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the device is not known")
     p.add_argument("--json-out")
     args = p.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     cfg = get_config(args.preset)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, preset {cfg.name}, {args.dtype}")

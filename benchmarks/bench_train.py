@@ -63,6 +63,7 @@ import torch
 from megasci import ops
 from megasci.distributed import AdamWConfig, ZeroAdamW, default_decay
 from megasci.model import build_model, flops_per_token, get_config, hf_config_dict, num_parameters, to_hf_state_dict
+from megasci.model.dtypes import DTYPES
 from megasci.training.guard import SpikeGuard
 from megasci.training.metrics import device_peak_tflops
 from megasci.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fp32_grad_accumulation
@@ -412,7 +413,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--isolation", default="process", choices=["process", "none"],
                    help="process: each contender in its own subprocess; none: one after the other in this one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16", help="parameter dtype (float32 for the CPU smoke test)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                   help="parameter dtype (float32 for the CPU smoke test)")
     p.add_argument("--lr", type=float, default=3e-4, help="constant learning rate")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the device is not known")
@@ -429,7 +431,7 @@ def main(argv=None) -> list[dict]:
     if args.summarize:
         summarize(args.summarize)
         return []
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     cfg = get_config(args.preset)
     if args.seq > cfg.max_seq_len:
         raise SystemExit(f"--seq {args.seq} exceeds the {cfg.name} preset's max_seq_len {cfg.max_seq_len}")

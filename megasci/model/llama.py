@@ -26,6 +26,7 @@ import torch.nn as nn
 from megasci import ops
 
 from .config import ModelConfig
+from .dtypes import DTYPES
 
 
 class RMSNorm(nn.Module):
@@ -198,7 +199,7 @@ def build_model(cfg: ModelConfig, device="cpu", dtype=None) -> Transformer:
     float32 copy on the host, then the real one). `device="meta"` returns the model unallocated,
     for counting. `dtype` defaults to `cfg.dtype`; seed with torch.manual_seed beforehand.
     """
-    dtype = dtype or getattr(torch, cfg.dtype)
+    dtype = dtype or DTYPES[cfg.dtype]
     with torch.device("meta"):
         model = Transformer(cfg).to(dtype)
     if torch.device(device).type == "meta":

@@ -12,7 +12,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 AUTO = "auto"
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what every one of our Triton kernels takes
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import dispatch, module_available, register_backend, register_op
+from .backends import TRITON_DTYPES, dispatch, module_available, register_backend, register_op
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -42,7 +42,6 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 
 _HAS_APEX = module_available("apex")
 _HAS_TRITON = module_available("triton")
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TRITON_MAX_COLUMNS = 65536  # the kernel keeps one row in registers
 
 
@@ -54,7 +53,7 @@ def _triton_available() -> bool:
 def _auto(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> str:
     if not x.is_cuda:
         return "reference"
-    if (_HAS_TRITON and x.dtype in _TRITON_DTYPES and weight.dtype in _TRITON_DTYPES
+    if (_HAS_TRITON and x.dtype in TRITON_DTYPES and weight.dtype in TRITON_DTYPES
             and weight.shape == x.shape[-1:] and x.shape[-1] <= _TRITON_MAX_COLUMNS):
         return "triton"
     return "apex" if _HAS_APEX else "reference"

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .backends import dispatch, module_available, register_backend, register_op
+from .backends import TRITON_DTYPES, dispatch, module_available, register_backend, register_op
 
 _HAS_TRITON = module_available("triton")
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float = 10000.0, device=None,
@@ -57,8 +56,8 @@ def _triton_available() -> bool:
 
 
 def _auto(q, k, cos, sin) -> str:
-    if (_HAS_TRITON and q.is_cuda and q.dtype == k.dtype and q.dtype in _TRITON_DTYPES
-            and cos.dtype in _TRITON_DTYPES and not (cos.requires_grad or sin.requires_grad)):
+    if (_HAS_TRITON and q.is_cuda and q.dtype == k.dtype and q.dtype in TRITON_DTYPES
+            and cos.dtype in TRITON_DTYPES and not (cos.requires_grad or sin.requires_grad)):
         return "triton"
     return "reference"
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backends import dispatch, module_available, register_backend, register_op
+from .backends import TRITON_DTYPES, dispatch, module_available, register_backend, register_op
 
 _HAS_TRITON = module_available("triton")
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -34,7 +33,7 @@ def _triton_available() -> bool:
 
 def _auto(gate: torch.Tensor, up: torch.Tensor) -> str:
     if (_HAS_TRITON and gate.is_cuda and up.is_cuda and gate.shape == up.shape and gate.dtype == up.dtype
-            and gate.dtype in _TRITON_DTYPES):
+            and gate.dtype in TRITON_DTYPES):
         return "triton"
     return "reference"
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .backends import TRITON_DTYPES as SUPPORTED_DTYPES
 MAX_RMS_NORM_COLUMNS = 65536
 _SWIGLU_BLOCK = 1024
 

@@ -116,13 +116,15 @@ def main() -> None:
                 rows.append(run(name, sources, metadata, workers))
     # papers/CPU-s: inputs per second of this process's CPU time (1 worker: the paper stages run here), the
     # per-core figure on a machine whose other cores are busy, where wall-clock papers/s understates it.
+    # e2e papers/s: inputs per wall second of phase 1 and finalize together (start-up still excluded).
     print(f"{'corpus':<16} {'workers':>7} {'inputs':>6} {'written':>7} {'MB':>6} {'phase1 s':>8} {'papers/s':>8} "
-          f"{'/worker':>8} {'papers/CPU-s':>12} {'MB/s/worker':>11} {'finalize s':>10}")
+          f"{'/worker':>8} {'papers/CPU-s':>12} {'MB/s/worker':>11} {'finalize s':>10} {'e2e papers/s':>12}")
     for r in rows:
         per_cpu = f"{r['inputs'] / r['phase1_cpu_s']:>12.1f}" if r["workers"] == 1 else f"{'-':>12}"
         print(f"{r['corpus']:<16} {r['workers']:>7} {r['inputs']:>6} {r['written']:>7} {r['mb']:>6.1f} "
               f"{r['phase1_s']:>8.2f} {r['papers_per_s']:>8.1f} {r['papers_per_s_per_worker']:>8.1f} {per_cpu} "
-              f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f}")
+              f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f} "
+              f"{r['inputs'] / (r['phase1_s'] + r['finalize_s']):>12.1f}")
     print("\nSeconds per stage, summed over papers (1-worker runs); papers per second of stage time leaves out")
     print("fixed costs (start-up, metadata loading, finalize) that a long run amortises:")
     for r in rows:

@@ -1,18 +1,21 @@
-"""The cleaner's and section tagger's fast paths against the slow, obviously correct forms they replace.
+"""Fast paths of cleaning, section tagging and assembly against the slow, obviously correct code they replaced.
 
 Each reference below is the code the fast path replaced, kept here verbatim; random texts drawn from
 the characters the rules care about (and a few that merely look alike) must give identical output.
 """
 
 import bisect
+import posixpath
 import random
 import re
 from collections import Counter, defaultdict
 
 import pytest
 
-from megasci.corpus import clean, sections
-from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN
+from megasci.corpus import assemble, clean, sections
+from megasci.corpus.assemble import ENDINPUT_LINE_RE, INCLUSION_RE
+from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN, code_part
+from megasci.corpus.package import SourcePackage
 
 # Characters that start, end or sit inside the rules' spans, plus Unicode letters, digits and spaces.
 _ALPHABET = list("ab eEmMaAiIlLsSx.,:;+-_{}\\@$()[]\n\t#%~'\"") + ["\u00e9", "\u017f", "\u212a", "\u00a0", "1",
@@ -81,3 +84,59 @@ def test_math_spans_match_the_token_by_token_reference(seed):
     for _ in range(1000):
         text = "".join(rng.choice(_MATH_PIECES) for _ in range(rng.randrange(0, 40)))
         assert sections.math_spans(text) == _math_spans_reference(text), text
+
+
+def _references_reference(self, path):
+    folder = posixpath.dirname(path)
+    found = set()
+    for line in self.text_of(path).split("\n"):
+        for match in INCLUSION_RE.finditer(code_part(line)):
+            name = assemble._argument(match)
+            if match.group("import"):
+                name = posixpath.join(match.group("dir"), name)
+            target = self.resolve(name, [folder])
+            if target not in (None, assemble.OUTSIDE):
+                found.add(target)
+    return found
+
+
+def _expand_reference(self, path, base_dir, ancestors):
+    out_lines = []
+    file_dir = posixpath.dirname(path)
+    for line in self.text_of(path).split("\n"):
+        code = code_part(line)
+        if "\\" not in code:
+            out_lines.append(line)
+            continue
+        expanded = self.expand_line(line, code, base_dir, file_dir, ancestors)
+        if expanded is not None:
+            out_lines.append(expanded)
+        if ENDINPUT_LINE_RE.fullmatch(code):
+            break
+    return "\n".join(out_lines)
+
+
+_SOURCE_PIECES = ["\\input{a}", "\\input b", "\\include{b}", "\\subfile{a}", "\\import{d/}{c}", "\\subimport{d/}{c}",
+                  "\\endinput", " \\endinput ", "input", "include", "\\inputencoding", "%", "\\%", "\\\\", "x", " ",
+                  "\n", "\n", "\\input{a.bbl}", "\\input{/abs}", "\\input{missing}", "\\begin{document}", "é"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_assembly_reads_only_the_lines_with_inclusion_words_as_the_line_by_line_loop_did(seed, monkeypatch):
+    rng = random.Random(seed)
+
+    def source() -> bytes:
+        return "".join(rng.choice(_SOURCE_PIECES) for _ in range(rng.randrange(0, 30))).encode()
+
+    for _ in range(300):
+        files = {"main.tex": b"\\documentclass{article}\n" + source(), "a.tex": source(), "b.tex": source(),
+                 "d/c.tex": source(), "a.bbl": b"x"}
+        if rng.random() < 0.3:
+            files["other.tex"] = b"\\documentclass{article}\n" + source()
+        package = SourcePackage(paper_id="2301.00001", source="test", files=files)
+        fast = assemble.assemble(package)
+        with monkeypatch.context() as patched:
+            patched.setattr(assemble._Assembler, "expand", _expand_reference)
+            patched.setattr(assemble._Assembler, "references", _references_reference)
+            slow = assemble.assemble(package)
+        assert fast == slow, files

@@ -43,6 +43,9 @@ INCLUSION_RE = re.compile(
 )
 # Only a bare `\endinput` line: inside a conditional (a load-once guard) it may never run.
 ENDINPUT_LINE_RE = re.compile(r"\s*\\endinput\s*")
+# Every inclusion command and `\endinput` holds one of these words; a line without one is kept as it is.
+INCLUSION_WORD_RE = re.compile(r"input|include|import|subfile")
+_HIGH_BYTES = bytes(range(0x80, 0x100))
 OUTSIDE = "<outside>"
 
 
@@ -77,7 +80,7 @@ def decode_tex(data: bytes) -> tuple[str, str]:
 def _decode_legacy(data: bytes) -> tuple[str, str]:
     """Non-UTF-8 bytes. charset_normalizer ranks cp1250 first among ties with cp1252 and turns
     French `è` into `č`; arXiv's legacy uploads are overwhelmingly Western, so cp1252 wins any tie."""
-    evidence = sum(byte >= 0x80 for byte in data)
+    evidence = len(data) - len(data.translate(None, _HIGH_BYTES))
     matches = list(charset_normalizer.from_bytes(data)) if evidence >= MIN_DETECTION_EVIDENCE else []
     if matches and matches[0].chaos <= MAX_DETECTION_CHAOS:
         best = matches[0]
@@ -101,6 +104,17 @@ def _suffix(path: str) -> str:
 def _argument(match: re.Match) -> str:
     """The file name of any inclusion command (the `{file}` part for \\import)."""
     return next((g for g in match.group("file", "ifile", "ifile2", "bare") if g is not None), "")
+
+
+def _inclusion_lines(text: str) -> list[int]:
+    """Numbers of the lines holding an inclusion word, ascending: the only lines inclusion can change."""
+    numbers, number, last = [], 0, 0
+    for match in INCLUSION_WORD_RE.finditer(text):
+        number += text.count("\n", last, match.start())
+        last = match.start()
+        if not numbers or numbers[-1] != number:
+            numbers.append(number)
+    return numbers
 
 
 def _is_junk(path: str) -> bool:
@@ -157,9 +171,10 @@ class _Assembler:
     def references(self, path: str) -> set[str]:
         """Files a TeX-like file inputs, used only to rule out candidates that are not the root."""
         folder = posixpath.dirname(path)
-        found = set()
-        for line in self.text_of(path).split("\n"):
-            for match in INCLUSION_RE.finditer(code_part(line)):
+        found, text = set(), self.text_of(path)
+        lines = text.split("\n")
+        for number in _inclusion_lines(text):
+            for match in INCLUSION_RE.finditer(code_part(lines[number])):
                 name = _argument(match)
                 if match.group("import"):
                     name = posixpath.join(match.group("dir"), name)
@@ -171,9 +186,11 @@ class _Assembler:
     def expand(self, path: str, base_dir: str, ancestors: tuple[str, ...]) -> str:
         """The file's text with each followed inclusion replaced by the included text; like TeX,
         reading stops at a `\\endinput` line."""
-        out_lines = []
-        file_dir = posixpath.dirname(path)
-        for line in self.text_of(path).split("\n"):
+        out_lines, kept, text = [], 0, self.text_of(path)
+        file_dir, lines = posixpath.dirname(path), text.split("\n")
+        for number in _inclusion_lines(text):
+            out_lines += lines[kept:number]
+            kept, line = number + 1, lines[number]
             code = code_part(line)
             if "\\" not in code:
                 out_lines.append(line)
@@ -182,8 +199,8 @@ class _Assembler:
             if expanded is not None:
                 out_lines.append(expanded)
             if ENDINPUT_LINE_RE.fullmatch(code):
-                break
-        return "\n".join(out_lines)
+                return "\n".join(out_lines)
+        return "\n".join(out_lines + lines[kept:])
 
     def expand_line(
         self, line: str, code: str, base_dir: str, file_dir: str, ancestors: tuple[str, ...]

@@ -228,9 +228,10 @@ _MATH = re.compile(r"""
 def hide_math(text: str, store: list[str], stats: Counter) -> str:
     """Replace every math span by a placeholder so that no prose rule can touch it."""
     def hide(m: re.Match) -> str:
-        if m.group()[0] != "$" and m.lastgroup not in ("paren", "bracket", "env"):
-            return m.group()
-        store.append(m.group())
+        span = m.group()
+        if span[0] != "$" and m.lastgroup not in ("paren", "bracket", "env"):
+            return span
+        store.append(span)
         return f"{MATH_OPEN}{len(store) - 1}{MATH_CLOSE}"
 
     hidden = _MATH.sub(hide, text)

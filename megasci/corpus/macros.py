@@ -34,6 +34,8 @@ class Macro:
         return cls(nargs, default, tuple(p if k % 2 == 0 else int(p) for k, p in enumerate(pieces)))
 
     def render(self, args: list[str]) -> str:
+        if len(self.parts) == 1:  # a body without parameters, the common case: no join per call
+            return self.parts[0]
         return "".join(p if k % 2 == 0 else (args[p - 1] if p <= len(args) else "")
                        for k, p in enumerate(self.parts))
 

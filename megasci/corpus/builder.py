@@ -300,17 +300,18 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     os.makedirs(unit_dir, exist_ok=True)
     todo = [(key, files) for key, files in units if not os.path.exists(os.path.join(unit_dir, f"{key}.done.json"))]
     load_language_profiles()  # once here; forked workers inherit them
-    pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
+    _set_worker_config(cfg)
+    pool = (mp.get_context("fork").Pool(cfg.workers, initializer=_set_worker_config, initargs=(cfg,))
+            if cfg.workers > 1 else None)
     bar = tqdm(desc="papers", unit=" papers", disable=not progress, dynamic_ncols=True)
     try:
         for key, files in todo:
             counts = collections.Counter()
             with atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out:
-                for result in _unit_results(files, index, cfg, pool):
+                for count_key, line in _unit_lines(files, index, cfg, pool):
                     counts["inputs"] += 1
-                    rejection = result.rejection
-                    counts[f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"] += 1
-                    out.write(json.dumps(jsonable(result), ensure_ascii=False) + "\n")
+                    counts[count_key] += 1
+                    out.write(line)
                     bar.update(1)
             write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"),
                               {"files": files, "counts": counts, "minhash_scheme": SIGNATURE_SCHEME})
@@ -321,8 +322,9 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     return [key for key, _ in todo]
 
 
-def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool) -> Iterator[InputResult]:
-    """One result per input of the unit, in input order: the input stages here, the paper stages in `pool`."""
+def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool) -> Iterator[tuple[str, str]]:
+    """(funnel count key, unit-file line) per input of the unit, in input order: the input stages
+    here, the paper stages and the line's serialisation in `pool`, so this process only reads and writes."""
     def tasks():
         for source, outcome in iter_source_inputs(files, cfg.limits):
             skipped = [reason for _, reason in outcome.skipped_members]
@@ -334,14 +336,25 @@ def _unit_results(files: list[str], index: MetadataIndex | None, cfg: BuildConfi
                 yield InputResult(source=source, id=outcome.paper_id, skipped_members=skipped,
                                   rejection=Rejection(METADATA, reason))
                 continue
-            yield (outcome, meta, cfg)
+            yield (outcome, meta)
 
-    for _, result in bounded_imap(pool, _process_or_pass, tasks(), in_flight=4 * max(cfg.workers, 1)):
-        yield result
+    for _, line in bounded_imap(pool, _unit_line, tasks(), in_flight=4 * max(cfg.workers, 1)):
+        yield line
 
 
-def _process_or_pass(task):
-    return task if isinstance(task, InputResult) else process_paper(task)
+_worker_cfg: BuildConfig | None = None  # set once per worker, not pickled with every paper
+
+
+def _set_worker_config(cfg: BuildConfig) -> None:
+    global _worker_cfg
+    _worker_cfg = cfg
+
+
+def _unit_line(task: InputResult | tuple[SourcePackage, dict | None]) -> tuple[str, str]:
+    result = task if isinstance(task, InputResult) else process_paper((*task, _worker_cfg))
+    rejection = result.rejection
+    key = f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"
+    return key, json.dumps(jsonable(result), ensure_ascii=False) + "\n"
 
 
 def finished_unit_keys(unit_dir: str) -> list[str]:

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from megasci.corpus import builder
-from megasci.corpus.builder import (PAPER_STAGES, STAGES, BuildConfig, InputResult, Rejection, build,
+from megasci.corpus.builder import (PAPER_STAGES, STAGES, BuildConfig, InputResult, Rejection, build, finalize,
                                     process_paper)
 from megasci.corpus.clean import clean_latex
 from megasci.corpus.dedup import exact_key
@@ -17,7 +17,7 @@ from megasci.corpus.filters import check_language
 from megasci.corpus.package import SourcePackage
 from megasci.corpus.sections import compose_document
 from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_arxiv_metadata, write_source_packages
-from megasci.utils.io import iter_json_records, jsonable
+from megasci.utils.io import atomic_text_output, iter_json_records, jsonable
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
 UNESCAPED_PERCENT = re.compile(r"(?<!\\)(?:\\\\)*%")
@@ -114,20 +114,35 @@ def test_workers_and_resume_give_identical_output(tmp_path, sources):
     assert read_records(two) == read_records(one)
 
 
-def test_units_signed_under_another_minhash_scheme_are_refused_by_name(tmp_path, sources):
+@pytest.mark.parametrize("field,says", [("minhash_scheme", "MinHash scheme None"), ("unit_format", "unit format 1")])
+def test_units_another_builder_version_wrote_are_refused_by_name(tmp_path, sources, field, says):
     paths, metadata, _ = sources
     out = str(tmp_path / "o")
     build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False)
     done = sorted(glob.glob(os.path.join(out, "units", "*.done.json")))[1]
     with open(done, encoding="utf-8") as f:
         data = json.load(f)
-    del data["minhash_scheme"]  # as a unit from before the scheme was recorded
+    del data[field]  # as a unit from before the field was recorded
     with open(done, "w", encoding="utf-8") as f:
         json.dump(data, f)
-    with pytest.raises(ValueError, match=re.escape(done) + ".*scheme None"):
+    with pytest.raises(ValueError, match=re.escape(done) + ".*" + says):
         build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False)
     os.remove(done)
     assert build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False).written > 0
+
+
+def test_a_records_file_that_does_not_match_its_results_is_an_error_naming_it(tmp_path, sources):
+    paths, metadata, _ = sources
+    out = str(tmp_path / "o")
+    written = build(BuildConfig(sources=paths, output=out, metadata=[metadata]), progress=False).written
+    assert len(read_records(out)) == written
+    path = max(glob.glob(os.path.join(out, "units", "*.records.jsonl.zst")), key=os.path.getsize)
+    lines = list(iter_json_records(path))
+    assert len(lines) >= 2
+    with atomic_text_output(path) as f:
+        f.writelines(json.dumps(record) + "\n" for record in lines[:-1])
+    with pytest.raises(ValueError, match=re.escape(path) + ": its records do not match"):
+        finalize(BuildConfig(sources=paths, output=out, metadata=[metadata]))
 
 
 def test_a_paper_over_its_time_limit_is_rejected_not_fatal(tmp_path, sources):

@@ -3,13 +3,15 @@
 Two phases, so work splits across machines and survives being killed:
 1. `process_units`: inputs are cut into units (one bulk tar, one per-paper file, or up to
    `files_per_unit` files of a directory, in sorted order). Each finished unit leaves
-   `units/<key>.jsonl.zst` (its candidate records and every rejection) and `units/<key>.done.json`
-   (its funnel counts and the MinHash scheme its signatures use); a rerun skips units whose
-   `.done.json` exists. `--num-shards/--shard-index`
-   takes every K-th unit, so K machines share one output directory.
-2. `finalize`: reads every unit in key order, removes exact and near duplicates over the whole run
-   (keeping the latest, then longest), writes `shards/arxiv-NNNNN.jsonl.zst` and the yield report
-   (`yield.json`, a printed funnel, `yield.png`).
+   `units/<key>.jsonl.zst` (one result per input: its rejection, or a candidate's dedup keys),
+   `units/<key>.records.jsonl.zst` (each candidate's shard line, in the same order) and
+   `units/<key>.done.json` (its funnel counts, the unit format and the MinHash scheme); a rerun
+   skips units whose `.done.json` exists. `--num-shards/--shard-index` takes every K-th unit, so K
+   machines share one output directory.
+2. `finalize`: reads every unit's results in key order, removes exact and near duplicates over the
+   whole run (keeping the latest, then longest), copies the kept candidates' lines, unparsed, into
+   `shards/arxiv-NNNNN.jsonl.zst` and writes the yield report (`yield.json`, a printed funnel,
+   `yield.png`).
 Every input ends in exactly one funnel row: written, or rejected at a named stage with a reason.
 
 The funnel is declared once: `INPUT_STAGES` (decided while reading inputs), `PAPER_STAGES` (one
@@ -28,8 +30,10 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
+
+import numpy as np
 
 from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
 from megasci.corpus.assemble import AssembledPaper, assemble
@@ -40,7 +44,8 @@ from megasci.corpus.filters import (LanguageConfig, check_language, detect_langu
 from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_metadata
 from megasci.corpus.package import Rejected, SourcePackage
 from megasci.corpus.sections import compose_document, math_fraction
-from megasci.utils.io import atomic_output, atomic_text_output, iter_json_records, jsonable, write_json_atomic
+from megasci.utils.io import (atomic_output, atomic_text_output, iter_json_records, iter_numbered_lines, jsonable,
+                              write_json_atomic)
 from megasci.utils.parallel import bounded_imap
 
 
@@ -193,9 +198,13 @@ CORPUS_STAGES = (EXACT_DEDUP, NEAR_DEDUP)  # decided in finalize, over every uni
 STAGES = tuple(dict.fromkeys(INPUT_STAGES + tuple(stage.name for stage in PAPER_STAGES) + CORPUS_STAGES))
 
 
+UNIT_FORMAT = 2  # results and records in two files per unit (1: each record inside its result line)
+
+
 @dataclass
 class InputResult:
-    """What phase 1 learned about one input: one line of a unit file, read back only by finalize."""
+    """What phase 1 learned about one input: one line of a unit's results file, read back only by
+    finalize; a candidate's `record` goes to the unit's records file instead."""
 
     source: str
     id: str | None = None
@@ -206,7 +215,10 @@ class InputResult:
     seconds: dict[str, float] = field(default_factory=dict)  # paper stage -> its time on this paper
     language_flip: bool = False
     emails_removed: int = 0  # e-mail addresses cleaning took out of this paper
-    record: dict | None = None
+    record: dict | None = None  # a candidate's, in memory only: it is written to the records file
+    year: int | None = None  # a candidate's metadata year, text length and encoding, for finalize
+    text_chars: int = 0
+    encoding: str | None = None
     exact_key: str = ""
     minhash: list[int] = field(default_factory=list)
 
@@ -270,6 +282,8 @@ def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> Input
     result.emails_removed = paper.cleaned.stats["emails_removed"] if paper.cleaned else 0
     if result.rejection is None:
         result.record, result.exact_key, result.minhash = paper.record(), paper.exact_key, paper.minhash
+        result.year, result.text_chars, result.encoding = (result.record["year"], len(result.record["text"]),
+                                                           result.record["encoding"])
     return result
 
 
@@ -307,14 +321,18 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     try:
         for key, files in todo:
             counts = collections.Counter()
-            with atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out:
-                for count_key, line in _unit_lines(files, index, cfg, pool):
+            with (atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out,
+                  atomic_text_output(os.path.join(unit_dir, f"{key}.records.jsonl.zst")) as records):
+                for count_key, line, record_line in _unit_lines(files, index, cfg, pool):
                     counts["inputs"] += 1
                     counts[count_key] += 1
                     out.write(line)
+                    if record_line is not None:
+                        records.write(record_line)
                     bar.update(1)
             write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"),
-                              {"files": files, "counts": counts, "minhash_scheme": SIGNATURE_SCHEME})
+                              {"files": files, "counts": counts, "unit_format": UNIT_FORMAT,
+                               "minhash_scheme": SIGNATURE_SCHEME})
     finally:
         bar.close()
         if pool is not None:
@@ -322,9 +340,11 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     return [key for key, _ in todo]
 
 
-def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool) -> Iterator[tuple[str, str]]:
-    """(funnel count key, unit-file line) per input of the unit, in input order: the input stages
-    here, the paper stages and the line's serialisation in `pool`, so this process only reads and writes."""
+def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
+                ) -> Iterator[tuple[str, str, str | None]]:
+    """(funnel count key, result line, record line or None) per input of the unit, in input order: the
+    input stages here, the paper stages and the lines' serialisation in `pool`, so this process only
+    reads and writes."""
     def tasks():
         for source, outcome in iter_source_inputs(files, cfg.limits):
             skipped = [reason for _, reason in outcome.skipped_members]
@@ -350,11 +370,13 @@ def _set_worker_config(cfg: BuildConfig) -> None:
     _worker_cfg = cfg
 
 
-def _unit_line(task: InputResult | tuple[SourcePackage, dict | None]) -> tuple[str, str]:
+def _unit_line(task: InputResult | tuple[SourcePackage, dict | None]) -> tuple[str, str, str | None]:
     result = task if isinstance(task, InputResult) else process_paper((*task, _worker_cfg))
     rejection = result.rejection
     key = f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"
-    return key, json.dumps(jsonable(result), ensure_ascii=False) + "\n"
+    line = json.dumps(jsonable(replace(result, record=None)), ensure_ascii=False) + "\n"
+    record = result.record
+    return key, line, None if record is None else json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def finished_unit_keys(unit_dir: str) -> list[str]:
@@ -362,16 +384,18 @@ def finished_unit_keys(unit_dir: str) -> list[str]:
     return sorted(name[: -len(".done.json")] for name in os.listdir(unit_dir) if name.endswith(".done.json"))
 
 
-def check_signature_scheme(unit_dir: str, keys: list[str]) -> None:
-    """Refuse units whose MinHash signatures another builder version made: compared with this one's,
-    their near duplicates would go unseen, silently."""
+def check_units(unit_dir: str, keys: list[str]) -> None:
+    """Refuse units another builder version wrote: another file layout, or MinHash signatures that,
+    compared with this version's, would let near duplicates through silently."""
     for key in keys:
         path = os.path.join(unit_dir, f"{key}.done.json")
         with open(path, encoding="utf-8") as f:
-            scheme = json.load(f).get("minhash_scheme")
-        if scheme != SIGNATURE_SCHEME:
-            raise ValueError(f"{path}: its MinHash signatures use scheme {scheme!r}, this builder uses "
-                             f"{SIGNATURE_SCHEME!r}; delete that unit's .done.json so phase 1 redoes it")
+            done = json.load(f)
+        for name, have, want in (("unit format", done.get("unit_format", 1), UNIT_FORMAT),
+                                 ("MinHash scheme", done.get("minhash_scheme"), SIGNATURE_SCHEME)):
+            if have != want:
+                raise ValueError(f"{path}: written with {name} {have!r}, this builder uses {want!r}; delete "
+                                 "that unit's .done.json so phase 1 redoes it")
 
 
 def iter_unit_results(unit_dir: str, keys: list[str]) -> Iterator[InputResult]:
@@ -423,7 +447,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     """Phase 2: global dedup over all units, final shards and the yield report."""
     unit_dir = os.path.join(cfg.output, "units")
     keys = finished_unit_keys(unit_dir)
-    check_signature_scheme(unit_dir, keys)
+    check_units(unit_dir, keys)
     exact, near = ExactDeduplicator(), NearDuplicateIndex(threshold=cfg.near_dup_threshold)
     report = YieldReport()
     rejections: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -447,9 +471,8 @@ def finalize(cfg: BuildConfig) -> YieldReport:
         if result.rejection:
             rejections[result.rejection.stage][result.rejection.reason] += 1
         else:
-            record = result.record
-            candidates[result.source] = (record["year"] or 0, len(record["text"]))
-            keys_by_source[result.source] = (record["id"], result.exact_key, result.minhash)
+            candidates[result.source] = (result.year or 0, result.text_chars)
+            keys_by_source[result.source] = (result.id, result.exact_key, np.array(result.minhash, dtype=np.uint32))
         for stage in result.passed():
             left_after[stage] += 1
             chars_after[stage] += result.chars.get(stage, 0)  # the input stages leave no text yet
@@ -491,20 +514,34 @@ def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, r
     """Kept records in unit order, `records_per_shard` to a file; a failure leaves no partial shard."""
     shard_dir = os.path.join(cfg.output, "shards")
     os.makedirs(shard_dir, exist_ok=True)
-    records = (result.record for result in iter_unit_results(unit_dir, keys)
-               if result.record is not None and result.source in keep)
-    written, encodings = 0, collections.Counter()
+    encodings = collections.Counter()
+    lines = _kept_record_lines(unit_dir, keys, keep, encodings)
+    written = 0
     for shard in itertools.count():
-        batch = list(itertools.islice(records, cfg.records_per_shard))
+        batch = list(itertools.islice(lines, cfg.records_per_shard))
         if not batch:
             break
         with atomic_text_output(os.path.join(shard_dir, f"arxiv-{shard:05d}.jsonl.zst")) as out:
-            for record in batch:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                encodings[record["encoding"]] += 1
+            out.writelines(batch)
         written += len(batch)
     report.encodings = dict(encodings)
     return written
+
+
+def _kept_record_lines(unit_dir: str, keys: list[str], keep: set, encodings: collections.Counter) -> Iterator[str]:
+    """The records-file lines of the kept candidates, as the workers wrote them; counts their encodings."""
+    for key in keys:
+        candidates = [r for r in iter_unit_results(unit_dir, [key]) if r.rejection is None]
+        path = os.path.join(unit_dir, f"{key}.records.jsonl.zst")
+        records = (line for _, _, line in iter_numbered_lines([path]))
+        matched = 0
+        for matched, (result, line) in enumerate(zip(candidates, records), 1):  # zip pulls `records` last
+            if result.source in keep:
+                encodings[result.encoding] += 1
+                yield line.decode("utf-8")
+        if matched != len(candidates) or next(records, None) is not None:
+            raise ValueError(f"{path}: its records do not match the {len(candidates)} candidates of its results; "
+                             "delete that unit's .done.json so phase 1 redoes it")
 
 
 def _plot_funnel(report: YieldReport, path: str) -> None:

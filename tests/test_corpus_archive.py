@@ -16,7 +16,7 @@ import zlib
 
 import pytest
 
-from megasci.corpus.archive import ArchiveLimits, iter_source_inputs, read_package, sniff
+from megasci.corpus.archive import ArchiveLimits, iter_pending_inputs, iter_source_inputs, read_package, sniff
 from megasci.corpus.package import Rejected, SourcePackage
 from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_source_packages
 
@@ -399,3 +399,29 @@ def test_paper_id_falls_back_to_the_file_stem_without_arxiv_ids(monkeypatch):
     assert _paper_id("dir/upload6.tgz") == "upload6"
     assert _paper_id("1403/1403.0036.pdf") == "1403.0036"
     assert _paper_id("packages/polch.tex") == "polch"
+
+
+def test_pending_inputs_are_unopened_and_carry_the_id_their_package_gets(tmp_path):
+    """The builder's reading process hands out objects unopened (a worker decompresses them) and
+    decides metadata from `paper_id` before opening: that id must be the opened package's."""
+    records = list(generate_papers(6, seed=12))
+    paths = write_source_packages(str(tmp_path / "src"), records, bulk_tar=True)
+    if os.path.isdir(SAMPLE):
+        paths += [os.path.join(SAMPLE, folder) for folder in ("bulk", "packages", "hostile")]
+    opened = 0
+    for source, item in iter_pending_inputs(paths):
+        if isinstance(item, Rejected):
+            continue
+        assert item.source == source
+        if os.path.isfile(source):
+            with open(source, "rb") as f:
+                assert item.data == f.read()  # the bytes as stored, not decompressed
+        elif source.startswith("arXiv_src_"):
+            assert sniff(item.data) in ("gzip", "pdf")  # generated bulk tars hold gzipped papers and PDFs
+        outcome = item.open()
+        if isinstance(outcome, SourcePackage):
+            assert (outcome.paper_id, outcome.source) == (item.paper_id, source)
+            opened += 1
+    assert opened >= 6
+    assert [(s, getattr(o, "reason", None)) for s, o in iter_source_inputs(paths)] == \
+        [(s, getattr(i if isinstance(i, Rejected) else i.open(), "reason", None)) for s, i in iter_pending_inputs(paths)]

@@ -483,7 +483,32 @@ def _not_a_paper(listing: list[str], rejected: Rejected) -> Rejected:
                     skipped_members=rejected.skipped_members)
 
 
-def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+@dataclass(frozen=True)
+class PendingInput:
+    """One per-paper object read from disk but not opened yet: `open` decompresses and unpacks it,
+    most of the archive stage's time, so a builder can do that in a worker process instead of the
+    one that reads the inputs. `listing`: a lone tar's member names, for what a tar without TeX holds."""
+
+    name: str
+    data: bytes
+    source: str
+    listing: tuple[str, ...] | None = None
+
+    @property
+    def paper_id(self) -> str:
+        """The id the package will carry, from the object's name alone."""
+        return _paper_id(self.name)
+
+    def open(self, limits: ArchiveLimits | None = None) -> SourcePackage | Rejected:
+        try:
+            return read_package(self.name, self.data, limits, self.source)
+        except Rejected as rejected:
+            if self.listing and rejected.reason == "no_tex":
+                return _not_a_paper(list(self.listing), rejected)
+            return rejected
+
+
+def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, PendingInput | Rejected]]:
     """Stream a bulk tar member by member: only one paper's bytes are in memory at a time."""
     label, papers = os.path.basename(path), 0
     try:
@@ -497,7 +522,7 @@ def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, Sour
                 elif member.size > limits.max_total_bytes:
                     yield source, Rejected("total_too_large", f"{member.size} bytes compressed")
                 else:
-                    yield source, _read_or_reject(member.name, tar.extractfile(member).read(), limits, source)
+                    yield source, PendingInput(member.name, tar.extractfile(member).read(), source)
     except (tarfile.TarError, EOFError, OSError) as error:
         yield label, Rejected("truncated_tar" if "unexpected end" in str(error) else "corrupt_tar", str(error))
         return
@@ -505,21 +530,7 @@ def _iter_bulk_tar(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, Sour
         yield label, Rejected("empty", "bulk tar without members")
 
 
-def _read_or_reject(name: str, data: bytes, limits: ArchiveLimits, source: str) -> SourcePackage | Rejected:
-    try:
-        return read_package(name, data, limits, source)
-    except Rejected as rejected:
-        return rejected
-
-
-def _read_file(path: str, limits: ArchiveLimits) -> SourcePackage | Rejected:
-    if os.path.getsize(path) > limits.max_total_bytes:
-        return Rejected("total_too_large", f"{path!r} is larger than {limits.max_total_bytes} bytes")
-    with open(path, "rb") as handle:
-        return _read_or_reject(os.path.basename(path), handle.read(), limits, path)
-
-
-def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, PendingInput | Rejected]]:
     """A bulk tar (arXiv's name, or members that say so, whatever the file is called) streams one input
     per member; anything else is one paper's object, and a tar without TeX says what it holds instead."""
     try:
@@ -529,15 +540,17 @@ def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, SourcePa
     if _BULK_NAME.match(os.path.basename(path)) or (listing is not None and is_bulk_listing(listing)):
         yield from _iter_bulk_tar(path, limits)
         return
-    outcome = _read_file(path, limits)
-    if listing and isinstance(outcome, Rejected) and outcome.reason == "no_tex":
-        outcome = _not_a_paper(listing, outcome)
-    yield path, outcome
+    if os.path.getsize(path) > limits.max_total_bytes:
+        yield path, Rejected("total_too_large", f"{path!r} is larger than {limits.max_total_bytes} bytes")
+        return
+    with open(path, "rb") as handle:
+        yield path, PendingInput(os.path.basename(path), handle.read(), path, tuple(listing) if listing else None)
 
 
-def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
-                       ) -> Iterator[tuple[str, SourcePackage | Rejected]]:
-    """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, outcome)."""
+def iter_pending_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
+                        ) -> Iterator[tuple[str, PendingInput | Rejected]]:
+    """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, object
+    read but not opened, or what already rejects it: a bulk tar's broken or special members)."""
     limits = limits or ArchiveLimits()
     for path in map(os.fspath, paths):
         if not os.path.isdir(path):
@@ -548,3 +561,11 @@ def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits
             for name in sorted(names):
                 if name.lower().endswith(_INPUT_EXTENSIONS):
                     yield from _iter_file(os.path.join(root, name), limits)
+
+
+def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
+                       ) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+    """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, outcome)."""
+    limits = limits or ArchiveLimits()
+    for source, item in iter_pending_inputs(paths, limits):
+        yield source, item if isinstance(item, Rejected) else item.open(limits)

@@ -14,7 +14,7 @@ Two phases, so work splits across machines and survives being killed:
    `yield.png`).
 Every input ends in exactly one funnel row: written, or rejected at a named stage with a reason.
 
-The funnel is declared once: `INPUT_STAGES` (decided while reading inputs), `PAPER_STAGES` (one
+The funnel is declared once: `INPUT_STAGES` (decided on an input's bytes and id), `PAPER_STAGES` (one
 `Stage` per step, run per paper in the workers under the time limit, each returning the paper or
 its rejection) and `CORPUS_STAGES` (finalize). `STAGES`, the unit counts, the per-stage times and
 the yield report all follow from those lists.
@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from megasci.corpus.archive import ArchiveLimits, iter_source_inputs
+from megasci.corpus.archive import ArchiveLimits, PendingInput, iter_pending_inputs
 from megasci.corpus.assemble import AssembledPaper, assemble
 from megasci.corpus.clean import CleanedPaper, clean_latex
 from megasci.corpus.dedup import SIGNATURE_SCHEME, ExactDeduplicator, NearDuplicateIndex, exact_key
@@ -183,7 +183,9 @@ def _dedup_keys(paper: Paper, cfg: BuildConfig) -> Paper | Rejected:
 
 
 ARCHIVE, METADATA, EXACT_DEDUP, NEAR_DEDUP = "archive", "metadata", "exact_dedup", "near_dedup"
-INPUT_STAGES = (ARCHIVE, METADATA)  # decided while the inputs are read, in the main process
+# Decided on the input's bytes and id, before any text exists: the reading process rejects broken bulk-tar
+# members and looks up the metadata, a worker opens the object (its archive stage proper).
+INPUT_STAGES = (ARCHIVE, METADATA)
 # Run per paper, in the workers, under the per-paper time limit. exact_dedup starts here (its keys,
 # which near_dedup uses too) and ends in finalize, where the corpus-wide comparison drops papers.
 PAPER_STAGES = (
@@ -342,21 +344,16 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
 
 def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
                 ) -> Iterator[tuple[str, str, str | None]]:
-    """(funnel count key, result line, record line or None) per input of the unit, in input order: the
-    input stages here, the paper stages and the lines' serialisation in `pool`, so this process only
-    reads and writes."""
+    """(funnel count key, result line, record line or None) per input of the unit, in input order.
+    This process reads the inputs, looks up their metadata and writes the lines; `pool` opens each
+    object (decompression and unpacking, most of the archive stage), runs the paper stages and
+    serialises the lines, so one reading process keeps many workers busy."""
     def tasks():
-        for source, outcome in iter_source_inputs(files, cfg.limits):
-            skipped = [reason for _, reason in outcome.skipped_members]
-            if isinstance(outcome, Rejected):
-                yield InputResult(source=source, skipped_members=skipped, rejection=Rejection(ARCHIVE, outcome.reason))
-                continue
-            meta, reason = _metadata_for(index, outcome.paper_id, cfg)
-            if reason:
-                yield InputResult(source=source, id=outcome.paper_id, skipped_members=skipped,
-                                  rejection=Rejection(METADATA, reason))
-                continue
-            yield (outcome, meta)
+        for source, item in iter_pending_inputs(files, cfg.limits):
+            if isinstance(item, Rejected):
+                yield _archive_rejection(source, item)
+            else:
+                yield item, *_metadata_for(index, item.paper_id, cfg)
 
     for _, line in bounded_imap(pool, _unit_line, tasks(), in_flight=4 * max(cfg.workers, 1)):
         yield line
@@ -370,8 +367,26 @@ def _set_worker_config(cfg: BuildConfig) -> None:
     _worker_cfg = cfg
 
 
-def _unit_line(task: InputResult | tuple[SourcePackage, dict | None]) -> tuple[str, str, str | None]:
-    result = task if isinstance(task, InputResult) else process_paper((*task, _worker_cfg))
+def _archive_rejection(source: str, rejected: Rejected) -> InputResult:
+    return InputResult(source=source, skipped_members=[reason for _, reason in rejected.skipped_members],
+                       rejection=Rejection(ARCHIVE, rejected.reason))
+
+
+def _open_and_process(pending: PendingInput, meta: dict | None, metadata_rejection: str | None) -> InputResult:
+    """The input's archive stage, then its metadata decision (made from the id by the reading
+    process, counted only if the archive stage passes), then its paper stages."""
+    outcome = pending.open(_worker_cfg.limits)
+    if isinstance(outcome, Rejected):
+        return _archive_rejection(pending.source, outcome)
+    if metadata_rejection:
+        return InputResult(source=pending.source, id=outcome.paper_id,
+                           skipped_members=[reason for _, reason in outcome.skipped_members],
+                           rejection=Rejection(METADATA, metadata_rejection))
+    return process_paper((outcome, meta, _worker_cfg))
+
+
+def _unit_line(task: InputResult | tuple[PendingInput, dict | None, str | None]) -> tuple[str, str, str | None]:
+    result = task if isinstance(task, InputResult) else _open_and_process(*task)
     rejection = result.rejection
     key = f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"
     line = json.dumps(jsonable(replace(result, record=None)), ensure_ascii=False) + "\n"

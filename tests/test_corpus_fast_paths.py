@@ -6,15 +6,19 @@ MinHash needs: Jaccard estimates within their standard error of the exact Jaccar
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+import re
+import sys
+import unicodedata
 from collections import Counter
 
 import pytest
 from datasketch import MinHash
 from langdetect.detector import Detector
 
-from megasci.corpus.dedup import NearDuplicateIndex, shingle_hash, shingles
+from megasci.corpus.dedup import NearDuplicateIndex, exact_key, shingle_hash, shingles
 from megasci.corpus.filters import DETECTION_CHARS, _Detector, _detector_factory, prose_for_detection
 from megasci.corpus.latex import CONTROL_SEQUENCE
 from megasci.corpus.macros import expand_macros, harvest_definitions
@@ -37,6 +41,17 @@ def test_long_text_signature_spans_permutation_blocks():
     reference = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=shingle_hash)
     reference.update_batch(shingles(text, 5))
     assert NearDuplicateIndex().signature(text) == [int(v) for v in reference.hashvalues]
+
+
+UNICODE_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+
+
+@pytest.mark.parametrize("text", TEXTS + [f"{UNICODE_WHITESPACE}a{UNICODE_WHITESPACE}b\u00a0c\u3000d{UNICODE_WHITESPACE}",
+                                          "e\u0301 caf\u00e9 \u212b"])
+def test_exact_key_is_the_regex_definition(text):
+    """The key's rule as first written: NFC, every `\\s` run to one space, ends stripped."""
+    canonical = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    assert exact_key(text) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _edited(words: list[str], fraction: float, rng: random.Random) -> list[str]:

@@ -10,6 +10,10 @@ with composition, length, language ID, exact_dedup's keys); archive reading is t
 pass; finalize (dedup, shards, yield report) separately.
 
     python benchmarks/bench_corpus.py --synthetic-papers 400 --workers 1 2 --copies 10
+
+`--dedup-index N` also times finalize's near-duplicate index alone on N random signatures (insert and
+query per paper, and the bytes each paper holds there, with tracemalloc): the corpus-wide part of
+finalize that grows with the run, to scale to all of arXiv without building it.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import os
 import tarfile
 import tempfile
 import time
+import tracemalloc
+
+import numpy as np
 
 from megasci.corpus.archive import iter_source_inputs
 from megasci.corpus.builder import BuildConfig, finalize, finished_unit_keys, iter_unit_results, process_units
+from megasci.corpus.dedup import NearDuplicateIndex
 from megasci.corpus.filters import load_language_profiles
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
 
@@ -91,11 +99,32 @@ def run(name: str, sources: list[str], metadata: list[str], workers: int) -> dic
             "stage_seconds": dict(stage_seconds)}
 
 
+def dedup_index(papers: int) -> dict:
+    """Seconds and bytes per paper of `NearDuplicateIndex.add_signature` with finalize's own keys
+    (source, id, exact key, uint32 signature), on random signatures (no near duplicates)."""
+    signatures = np.random.default_rng(0).integers(0, 2**32, size=(papers, 128), dtype=np.uint64).astype(np.uint32)
+    sources = [f"arXiv_src_2101_{i // 1000:03d}.tar:2101/2101.{i:05d}.gz" for i in range(papers)]
+    index = NearDuplicateIndex()
+    start = time.perf_counter()
+    for source, signature in zip(sources, signatures):
+        index.add_signature(source, signature, (2021, 50_000))
+    seconds = time.perf_counter() - start
+    tracemalloc.start()
+    index, keys = NearDuplicateIndex(), {}
+    for i, (source, signature) in enumerate(zip(sources, signatures)):
+        keys[source] = (f"2101.{i:05d}", f"{i:064x}", signature.copy())
+        index.add_signature(source, signature.copy(), (2021, 50_000))
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"papers": papers, "us_per_paper": seconds / papers * 1e6, "bytes_per_paper": held / papers}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic-papers", type=int, default=400)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--copies", type=int, default=10, help="copies of the sample in the replicated corpus (0: none)")
+    p.add_argument("--dedup-index", type=int, default=0, metavar="N", help="also time the near-dup index on N papers")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +161,11 @@ def main() -> None:
             total = sum(r["stage_seconds"].values())
             print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items()))
                   + f"  -> {r['inputs'] / total:.1f} inputs/s, {r['written'] / total:.1f} written papers/s")
+    if args.dedup_index:
+        d = dedup_index(args.dedup_index)
+        print(f"\nnear-duplicate index, {d['papers']:,} random signatures: {d['us_per_paper']:.0f} us and "
+              f"{d['bytes_per_paper']:,.0f} bytes per paper (2.5M papers: {d['us_per_paper'] * 2.5e6 / 6e7:.1f} min, "
+              f"{d['bytes_per_paper'] * 2.5e6 / 2**30:.1f} GiB)")
 
 
 if __name__ == "__main__":

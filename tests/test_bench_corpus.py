@@ -36,3 +36,9 @@ def test_the_replicated_sample_holds_each_input_once_per_copy(tmp_path):
             names += [(member.name, tar.extractfile(member).read()) for member in tar.getmembers()]
     assert len(tars) == 3 and len(names) == 6 and len({name for name, _ in names}) == 6
     assert sorted(data for _, data in names) == [b"a"] * 3 + [b"b"] * 3
+
+
+def test_the_dedup_index_figure_counts_at_least_each_signature():
+    figures = bench.dedup_index(300)
+    assert figures["papers"] == 300 and figures["us_per_paper"] > 0
+    assert figures["bytes_per_paper"] > 128 * 4  # every paper keeps its uint32 signature at least

@@ -45,7 +45,7 @@ from megasci.corpus.metadata import MetadataFilterConfig, MetadataIndex, load_me
 from megasci.corpus.package import Rejected, SourcePackage
 from megasci.corpus.sections import compose_document, math_fraction
 from megasci.utils.io import (atomic_output, atomic_text_output, iter_json_records, iter_numbered_lines, jsonable,
-                              write_json_atomic)
+                              write_json_atomic, zstd_frame)
 from megasci.utils.parallel import bounded_imap
 
 
@@ -324,13 +324,13 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
         for key, files in todo:
             counts = collections.Counter()
             with (atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out,
-                  atomic_text_output(os.path.join(unit_dir, f"{key}.records.jsonl.zst")) as records):
-                for count_key, line, record_line in _unit_lines(files, index, cfg, pool):
+                  atomic_output(os.path.join(unit_dir, f"{key}.records.jsonl.zst"), "wb") as records):
+                for count_key, line, record_frame in _unit_lines(files, index, cfg, pool):
                     counts["inputs"] += 1
                     counts[count_key] += 1
                     out.write(line)
-                    if record_line is not None:
-                        records.write(record_line)
+                    if record_frame is not None:
+                        records.write(record_frame)
                     bar.update(1)
             write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"),
                               {"files": files, "counts": counts, "unit_format": UNIT_FORMAT,
@@ -344,10 +344,10 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
 
 def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
                 ) -> Iterator[tuple[str, str, str | None]]:
-    """(funnel count key, result line, record line or None) per input of the unit, in input order.
-    This process reads the inputs, looks up their metadata and writes the lines; `pool` opens each
+    """(funnel count key, result line, record line as a zstd frame or None) per input of the unit, in
+    input order. This process reads the inputs, looks up their metadata and writes; `pool` opens each
     object (decompression and unpacking, most of the archive stage), runs the paper stages and
-    serialises the lines, so one reading process keeps many workers busy."""
+    serialises and compresses the record, so one reading process keeps many workers busy."""
     def tasks():
         for source, item in iter_pending_inputs(files, cfg.limits):
             if isinstance(item, Rejected):
@@ -385,13 +385,13 @@ def _open_and_process(pending: PendingInput, meta: dict | None, metadata_rejecti
     return process_paper((outcome, meta, _worker_cfg))
 
 
-def _unit_line(task: InputResult | tuple[PendingInput, dict | None, str | None]) -> tuple[str, str, str | None]:
+def _unit_line(task: InputResult | tuple[PendingInput, dict | None, str | None]) -> tuple[str, str, bytes | None]:
     result = task if isinstance(task, InputResult) else _open_and_process(*task)
     rejection = result.rejection
     key = f"{rejection.stage}:{rejection.reason}" if rejection else "candidates"
     line = json.dumps(jsonable(replace(result, record=None)), ensure_ascii=False) + "\n"
     record = result.record
-    return key, line, None if record is None else json.dumps(record, ensure_ascii=False) + "\n"
+    return key, line, None if record is None else zstd_frame((json.dumps(record, ensure_ascii=False) + "\n").encode())
 
 
 def finished_unit_keys(unit_dir: str) -> list[str]:

@@ -35,7 +35,8 @@ def open_binary(path: str) -> IO[bytes]:
         import zstandard
 
         raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
+        return io.BufferedReader(reader, 1 << 20)
     return open(path, "rb", buffering=1 << 20)
 
 
@@ -100,6 +101,20 @@ def atomic_text_output(path: str | os.PathLike):
         text.detach()  # leaves closing to us: the compressor's trailer must reach raw before raw is synced
         if stream is not raw:
             stream.close()
+
+
+_frame_compressor: tuple[int, object] | None = None  # (pid, compressor): not shared across a fork
+
+
+def zstd_frame(data: bytes) -> bytes:
+    """`data` as one zstd frame at `ZSTD_LEVEL`. Frames concatenate into a valid `.zst` file, so
+    worker processes can compress their own pieces and one writer only appends bytes."""
+    global _frame_compressor
+    if _frame_compressor is None or _frame_compressor[0] != os.getpid():
+        import zstandard
+
+        _frame_compressor = (os.getpid(), zstandard.ZstdCompressor(level=ZSTD_LEVEL))
+    return _frame_compressor[1].compress(data)
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:

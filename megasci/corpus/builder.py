@@ -343,7 +343,7 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
 
 
 def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
-                ) -> Iterator[tuple[str, str, str | None]]:
+                ) -> Iterator[tuple[str, str, bytes | None]]:
     """(funnel count key, result line, record line as a zstd frame or None) per input of the unit, in
     input order. This process reads the inputs, looks up their metadata and writes; `pool` opens each
     object (decompression and unpacking, most of the archive stage), runs the paper stages and

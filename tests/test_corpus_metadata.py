@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import re
 
 import pytest
@@ -13,6 +14,7 @@ from megasci.corpus.arxiv_ids import OLD_STYLE_ARCHIVES, bulk_member_stem, canon
 from megasci.corpus.metadata import (
     OUTCOMES,
     MetadataFilterConfig,
+    WITHDRAWN_PATTERN,
     is_withdrawn_text,
     load_metadata,
     normalize_abstract,
@@ -134,6 +136,40 @@ def test_withdrawn_notices_are_detected(text):
 ])
 def test_withdrawal_in_another_sense_is_not_flagged(text):
     assert not is_withdrawn_text(text)
+
+
+def test_the_substring_shortcut_answers_as_the_pattern_does():
+    """ASCII text without "withdraw" or "retract" skips the search; every other text is searched. Held
+    to the bare pattern over the notices above, case variants, non-ASCII look-alikes and the sample."""
+    texts = [
+        "This Paper Has Been WITHDRAWN", "THE AUTHORS HAVE RETRACTED THIS PAPER", "paper Withdrawn.",
+        "This paper has been wıthdrawn", "Thİs paper has been retracted", "paper wi\u0307thdrawn", "withdrawing",
+        "withdraw", "RETRACT", "Withdrawn\u00a0", "\u00e9 Withdrawn.", "nothing to see", "",
+    ]
+    if os.path.exists(SAMPLE_METADATA):
+        with open(SAMPLE_METADATA, encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                texts += [entry.get("comments") or "", entry.get("abstract") or ""]
+    for text in texts + [t.upper() for t in texts] + [t.swapcase() for t in texts]:
+        assert is_withdrawn_text(text) == bool(text and WITHDRAWN_PATTERN.search(text)), text
+
+
+_LINE_BREAK = re.compile(r"[ \t]*\r?\n[ \t]*")  # the rules as first written, as regexes
+_PARAGRAPH_BREAK = re.compile(r"[ \t]*\r?\n[ \t]+(?=\S)")
+
+
+def test_unwrapping_equals_the_regex_rules_on_random_whitespace():
+    rng = random.Random(5)
+    pieces = [" ", "\t", "\r", "\n", "a", "b", "\u00a0", "\x0b", "\n  ", "\r\n", " \r", "$x$"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14))) for _ in range(20_000)]
+    if os.path.exists(SAMPLE_METADATA):
+        with open(SAMPLE_METADATA, encoding="utf-8") as f:
+            texts += [text for line in f for text in (json.loads(line)["title"], json.loads(line)["abstract"])]
+    for text in texts:
+        assert normalize_title(text) == _LINE_BREAK.sub(" ", text).strip(), repr(text)
+        assert normalize_abstract(text) == "\n".join(
+            _LINE_BREAK.sub(" ", p).strip() for p in _PARAGRAPH_BREAK.split(text.strip()) if p.strip()), repr(text)
 
 
 def test_title_normalisation_collapses_wrapping_and_keeps_latex():

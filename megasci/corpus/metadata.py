@@ -118,28 +118,58 @@ WITHDRAWN_PATTERN = re.compile(
 
 
 def is_withdrawn_text(text: str | None) -> bool:
-    """True if a comments or abstract field announces that the paper itself is withdrawn or retracted."""
-    return bool(text) and WITHDRAWN_PATTERN.search(text) is not None
+    """True if a comments or abstract field announces that the paper itself is withdrawn or retracted.
+
+    Every branch of the pattern names "withdraw" or "retract", so ASCII text without either word is
+    answered by a substring test (~1 µs) instead of the search (~85 µs an abstract, 2 a snapshot line).
+    Non-ASCII text always gets the search: IGNORECASE lets e.g. a dotless ı match i."""
+    if not text:
+        return False
+    if text.isascii():
+        lowered = text.lower()
+        if "withdraw" not in lowered and "retract" not in lowered:
+            return False
+    return WITHDRAWN_PATTERN.search(text) is not None
 
 
-_LINE_BREAK = re.compile(r"[ \t]*\r?\n[ \t]*")
-_PARAGRAPH_BREAK = re.compile(r"[ \t]*\r?\n[ \t]+(?=\S)")
+_INDENTED = re.compile(r"[ \t]+\S")  # a line that opens a paragraph
+
+
+def _unwrap(text: str) -> str:
+    """Each line break with the spaces and tabs around it (and a CR before it) becomes one space: what
+    ``re.sub(r"[ \\t]*\\r?\\n[ \\t]*", " ", text)`` gives, line by line in C instead of a regex
+    that tries every position (a fifth of loading a snapshot line)."""
+    if "\n" not in text:
+        return text
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        lines[i] = lines[i].lstrip(" \t")
+    for i in range(len(lines) - 1):
+        line = lines[i][:-1] if lines[i].endswith("\r") else lines[i]
+        lines[i] = line.rstrip(" \t")
+    return " ".join(lines)
 
 
 def normalize_title(title: str | None) -> str:
     """Join the snapshot's wrapped title lines (``"...at Tevatron and\\n  LHC energies"``) with one space."""
-    return _LINE_BREAK.sub(" ", title or "").strip()
+    return _unwrap(title or "").strip()
 
 
 def normalize_abstract(abstract: str | None) -> str:
     """Unwrap abstract lines but keep paragraphs, one per line.
 
     The snapshot wraps abstracts at ~80 columns with unindented continuation lines and starts every
-    paragraph with two spaces, so an indented line start is a paragraph break, not a wrap.
-    LaTeX and spacing inside a line are left untouched.
+    paragraph with two spaces, so an indented line start (spaces or tabs, then text) is a paragraph
+    break, not a wrap. LaTeX and spacing inside a line are left untouched.
     """
-    paragraphs = _PARAGRAPH_BREAK.split((abstract or "").strip())
-    return "\n".join(_LINE_BREAK.sub(" ", p).strip() for p in paragraphs if p.strip())
+    paragraphs, lines = [], []
+    for line in (abstract or "").strip().split("\n"):
+        if lines and _INDENTED.match(line):
+            paragraphs.append("\n".join(lines))
+            lines = []
+        lines.append(line)
+    paragraphs.append("\n".join(lines))
+    return "\n".join(_unwrap(p).strip() for p in paragraphs if p.strip())
 
 
 class _BadRecord(ValueError):

@@ -11,6 +11,8 @@ pass; finalize (dedup, shards, yield report) separately.
 
     python benchmarks/bench_corpus.py --synthetic-papers 400 --workers 1 2 --copies 10
 
+`--metadata-lines N` also times loading a snapshot of N lines, the sample's own lines under new ids
+(start-up that the phase-1 figures leave out, paid once per builder process).
 `--dedup-index N` also times finalize's near-duplicate index alone on N random signatures (insert and
 query per paper, and the bytes each paper holds there, with tracemalloc): the corpus-wide part of
 finalize that grows with the run, to scale to all of arXiv without building it.
@@ -22,6 +24,7 @@ import argparse
 import collections
 import glob
 import io
+import json
 import os
 import tarfile
 import tempfile
@@ -33,6 +36,7 @@ import numpy as np
 from megasci.corpus.archive import iter_source_inputs
 from megasci.corpus.builder import BuildConfig, finalize, finished_unit_keys, iter_unit_results, process_units
 from megasci.corpus.dedup import NearDuplicateIndex
+from megasci.corpus.metadata import load_metadata
 from megasci.corpus.filters import load_language_profiles
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
 
@@ -99,6 +103,20 @@ def run(name: str, sources: list[str], metadata: list[str], workers: int) -> dic
             "stage_seconds": dict(stage_seconds)}
 
 
+def metadata_loading(sample: str, lines: int, tmp: str) -> dict:
+    """CPU seconds per line of `load_metadata` on a snapshot of `lines` lines made from the sample's."""
+    with open(os.path.join(sample, "metadata", "arxiv-metadata-oai-snapshot.json"), encoding="utf-8") as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    path = os.path.join(tmp, "snapshot.json")
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(lines):
+            out.write(json.dumps({**entries[i % len(entries)], "id": f"{2001 + i // 90_000}.{i % 90_000:05d}"}) + "\n")
+    start = time.process_time()
+    index = load_metadata(path)
+    seconds = time.process_time() - start
+    return {"lines": lines, "us_per_line": seconds / lines * 1e6, "kept": len(index)}
+
+
 def dedup_index(papers: int) -> dict:
     """Seconds and bytes per paper of `NearDuplicateIndex.add_signature` with finalize's own keys
     (source, id, exact key, uint32 signature), on random signatures (no near duplicates)."""
@@ -125,6 +143,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--copies", type=int, default=10, help="copies of the sample in the replicated corpus (0: none)")
     p.add_argument("--dedup-index", type=int, default=0, metavar="N", help="also time the near-dup index on N papers")
+    p.add_argument("--metadata-lines", type=int, default=0, metavar="N", help="also time loading an N-line snapshot")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +162,8 @@ def main() -> None:
         for name, sources, metadata in corpora:
             for workers in args.workers:
                 rows.append(run(name, sources, metadata, workers))
+        loading = (metadata_loading(SAMPLE, args.metadata_lines, tmp)
+                   if args.metadata_lines and os.path.isdir(SAMPLE) else None)
     # papers/CPU-s: inputs per second of this process's CPU time (1 worker: the paper stages run here), the
     # per-core figure on a machine whose other cores are busy, where wall-clock papers/s understates it.
     # e2e papers/s: inputs per wall second of phase 1 and finalize together (start-up still excluded).
@@ -161,6 +182,9 @@ def main() -> None:
             total = sum(r["stage_seconds"].values())
             print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items()))
                   + f"  -> {r['inputs'] / total:.1f} inputs/s, {r['written'] / total:.1f} written papers/s")
+    if loading:
+        print(f"\nmetadata: {loading['lines']:,} snapshot lines loaded at {loading['us_per_line']:.0f} CPU-us a line "
+              f"({loading['kept']:,} kept; 2.7M lines: {loading['us_per_line'] * 2.7e6 / 6e7:.1f} min)")
     if args.dedup_index:
         d = dedup_index(args.dedup_index)
         print(f"\nnear-duplicate index, {d['papers']:,} random signatures: {d['us_per_paper']:.0f} us and "

@@ -5,6 +5,8 @@ as the yield report does."""
 import os
 import tarfile
 
+import pytest
+
 from benchmark_modules import load_benchmark
 from megasci.corpus.builder import PAPER_STAGES
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
@@ -42,3 +44,10 @@ def test_the_dedup_index_figure_counts_at_least_each_signature():
     figures = bench.dedup_index(300)
     assert figures["papers"] == 300 and figures["us_per_paper"] > 0
     assert figures["bytes_per_paper"] > 128 * 4  # every paper keeps its uint32 signature at least
+
+
+def test_metadata_loading_figure_loads_every_line(tmp_path):
+    if not os.path.isdir(bench.SAMPLE):
+        pytest.skip(f"real arXiv sample not present at {bench.SAMPLE}")
+    figures = bench.metadata_loading(bench.SAMPLE, 450, str(tmp_path))
+    assert figures["lines"] == 450 and figures["us_per_line"] > 0 and 0 < figures["kept"] <= 450

@@ -102,6 +102,20 @@ def test_language_probabilities_equal_langdetect(text, seed):
         [(p.lang, p.prob) for p in reference.get_probabilities()]
 
 
+def test_a_detector_on_another_factory_uses_that_factorys_profiles():
+    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+    other = DetectorFactory()
+    other.load_profile(PROFILES_DIRECTORY)
+    other.word_lang_prob_map = {gram: probs[::-1] for gram, probs in other.word_lang_prob_map.items()}
+    fast, reference = _Detector(other), Detector(other)
+    for detector in (fast, reference):
+        detector.seed = 0
+        detector.append("The quick brown fox jumps over the lazy dog near the river bank")
+    assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
+        [(p.lang, p.prob) for p in reference.get_probabilities()]
+
+
 def test_language_of_the_real_sample_equals_langdetect(shared_sample_corpus):
     """The prefixes the builder detects on (masked and raw), from the real arXiv sample's papers."""
     factory = _detector_factory()

@@ -123,6 +123,8 @@ class _Detector(Detector):
         return rows
 
     def _detect_block(self) -> None:
+        if self.word_lang_prob_map is not _detector_factory().word_lang_prob_map:
+            return super()._detect_block()  # another factory's profiles: the table is this module's
         self.cleaning_text()
         rows = self._extract_rows()
         if not rows:

@@ -214,7 +214,7 @@ class InputResult:
     has_metadata: bool | None = None  # None: the input never reached the paper stages
     rejection: Rejection | None = None  # None: a candidate for the corpus-wide stages
     chars: dict[str, int] = field(default_factory=dict)  # paper stage -> characters left after it
-    seconds: dict[str, float] = field(default_factory=dict)  # paper stage -> its time on this paper
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> its time here (archive: opening the object)
     language_flip: bool = False
     emails_removed: int = 0  # e-mail addresses cleaning took out of this paper
     record: dict | None = None  # a candidate's, in memory only: it is written to the records file
@@ -375,14 +375,19 @@ def _archive_rejection(source: str, rejected: Rejected) -> InputResult:
 def _open_and_process(pending: PendingInput, meta: dict | None, metadata_rejection: str | None) -> InputResult:
     """The input's archive stage, then its metadata decision (made from the id by the reading
     process, counted only if the archive stage passes), then its paper stages."""
+    clock = time.perf_counter()
     outcome = pending.open(_worker_cfg.limits)
+    opened = {ARCHIVE: round(time.perf_counter() - clock, 6)}  # summed by benchmarks/bench_corpus.py
     if isinstance(outcome, Rejected):
-        return _archive_rejection(pending.source, outcome)
-    if metadata_rejection:
-        return InputResult(source=pending.source, id=outcome.paper_id,
-                           skipped_members=[reason for _, reason in outcome.skipped_members],
-                           rejection=Rejection(METADATA, metadata_rejection))
-    return process_paper((outcome, meta, _worker_cfg))
+        result = _archive_rejection(pending.source, outcome)
+    elif metadata_rejection:
+        result = InputResult(source=pending.source, id=outcome.paper_id,
+                             skipped_members=[reason for _, reason in outcome.skipped_members],
+                             rejection=Rejection(METADATA, metadata_rejection))
+    else:
+        result = process_paper((outcome, meta, _worker_cfg))
+    result.seconds = {**opened, **result.seconds}
+    return result
 
 
 def _unit_line(task: InputResult | tuple[PendingInput, dict | None, str | None]) -> tuple[str, str, bytes | None]:

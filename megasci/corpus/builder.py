@@ -474,13 +474,14 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     chars_after: dict[str, int] = collections.Counter()
     left_after: dict[str, int] = collections.Counter()
     candidates: dict[str, tuple] = {}  # source -> priority (year, characters)
-    keys_by_source: dict[str, tuple[str, str, list[int]]] = {}  # source -> (paper id, exact key, MinHash)
+    keys_by_source: dict[str, tuple[str, str, np.ndarray]] = {}  # source -> (paper id, exact key, MinHash)
+    unit_candidates: dict[str, list[tuple[str, str]]] = {key: [] for key in keys}  # (source, encoding), in order
     skipped = collections.Counter()
     metadata_counts = os.path.join(cfg.output, "metadata_counts.json")
     if os.path.exists(metadata_counts):
         with open(metadata_counts, encoding="utf-8") as f:
             report.metadata_lines = json.load(f)["counts"]
-    for result in iter_unit_results(unit_dir, keys):
+    for key, result in ((key, result) for key in keys for result in iter_unit_results(unit_dir, [key])):
         report.inputs += 1
         report.language_flips += result.language_flip
         report.emails_removed += result.emails_removed
@@ -493,6 +494,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
         else:
             candidates[result.source] = (result.year or 0, result.text_chars)
             keys_by_source[result.source] = (result.id, result.exact_key, np.array(result.minhash, dtype=np.uint32))
+            unit_candidates[key].append((result.source, result.encoding))
         for stage in result.passed():
             left_after[stage] += 1
             chars_after[stage] += result.chars.get(stage, 0)  # the input stages leave no text yet
@@ -520,7 +522,7 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     for stage, survivors in zip(CORPUS_STAGES, (candidates, keep)):
         left_after[stage] = len(survivors)
         chars_after[stage] = sum(candidates[s][1] for s in survivors)
-    report.written = _write_shards(cfg, unit_dir, keys, keep, report)
+    report.written = _write_shards(cfg, unit_dir, unit_candidates, keep, report)
     report.funnel = [{"stage": INPUTS_ROW, "papers": report.inputs, "chars": 0}] + [
         {"stage": stage, "papers": left_after[stage], "chars": chars_after[stage]} for stage in STAGES]
     report.rejections = {stage: dict(counter) for stage, counter in rejections.items()}
@@ -530,12 +532,13 @@ def finalize(cfg: BuildConfig) -> YieldReport:
     return report
 
 
-def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, report: YieldReport) -> int:
+def _write_shards(cfg: BuildConfig, unit_dir: str, unit_candidates: dict[str, list[tuple[str, str]]], keep: set,
+                  report: YieldReport) -> int:
     """Kept records in unit order, `records_per_shard` to a file; a failure leaves no partial shard."""
     shard_dir = os.path.join(cfg.output, "shards")
     os.makedirs(shard_dir, exist_ok=True)
     encodings = collections.Counter()
-    lines = _kept_record_lines(unit_dir, keys, keep, encodings)
+    lines = _kept_record_lines(unit_dir, unit_candidates, keep, encodings)
     written = 0
     for shard in itertools.count():
         batch = list(itertools.islice(lines, cfg.records_per_shard))
@@ -548,16 +551,17 @@ def _write_shards(cfg: BuildConfig, unit_dir: str, keys: list[str], keep: set, r
     return written
 
 
-def _kept_record_lines(unit_dir: str, keys: list[str], keep: set, encodings: collections.Counter) -> Iterator[str]:
-    """The records-file lines of the kept candidates, as the workers wrote them; counts their encodings."""
-    for key in keys:
-        candidates = [r for r in iter_unit_results(unit_dir, [key]) if r.rejection is None]
+def _kept_record_lines(unit_dir: str, unit_candidates: dict[str, list[tuple[str, str]]], keep: set,
+                       encodings: collections.Counter) -> Iterator[str]:
+    """The records-file lines of the kept candidates, as the workers wrote them; counts their encodings.
+    `unit_candidates`: each unit's candidates in order, as finalize's one pass over the results saw them."""
+    for key, candidates in unit_candidates.items():
         path = os.path.join(unit_dir, f"{key}.records.jsonl.zst")
         records = (line for _, _, line in iter_numbered_lines([path]))
         matched = 0
-        for matched, (result, line) in enumerate(zip(candidates, records), 1):  # zip pulls `records` last
-            if result.source in keep:
-                encodings[result.encoding] += 1
+        for matched, ((source, encoding), line) in enumerate(zip(candidates, records), 1):  # zip pulls `records` last
+            if source in keep:
+                encodings[encoding] += 1
                 yield line.decode("utf-8")
         if matched != len(candidates) or next(records, None) is not None:
             raise ValueError(f"{path}: its records do not match the {len(candidates)} candidates of its results; "

@@ -106,6 +106,17 @@ def shingle_hash(shingle: bytes) -> int:
     return value >> 32
 
 
+def _xorshift_multiply(h: np.ndarray, constants: tuple[int, int, int, int, int]) -> np.ndarray:
+    """An xorshift-multiply finalizer (`_MIX` or `_FMIX32`) on `h` in place, wrapping in its dtype."""
+    shift1, mult1, shift2, mult2, shift3 = (h.dtype.type(c) for c in constants)
+    h ^= h >> shift1
+    h *= mult1
+    h ^= h >> shift2
+    h *= mult2
+    h ^= h >> shift3
+    return h
+
+
 def shingle_hashes(text: str, width: int) -> np.ndarray:
     """`shingle_hash` of every shingle of `shingles(text, width)` as uint32, repeats included (they
     do not change a minimum): one BLAKE2b per distinct word, the rest in numpy."""
@@ -121,26 +132,14 @@ def shingle_hashes(text: str, width: int) -> np.ndarray:
     for offset in range(1, width):
         value *= np.uint64(_FOLD)
         value += word_hashes[offset:offset + count]
-    shift1, mult1, shift2, mult2, shift3 = (np.uint64(c) for c in _MIX)
-    value ^= value >> shift1
-    value *= mult1
-    value ^= value >> shift2
-    value *= mult2
-    value ^= value >> shift3
-    return (value >> np.uint64(32)).astype(np.uint32)
+    return (_xorshift_multiply(value, _MIX) >> np.uint64(32)).astype(np.uint32)
 
 
 def affine32_minhash(values: np.ndarray, permutations: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """What datasketch's affine32 `update_batch` gives a fresh sketch for these hash values (fmix32,
     then a*h + b mod 2^32 per permutation, then the minimum), on a uint32 array in blocks instead
     of one Python call per value."""
-    shift1, mult1, shift2, mult2, shift3 = (np.uint32(c) for c in _FMIX32)
-    h = values.astype(np.uint32)
-    h ^= h >> shift1
-    h *= mult1
-    h ^= h >> shift2
-    h *= mult2
-    h ^= h >> shift3
+    h = _xorshift_multiply(values.astype(np.uint32), _FMIX32)
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
     result = np.full(len(a), np.iinfo(np.uint32).max, dtype=np.uint32)
     for start in range(0, len(h), _BLOCK):

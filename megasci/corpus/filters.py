@@ -85,6 +85,7 @@ class _ProbabilityTable:
     ~40 MB for the 55 shipped profiles), so one update multiplies a numpy row instead of 55 floats."""
 
     def __init__(self, word_lang_prob_map: dict[str, list[float]]):
+        self.built_from = word_lang_prob_map
         self.row = {gram: i for i, gram in enumerate(word_lang_prob_map)}
         self.matrix = np.array(list(word_lang_prob_map.values()), dtype=np.float64)
 
@@ -106,8 +107,8 @@ class _Detector(Detector):
         if 2 * len(_LATIN_RANGE.findall(self.text)) < len(_NON_LATIN.findall(self.text)):
             self.text = _LATIN_RANGE.sub("", self.text)
 
-    def _extract_rows(self) -> list[int]:
-        rows, known, cache = [], _probability_table().row, _word_grams
+    def _extract_rows(self, known: dict[str, int]) -> list[int]:
+        rows, cache = [], _word_grams
         words = self.text.translate(_NORMALIZED).split(" ")
         last = len(words) - 1
         for position, word in enumerate(words):
@@ -123,13 +124,14 @@ class _Detector(Detector):
         return rows
 
     def _detect_block(self) -> None:
-        if self.word_lang_prob_map is not _detector_factory().word_lang_prob_map:
+        table = _probability_table()
+        if self.word_lang_prob_map is not table.built_from:
             return super()._detect_block()  # another factory's profiles: the table is this module's
         self.cleaning_text()
-        rows = self._extract_rows()
+        rows = self._extract_rows(table.row)
         if not rows:
             raise LangDetectException(ErrorCode.CantDetectError, "No features in text.")
-        matrix, choice, trials = _probability_table().matrix, self.random.choice, self.n_trial
+        matrix, choice, trials = table.matrix, self.random.choice, self.n_trial
         langprob = np.zeros(len(self.langlist))
         self.random.seed(self.seed)
         for _ in range(trials):

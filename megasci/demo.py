@@ -65,6 +65,13 @@ def _command(args: list[str], env: dict | None = None, capture: bool = False) ->
     return result.stdout if capture else ""
 
 
+def _train(config: str, overrides: list[str], env: dict, run_dir: str) -> dict:
+    """`tools/pretrain.py` on 2 processes under torchrun; the run's TensorBoard rows by step."""
+    _command(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tools/pretrain.py",
+              "--config", config, *overrides], env=env)
+    return read_metrics(os.path.join(run_dir, "tensorboard"))
+
+
 def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     """Stages 5-7: pretraining under torchrun, its validation perplexity, a generated sample, an export."""
     if not os.path.isfile(os.path.join(REPO, TRAIN_CONFIG)):
@@ -74,9 +81,7 @@ def train_and_sample(output: str, train_overrides: list[str]) -> dict:
     env = {"DEMO_DIR": output}
 
     t = _stage("5/7 pretraining: tiny model, 2 processes (gloo), ZeRO-2 AdamW, 3-stage curriculum")
-    _command(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tools/pretrain.py",
-              "--config", TRAIN_CONFIG, *train_overrides], env=env)
-    rows = read_metrics(os.path.join(run_dir, "tensorboard"))
+    rows = _train(TRAIN_CONFIG, train_overrides, env, run_dir)
     val_steps = sorted(s for s, r in rows.items() if "val/loss/all" in r)
     train_steps_logged = sorted(s for s, r in rows.items() if "train/loss" in r)
     first, last = val_steps[0], val_steps[-1]
@@ -120,9 +125,7 @@ def finetune_and_chat(output: str, sft_overrides: list[str] = (), conversations:
               "--no-progress"])
 
     t = _stage("post-training 2/4: fine-tune from the demo model (init_from), 2 processes, document masking")
-    _command(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tools/pretrain.py",
-              "--config", SFT_CONFIG, *sft_overrides], env=env)
-    rows = read_metrics(os.path.join(sft_dir, "tensorboard"))
+    rows = _train(SFT_CONFIG, sft_overrides, env, sft_dir)
     val = {s: r["val/loss/chat"] for s, r in sorted(rows.items()) if "val/loss/chat" in r}
     result = {"sft_val_loss": val, "sft_run_dir": sft_dir}
     print("assistant-token validation loss: " + " -> ".join(f"{v:.3f} (step {s})" for s, v in val.items()))

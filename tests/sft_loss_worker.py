@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed
+from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed, shutdown_distributed
 from megasci.model import build_model, get_config
 from megasci.training.guard import SpikeGuard
 from megasci.training.train_step import TrainStep
@@ -51,6 +51,7 @@ def main(out_path):
     if env.rank == 0:
         with open(out_path, "w") as f:
             json.dump({"loss": result.loss, "grad_norm": result.grad_norm}, f)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

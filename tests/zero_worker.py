@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed
+from megasci.distributed import AdamWConfig, ZeroAdamW, init_distributed, shutdown_distributed
 from megasci.model import build_model, get_config
 from megasci.training.parallelize import apply_fp32_grad_accumulation
 
@@ -40,6 +40,7 @@ def main(out_path, bucket_numel):
                 train(env, f"{out_path}.{mode}.{name}", bucket_numel, dtype, mode)
     if env.world_size > 1:
         skipped_layer(env, f"{out_path}.skipped")
+    shutdown_distributed()
 
 
 def skipped_layer(env, out_path):

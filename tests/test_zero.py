@@ -1,18 +1,15 @@
 """ZeRO-2 AdamW against single-process torch.optim.AdamW on the same global batch.
 
-Tolerances, after 4 steps at lr 1e-2 with clipping and weight decay:
-- float32: parameters within 1e-4 absolute (1% of one step's size), and 99.9% of them within 2e-6.
-  The gradients are summed in a different order (micro-batches, then reduce-scatter, against one
-  full-batch backward), and Adam's update g / (sqrt(v) + eps) turns float32 rounding in gradients
-  near zero into differences of up to a few percent of lr for a handful of elements.
-- float64: within 1e-10, which checks the algorithm itself (clip, decay, moments, bias correction).
-
-The gradient modes against the default mode (two ranks, two micro-batches each, the same data):
-- main_grads (weight gradients added into the fp32 buffer inside the matmul's backward): the same
-  sums of the same float32 products, only fused into one `addmm_`; equal within 1e-6 (exactly equal
-  with this CPU's BLAS), float64 within 1e-12.
-- shard_gradients (reduce-scatter per micro-batch, shards summed): the same terms summed in another
-  order, so float32 within the AdamW tolerances above, float64 within 1e-12.
+Every comparison between paths that add the same terms in different orders (micro-batches and
+ranks against one full-batch backward, the gradient modes against each other, one CPU's kernels
+against another's) uses tolerances derived from the dtype and the number of terms
+(tests/tolerances.py), per element, never a constant tuned on one CPU:
+- a gradient element sums one term per token of the global batch, so two orderings differ by at
+  most `reordered_sum_atol(dtype, tokens, largest gradient)`;
+- AdamW turns a gradient difference delta into a parameter difference of about lr * delta /
+  (sqrt(v_hat) + eps) for that element, step after step; the reference run's own v_hat gives the
+  bound of each element (`ParamBounds`). On AVX2, AVX512 and the default kernels the differences stay
+  below 3% of it, and an update that is off by one part in a thousand exceeds it many times over.
 """
 
 import os
@@ -27,16 +24,32 @@ from megasci.distributed.zero import MAX_IN_FLIGHT, SHARD_ALIGN
 from megasci.model import build_model, get_config
 
 import zero_worker
+from tolerances import reordered_sum_atol, unit_roundoff
 
-ATOL = {"float32": 1e-4, "float64": 1e-10}
-MODE_ATOL = {("main_grads", "float32"): 1e-6, ("main_grads", "float64"): 1e-12,
-             ("shard_gradients", "float32"): ATOL["float32"], ("shard_gradients", "float64"): 1e-12}
 GRADIENT_MODES = ("main_grads", "shard_gradients")
-BULK_ATOL, BULK_FRACTION = 2e-6, 0.999
+
+
+class ParamBounds:
+    """Per-element bound on a parameter's difference from the reference after each step: the sum,
+    over the steps so far, of lr * (gradient reordering bound) / (sqrt(v_hat) + eps)."""
+
+    def __init__(self, dtype):
+        self.dtype, self.steps = dtype, []
+
+    def add_step(self, lr: float, largest_grad: float, denominators: dict) -> None:
+        delta = reordered_sum_atol(self.dtype, zero_worker.GLOBAL * zero_worker.SEQ, largest_grad)
+        last = self.steps[-1] if self.steps else {name: 0.0 for name in denominators}
+        self.steps.append({name: last[name] + lr * delta / d for name, d in denominators.items()})
+
+    def check(self, got: dict, step: int, what: str) -> None:
+        for name, bound in self.steps[step].items():
+            excess = ((got[name].double() - self.reference[step][name].double()).abs() - bound).max().item()
+            assert excess <= 0, f"{what} step {step} {name}: exceeds the derived bound by {excess:.3g}"
 
 
 def reference_run(steps=zero_worker.STEPS, dtype=torch.float32):
-    """The same training in one process: full global batch per step, clip_grad_norm_, AdamW."""
+    """The same training in one process: full global batch per step, clip_grad_norm_, AdamW.
+    Returns (model, optimizer, parameters after each step, gradient norms, ParamBounds)."""
     cfg = get_config("tiny")
     torch.manual_seed(0)
     model = build_model(cfg, dtype=dtype)
@@ -46,17 +59,22 @@ def reference_run(steps=zero_worker.STEPS, dtype=torch.float32):
               {"params": [p for n, p in named if not default_decay(n, p)], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, foreach=False)
     data = zero_worker.batches(cfg)
-    params, norms = [], []
+    params, norms, bounds = [], [], ParamBounds(dtype)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = zero_worker.lr_at(step)
         batch = data[step]
         model(batch[:, :-1], batch[:, 1:]).backward()
+        largest = max(float(p.grad.abs().max()) for p in model.parameters())
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), c.max_grad_norm)))
         opt.step()
         opt.zero_grad()
+        correction = 1 - c.betas[1] ** (step + 1)
+        bounds.add_step(zero_worker.lr_at(step), largest,
+                        {n: (opt.state[p]["exp_avg_sq"].double() / correction).sqrt() + c.eps for n, p in named})
         params.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return model, opt, params, norms
+    bounds.reference = params
+    return model, opt, params, norms, bounds
 
 
 def torchrun(nproc, *args, timeout=240):
@@ -93,27 +111,28 @@ def test_reductions_pair_up_when_buckets_complete_in_different_orders(zero_runs)
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_zero2_matches_single_process_adamw(zero_runs, dtype):
-    _, _, ref_params, ref_norms = reference_run(dtype=getattr(torch, dtype))
+    _, _, _, ref_norms, bounds = reference_run(dtype=getattr(torch, dtype))
     names = ["dp2", "dp1"] if dtype == "float32" else ["dp2_float64"]
     for name in names:
         runs = zero_runs[name]
         assert runs[0]["buckets"] > 3, "the test must exercise several buckets"
         for rank_run in runs:
-            for step, (got, want) in enumerate(zip(rank_run["params"], ref_params)):
-                diffs = torch.cat([(got[k] - want[k]).abs().reshape(-1) for k in want])
-                assert diffs.max() < ATOL[dtype], f"{name} step {step}: max diff {diffs.max():.3g}"
-                assert (diffs < BULK_ATOL).float().mean() >= BULK_FRACTION, f"{name} step {step}"
+            for step, got in enumerate(rank_run["params"]):
+                bounds.check(got, step, name)
             assert rank_run["norms"] == pytest.approx(ref_norms, rel=1e-5)
     # clipping must have been active, or the test would not check it
     assert max(ref_norms) > zero_worker.CONFIG.max_grad_norm
 
 
-def test_zero2_detects_a_wrong_update(zero_runs):
-    """The comparison is sensitive: a reference with a different weight decay disagrees."""
-    _, _, ref_params, _ = reference_run(steps=1)
-    got = zero_runs["dp2"][0]["params"][0]
-    bumped = {k: v * (1 - 1e-3) for k, v in ref_params[0].items()}
-    assert max((got[k] - bumped[k]).abs().max().item() for k in got) > 10 * ATOL["float32"]
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zero2_detects_a_wrong_update(zero_runs, dtype):
+    """The derived bounds are sharp: an update off by one part in a thousand breaks them."""
+    _, _, ref_params, _, bounds = reference_run(steps=1, dtype=getattr(torch, dtype))
+    got = zero_runs["dp2" if dtype == "float32" else "dp2_float64"][0]["params"][0]
+    bounds.check(got, 0, "dp2")
+    bounds.reference = [{k: v * (1 - 1e-3) for k, v in ref_params[0].items()}]
+    with pytest.raises(AssertionError, match="exceeds the derived bound"):
+        bounds.check(got, 0, "dp2")
 
 
 def test_optimizer_state_per_rank_is_half(zero_runs):
@@ -131,7 +150,7 @@ def test_sharded_state_reassembles_to_adamw_state(zero_runs):
     """The two ranks' shards, loaded into a one-process optimizer, hold torch AdamW's moments by name.
 
     In float64, so that the comparison checks the re-sharding rather than rounding."""
-    ref_model, ref_opt, ref_params, _ = reference_run(dtype=torch.float64)
+    ref_model, ref_opt, ref_params, _, bounds = reference_run(dtype=torch.float64)
     cfg = get_config("tiny")
     model = build_model(cfg, dtype=torch.float64)
     opt = ZeroAdamW(model, zero_worker.CONFIG, bucket_numel=10_000)  # a different bucket layout too
@@ -145,14 +164,14 @@ def test_sharded_state_reassembles_to_adamw_state(zero_runs):
             by_name[name] = (bucket.master[a:b], bucket.exp_avg[a:b], bucket.exp_avg_sq[a:b])
     ref_by_name = {name: ref_opt.state[p] for name, p in ref_model.named_parameters()}
     assert set(by_name) == set(names.values())
+    last = bounds.steps[-1]
     for name, (master, m, v) in by_name.items():
-        assert torch.allclose(master, ref_params[-1][name].reshape(-1), atol=ATOL["float64"]), name
+        assert ((master - ref_params[-1][name].reshape(-1)).abs() <= last[name].reshape(-1)).all(), name
         state = ref_by_name[name]
         assert torch.allclose(m, state["exp_avg"].reshape(-1), atol=1e-12, rtol=1e-8), name
         assert torch.allclose(v, state["exp_avg_sq"].reshape(-1), atol=1e-15, rtol=1e-8), name
     # and the model's parameters were refreshed from the loaded masters
-    for name, p in model.named_parameters():
-        assert torch.allclose(p.detach(), ref_params[-1][name], atol=ATOL["float64"]), name
+    bounds.check({name: p.detach() for name, p in model.named_parameters()}, zero_worker.STEPS - 1, "reloaded")
 
 
 def test_single_process_without_process_group():
@@ -172,8 +191,12 @@ def test_single_process_without_process_group():
         ref(tokens[:, :-1], tokens[:, 1:]).backward()
         ref_opt.step()
         ref_opt.zero_grad()
+    # the same gradients; the two optimizers round differently in a handful of operations per step,
+    # each within an ulp of an update of at most lr / (1 - beta1) or of the parameter itself
+    largest = max(float(q.detach().abs().max()) for q in ref.parameters())
+    atol = 3 * 16 * unit_roundoff(torch.float32) * (1e-2 / (1 - 0.9) + largest)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        assert torch.allclose(p, q, atol=ATOL["float32"]), name
+        assert (p - q).abs().max() <= atol, (name, float((p - q).abs().max()), atol)
 
 
 def test_a_second_gradient_after_the_reduction_is_an_error():
@@ -209,29 +232,22 @@ def test_moving_parameters_after_construction_is_caught_and_masters_can_be_resyn
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mode", GRADIENT_MODES)
 def test_gradient_modes_match_the_default_mode(zero_runs, mode, dtype):
-    """Same losses, same averaged gradient shards before every step, same parameters after every step."""
-    atol = MODE_ATOL[mode, dtype]
+    """Same averaged gradient shards before every step (within the bound for reordering a sum over
+    the global batch's tokens), and parameters after every step within the reference's bounds."""
+    torch_dtype = getattr(torch, dtype)
+    _, _, _, ref_norms, bounds = reference_run(dtype=torch_dtype)
     default = zero_runs["dp2"] if dtype == "float32" else zero_runs["dp2_float64"]
+    tokens = zero_worker.GLOBAL * zero_worker.SEQ
     for rank, (got, want) in enumerate(zip(zero_runs[f"dp2_{mode}_{dtype}"], default)):
-        assert got["losses"] == pytest.approx(want["losses"], abs=atol), rank
         assert got["norms"] == pytest.approx(want["norms"], rel=1e-5), rank
         for step in range(zero_worker.STEPS):
+            largest = max(float(shard.abs().max()) for shard in want["grad_shards"][step])
+            atol = reordered_sum_atol(torch_dtype, tokens, largest)
             grad_diff = max((a - b).abs().max().item() for a, b in zip(got["grad_shards"][step], want["grad_shards"][step]))
-            assert grad_diff <= atol, (rank, step, grad_diff)
-            param_diff = max((got["params"][step][k] - want["params"][step][k]).abs().max().item() for k in want["params"][step])
-            assert param_diff <= atol, (rank, step, param_diff)
+            assert grad_diff <= atol, (rank, step, grad_diff, atol)
+            bounds.check(got["params"][step], step, mode)
+        assert got["norms"] == pytest.approx(ref_norms, rel=1e-5)
     assert all(shard.abs().max() > 0 for shard in default[0]["grad_shards"][0]), "the gradients compared must not be zero"
-
-
-@pytest.mark.parametrize("mode", GRADIENT_MODES)
-def test_gradient_modes_match_single_process_adamw(zero_runs, mode):
-    _, _, ref_params, ref_norms = reference_run()
-    for rank_run in zero_runs[f"dp2_{mode}_float32"]:
-        for step, (got, want) in enumerate(zip(rank_run["params"], ref_params)):
-            diffs = torch.cat([(got[k] - want[k]).abs().reshape(-1) for k in want])
-            assert diffs.max() < ATOL["float32"], f"{mode} step {step}: max diff {diffs.max():.3g}"
-            assert (diffs < BULK_ATOL).float().mean() >= BULK_FRACTION, f"{mode} step {step}"
-        assert rank_run["norms"] == pytest.approx(ref_norms, rel=1e-5)
 
 
 def test_main_grads_leave_no_matmul_weight_gradient_to_autograd(zero_runs):

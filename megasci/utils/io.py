@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from typing import IO, Iterator, Sequence
 
 
@@ -27,16 +28,97 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def open_binary(path: str) -> IO[bytes]:
-    """Open a plain, `.gz` or `.zst` file for reading as a decompressed byte stream."""
-    if path.endswith(GZIP_SUFFIXES):
-        return gzip.open(path, "rb")
-    if path.endswith(ZSTD_SUFFIXES):
+class CompressedInputError(ValueError):
+    """A compressed input that ends early (a truncated copy or download) or does not decompress."""
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The frames of a `.zst` file decompressed in order; a file that ends inside a frame is an error.
+
+    zstandard's `stream_reader` returns what it decoded and stops at a cut without a word, which
+    would lose the rest of a truncated shard silently; here each frame must reach its end.
+    """
+
+    def __init__(self, path: str):
         import zstandard
 
-        raw = open(path, "rb")
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
-        return io.BufferedReader(reader, 1 << 20)
+        self._path, self._raw = path, open(path, "rb")
+        self._context, self._frame = zstandard.ZstdDecompressor(), None
+        self._zstd_error = zstandard.ZstdError
+        self._out, self._at, self._decoded = b"", 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._at == len(self._out):
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._frame is not None:
+                    raise CompressedInputError(
+                        f"{self._path}: truncated zstd file: it ends inside a frame, after {self._decoded:,} "
+                        "decompressed bytes (an interrupted copy or download?); the rest of its data is missing")
+                return 0
+            self._out, self._at = self._decompress(chunk), 0
+        n = min(len(buffer), len(self._out) - self._at)
+        buffer[:n] = memoryview(self._out)[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        parts = []
+        while chunk:
+            if self._frame is None:
+                self._frame = self._context.decompressobj()
+            try:
+                parts.append(self._frame.decompress(chunk))
+            except self._zstd_error as e:
+                raise CompressedInputError(f"{self._path}: not a valid zstd file after {self._decoded:,} "
+                                           f"decompressed bytes ({e})") from None
+            if not self._frame.eof:
+                break
+            chunk, self._frame = self._frame.unused_data, None  # the next frame starts in the same chunk
+        out = b"".join(parts)
+        self._decoded += len(out)
+        return out
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _GzipNamed(io.RawIOBase):
+    """A gzip stream whose truncation and corruption errors name the file (gzip's own do not)."""
+
+    def __init__(self, path: str):
+        self._path, self._stream = path, gzip.open(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self._stream.readinto(buffer)
+        except EOFError as e:
+            raise CompressedInputError(f"{self._path}: truncated gzip file ({e})") from None
+        except (gzip.BadGzipFile, zlib.error) as e:
+            raise CompressedInputError(f"{self._path}: not a valid gzip file ({e})") from None
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a plain, `.gz` or `.zst` file for reading as a decompressed byte stream.
+
+    A compressed file that is cut short or damaged raises `CompressedInputError` naming it, at the
+    read that reaches the damage, instead of ending early as if the data stopped there.
+    """
+    if path.endswith(GZIP_SUFFIXES):
+        return io.BufferedReader(_GzipNamed(path), 1 << 20)
+    if path.endswith(ZSTD_SUFFIXES):
+        return io.BufferedReader(_ZstdFrames(path), 1 << 20)
     return open(path, "rb", buffering=1 << 20)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Train a SentencePiece tokenizer for LaTeX on JSONL documents.
+"""Train a SentencePiece tokenizer for LaTeX on JSONL (plain, .gz, .zst) or Parquet documents.
 
-Writes `<output>.model` and `<output>.meta.json` (special ids, config, mined commands). Example:
+Writes `<output>.model` and `<output>.meta.json` (special ids, config, mined commands). A bad record
+is reported as `file:line` and skipped (`--strict`: stops); a truncated compressed file is an error. Example:
     python tools/train_tokenizer.py --input 'corpus/*.jsonl.zst' --output tokenizer/arxiv \
         --vocab-size 102400 --max-documents 200000
 """
@@ -9,15 +10,17 @@ Writes `<output>.model` and `<output>.meta.json` (special ids, config, mined com
 import argparse
 import sys
 
+from megasci.data.records import iter_texts
 from megasci.tokenizer import CHAT_TEMPLATES, SentencePieceTrainConfig, train_sentencepiece
-from megasci.utils.io import expand_inputs, iter_jsonl_field
+from megasci.utils.io import expand_inputs
 
 
 def main(argv=None) -> int:
     d = SentencePieceTrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl/.gz/.zst) or globs")
+    p.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl/.gz/.zst), Parquet files or globs")
     p.add_argument("--json-key", default="text")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     p.add_argument("--output", required=True, help="output path without extension (writes .model and .meta.json)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--model-type", choices=["unigram", "bpe"], default=d.model_type)
@@ -40,12 +43,16 @@ def main(argv=None) -> int:
         max_sentencepiece_length=args.max_sentencepiece_length, mined_commands=args.mined_commands,
         num_threads=args.num_threads, seed=args.seed, chat_template=args.chat_template,
     )
+    skipped: dict[str, int] = {}
     try:
-        documents = iter_jsonl_field(expand_inputs(args.input), args.json_key)
+        documents = iter_texts(expand_inputs(args.input), args.json_key, strict=args.strict,
+                               log=lambda line: print(line, file=sys.stderr), counts=skipped)
         report = train_sentencepiece(documents, args.output + ".model", cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if skipped:
+        print("skipped records: " + ", ".join(f"{kind}: {n}" for kind, n in sorted(skipped.items())))
     print(f"trained {report.model_path}: vocabulary {report.vocab_size:,} ({args.model_type}) from "
           f"{report.documents:,} documents, {report.lines:,} lines, {report.characters:,} characters")
     print(f"LaTeX commands: {report.commands_seen:,} distinct, {len(report.commands_mined)} mined as whole pieces"

@@ -196,24 +196,10 @@ def _make_markers_atomic(model_proto: bytes, markers: list[str]) -> tuple[bytes,
     return proto.SerializeToString(), unused
 
 
-def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: SentencePieceTrainConfig) -> TrainReport:
-    """Train on raw documents and write `model_path` plus its `.meta.json`, atomically.
-
-    Identity normalisation and no whitespace collapsing keep text byte-exact (decode(encode(x)) == x,
-    newlines and indentation included); byte fallback means no unknown tokens; digits are split.
-    """
-    if not model_path.endswith(".model"):
-        raise ValueError(f"{model_path}: the model file name must end in .model")
-    if cfg.model_type not in ("unigram", "bpe"):
-        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {cfg.model_type!r}")
-    chat = get_chat_template(cfg.chat_template) if cfg.chat_template is not None else None
-    if chat is not None and cfg.model_type != "unigram":
-        raise ValueError("a chat template needs a unigram model (its markers are made atomic by their scores)")
-    stats = {"documents": 0, "lines": 0, "characters": 0, "commands": Counter()}
-    buffer = io.BytesIO()
-    spm.set_random_generator_seed(cfg.seed)  # reservoir sampling and shuffling
+def _train(lines: Iterator[str], buffer: io.BytesIO, cfg: SentencePieceTrainConfig, chat) -> None:
+    """SentencePiece's trainer with the settings that keep LaTeX byte-exact (see train_sentencepiece)."""
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(documents, cfg, stats),
+        sentence_iterator=lines,
         model_writer=buffer,
         vocab_size=cfg.vocab_size,
         model_type=cfg.model_type,
@@ -235,6 +221,39 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         minloglevel=2,
         **cfg.extra_options,
     )
+
+
+def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: SentencePieceTrainConfig) -> TrainReport:
+    """Train on raw documents and write `model_path` plus its `.meta.json`, atomically.
+
+    Identity normalisation and no whitespace collapsing keep text byte-exact (decode(encode(x)) == x,
+    newlines and indentation included); byte fallback means no unknown tokens; digits are split.
+    """
+    if not model_path.endswith(".model"):
+        raise ValueError(f"{model_path}: the model file name must end in .model")
+    if cfg.model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {cfg.model_type!r}")
+    chat = get_chat_template(cfg.chat_template) if cfg.chat_template is not None else None
+    if chat is not None and cfg.model_type != "unigram":
+        raise ValueError("a chat template needs a unigram model (its markers are made atomic by their scores)")
+    stats = {"documents": 0, "lines": 0, "characters": 0, "commands": Counter()}
+    buffer = io.BytesIO()
+    input_errors: list[Exception] = []
+
+    def lines() -> Iterator[str]:
+        try:
+            yield from _training_lines(documents, cfg, stats)
+        except Exception as e:  # sentencepiece would report it as "INTERNAL: ..." with a C++ trace
+            input_errors.append(e)
+            raise
+
+    spm.set_random_generator_seed(cfg.seed)  # reservoir sampling and shuffling
+    try:
+        _train(lines(), buffer, cfg, chat)
+    except RuntimeError:
+        if input_errors:  # the reader's own error (a truncated file, a bad record under strict) names the file
+            raise input_errors[0] from None
+        raise
     if stats["documents"] == 0:
         raise ValueError("no training documents: the corpus is empty")
     proto = buffer.getvalue()

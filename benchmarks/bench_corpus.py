@@ -6,9 +6,9 @@ when present), on that sample replicated (every input copied `--copies` times un
 bulk tars: the issue's setting for papers/s per core on real papers) and on synthetic arXiv-style
 bulk tars, at each worker count. Start-up (language profiles, metadata) is excluded from phase 1.
 Per-stage times are summed from the builder's own per-input times: opening each object (archive)
-and one per step of `PAPER_STAGES` (assembly, cleaning with composition, length, language ID,
-exact_dedup's keys); what phase 1 spends beyond them is the reading process's tar reads and unit
-writes. Finalize (dedup, shards, yield report) is timed separately.
+and one per step of the default pipeline (`steps.DEFAULT_PIPELINE`: assembly, cleaning with
+composition, length, language ID, exact_dedup's keys); what phase 1 spends beyond them is the
+reading process's tar reads and unit writes. Finalize (dedup, shards, yield report) is timed separately.
 
     python benchmarks/bench_corpus.py --synthetic-papers 400 --workers 1 2 --copies 10
 
@@ -34,11 +34,13 @@ import tracemalloc
 
 import numpy as np
 
-from megasci.corpus.builder import BuildConfig, finalize, finished_unit_keys, iter_unit_results, process_units
+from megasci.corpus.config import BuildConfig
 from megasci.corpus.dedup import NearDuplicateIndex
-from megasci.corpus.metadata import load_metadata
 from megasci.corpus.filters import load_language_profiles
+from megasci.corpus.finalize import finalize
+from megasci.corpus.metadata import load_metadata
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
+from megasci.corpus.units import finished_unit_keys, iter_unit_results, process_units
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "arxiv_sample")
 

@@ -15,8 +15,8 @@ import os
 import xml.etree.ElementTree as ElementTree
 
 from megasci.corpus.arxiv_ids import bulk_member_stem, id_year_month
-from megasci.corpus.builder import STAGES
 from megasci.corpus.metadata import MetadataFilterConfig, load_metadata, metadata_files
+from megasci.corpus.steps import DEFAULT_STAGES
 from megasci.data.indexed_dataset import best_token_dtype
 
 DEFAULTS = {
@@ -26,7 +26,7 @@ DEFAULTS = {
     "funnel": [{"stage": "inputs", "papers": 25, "chars": 0}, {"stage": "archive", "papers": 18, "chars": 0},
                {"stage": "metadata", "papers": 18, "chars": 0},
                {"stage": "assembly", "papers": 18, "chars": 1_330_689}] +
-              [{"stage": s, "papers": 18, "chars": 1_198_107} for s in STAGES[3:]],
+              [{"stage": s, "papers": 18, "chars": 1_198_107} for s in DEFAULT_STAGES[3:]],
     # SentencePiece, 8,000 pieces, trained on 14 of those papers, measured on the other 4:
     # 159,849 characters -> 53,681 tokens.
     "chars_per_token": 159_849 / 53_681,
@@ -105,7 +105,7 @@ def expected_funnel(in_scope: int, rows: list[dict]) -> list[dict]:
     archive_rate = by_stage["archive"]["papers"] / by_stage["inputs"]["papers"] if by_stage["inputs"]["papers"] else 0
     reference = by_stage["metadata"]["papers"]
     out = []
-    for stage in STAGES:
+    for stage in DEFAULT_STAGES:
         row = by_stage[stage]
         share = archive_rate * (row["papers"] / reference if reference and stage not in ("archive", "metadata") else 1)
         papers = round(in_scope * share)
@@ -162,7 +162,8 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
     disk = {
         "bulk_tars": sum(t.size for t in tars),
         "metadata": metadata_bytes,
-        "builder_units": math.ceil(funnel[STAGES.index("language")]["chars"] * DEFAULTS["unit_bytes_per_char"]),
+        "builder_units": math.ceil(funnel[DEFAULT_STAGES.index("language")]["chars"]
+                                   * DEFAULTS["unit_bytes_per_char"]),
         "corpus_shards": math.ceil(written["chars"] * DEFAULTS["shard_bytes_per_char"]),
         "dataset_bin": tokens * token_bytes,
         "dataset_idx": IDX_HEADER_BYTES + IDX_BYTES_PER_DOCUMENT * written["papers"],

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from benchmark_modules import load_benchmark
-from megasci.corpus.builder import PAPER_STAGES
+from megasci.corpus.steps import DEFAULT_PIPELINE
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata, write_source_packages
 
 bench = load_benchmark("bench_corpus")
@@ -21,7 +21,7 @@ def test_a_run_reports_every_stage_and_its_inputs(tmp_path):
     write_arxiv_metadata(str(tmp_path / "meta.jsonl"), records)
     row = bench.run("synthetic", tars, [str(tmp_path / "meta.jsonl")], workers=1)
     assert row["inputs"] == 6 and 0 < row["written"] <= 6
-    assert set(row["stage_seconds"]) == {stage.name for stage in PAPER_STAGES} | {"archive"}
+    assert set(row["stage_seconds"]) == {step.name for step in DEFAULT_PIPELINE} | {"archive"}
     assert row["stage_seconds"]["archive"] > 0  # opening the objects, timed in the run itself
     assert row["phase1_cpu_s"] > 0 and row["papers_per_s"] == row["inputs"] / row["phase1_s"]
 

@@ -1,5 +1,6 @@
 """The corpus builder end to end: every input accounted for, clean records, dedup, resume, real sample."""
 
+import collections
 import glob
 import json
 import os
@@ -8,15 +9,19 @@ import tarfile
 
 import pytest
 
-from megasci.corpus import builder
-from megasci.corpus.builder import (PAPER_STAGES, STAGES, BuildConfig, InputResult, Rejection, build, finalize,
-                                    process_paper)
+from megasci.corpus import steps
+from megasci.corpus.builder import build
 from megasci.corpus.clean import clean_latex
+from megasci.corpus.config import BuildConfig
 from megasci.corpus.dedup import exact_key
 from megasci.corpus.filters import check_language
-from megasci.corpus.package import SourcePackage
+from megasci.corpus.finalize import finalize
+from megasci.corpus.package import Rejected, SourcePackage
+from megasci.corpus.pipeline import Rejection, Step
+from megasci.corpus.rejected import REJECTED_FILE
 from megasci.corpus.sections import compose_document
 from megasci.corpus.synthetic import generate_papers, gzip_bytes, write_arxiv_metadata, write_source_packages
+from megasci.corpus.units import EXCERPT_CHARS, InputResult, process_paper
 from megasci.utils.io import atomic_text_output, iter_json_records, jsonable
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample")
@@ -196,9 +201,10 @@ def test_shards_split_by_record_count_with_the_same_records(tmp_path, sources):
 
 
 def test_the_funnel_is_the_declared_stages_in_order():
-    assert [stage.name for stage in PAPER_STAGES] == ["assembly", "cleaning", "length", "language", "exact_dedup"]
-    assert STAGES == ("archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup",
-                      "near_dedup")
+    assert [step.name for step in steps.DEFAULT_PIPELINE] == ["assembly", "cleaning", "length", "language",
+                                                              "exact_dedup"]
+    assert BuildConfig(sources=[], output="").stages == steps.DEFAULT_STAGES == (
+        "archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup", "near_dedup")
 
 
 def _paper_result(tex: str, **config) -> InputResult:
@@ -236,7 +242,7 @@ def test_a_step_that_fails_rejects_the_paper_at_its_stage(monkeypatch):
     def broken_cleaner(text, keep_captions=True):
         raise ValueError("pathological input")
 
-    monkeypatch.setattr(builder, "clean_latex", broken_cleaner)
+    monkeypatch.setattr(steps, "clean_latex", broken_cleaner)
     result = _paper_result(paper_tex("Original", words(3)))
     assert result.rejection == Rejection("cleaning", "error_ValueError")
     assert list(result.chars) == ["assembly"]
@@ -247,3 +253,84 @@ def test_unit_lines_read_back_as_the_results_written():
     assert InputResult.from_json(json.loads(json.dumps(jsonable(result)))) == result
     rejected = _paper_result(paper_tex("Short", "Too short."))
     assert InputResult.from_json(json.loads(json.dumps(jsonable(rejected)))) == rejected
+
+
+def _flat(rejections: dict) -> collections.Counter:
+    return collections.Counter({(stage, reason): n for stage, reasons in rejections.items()
+                                for reason, n in reasons.items()})
+
+
+def test_a_step_the_caller_adds_or_moves_changes_the_output_as_declared(tmp_path, sources):
+    paths, metadata, _ = sources
+    default = build(BuildConfig(sources=paths, output=str(tmp_path / "default"), metadata=[metadata]), progress=False)
+    records = read_records(str(tmp_path / "default"))
+    generated = [r["id"] for r in records if not r["id"].startswith("2301.0000")]  # outside the duplicates
+    dropped_ids = {generated[0], generated[-1]}
+
+    def no_listed_ids(paper, cfg):
+        return Rejected("listed_id") if paper.package.paper_id in dropped_ids else paper
+
+    user = Step("user_filter", no_listed_ids)
+    custom = steps.DEFAULT_PIPELINE[:2] + (user,) + steps.DEFAULT_PIPELINE[2:]
+    out = str(tmp_path / "custom")
+    report = build(BuildConfig(sources=paths, output=out, metadata=[metadata], pipeline=custom, workers=2),
+                   progress=False)
+    assert read_records(out) == [r for r in records if r["id"] not in dropped_ids]
+    assert report.rejections["user_filter"] == {"listed_id": 2}
+    assert _flat(report.rejections) - _flat(default.rejections) == {("user_filter", "listed_id"): 2}
+    rows = {row["stage"]: row for row in report.funnel}
+    assert [row["stage"] for row in report.funnel][3:6] == ["assembly", "cleaning", "user_filter"]
+    assert rows["user_filter"]["papers"] == rows["cleaning"]["papers"] - 2
+    with open(os.path.join(out, "yield.json"), encoding="utf-8") as f:
+        assert [row["stage"] for row in json.load(f)["funnel"]] == ["inputs", *BuildConfig(
+            sources=[], output="", pipeline=custom).stages]
+    # Moved: language before length gives the same records, with the funnel rows in the new order.
+    moved = steps.DEFAULT_PIPELINE[:2] + (steps.DEFAULT_PIPELINE[3], steps.DEFAULT_PIPELINE[2],
+                                          steps.DEFAULT_PIPELINE[4])
+    report = build(BuildConfig(sources=paths, output=str(tmp_path / "moved"), metadata=[metadata], pipeline=moved),
+                   progress=False)
+    assert read_records(str(tmp_path / "moved")) == records
+    assert [row["stage"] for row in report.funnel][5:7] == ["language", "length"]
+
+
+def test_a_pipeline_the_funnel_cannot_count_is_refused():
+    keys = steps.DEFAULT_PIPELINE[-1]
+    with pytest.raises(ValueError, match="must end with the 'exact_dedup' step"):
+        BuildConfig(sources=[], output="", pipeline=steps.DEFAULT_PIPELINE[:-1])
+    with pytest.raises(ValueError, match=r"fixed stage names \['cleaning'\]"):
+        BuildConfig(sources=[], output="", pipeline=steps.DEFAULT_PIPELINE[:2] + steps.DEFAULT_PIPELINE[1:])
+    with pytest.raises(ValueError, match=r"fixed stage names \['metadata'\]"):
+        BuildConfig(sources=[], output="", pipeline=(Step("metadata", steps.length_step), keys))
+
+
+def test_the_rejected_log_lists_every_rejected_paper_with_stage_and_reason(tmp_path, sources, run_tool):
+    paths, metadata, _ = sources
+    out, rejected_dir = str(tmp_path / "out"), str(tmp_path / "rejected")
+    report = build(BuildConfig(sources=paths, output=out, metadata=[metadata], rejected_dir=rejected_dir),
+                   progress=False)
+    path = os.path.join(rejected_dir, REJECTED_FILE)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x28\xb5\x2f\xfd"  # zstd, as the shards are
+    log = list(iter_json_records(path))
+    assert len(log) == report.inputs - report.written
+    assert collections.Counter((r["stage"], r["reason"]) for r in log) == _flat(report.rejections)
+    per_stage = collections.Counter(r["stage"] for r in log)
+    for before, row in zip(report.funnel, report.funnel[1:]):  # each funnel step loses exactly the logged papers
+        assert before["papers"] - row["papers"] == per_stage[row["stage"]], row
+    written = read_records(out)
+    assert {r["source"] for r in log}.isdisjoint(r["source"] for r in written)
+    assert len({r["source"] for r in log}) == len(log)
+    by_reason = {r["reason"]: r for r in log}
+    assert by_reason["too_short"]["id"] == "2301.00004"
+    assert by_reason["too_short"]["excerpt"].startswith("\\title{Short}")  # its clean text when it left
+    assert by_reason["corrupt_gzip"]["excerpt"] == "" and by_reason["corrupt_gzip"]["id"] is None
+    for reason in ("exact_duplicate", "near_duplicate"):
+        entry = by_reason[reason]
+        assert entry["kept"] in {r["source"] for r in written} and entry["excerpt"].startswith("\\title{Original}")
+        assert entry["id"] in {"2301.00001", "2301.00002", "2301.00003"}
+    assert all(r["kept"] is None for r in log if r["stage"] not in ("exact_dedup", "near_dedup"))
+    assert all(len(r["excerpt"]) <= EXCERPT_CHARS for r in log)
+    # The same log for a finished run, from the command line's finalize alone.
+    again = str(tmp_path / "again")
+    assert run_tool("build_arxiv_corpus.py", ["--output", out, "--finalize-only", "--rejected-dir", again]) == 0
+    assert list(iter_json_records(os.path.join(again, REJECTED_FILE))) == log

@@ -6,13 +6,16 @@
 
 Across machines: run with --num-shards K --shard-index i (same --output on a shared file system),
 then once with --finalize-only for the global dedup and the yield report. A killed run resumes:
-finished units are skipped.
+finished units are skipped. --rejected-dir DIR also lists every rejected paper (id, stage, reason, the
+start of its text) in DIR/rejected.jsonl.zst; with --finalize-only it lists those of a finished run.
 """
 
 import argparse
 import sys
 
-from megasci.corpus.builder import BuildConfig, build, finalize
+from megasci.corpus.builder import build
+from megasci.corpus.config import BuildConfig
+from megasci.corpus.finalize import finalize
 from megasci.corpus.metadata import MetadataFilterConfig
 
 
@@ -39,6 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=0)
     p.add_argument("--finalize-only", action="store_true", help="only the global dedup, shards and yield report")
+    p.add_argument("--rejected-dir", default=None,
+                   help="write every rejected paper's id, stage, reason and a text excerpt to "
+                        "DIR/rejected.jsonl.zst (at finalize)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not args.finalize_only and not args.sources:
@@ -51,7 +57,7 @@ def main(argv=None) -> int:
         keep_without_metadata=not args.drop_without_metadata, min_body_chars=args.min_body_chars,
         language=args.language, near_dup_threshold=args.near_dup_threshold, keep_captions=not args.no_captions,
         paper_time_limit_s=args.paper_time_limit, workers=args.workers, num_shards=args.num_shards,
-        shard_index=args.shard_index,
+        shard_index=args.shard_index, rejected_dir=args.rejected_dir,
     )
     try:
         if args.finalize_only:

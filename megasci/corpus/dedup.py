@@ -171,7 +171,7 @@ class NearDuplicateIndex:
         """Index a document and link it to every earlier one whose estimated Jaccard ≥ threshold."""
         self.add_signature(doc_id, self.signature(text), priority)
 
-    def add_signature(self, doc_id: str, signature: list[int], priority: Any = 0) -> None:
+    def add_signature(self, doc_id: str, signature: list[int] | np.ndarray, priority: Any = 0) -> None:
         """`add` for a signature made by `signature` with the same settings."""
         if doc_id in self._minhashes:
             raise ValueError(f"duplicate document id {doc_id!r}")
@@ -208,7 +208,7 @@ class NearDuplicateIndex:
 
     def keep_set(self) -> set[str]:
         """Ids to keep: every singleton, and the highest-priority member of each cluster."""
-        dropped = set()
+        dropped: set[str] = set()
         for group in self.clusters():
             kept = _winner([(self._priority[doc_id], doc_id) for doc_id in group])
             dropped.update(doc_id for doc_id in group if doc_id != kept)

@@ -1,23 +1,17 @@
-"""Deterministic synthetic arXiv-style papers for demos and test fixtures.
+"""Deterministic synthetic arXiv-style papers: corpus records (id, title, LaTeX text, section spans,
+categories, year, math fraction) written from Zipf-distributed words and templated math.
 
-We must never ship real arXiv files, yet cleaning, section labelling, tokenizer
-training and packing all need inputs that look like them. Everything here is a
-pure function of its arguments: the same seed gives the same records and bytes.
+We must never ship real arXiv files, yet cleaning, section labelling, tokenizer training and packing
+all need inputs that look like them. Everything here is a pure function of its arguments: the same
+seed gives the same records and bytes. `dump.py` packages these records as arXiv serves them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import gzip
-import io
 import json
 import os
 import re
-import struct
-import tarfile
-import textwrap
-import zlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -62,14 +56,12 @@ _NAMES = ("Schrödinger Erdős Gödel Poincaré Hölder Fréchet Lévy Łojasiew
 _NAMED_NOUNS = ("equation inequality operator theorem space embedding estimate conjecture graph manifold transform "
                 "condition property decomposition").split()
 _GREEK_PHRASES = "α-stable|σ-algebra|ε-regularity|μ-almost everywhere|Γ-convergence|naïve|ω-limit set".split("|")
-_FIRST_NAMES = ("Anna Bálint Chen Dmitri Élodie François Gábor Hiroshi Ingrid Jürgen Kateřina Lars María Nikolaj "
+FIRST_NAMES = ("Anna Bálint Chen Dmitri Élodie François Gábor Hiroshi Ingrid Jürgen Kateřina Lars María Nikolaj "
                 "Olga Paweł Priya Søren Tomás Wei Yuki Zoë Ahmed Björn Camille Ravi Sofía Łukasz").split()
-_LAST_NAMES = ("Müller García Nowak Kovács Østergaard Dvořák Şahin Nguyen Wang Smith Ivanov Tanaka Rossi Lefèvre "
+LAST_NAMES = ("Müller García Nowak Kovács Østergaard Dvořák Şahin Nguyen Wang Smith Ivanov Tanaka Rossi Lefèvre "
                "Sørensen Kim Patel Hernández Böhm Novák Zhang Okafor Lindqvist Fernández Çelik Yılmaz Schmidt").split()
 _OPENERS = ("Moreover, |In particular, |However, |Therefore |Recall that |Note that |It follows that |"
             "In this paper we |By construction, |Consequently, |Finally, ").split("|")
-_JOURNALS = ("Ann. of Math.|J. Funct. Anal.|Comm. Math. Phys.|Phys. Rev. D|J. High Energy Phys.|Adv. Math.|"
-             "Invent. Math.|J. Mach. Learn. Res.|Duke Math. J.|Probab. Theory Related Fields").split("|")
 
 # Math is assembled from templates; each {name} is filled from the table of the same name.
 _ATOM_TEMPLATES = ("{v}", "{v}", "{v}", "{v}_{{{i}}}", "{v}_{{{i}}}", "{v}^{{{p}}}", "{acc}{{{v}}}", "{d} {v}",
@@ -121,7 +113,7 @@ _DROPPED_CATEGORIES = "astro-ph.CO astro-ph.GA astro-ph.HE cond-mat.stat-mech co
 _MATHY_PREFIXES = ("math", "hep-th", "stat.TH", "quant-ph")
 
 
-def _pick(rng: np.random.Generator, options):
+def pick(rng: np.random.Generator, options):
     return options[int(rng.random() * len(options))]
 
 
@@ -138,7 +130,7 @@ def _pseudo_words(count: int) -> tuple[str, ...]:
     vowels = "a e i o u ai ea io ou y".split()
     codas = ["", "", "", "n", "r", "s", "l", "m", "t", "x", "nd", "st", "ng"]
     suffixes = [""] * 14 + "ation ity ic al ize ous ment ial ive oid".split()
-    rng, seen, words = np.random.default_rng(20240229), set(_COMMON_WORDS), []
+    rng, seen, words = np.random.default_rng(20240229), set(_COMMON_WORDS), list[str]()
     while len(words) < count:
         tables = (onsets, vowels, codas) * (3 if rng.random() < 0.15 else 2) + (suffixes,)
         word = "".join(table[int(u * len(table))] for table, u in zip(tables, rng.random(len(tables))))
@@ -148,8 +140,8 @@ def _pseudo_words(count: int) -> tuple[str, ...]:
     return tuple(words)
 
 
-_PSEUDO_WORDS = _pseudo_words(4000)
-_VOCAB = np.array(_COMMON_WORDS + _PSEUDO_WORDS, dtype=object)
+PSEUDO_WORDS = _pseudo_words(4000)
+_VOCAB = np.array(_COMMON_WORDS + PSEUDO_WORDS, dtype=object)
 _ZIPF = 1.0 / (np.arange(1, len(_VOCAB) + 1) + 2.7)  # Zipf-Mandelbrot: "the" near 4%, as in real prose
 _VOCAB_CDF = np.cumsum(_ZIPF) / _ZIPF.sum()
 
@@ -185,8 +177,8 @@ class _PaperWriter:
     def __init__(self, rng: np.random.Generator, categories: list[str]) -> None:
         self.rng, self.text = rng, _Text()
         self.mathy = categories[0].startswith(_MATHY_PREFIXES)
-        self.jargon = np.array([_pick(rng, _PSEUDO_WORDS) for _ in range(24)], dtype=object)
-        self.cite_keys = [f"{_pick(rng, _PSEUDO_WORDS)}{rng.integers(1950, 2025)}" for _ in range(rng.integers(6, 25))]
+        self.jargon = np.array([pick(rng, PSEUDO_WORDS) for _ in range(24)], dtype=object)
+        self.cite_keys = [f"{pick(rng, PSEUDO_WORDS)}{rng.integers(1950, 2025)}" for _ in range(rng.integers(6, 25))]
         self.equation_labels: list[str] = []
         self.theorem_labels: list[tuple[str, str]] = []
         self.section_labels = ["sec:introduction"]
@@ -202,13 +194,13 @@ class _PaperWriter:
     def expr(self, depth: int) -> str:
         rng = self.rng
         if depth <= 0 or rng.random() < 0.3:
-            return _fill(rng, _pick(rng, _ATOM_TEMPLATES), _ATOM_PARTS)
-        template = _pick(rng, _EXPR_TEMPLATES)
+            return _fill(rng, pick(rng, _ATOM_TEMPLATES), _ATOM_PARTS)
+        template = pick(rng, _EXPR_TEMPLATES)
         second = self.expr(depth - 1) if "{b}" in template else ""
         return _fill(rng, template, _EXPR_PARTS, a=self.expr(depth - 1), b=second)
 
     def relation(self, depth: int) -> str:
-        return f"{self.expr(depth)} {_pick(self.rng, _RELATIONS)} {self.expr(depth)}"
+        return f"{self.expr(depth)} {pick(self.rng, _RELATIONS)} {self.expr(depth)}"
 
     def inline_math(self) -> str:
         body = self.relation(1) if self.rng.random() < 0.4 else self.expr(1)
@@ -219,35 +211,35 @@ class _PaperWriter:
         if kind < 0.35:
             return f"\\[\n{self.relation(3)}\n\\]"
         if kind < 0.75:
-            self.equation_labels.append(f"eq:{_pick(rng, _PSEUDO_WORDS)}")
+            self.equation_labels.append(f"eq:{pick(rng, PSEUDO_WORDS)}")
             return f"\\begin{{equation}}\n{self.relation(3)}\n\\label{{{self.equation_labels[-1]}}}\n\\end{{equation}}"
-        env = _pick(rng, ("align", "align*"))
+        env = pick(rng, ("align", "align*"))
         lines = [f"{self.expr(2)} &= {self.expr(2)}"]
-        lines += [f"&{_pick(rng, _RELATIONS)} {self.expr(2)}" for _ in range(int(rng.integers(1, 4)))]
+        lines += [f"&{pick(rng, _RELATIONS)} {self.expr(2)}" for _ in range(int(rng.integers(1, 4)))]
         return f"\\begin{{{env}}}\n" + " \\\\\n".join(lines) + f"\n\\end{{{env}}}"
 
     def ref(self) -> str:
         rng, kind = self.rng, self.rng.random()
         if kind < 0.4 and self.equation_labels:
-            key = _pick(rng, self.equation_labels)
+            key = pick(rng, self.equation_labels)
             return rf"\eqref{{{key}}}" if kind < 0.2 else rf"(\ref{{{key}}})"
         if kind < 0.75 and self.theorem_labels:
-            env, key = _pick(rng, self.theorem_labels)
+            env, key = pick(rng, self.theorem_labels)
             return rf"{env.capitalize()}~\ref{{{key}}}"
-        return rf"Section~\ref{{{_pick(rng, self.section_labels)}}}"
+        return rf"Section~\ref{{{pick(rng, self.section_labels)}}}"
 
     def aside(self, kind: float, allow_refs: bool) -> str:
         """What may follow a word: citation, reference, emphasis, a famous name, a number, or nothing."""
         rng = self.rng
         if kind < 0.012 and allow_refs:
-            return r"~\cite{" + ",".join(_pick(rng, self.cite_keys) for _ in range(1 + (rng.random() < 0.25))) + "}"
+            return r"~\cite{" + ",".join(pick(rng, self.cite_keys) for _ in range(1 + (rng.random() < 0.25))) + "}"
         if kind < 0.02 and allow_refs:
             return " " + self.ref()
         if kind < 0.03:
             return rf" \emph{{{' '.join(self.words(2))}}}"
         if kind < 0.037:
-            return " " + (_pick(rng, _GREEK_PHRASES) if rng.random() < 0.3
-                          else f"{_pick(rng, _NAMES)} {_pick(rng, _NAMED_NOUNS)}")
+            return " " + (pick(rng, _GREEK_PHRASES) if rng.random() < 0.3
+                          else f"{pick(rng, _NAMES)} {pick(rng, _NAMED_NOUNS)}")
         if kind < 0.047:
             low, width, shape = int(rng.integers(1, 2000)), int(rng.integers(1, 40)), rng.random()
             return f" {low}" if shape < 0.4 else f" {low / 97:.2f}" if shape < 0.7 else f" {low}–{low + width}"
@@ -262,7 +254,7 @@ class _PaperWriter:
         for i, word in enumerate(words):
             if at_start:
                 if rng.random() < 0.2:
-                    word = (f"By {self.ref()}, " if allow_refs and rng.random() < 0.15 else _pick(rng, _OPENERS)) + word
+                    word = (f"By {self.ref()}, " if allow_refs and rng.random() < 0.15 else pick(rng, _OPENERS)) + word
                 else:
                     word = word.capitalize()
             pieces.append(word)
@@ -278,7 +270,7 @@ class _PaperWriter:
 
     def display_block(self) -> None:
         rng = self.rng
-        self.sentences(int(rng.integers(10, 40)), final=_pick(rng, (":", ",", "")))
+        self.sentences(int(rng.integers(10, 40)), final=pick(rng, (":", ",", "")))
         self.text.add("\n")
         self.text.math(self.display_math())
         if rng.random() < 0.6:
@@ -288,10 +280,10 @@ class _PaperWriter:
     def theorem_block(self) -> None:
         """A theorem-like environment, usually followed by a proof that gets its own span."""
         rng, text = self.rng, self.text
-        env = _pick(rng, tuple(_THEOREM_PREFIXES))
-        key = f"{_THEOREM_PREFIXES[env]}:{_pick(rng, _PSEUDO_WORDS)}"
+        env = pick(rng, tuple(_THEOREM_PREFIXES))
+        key = f"{_THEOREM_PREFIXES[env]}:{pick(rng, PSEUDO_WORDS)}"
         self.theorem_labels.append((env, key))
-        name = f"[{_pick(rng, _NAMES)} {_pick(rng, _NAMED_NOUNS)}]" if rng.random() < 0.15 else ""
+        name = f"[{pick(rng, _NAMES)} {pick(rng, _NAMED_NOUNS)}]" if rng.random() < 0.15 else ""
         text.add(f"\\begin{{{env}}}{name}\\label{{{key}}}\n")
         self.sentences(int(rng.integers(15, 50)))
         if rng.random() < 0.4:
@@ -309,7 +301,7 @@ class _PaperWriter:
         text.add("\n\\end{proof}\n\n")
 
     def itemize(self) -> None:
-        env = _pick(self.rng, ("itemize", "itemize", "enumerate"))
+        env = pick(self.rng, ("itemize", "itemize", "enumerate"))
         self.text.add(f"\\begin{{{env}}}\n")
         for _ in range(int(self.rng.integers(2, 6))):
             self.text.add("\\item ")
@@ -348,9 +340,9 @@ class _PaperWriter:
 
     def title(self) -> str:
         rng = self.rng
-        topic = [_pick(rng, _CONTENT_WORDS if rng.random() < 0.5 else self.jargon).capitalize() for _ in range(5)]
-        words = _pick(rng, _TITLE_TEMPLATES).format(**dict(zip("abcde", topic)), name=_pick(rng, _NAMES),
-                                                   noun=_pick(rng, _NAMED_NOUNS).capitalize())
+        topic = [pick(rng, _CONTENT_WORDS if rng.random() < 0.5 else self.jargon).capitalize() for _ in range(5)]
+        words = pick(rng, _TITLE_TEMPLATES).format(**dict(zip("abcde", topic)), name=pick(rng, _NAMES),
+                                                   noun=pick(rng, _NAMED_NOUNS).capitalize())
         math = f"${self.expr(0)}$" if rng.random() < 0.25 else ""
         self.text.label("title")
         self.text.add(r"\title{" + words + (" in " if math else ""))
@@ -360,8 +352,8 @@ class _PaperWriter:
 
     def acknowledgments(self) -> None:
         rng = self.rng
-        names = [f"{_pick(rng, _FIRST_NAMES)} {_pick(rng, _LAST_NAMES)}" for _ in range(2)]
-        grant = _pick(rng, ("NSF grant DMS-", "ERC grant No. ", "DFG project ", "JSPS KAKENHI grant "))
+        names = [f"{pick(rng, FIRST_NAMES)} {pick(rng, LAST_NAMES)}" for _ in range(2)]
+        grant = pick(rng, ("NSF grant DMS-", "ERC grant No. ", "DFG project ", "JSPS KAKENHI grant "))
         self.text.label("other")
         self.text.add(f"\\section*{{Acknowledgments}}\n\nWe thank {names[0]} and {names[1]} for helpful "
                       f"discussions. This work was supported by {grant}{rng.integers(100000, 999999)}.\n\n")
@@ -375,7 +367,7 @@ class _PaperWriter:
         self.sentences(int(rng.integers(80, 220)), allow_refs=False)
         self.text.add("\n\\end{abstract}\n\n")
         plan = [("introduction", "Introduction", 1.3)] + [
-            (label, _pick(rng, _HEADINGS[label]), share) for label, share, chance in _SECTION_PLAN
+            (label, pick(rng, _HEADINGS[label]), share) for label, share, chance in _SECTION_PLAN
             if rng.random() < chance and (self.mathy or label != "proof")]
         budget_per_share = max(target - self.text.length, 1500.0) / sum(share for _, _, share in plan)
         thanks_pending = rng.random() < 0.45
@@ -400,9 +392,9 @@ def _draw_categories(rng: np.random.Generator, old_style: bool) -> list[str]:
     """Primary first; ~10% come from archives (astro-ph, cond-mat) that a corpus filter is expected to drop."""
     pool = _DROPPED_CATEGORIES if rng.random() < 0.1 else _KEPT_CATEGORIES
     pool = [c for c in pool if not (old_style and c.startswith("stat"))]
-    primary = _pick(rng, pool)
+    primary = pick(rng, pool)
     siblings = [c for c in pool if c != primary and c[:4] == primary[:4]] or [c for c in pool if c != primary]
-    return [primary] + sorted({_pick(rng, siblings) for _ in range(int(rng.integers(0, 3)))})
+    return [primary] + sorted({pick(rng, siblings) for _ in range(int(rng.integers(0, 3)))})
 
 
 def _draw_id(rng: np.random.Generator, primary: str, old_style: bool) -> tuple[str, int]:
@@ -431,7 +423,7 @@ def generate_papers(n: int, seed: int = 0) -> Iterator[dict]:
         yield _PaperWriter(rng, categories).record(arxiv_id, year, categories)
 
 
-def _write_lines_atomically(path: str, lines: Iterable[str]) -> int:
+def write_lines_atomically(path: str | os.PathLike, lines: Iterable[str]) -> int:
     """Write text lines compressed by extension; readers never see half a file."""
     count = 0
     with atomic_text_output(path) as out:
@@ -443,229 +435,4 @@ def _write_lines_atomically(path: str, lines: Iterable[str]) -> int:
 
 def write_corpus_jsonl(path: str | os.PathLike, n: int, seed: int = 0) -> int:
     """Write ``n`` records as JSON lines (``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``); returns the count."""
-    return _write_lines_atomically(path, (json.dumps(r, ensure_ascii=False) for r in generate_papers(n, seed)))
-
-
-def _rng_for(key: str, purpose: str) -> np.random.Generator:
-    """Randomness keyed by arXiv id, so metadata and packages depend on the record alone."""
-    return np.random.default_rng(zlib.crc32(f"{purpose}:{key}".encode()))
-
-
-def _authors(key: str) -> list[tuple[str, str]]:
-    rng = _rng_for(key, "authors")
-    return [(_pick(rng, _FIRST_NAMES), _pick(rng, _LAST_NAMES)) for _ in range(1 + int(rng.integers(0, 5)))]
-
-
-def _snapshot_date(moment: dt.datetime) -> str:
-    """RFC 2822 as the snapshot spells it ("Mon, 2 Apr 2007 19:18:42 GMT"), independent of the locale."""
-    weekday = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[moment.weekday()]
-    month = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()[moment.month - 1]
-    return f"{weekday}, {moment.day} {month} {moment.year} {moment:%H:%M:%S} GMT"
-
-
-def _metadata_entry(record: dict) -> dict:
-    """One line of the public arXiv metadata snapshot for a synthetic record."""
-    arxiv_id, year = record["id"], record["year"]
-    rng, authors = _rng_for(arxiv_id, "metadata"), _authors(arxiv_id)
-    names = [f"{first} {last}" for first, last in authors]
-    withdrawn, published, page = rng.random() < 0.03, rng.random() < 0.3, int(rng.integers(1, 900))
-    dates = [dt.datetime(year, int(arxiv_id.split("/")[-1][2:4]), int(rng.integers(1, 29))) +
-             dt.timedelta(seconds=int(rng.integers(0, 86400)))]
-    for _ in range(int(rng.random() < 0.35) + int(rng.random() < 0.12) + int(withdrawn)):
-        dates.append(dates[-1] + dt.timedelta(days=int(rng.integers(3, 400)), seconds=int(rng.integers(0, 86400))))
-    comments = _pick(rng, (None, f"{rng.integers(8, 60)} pages, {rng.integers(0, 9)} figures",
-                           f"{rng.integers(8, 60)} pages; v2: minor corrections"))
-    abstract = re.search(r"\\begin\{abstract\}\n(.*?)\n\\end\{abstract\}", record["text"], re.S).group(1)
-    return {
-        "id": arxiv_id,
-        "submitter": names[0],
-        "authors": ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
-        "title": record["title"],
-        "comments": "This paper has been withdrawn by the author due to a crucial error in the proof of Lemma 3"
-        if withdrawn else comments,
-        "journal-ref": f"{_pick(rng, _JOURNALS)} {rng.integers(1, 300)} ({year + 1}) {page}–{page + 30}"
-        if published else None,
-        "doi": f"10.{rng.integers(1000, 9999)}/{_pick(rng, _PSEUDO_WORDS)}.{year + 1}.{page}" if published else None,
-        "report-no": f"CERN-TH-{year}-{rng.integers(1, 300):03d}"
-        if record["categories"][0].startswith("hep") and rng.random() < 0.2 else None,
-        "categories": " ".join(record["categories"]),
-        "license": None if year < 2004 else _pick(rng, (None, "http://arxiv.org/licenses/nonexclusive-distrib/1.0/",
-                                                        "http://creativecommons.org/licenses/by/4.0/")),
-        "abstract": "  " + textwrap.fill(abstract, 78) + "\n",
-        "versions": [{"version": f"v{i}", "created": _snapshot_date(d)} for i, d in enumerate(dates, 1)],
-        "update_date": f"{dates[-1] + dt.timedelta(days=int(rng.integers(0, 30))):%Y-%m-%d}",
-        "authors_parsed": [[last, first, ""] for first, last in authors],
-    }
-
-
-def write_arxiv_metadata(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write arXiv-snapshot-format metadata lines for ``records``; returns the count."""
-    return _write_lines_atomically(path, (json.dumps(_metadata_entry(r), ensure_ascii=False) for r in records))
-
-
-_TAR_MTIME = 1_262_304_000  # 2010-01-01 UTC: fixed so archive bytes never depend on the clock
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-_TINY_PNG = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
-             + _png_chunk(b"IDAT", zlib.compress(b"\x00\x00")) + _png_chunk(b"IEND", b""))
-_PREAMBLE = r"""\documentclass{article}
-\usepackage[utf8]{inputenc}
-\usepackage{amsmath,amssymb,amsthm}
-%s\newcommand{\R}{\mathbb{R}}
-\newcommand{\norm}[1]{\left\|#1\right\|}
-\DeclareMathOperator{\Tr}{Tr}
-\newtheorem{theorem}{Theorem}[section]
-\newtheorem{lemma}[theorem]{Lemma}
-\newtheorem{proposition}[theorem]{Proposition}
-\newtheorem{corollary}[theorem]{Corollary}
-\theoremstyle{definition}
-\newtheorem{definition}[theorem]{Definition}
-\newtheorem{remark}[theorem]{Remark}
-\author{%s}
-
-\begin{document}
-"""
-_FIGURE = ("\\begin{figure}[t]\n\\centering\n\\includegraphics[width=0.6\\textwidth]{figures/fig1}\n"
-           "\\caption{Numerical illustration.}\n\\end{figure}\n\n")
-
-
-def _minimal_pdf() -> bytes:
-    """A one-page empty PDF, standing in for papers arXiv only has as PDF."""
-    objects = (b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>")
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    return bytes(out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-
-
-def _preamble(record: dict, rng: np.random.Generator, graphics: bool) -> str:
-    packages = "\\usepackage{graphicx}\n" if graphics else ""
-    packages += "\\usepackage{hyperref}\n" if rng.random() < 0.5 else ""
-    return _PREAMBLE % (packages, " \\and ".join(f"{first} {last}" for first, last in _authors(record["id"])))
-
-
-def _references(text: str) -> list[tuple[str, str, str, str, str]]:
-    """(key, authors, title, journal, year) for every key the text cites; the key ends in the year."""
-    keys = sorted({key for group in re.findall(r"\\cite\{([^}]*)\}", text) for key in group.split(",")})
-    references = []
-    for key in keys:
-        rng = _rng_for(key, "reference")
-        title = " ".join(_pick(rng, _PSEUDO_WORDS) for _ in range(int(rng.integers(3, 8)))).capitalize()
-        authors = " and ".join(f"{first} {last}" for first, last in _authors(key))
-        references.append((key, authors, title, _pick(rng, _JOURNALS), key[-4:]))
-    return references
-
-
-def _thebibliography(text: str) -> str:
-    items = "".join(rf"\bibitem{{{key}}} {authors}, \emph{{{title}}}, {journal} ({year})." + "\n"
-                    for key, authors, title, journal, year in _references(text))
-    return f"\\begin{{thebibliography}}{{99}}\n{items}\\end{{thebibliography}}\n"
-
-
-def _bibtex(text: str) -> str:
-    return "".join(f"@article{{{key},\n  author = {{{authors}}},\n  title = {{{title}}},\n"
-                   f"  journal = {{{journal}}},\n  year = {{{year}}}\n}}\n\n"
-                   for key, authors, title, journal, year in _references(text))
-
-
-def _tar_bytes(files: dict[str, str | bytes]) -> bytes:
-    """An uncompressed tar with sorted members and fixed metadata, hence reproducible bytes."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(files):
-            data = files[name].encode() if isinstance(files[name], str) else files[name]
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), _TAR_MTIME, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def gzip_bytes(data: bytes, name: str = "") -> bytes:
-    """Gzip with mtime 0; ``name`` fills the header's original-filename field, as arXiv's single files have."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=0) as gz:
-        gz.write(data)
-    return buffer.getvalue()
-
-
-def _multi_file_tar(record: dict, rng: np.random.Generator) -> bytes:
-    """A main file that \\input-s one file per section, plus bibliography, maybe a figure and a 00README."""
-    main_name = _pick(rng, ("main.tex", "paper.tex", "ms.tex"))
-    command = "include" if rng.random() < 0.25 else "input"
-    chunks = re.split(r"(?m)^(?=\\section)", record["text"])
-    files: dict[str, str | bytes] = {}
-    body = [chunks[0]]
-    for number, chunk in enumerate(chunks[1:], 1):
-        heading = re.match(r"\\section\*?\{([^}]*)\}", chunk).group(1)
-        stem = f"sections/{number:02d}_{re.sub(r'[^a-z0-9]+', '_', heading.lower()).strip('_')}"
-        files[stem + ".tex"] = chunk
-        body.append(f"\\{command}{{{stem}{'.tex' if rng.random() < 0.2 else ''}}}\n")
-    graphics = rng.random() < 0.6
-    if graphics:
-        files["figures/fig1.png"] = _TINY_PNG
-        body.append(_FIGURE)
-    if rng.random() < 0.4:
-        files[main_name[:-4] + ".bbl"] = _thebibliography(record["text"])
-    else:
-        files["refs.bib"] = _bibtex(record["text"])
-    body.append("\\bibliographystyle{plain}\n\\bibliography{refs}\n\\end{document}\n")
-    files[main_name] = _preamble(record, rng, graphics) + "".join(body)
-    if rng.random() < 0.35:
-        files["00README.XXX"] = f"{main_name} toplevelfile\n"
-    return _tar_bytes(files)
-
-
-def _source_package(record: dict) -> tuple[str, bytes]:
-    """(suffix, bytes) of one paper as arXiv serves it: gzipped .tex, gzipped tar, or a bare PDF."""
-    rng = _rng_for(record["id"], "package")
-    kind = rng.random()
-    if kind < 0.07:
-        return ".pdf", _minimal_pdf()
-    if kind < 0.5:
-        tex = _preamble(record, rng, False) + record["text"] + _thebibliography(record["text"]) + "\\end{document}\n"
-        return ".gz", gzip_bytes(tex.encode(), name=_pick(rng, ("main.tex", "paper.tex", "article.tex")))
-    return ".gz", gzip_bytes(_multi_file_tar(record, rng))
-
-
-def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True,
-                          loose_files: bool = True) -> list[str]:
-    """Write ``out_dir/YYMM/<id>.gz|.pdf`` per record (unless not ``loose_files``) and, with ``bulk_tar``,
-    ``arXiv_src_YYMM_001.tar`` bundles of them."""
-    written, by_month = [], {}
-    for record in records:
-        yymm = record["id"].split("/")[-1][:4]
-        suffix, data = _source_package(record)
-        member = f"{yymm}/{record['id'].replace('/', '')}{suffix}"
-        by_month.setdefault(yymm, {})[member] = data
-        if loose_files:
-            written.append(os.path.join(out_dir, member))
-            os.makedirs(os.path.dirname(written[-1]), exist_ok=True)
-            with open(written[-1], "wb") as handle:
-                handle.write(data)
-    if by_month and bulk_tar:
-        os.makedirs(out_dir, exist_ok=True)
-    for yymm in sorted(by_month) if bulk_tar else ():
-        written.append(os.path.join(out_dir, f"arXiv_src_{yymm}_001.tar"))
-        with open(written[-1], "wb") as handle:
-            handle.write(_tar_bytes(by_month[yymm]))
-    return written
-
-
-def write_arxiv_dump(out_dir: str | os.PathLike, n: int, seed: int = 0) -> tuple[list[str], str]:
-    """What arXiv's bulk access gives, for `n` generated papers: `arXiv_src_YYMM_NNN.tar` files of
-    gzipped sources (some PDF-only) and a metadata-snapshot file. Returns (tar paths, metadata path)."""
-    out_dir = os.fspath(out_dir)
-    records = list(generate_papers(n, seed=seed))
-    tars = write_source_packages(out_dir, records, bulk_tar=True, loose_files=False)
-    metadata = os.path.join(out_dir, "metadata.jsonl")
-    write_arxiv_metadata(metadata, records)
-    return tars, metadata
+    return write_lines_atomically(path, (json.dumps(r, ensure_ascii=False) for r in generate_papers(n, seed)))

@@ -11,15 +11,8 @@ import re
 import pytest
 
 from megasci.corpus.arxiv_ids import OLD_STYLE_ARCHIVES, bulk_member_stem, canonical_id, id_year_month, is_old_style
-from megasci.corpus.metadata import (
-    OUTCOMES,
-    MetadataFilterConfig,
-    WITHDRAWN_PATTERN,
-    is_withdrawn_text,
-    load_metadata,
-    normalize_abstract,
-    normalize_title,
-)
+from megasci.corpus.metadata import OUTCOMES, MetadataFilterConfig, load_metadata
+from megasci.corpus.metadata.record import WITHDRAWN_PATTERN, is_withdrawn_text, normalize_abstract, normalize_title
 from megasci.corpus.synthetic import generate_papers, write_arxiv_metadata
 
 SAMPLE_METADATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "arxiv_sample", "metadata",

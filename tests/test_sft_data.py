@@ -9,9 +9,11 @@ import pytest
 import zstandard
 
 from megasci.corpus.synthetic import generate_papers
+from megasci.data.conversations import Example
 from megasci.data.indexed_dataset import IndexedDataset
-from megasci.data.sft import Example, SFTConfig, iter_post_rows, SFTError, html_to_text, iter_stackexchange, parse_tags, preprocess_sft
+from megasci.data.sft import SFTConfig, SFTError, preprocess_sft
 from megasci.data.sidecar import read_sidecar
+from megasci.data.stackexchange import html_to_text, iter_post_rows, iter_stackexchange, parse_tags
 from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "post_training_sample")

@@ -153,11 +153,13 @@ def parse_curriculum(config: list[dict]) -> list[CurriculumStage]:
 class BlendedDataset:
     """`ds[i]` is global sample i (int64, seq_length + 1 tokens), a pure function of i.
 
-    `may_build` is passed to each source's `GPTDataset`: False only loads cached indices.
+    `may_build` and `vocab_size` are passed to each source's `GPTDataset`: False only loads cached
+    indices; a vocabulary size makes a token id outside it an error naming the source's dataset.
     """
 
     def __init__(self, stages: list[CurriculumStage], seq_length: int, seed: int = 1234, split: str = "train",
-                 cache_dir: str | None = None, split_fractions=(0.98, 0.01, 0.01), may_build: bool = True):
+                 cache_dir: str | None = None, split_fractions=(0.98, 0.01, 0.01), may_build: bool = True,
+                 vocab_size: int | None = None):
         if not stages:
             raise ValueError("a blended dataset needs at least one stage")
         self.stages, self.seq_length = list(stages), seq_length
@@ -195,7 +197,8 @@ class BlendedDataset:
         self.source_index, self.source_sample_index, self.stage_index = \
             helpers.build_curriculum_blending_indices(self.stage_ends, weights)
         self.samples_per_source = np.bincount(self.source_index, minlength=len(self.sources))
-        self.datasets = [GPTDataset(dataclasses.replace(c, num_samples=int(n)), may_build=may_build)
+        self.datasets = [GPTDataset(dataclasses.replace(c, num_samples=int(n)), may_build=may_build,
+                                    vocab_size=vocab_size)
                          for c, n in zip(configs, self.samples_per_source)]
 
     def __len__(self) -> int:

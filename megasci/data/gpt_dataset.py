@@ -43,14 +43,22 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from megasci.data import helpers
-from megasci.data.indexed_dataset import IndexedDataset, data_file_path, index_file_path
-from megasci.data.sft import sft_output_prefixes
-from megasci.data.sidecar import read_sidecar, sidecar_path
+from megasci.data.commit import read_commit
+from megasci.data.indexed_dataset import IndexedDataset
+from megasci.data.naming import (
+    data_file_path,
+    index_file_path,
+    sft_output_prefix_of,
+    sft_output_prefixes,
+    sft_report_path,
+    sidecar_path,
+)
+from megasci.data.sidecar import read_sidecar
 from megasci.utils.io import atomic_output
 
 CACHE_FORMAT_VERSION = 1
@@ -107,13 +115,28 @@ class Sample:
 
 
 def loss_mask_prefix(prefix: str) -> str | None:
-    """The loss-mask dataset written beside an SFT token dataset (`sft_output_prefixes`), if there is one."""
+    """The loss-mask dataset written beside an SFT token dataset (`sft_output_prefixes`), or None for
+    a dataset that is not SFT.
+
+    A dataset is SFT when its name says so and its loss mask exists, or when the SFT run recorded it:
+    the tokens' commit record names the mask, or (datasets from before commit records) the run's
+    report `<out>_sft.json` is beside it. An SFT dataset whose mask is missing is an error: without
+    it every token, prompts and template markers included, would silently become a target.
+    """
     prefix = os.fspath(prefix)
-    tokens_suffix = sft_output_prefixes("")["tokens"]
-    if not prefix.endswith(tokens_suffix):
+    out = sft_output_prefix_of(prefix)
+    if out is None:
         return None
-    candidate = sft_output_prefixes(prefix[: -len(tokens_suffix)])["loss_mask"]
-    return candidate if os.path.isfile(index_file_path(candidate)) else None
+    candidate = sft_output_prefixes(out)["loss_mask"]
+    if os.path.isfile(index_file_path(candidate)):
+        return candidate
+    record = read_commit(prefix) or {}
+    if record.get("loss_mask") or (not record and os.path.isfile(sft_report_path(out))):
+        said_by = "its commit record" if record else sft_report_path(out)
+        raise FileNotFoundError(
+            f"{index_file_path(candidate)}: the loss mask of SFT dataset {prefix} is missing ({said_by} says it "
+            "was written with one); without it every token would be scored. Restore it or preprocess again")
+    return None
 
 
 def split_documents(num_documents: int, fractions, seed: int) -> dict[str, np.ndarray]:
@@ -209,16 +232,42 @@ def split_tokens(config: GPTDatasetConfig) -> int:
     return int(dataset.document_lengths()[select_documents(config, dataset)].sum())
 
 
+def check_loss_mask(tokens: IndexedDataset, mask: IndexedDataset) -> None:
+    """A loss mask must be the one written with its tokens: same document lengths and, when the SFT
+    run committed them as one write, the same write id (another run's mask can match in lengths)."""
+    if not np.array_equal(mask.document_lengths(), tokens.document_lengths()):
+        raise ValueError(f"{mask.prefix}: the loss mask's documents do not have the lengths of {tokens.prefix}'s")
+    written_with = (tokens.commit or {}).get("loss_mask") and tokens.commit["write_id"]
+    mask_write = (mask.commit or {}).get("write_id")
+    if written_with and mask_write != written_with:
+        raise ValueError(f"{mask.prefix}: the loss mask comes from write {mask_write}, its tokens {tokens.prefix} "
+                         f"from write {written_with}: they are not one SFT run's output")
+
+
+def _piece_spans(pieces) -> Iterator[tuple[int, int, int]]:
+    """(document, first, end) positions of each piece within the sample's tokens."""
+    at = 0
+    for document, start, stop in pieces:
+        yield document, at, at + stop - start
+        at += stop - start
+
+
 class GPTDataset:
     """Map-style dataset: `ds[i]` is sample i as an int64 array; `len(ds)` is `num_samples`.
 
     `may_build=False` only loads: a missing cache is an error instead of a build, for processes
-    that must read what another one built.
+    that must read what another one built. With `vocab_size` (the model's embedding rows), a token
+    id outside [0, vocab_size) is an error naming the dataset and the id before it can reach the
+    embedding: at once when the commit record shows one, else in the first sample that holds one.
     """
 
-    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices, may_build: bool = True):
+    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices, may_build: bool = True,
+                 vocab_size: int | None = None):
         self.config = config
+        self.vocab_size = vocab_size
         self.dataset = IndexedDataset(config.prefix)
+        if vocab_size is not None:
+            self.dataset.check_token_ids(vocab_size)
         self.description = cache_description(config)
         self.hash = cache_hash(self.description)
         self.built = False  # whether this process built the indices (False: loaded from the cache)
@@ -234,9 +283,8 @@ class GPTDataset:
         self._sample_tokens = config.seq_length + (1 if config.add_extra_token else 0)
         mask_prefix = loss_mask_prefix(config.prefix)
         self.loss_mask = None if mask_prefix is None else IndexedDataset(mask_prefix)
-        if self.loss_mask is not None and not np.array_equal(self.loss_mask.document_lengths(),
-                                                             self.dataset.document_lengths()):
-            raise ValueError(f"{mask_prefix}: the loss mask's documents do not have the lengths of {config.prefix}'s")
+        if self.loss_mask is not None:
+            check_loss_mask(self.dataset, self.loss_mask)
 
     def _cache_path(self, suffix: str) -> str:
         return os.path.join(self.config.cache_dir, self.hash + suffix)
@@ -293,16 +341,24 @@ class GPTDataset:
     def _gather(source: IndexedDataset, pieces) -> np.ndarray:
         return np.concatenate([source.get_document(d)[start:stop] for d, start, stop in pieces])
 
+    def _tokens(self, i: int, pieces) -> np.ndarray:
+        tokens = self._gather(self.dataset, pieces).astype(np.int64)
+        assert len(tokens) == self._sample_tokens, (len(tokens), self._sample_tokens)
+        if self.vocab_size is not None and len(tokens) and (tokens.max() >= self.vocab_size or tokens.min() < 0):
+            at = int(np.flatnonzero((tokens >= self.vocab_size) | (tokens < 0))[0])
+            document = next(d for d, start, stop in _piece_spans(pieces) if start <= at < stop)
+            raise ValueError(f"{data_file_path(self.config.prefix)}: token id {int(tokens[at])} (sample {i}, "
+                             f"document {document}) is outside the model's vocabulary of {self.vocab_size}; the "
+                             "dataset was tokenized with another tokenizer, or the model's vocab_size is too small")
+        return tokens
+
     def __getitem__(self, i: int) -> np.ndarray:
-        sample_tokens = self._gather(self.dataset, self._pieces(i)).astype(np.int64)
-        assert len(sample_tokens) == self._sample_tokens, (len(sample_tokens), self._sample_tokens)
-        return sample_tokens
+        return self._tokens(i, self._pieces(i))
 
     def sample(self, i: int) -> Sample:
         """Sample i with its document pieces and (SFT prefixes) loss mask; its tokens are `self[i]`."""
         pieces = self._pieces(i)
-        tokens = self._gather(self.dataset, pieces).astype(np.int64)
-        assert len(tokens) == self._sample_tokens, (len(tokens), self._sample_tokens)
+        tokens = self._tokens(i, pieces)
         lengths = np.asarray([stop - start for _, start, stop in pieces], dtype=np.int64)
         mask = None if self.loss_mask is None else self._gather(self.loss_mask, pieces).astype(np.uint8)
         return Sample(tokens=tokens, document_lengths=lengths, loss_mask=mask)

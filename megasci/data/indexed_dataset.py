@@ -19,21 +19,29 @@ Usually a document is one sequence (`add_document(tokens)`); Megatron also lets 
 several sequences (sentences), which `add_document(tokens, lengths)` writes.
 
 The reader memory-maps both files and never reads `.bin` eagerly, so datasets larger than RAM
-open instantly. The writer streams tokens to temporary files and renames them into place only in
-`finalize()`: an interrupted job leaves nothing under the final names.
+open quickly; opening checks that the index is consistent (byte pointers are the running sum of the
+lengths times the item size, the `.bin` holds exactly the tokens the index addresses, the dtype can
+hold the recorded tokenizer's ids) and that the files match their commit record. The writer streams
+tokens to temporary files and makes them visible only in `finalize()`, by the commit protocol of
+megasci/data/commit.py: an interrupted job leaves nothing under the final names, and a crash between
+renames leaves a dataset that refuses to open instead of one that mixes two writes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import shutil
 import struct
 from array import array
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from megasci.utils.io import AtomicFile, atomic_output
+from megasci.data.commit import commit_datasets, verify_commit
+from megasci.data.naming import data_file_path, index_file_path, sidecar_path
+from megasci.data.provenance import recorded_tokenizer, tokenizer_record_path
+from megasci.utils.io import AtomicFile
 
 _MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
@@ -57,14 +65,6 @@ class IndexedDatasetError(ValueError):
     """A `.bin/.idx` pair that is malformed, truncated or inconsistent."""
 
 
-def data_file_path(prefix: str | os.PathLike) -> str:
-    return f"{os.fspath(prefix)}.bin"
-
-
-def index_file_path(prefix: str | os.PathLike) -> str:
-    return f"{os.fspath(prefix)}.idx"
-
-
 def best_token_dtype(vocab_size: int) -> type:
     """uint16 while every token id fits in it, int32 otherwise (as the format spec requires)."""
     if vocab_size <= 0:
@@ -79,8 +79,32 @@ def dtype_code(dtype) -> int:
         raise ValueError(f"dtype {np.dtype(dtype)} has no Megatron dtype code") from None
 
 
+_CHECK_CHUNK = 1 << 22  # elements per step of the open-time checks: bounded memory on any index
+
+
+def _first_bad_pointer(sizes: np.ndarray, pointers: np.ndarray, itemsize: int) -> tuple[int, int] | None:
+    """(sequence, expected pointer) of the first pointer that is not the running sum of the lengths
+    before it times `itemsize` (how Megatron writes them), or None when all are."""
+    start_bytes = 0
+    for start in range(0, len(sizes), _CHECK_CHUNK):
+        chunk = sizes[start:start + _CHECK_CHUNK].astype(np.int64) * itemsize
+        expected = np.empty(len(chunk), np.int64)
+        expected[0] = start_bytes
+        np.cumsum(chunk[:-1], out=expected[1:])
+        expected[1:] += start_bytes
+        bad = np.flatnonzero(pointers[start:start + _CHECK_CHUNK] != expected)
+        if len(bad):
+            return start + int(bad[0]), int(expected[bad[0]])
+        start_bytes = int(expected[-1] + chunk[-1])
+    return None
+
+
 class IndexedDataset:
-    """Memory-mapped reader. `ds[i]` is sequence i; `get(i, offset, length)` a slice of it."""
+    """Memory-mapped reader. `ds[i]` is sequence i; `get(i, offset, length)` a slice of it.
+
+    `commit` is the dataset's commit record (None for a dataset written without one, e.g. by
+    Megatron-LM); opening verifies the files against it and checks the index's consistency.
+    """
 
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = os.fspath(prefix)
@@ -88,6 +112,7 @@ class IndexedDataset:
         for path in (idx_path, bin_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path}: indexed dataset file not found")
+        self.commit = verify_commit(self.prefix)
         idx_bytes = os.path.getsize(idx_path)
         if idx_bytes < _HEADER.size:
             raise IndexedDatasetError(f"{idx_path}: {idx_bytes} bytes is too short for an index header")
@@ -114,14 +139,73 @@ class IndexedDataset:
         offset += self.pointers.nbytes
         self.document_indices = np.frombuffer(self._index, dtype=np.int64, count=num_doc_idx, offset=offset)
 
+        self._check_index(idx_path, bin_path)
+        # np.memmap refuses empty files; an empty dataset has nothing to map.
         bin_bytes = os.path.getsize(bin_path)
-        need = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if num_seq else 0
+        self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if bin_bytes else np.empty(0, self.dtype)
+
+    def _check_index(self, idx_path: str, bin_path: str) -> None:
+        """The index against itself, the `.bin`'s size and the recorded tokenizer; errors name the file."""
+        num_seq, itemsize = len(self.sizes), self.dtype.itemsize
+        if num_seq and int(self.sizes.min()) < 0:
+            first = int(np.flatnonzero(self.sizes < 0)[0])
+            raise IndexedDatasetError(
+                f"{idx_path}: sequence {first} has a negative length {int(self.sizes[first])} (corrupt)")
+        bad = _first_bad_pointer(self.sizes, self.pointers, itemsize)
+        if bad is not None:
+            raise IndexedDatasetError(
+                f"{idx_path}: sequence {bad[0]} starts at byte {int(self.pointers[bad[0]])}, but the lengths before it "
+                f"put it at {bad[1]} (pointers are the running sum of the lengths times {itemsize}, the size of "
+                f"{self.dtype}): the index is corrupt")
+        doc = self.document_indices
+        if len(doc) == 0 or doc[0] != 0 or doc[-1] != num_seq:
+            raise IndexedDatasetError(f"{idx_path}: document indices must run from 0 to the sequence count {num_seq}")
+        if len(doc) > 1 and bool((doc[1:] < doc[:-1]).any()):
+            raise IndexedDatasetError(f"{idx_path}: document indices decrease (corrupt)")
+        bin_bytes = os.path.getsize(bin_path)
+        need = self.num_tokens * itemsize
         if bin_bytes < need:
             raise IndexedDatasetError(f"{bin_path}: {bin_bytes} bytes, but the index addresses {need} (truncated)")
-        if num_doc_idx == 0 or self.document_indices[0] != 0 or self.document_indices[-1] != num_seq:
-            raise IndexedDatasetError(f"{idx_path}: document indices must run from 0 to the sequence count {num_seq}")
-        # np.memmap refuses empty files; an empty dataset has nothing to map.
-        self._bin = np.memmap(bin_path, mode="r", dtype=self.dtype) if bin_bytes else np.empty(0, self.dtype)
+        if bin_bytes != need:
+            raise IndexedDatasetError(
+                f"{bin_path}: {bin_bytes} bytes, but the {self.num_tokens} tokens of {idx_path} take {need} as "
+                f"{self.dtype}: the .bin belongs to another index, or the index names the wrong dtype")
+        vocab_size = (recorded_tokenizer(self.prefix) or {}).get("vocab_size")
+        if isinstance(vocab_size, int) and np.issubdtype(self.dtype, np.integer) \
+                and vocab_size - 1 > np.iinfo(self.dtype).max:
+            raise IndexedDatasetError(
+                f"{idx_path}: dtype {self.dtype} cannot hold the ids of the tokenizer that "
+                f"{tokenizer_record_path(self.prefix)} records (vocabulary {vocab_size}): "
+                "the index names the wrong dtype")
+
+    def token_id_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) token id as the commit record states them; None when unknown or empty."""
+        if self.commit is None or self.commit.get("max_token_id") is None:
+            return None
+        return int(self.commit["min_token_id"]), int(self.commit["max_token_id"])
+
+    def first_token_outside(self, vocab_size: int) -> tuple[int, int] | None:
+        """(document, token id) of the first token id outside [0, vocab_size), scanning `.bin` in order."""
+        ends = np.cumsum(self.document_lengths())
+        for start in range(0, len(self._bin), _CHECK_CHUNK):
+            chunk = np.asarray(self._bin[start:start + _CHECK_CHUNK])
+            bad = np.flatnonzero((chunk >= vocab_size) | (chunk < 0))
+            if len(bad):
+                position = start + int(bad[0])
+                return int(np.searchsorted(ends, position, side="right")), int(chunk[bad[0]])
+        return None
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Refuse a dataset whose commit record shows a token id outside [0, vocab_size), naming the first;
+        a dataset without a record is checked sample by sample instead (GPTDataset)."""
+        id_range = self.token_id_range()
+        if id_range is None or (id_range[0] >= 0 and id_range[1] < vocab_size):
+            return
+        found = self.first_token_outside(vocab_size)
+        document, token = found if found is not None else (None, id_range[1])
+        raise IndexedDatasetError(
+            f"{data_file_path(self.prefix)}: token id {token} (document {document}) is outside the vocabulary "
+            f"of {vocab_size}; the dataset was written with another tokenizer, or the model's vocab_size is too small")
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -168,7 +252,9 @@ class IndexedDatasetWriter:
     """Streams documents into `<prefix>.bin/.idx`; nothing appears under those names before `finalize()`.
 
     Use as a context manager: leaving the block normally finalizes, an exception discards the
-    temporary files.
+    temporary files. Files that belong to the dataset (its sidecar, its tokenizer record) are
+    `attach`ed and committed with it; several writers of one output (SFT tokens and loss mask)
+    commit together with `finalize_together`.
     """
 
     def __init__(self, prefix: str | os.PathLike, dtype=np.int32):
@@ -177,9 +263,26 @@ class IndexedDatasetWriter:
         dtype_code(self.dtype)  # reject dtypes the format cannot name, before writing anything
         self._bin_target = AtomicFile(data_file_path(prefix), "wb")
         self._bin = self._bin_target.file
+        self._bin_sha256 = hashlib.sha256()
+        self._idx_target: AtomicFile | None = None
+        self._attached: list[AtomicFile] = []
         self._sizes = array("i")  # int32, like the on-disk lengths
         self._doc_idx = array("q", [0])
+        self._id_range: list[int] | None = None  # [min, max] token id written (integer dtypes)
         self._done = False
+
+    def _write(self, arr: np.ndarray) -> None:
+        data = arr.tobytes()
+        self._bin.write(data)
+        self._bin_sha256.update(data)
+        if arr.size and np.issubdtype(arr.dtype, np.integer):
+            self._note_range(int(arr.min()), int(arr.max()))
+
+    def _note_range(self, lo: int, hi: int) -> None:
+        if self._id_range is None:
+            self._id_range = [lo, hi]
+        else:
+            self._id_range = [min(self._id_range[0], lo), max(self._id_range[1], hi)]
 
     def add_item(self, tokens) -> None:
         """Append one sequence without closing the current document (Megatron's `add_item`)."""
@@ -187,7 +290,7 @@ class IndexedDatasetWriter:
         if arr.ndim != 1:
             raise ValueError(f"tokens must be 1-D, got shape {arr.shape}")
         arr = self._cast(arr)
-        self._bin.write(arr.tobytes())
+        self._write(arr)
         self._sizes.append(len(arr))
 
     def end_document(self) -> None:
@@ -200,7 +303,7 @@ class IndexedDatasetWriter:
             lengths = [len(arr)]
         if sum(lengths) != len(arr):
             raise ValueError(f"lengths sum to {sum(lengths)} but the document has {len(arr)} tokens")
-        self._bin.write(arr.tobytes())
+        self._write(arr)
         self._sizes.extend(int(n) for n in lengths)
         self.end_document()
 
@@ -212,13 +315,14 @@ class IndexedDatasetWriter:
             raise ValueError(f"document lengths sum to {int(lengths.sum())} but {len(arr)} tokens were given")
         if len(lengths) and int(lengths.max()) >= 2**31:
             raise ValueError(f"a document of {int(lengths.max())} tokens exceeds the format's int32 sequence length")
-        self._bin.write(arr.tobytes())
+        self._write(arr)
         first = len(self._sizes)
         self._sizes.extend(lengths.astype(np.int32).tolist())
         self._doc_idx.extend(range(first + 1, first + len(lengths) + 1))
 
     def add_index(self, other_prefix: str | os.PathLike) -> None:
-        """Append a whole existing dataset (same dtype): the merge step."""
+        """Append a whole existing dataset (same dtype): the merge step. Its `.bin` is checked against
+        the checksum its commit record holds as it is copied, so a damaged input is not merged."""
         other = IndexedDataset(other_prefix)
         if other.dtype != self.dtype:
             raise IndexedDatasetError(
@@ -227,8 +331,21 @@ class IndexedDatasetWriter:
         offset = len(self._sizes)
         self._sizes.extend(other.sizes.tolist())
         self._doc_idx.extend((other.document_indices[1:] + offset).tolist())
+        copied = hashlib.sha256()
         with open(data_file_path(other_prefix), "rb") as f:
-            shutil.copyfileobj(f, self._bin, length=16 << 20)
+            for block in iter(lambda: f.read(16 << 20), b""):
+                self._bin.write(block)
+                self._bin_sha256.update(block)
+                copied.update(block)
+        expected = ((other.commit or {}).get("files") or {}).get(".bin", {}).get("sha256")
+        if expected is not None and copied.hexdigest() != expected:
+            raise IndexedDatasetError(f"{data_file_path(other_prefix)}: its sha256 differs from the one its commit "
+                                      "record holds: the file was changed or damaged after it was written")
+        id_range = other.token_id_range()
+        if id_range is None and other.num_tokens and np.issubdtype(other.dtype, np.integer):
+            id_range = (int(other._bin.min()), int(other._bin.max()))
+        if id_range is not None:
+            self._note_range(*id_range)
 
     @property
     def num_documents(self) -> int:
@@ -244,24 +361,54 @@ class IndexedDatasetWriter:
                 raise ValueError(f"token ids [{lo}, {hi}] do not fit {self.dtype} in {self.prefix}")
         return arr.astype(self.dtype)
 
-    def finalize(self) -> None:
-        """Write the index and move both files under their final names (`.bin` first, `.idx` last)."""
-        if self._done:
+    def attach(self, target: AtomicFile) -> None:
+        """Commit `target` (a file of this dataset, `<prefix>.<something>`) together with `.bin/.idx`."""
+        if not target.path.startswith(self.prefix):
+            raise ValueError(f"{target.path} is not a file of dataset {self.prefix}")
+        self._attached.append(target)
+
+    def attach_json(self, path: str, obj) -> None:
+        """Write `obj` as the JSON file `path` of this dataset, committed with it (e.g. its tokenizer record)."""
+        target = AtomicFile(path, "w")
+        json.dump(obj, target.file, indent=2, ensure_ascii=False)
+        target.file.write("\n")
+        self.attach(target)
+
+    def stage(self) -> None:
+        """Write the index under a temporary name: the files are then ready to commit."""
+        if self._idx_target is not None:
             return
         if len(self._doc_idx) == 0 or self._doc_idx[-1] != len(self._sizes):
             self.end_document()  # trailing sequences added with add_item form a last document
-        self._bin_target.commit()
-        write_index(index_file_path(self.prefix), self.dtype, np.frombuffer(self._sizes, dtype=np.int32),
-                    np.frombuffer(self._doc_idx, dtype=np.int64))
-        self._done = True
+        self._idx_target = AtomicFile(index_file_path(self.prefix), "wb")
+        _write_index_to(self._idx_target.file, self.dtype, np.frombuffer(self._sizes, dtype=np.int32),
+                        np.frombuffer(self._doc_idx, dtype=np.int64))
+
+    def staged_files(self) -> list[AtomicFile]:
+        if self._idx_target is None:
+            raise RuntimeError(f"{self.prefix}: stage() the dataset before committing it")
+        return [self._bin_target, *self._attached, self._idx_target]
+
+    def commit_facts(self) -> dict:
+        facts = {"dtype": self.dtype.name, "documents": self.num_documents, "sequences": len(self._sizes),
+                 "tokens": int(np.frombuffer(self._sizes, dtype=np.int32).sum(dtype=np.int64)),
+                 "bin_sha256": self._bin_sha256.hexdigest()}
+        if self._id_range is not None:
+            facts["min_token_id"], facts["max_token_id"] = self._id_range
+        return facts
+
+    def finalize(self) -> None:
+        """Write the index and make the dataset's files visible together (commit protocol, commit.py)."""
+        finalize_together([self])
 
     def discard(self) -> None:
         if self._done:
             return
-        self._bin_target.discard()
+        for target in [self._bin_target, *self._attached] + ([self._idx_target] if self._idx_target else []):
+            target.discard()
         self._done = True
 
-    def __enter__(self) -> "IndexedDatasetWriter":
+    def __enter__(self) -> IndexedDatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -271,8 +418,26 @@ class IndexedDatasetWriter:
             self.discard()
 
 
-def write_index(path: str, dtype, sizes: np.ndarray, document_indices: np.ndarray) -> None:
-    """Write a complete `.idx` file, atomically; byte pointers are the running sum of sizes times the item size."""
+def finalize_together(writers: Sequence[IndexedDatasetWriter], links: dict[str, dict] | None = None) -> None:
+    """Commit several datasets as one write (one write id), e.g. SFT tokens and their loss mask;
+    `links` adds fields to a dataset's commit record by prefix. On failure the temporary files go."""
+    pending = [w for w in writers if not w._done]
+    if not pending:
+        return
+    try:
+        for writer in pending:
+            writer.stage()
+        commit_datasets(pending, links)
+    except BaseException:
+        for writer in pending:
+            writer.discard()
+        raise
+    for writer in pending:
+        writer._done = True
+
+
+def _write_index_to(f, dtype, sizes: np.ndarray, document_indices: np.ndarray) -> None:
+    """The `.idx` bytes; byte pointers are the running sum of sizes times the item size."""
     dtype = np.dtype(dtype)
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
     document_indices = np.ascontiguousarray(document_indices, dtype=np.int64)
@@ -280,19 +445,36 @@ def write_index(path: str, dtype, sizes: np.ndarray, document_indices: np.ndarra
     if len(sizes) > 1:
         np.cumsum(sizes[:-1], dtype=np.int64, out=pointers[1:])
     pointers *= dtype.itemsize
-    with atomic_output(path, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, _VERSION, dtype_code(dtype), len(sizes), len(document_indices)))
-        f.write(sizes.tobytes())
-        f.write(pointers.tobytes())
-        f.write(document_indices.tobytes())
+    f.write(_HEADER.pack(_MAGIC, _VERSION, dtype_code(dtype), len(sizes), len(document_indices)))
+    f.write(sizes.tobytes())
+    f.write(pointers.tobytes())
+    f.write(document_indices.tobytes())
 
 
-def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | os.PathLike) -> IndexedDataset:
-    """Concatenate datasets of one dtype, in the given order, into `output_prefix`."""
+def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | os.PathLike,
+                   sidecar: bool = False, tokenizer: dict | None = None) -> IndexedDataset:
+    """Concatenate datasets of one dtype, in the given order, into `output_prefix`, committed as one
+    write with the inputs' sidecars concatenated (`sidecar`: each input must have one) and the
+    `tokenizer` record (the identity every input records, `provenance.common_tokenizer`)."""
+    from megasci.data.sidecar import SidecarWriter  # sidecar.py reads datasets: imported here, not at the top
+
     if not prefixes:
         raise ValueError("nothing to merge: no input prefixes")
     dtype = IndexedDataset(prefixes[0]).dtype
-    with IndexedDatasetWriter(output_prefix, dtype=dtype) as writer:
+    writer = IndexedDatasetWriter(output_prefix, dtype=dtype)
+    try:
         for prefix in prefixes:
             writer.add_index(prefix)
+        if sidecar:
+            lines = SidecarWriter(output_prefix)
+            writer.attach(lines.target)
+            for prefix in prefixes:
+                with open(sidecar_path(prefix), encoding="utf-8") as f:
+                    lines.add_lines([line.rstrip("\n") for line in f])
+        if tokenizer is not None:
+            writer.attach_json(tokenizer_record_path(output_prefix), tokenizer)
+        writer.finalize()
+    except BaseException:
+        writer.discard()
+        raise
     return IndexedDataset(output_prefix)

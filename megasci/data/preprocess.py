@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype
-from megasci.data.provenance import output_prefix_for, record_tokenizer, report_path_for
+from megasci.data.indexed_dataset import IndexedDatasetWriter, best_token_dtype, finalize_together
+from megasci.data.naming import output_prefix_for, report_path_for, tokenizer_record_path
 from megasci.data.records import BadRecord, RecordBlock, iter_blocks, read_block
 from megasci.data.sidecar import SidecarWriter
 from megasci.tokenizer import Tokenizer, load_tokenizer
@@ -163,6 +163,9 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
                 "dtype": dtype, "append_eod": cfg.append_eod}
     writers = {key: IndexedDatasetWriter(prefix, dtype=dtype) for key, prefix in outputs.items()}
     sidecars = {key: SidecarWriter(prefix) for key, prefix in outputs.items()}
+    for key, prefix in outputs.items():  # committed with their datasets (commit.py), not after them
+        writers[key].attach(sidecars[key].target)
+        writers[key].attach_json(tokenizer_record_path(prefix), tokenizer.identity())
     errors: collections.Counter = collections.Counter()
     reported = 0
     lines_before = collections.Counter()  # per file: lines in the blocks already written
@@ -199,14 +202,10 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
             first = cfg.json_keys[0]
             bar.set_postfix_str(f"{summary.documents[first] / elapsed:,.0f} docs/s "
                                 f"{summary.tokens[first] / elapsed:,.0f} tok/s", refresh=False)
-        for key, prefix in outputs.items():
-            writers[key].finalize()
-            sidecars[key].finalize()
-            record_tokenizer(prefix, tokenizer.identity())
+        finalize_together(list(writers.values()))
     except BaseException:
         for key in outputs:
             writers[key].discard()
-            sidecars[key].discard()
         raise
     finally:
         if bar is not None:

@@ -1,7 +1,8 @@
 """What a dataset records about how it was made: the tokenizer that wrote its ids, and its report.
 
 Every writer of token datasets (preprocess, preprocess_sft, merge) records the identity of its
-tokenizer beside the dataset, in `<prefix>.tokenizer.json` (`record_tokenizer`); that is the rule,
+tokenizer beside the dataset, in `<prefix>.tokenizer.json` (committed with the dataset's files, see
+megasci/data/commit.py; `record_tokenizer` writes one alone); that is the rule,
 and merging keeps it only when every input agrees. Datasets written before that record existed are
 traced through their preprocessing report instead: preprocessing names a run's outputs
 `output_prefix_for(out, key)` = `<out>_<key>_document` and writes one report, `<out>_preprocess.json`,
@@ -17,18 +18,8 @@ from __future__ import annotations
 import json
 import os
 
+from megasci.data.naming import DOCUMENT_SUFFIX, output_prefix_for, report_path_for, tokenizer_record_path
 from megasci.utils.io import file_sha256, write_json_atomic
-
-DOCUMENT_SUFFIX = "_document"
-
-
-def output_prefix_for(output_prefix: str, key: str) -> str:
-    """Megatron's naming of a preprocessing output: `<prefix>_<key>_document`."""
-    return f"{output_prefix}_{key}{DOCUMENT_SUFFIX}"
-
-
-def tokenizer_record_path(prefix: str) -> str:
-    return f"{os.fspath(prefix)}.tokenizer.json"
 
 
 def record_tokenizer(prefix: str, identity: dict) -> None:
@@ -57,11 +48,6 @@ def common_tokenizer(prefixes: list[str]) -> dict | None:
             raise ValueError(f"{tokenizer_record_path(prefix)} and {tokenizer_record_path(known[0][0])} record "
                              f"different tokenizers: their token ids do not mean the same thing")
     return known[0][1] if known and len(known) == len(prefixes) else None
-
-
-def report_path_for(output_prefix: str) -> str:
-    """The report of the preprocessing run with `--output-prefix output_prefix`, as preprocess.py names it."""
-    return f"{output_prefix}_preprocess.json"
 
 
 def preprocess_report(prefix: str) -> str | None:

@@ -2,20 +2,18 @@
 
 `<dataset prefix>.docs.jsonl` line d describes document d of `<prefix>.bin/.idx` (paper id,
 source name, section label, ...): what sampling needs to select or weight documents without
-touching the tokens. JSON lines stay readable with `head` and `grep`, and merge by concatenation.
+touching the tokens. JSON lines stay readable with `head` and `grep`, and merge by concatenation
+(`indexed_dataset.merge_datasets`). A writer of a dataset attaches the sidecar's `target` to its
+`IndexedDatasetWriter`, so both are committed together; `finalize()` commits a sidecar alone.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from megasci.data.indexed_dataset import IndexedDataset
+from megasci.data.naming import sidecar_path
 from megasci.utils.io import AtomicFile
-
-
-def sidecar_path(prefix: str) -> str:
-    return f"{prefix}.docs.jsonl"
 
 
 class SidecarWriter:
@@ -23,8 +21,8 @@ class SidecarWriter:
 
     def __init__(self, prefix: str):
         self.path = sidecar_path(prefix)
-        self._target = AtomicFile(self.path, "w")
-        self._file = self._target.file
+        self.target = AtomicFile(self.path, "w")
+        self._file = self.target.file
         self.count = 0
 
     def add(self, record: dict) -> None:
@@ -38,10 +36,10 @@ class SidecarWriter:
         self.count += len(lines)
 
     def finalize(self) -> None:
-        self._target.commit()
+        self.target.commit()
 
     def discard(self) -> None:
-        self._target.discard()
+        self.target.discard()
 
 
 def read_sidecar(prefix: str, check_against_dataset: bool = True) -> list[dict]:
@@ -60,19 +58,3 @@ def read_sidecar(prefix: str, check_against_dataset: bool = True) -> list[dict]:
             raise ValueError(f"{path}: {len(records)} metadata lines for {documents} documents in {prefix}.idx")
     return records
 
-
-def merge_sidecars(prefixes: list[str], output_prefix: str) -> bool:
-    """Concatenate the inputs' sidecars in order; only when every input has one (returns whether it did)."""
-    paths = [sidecar_path(p) for p in prefixes]
-    if not all(os.path.isfile(p) for p in paths):
-        return False
-    writer = SidecarWriter(output_prefix)
-    try:
-        for path in paths:
-            with open(path, encoding="utf-8") as f:
-                writer.add_lines([line.rstrip("\n") for line in f])
-        writer.finalize()
-    except BaseException:
-        writer.discard()
-        raise
-    return True

@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
-from megasci.data.indexed_dataset import IndexedDataset, data_file_path
-from megasci.data.sidecar import read_sidecar, sidecar_path
+from megasci.data.indexed_dataset import IndexedDataset
+from megasci.data.naming import data_file_path, sidecar_path
+from megasci.data.sidecar import read_sidecar
 
 
 def dataset_statistics(prefix: str, label_key: str = "section") -> dict:

@@ -53,7 +53,8 @@ def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True
     else:
         raise ValueError("the config needs data.blend or data.curriculum")
     dataset = BlendedDataset(stages, cfg.data.seq_length, seed=cfg.data.seed, split="train", cache_dir=cache_dir,
-                             split_fractions=cfg.data.split, may_build=may_build)
+                             split_fractions=cfg.data.split, may_build=may_build,
+                             vocab_size=cfg.model.build().vocab_size)  # token ids checked before the embedding
     if len(dataset) < needed:
         raise ValueError(f"the curriculum covers {len(dataset):,} samples but {cfg.train.train_steps:,} steps of "
                          f"{cfg.train.global_batch_size} need {needed:,}; extend the last stage")
@@ -73,7 +74,7 @@ def build_eval_datasets(cfg: TrainConfig, train: BlendedDataset, cache_dir: str,
             print_rank0(f"validation: source {source.name} has no full sample in its validation split; not evaluated")
             continue
         datasets[source.name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
-                                           may_build=may_build)
+                                           may_build=may_build, vocab_size=cfg.model.build().vocab_size)
     return datasets
 
 

@@ -10,8 +10,9 @@ import torch
 from safetensors import safe_open
 
 from megasci.corpus.synthetic import generate_papers
-from megasci.export_hf import (LOGIT_RTOL, ExportError, Report, _check_logits, export_checkpoint,
-                               literal_text_caveats, sentencepiece_to_tokenizers, verify_export, write_tokenizer_files)
+from megasci.export.verify import LOGIT_RTOL, _check_logits
+from megasci.export_hf import (ExportError, Report, export_checkpoint, literal_text_caveats,
+                               sentencepiece_to_tokenizers, verify_export, write_tokenizer_files)
 from megasci.model import build_model, get_config, hf_config_dict, to_hf_state_dict
 from megasci.tokenizer import SentencePieceTokenizer, SentencePieceTrainConfig, train_sentencepiece
 from megasci.training.checkpoint import save_checkpoint

@@ -51,8 +51,8 @@ def main(out_path):
     if env.rank == 0:
         with open(out_path, "w") as f:
             json.dump({"loss": result.loss, "grad_norm": result.grad_norm}, f)
-    shutdown_distributed()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown_distributed()  # after main: nothing left alive holds the group when it is destroyed

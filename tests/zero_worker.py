@@ -40,7 +40,6 @@ def main(out_path, bucket_numel):
                 train(env, f"{out_path}.{mode}.{name}", bucket_numel, dtype, mode)
     if env.world_size > 1:
         skipped_layer(env, f"{out_path}.skipped")
-    shutdown_distributed()
 
 
 def skipped_layer(env, out_path):
@@ -115,3 +114,4 @@ def train(env, out_path, bucket_numel, dtype, mode="default"):
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    shutdown_distributed()  # after main: nothing left alive holds the group when it is destroyed

@@ -1,4 +1,5 @@
-# Entry points, each setting itself up on a fresh machine: `make demo` (then `make demo-sft`) and `make test`.
+# Entry points, each setting itself up on a fresh machine: `make demo` (then `make demo-sft`), `make test`
+# (everything), `make test-fast` (skips the modules marked slow in tests/conftest.py) and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ DEMO_DIR ?= demo_output
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: setup demo demo-sft test clean
+.PHONY: setup demo demo-sft test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -33,5 +34,14 @@ demo-sft: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Lint, format check and type check; configured in pyproject.toml, pinned in the dev extra.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 clean:
-	rm -rf $(VENV) build *.egg-info megasci/_C*.so $(DEMO_DIR)
+	rm -rf $(VENV) build *.egg-info megasci/_C*.so $(DEMO_DIR) .mypy_cache .ruff_cache

@@ -5,10 +5,11 @@ What a mode costs in memory is every tensor the forward pass leaves alive for th
 autograd's saved tensors, the inputs a checkpointed region keeps, and what a selective-checkpoint
 policy caches. All three are storages created during the forward pass that are still alive once it
 has returned, so that is what is counted (saved_tensors_hooks alone see only the first kind; their
-count is reported beside it as a cross-check, and agrees for `none`): a dispatch mode records every op output's storage during
-the forward (the loss included), and after it the live ones are summed, each storage once however
-many views share it, except the parameters' own storages (a transposed weight is an op output that
-views one). Recomputation is counted with `torch.utils.flop_counter.FlopCounterMode` over forward + backward: recomputed ops appear twice.
+count is reported beside it as a cross-check, and agrees for `none`): a dispatch mode records every
+op output's storage during the forward (the loss included), and after it the live ones are summed,
+each storage once however many views share it, except the parameters' own storages (a transposed
+weight is an op output that views one). Recomputation is counted with
+`torch.utils.flop_counter.FlopCounterMode` over forward + backward: recomputed ops appear twice.
 
 By default it runs on the meta device at full size (1p36b, bf16, seq 768, micro-batch 8): shapes
 and dtypes, no data, seconds on a CPU. Because the meta device has no fused kernels, the ops run as

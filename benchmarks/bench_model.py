@@ -25,8 +25,8 @@ import torch
 
 from megasci import ops
 from megasci.model import build_model, get_config
-from megasci.model.dtypes import DTYPES
 from megasci.model.config import flops_per_token
+from megasci.model.dtypes import DTYPES
 from megasci.training.metrics import device_peak_tflops
 from megasci.training.parallelize import apply_activation_checkpointing
 
@@ -81,12 +81,13 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
     for op, make_inputs, call in op_cases(cfg, args.tokens, device, dtype):
         inputs = make_inputs()
 
-        def run(fn=call):
+        # Loop values are bound as defaults: each closure is used within its own iteration only.
+        def run(fn=call, inputs=inputs):
             out = fn(*inputs)
             out.float().sum().backward() if out.dim() else out.backward()
             return out
 
-        def grads_of(backend):
+        def grads_of(backend, op=op, inputs=inputs, run=run):
             for t in inputs:
                 t.grad = None
             ops.set_backend(op, backend)
@@ -112,7 +113,7 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
                 out = run(fn)
                 errors = [relative_error(out.detach(), ref_out)] + [
                     relative_error(t.grad, g) for t, g in zip((t for t in inputs if t.requires_grad), ref_grads)]
-                seconds = median_seconds(lambda: run(fn), device, args.repeats)
+                seconds = median_seconds(lambda fn=fn: run(fn), device, args.repeats)
                 rows.append({"kind": "op", "op": op, "variant": name, "tokens": args.tokens,
                              "ms": seconds * 1e3, "max_rel_error": max(errors)})
             except Exception as e:  # a backend that cannot run here is reported, not fatal
@@ -138,7 +139,7 @@ def bench_model(cfg, args, device, dtype) -> list[dict]:
             tokens = torch.randint(0, cfg.vocab_size, (micro, seq), device=device)
             labels = torch.randint(0, cfg.vocab_size, (micro, seq), device=device)
 
-            def step():
+            def step(tokens=tokens, labels=labels):
                 model(tokens, labels).backward()
 
             try:

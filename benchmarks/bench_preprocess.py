@@ -118,7 +118,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, sentencepiece {spm.__version__}")
     print(f"raw SentencePieceProcessor.encode, 1 process: {raw:,.0f} tokens/s (list of ids); "
           f"{raw_numpy:,.0f} tokens/s (out_type='numpy', what the workers call)")
-    print(f"{'start':>10} {'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'raw xN':>12} {'vs raw xN':>9} {'in-worker':>9} {'scaling':>8}")
+    print(f"{'start':>10} {'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'raw xN':>12} "
+          f"{'vs raw xN':>9} {'in-worker':>9} {'scaling':>8}")
     for row in rows:
         print(f"{row['start_method']:>10} {row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
               f"{row['overhead']:>8.1%} {row['raw_parallel']:>12,.0f} {row['overhead_vs_parallel']:>8.1%} "

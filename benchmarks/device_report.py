@@ -44,8 +44,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
             detail += f" {passed} passed, {r['failures']} failed, {r['errors']} errors, {r['skipped']} skipped"
         lines.append(f"{r['part']:<22} {r['rc']:>4} {r['seconds']:>8.1f} {detail}")
     for r in (r for r in rows if r["kind"] == "op"):
-        detail = (f"{r['ms']:.3f} ms, max rel err {r['max_rel_error']:.1e}, x{r.get('speedup_vs_reference', 0):.2f} vs reference"
-                  if "ms" in r else r["error"])
+        detail = (f"{r['ms']:.3f} ms, max rel err {r['max_rel_error']:.1e}, "
+                  f"x{r.get('speedup_vs_reference', 0):.2f} vs reference" if "ms" in r else r["error"])
         lines.append(f"op {r['op']:<19} {r['variant']:<28} {detail}")
     for r in (r for r in rows if r["kind"] == "train"):
         head = (f"train {r['contender']:<4} mb {r.get('micro_batch', '-'):>3} x{r.get('accumulation', '-'):<3} "

@@ -11,6 +11,25 @@ from megasci import ops
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
 ARXIV_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "arxiv_sample")
 
+# Modules that train, spawn processes, run tools end to end, build a corpus or run the Triton
+# interpreter. `make test-fast` (pytest -m "not slow") skips them to stay under 3 minutes on 2 cores;
+# `make test` runs everything. A new module whose tests take more than a few seconds belongs here.
+SLOW_MODULES = frozenset({
+    "test_bench_train", "test_chat_template", "test_corpus_builder", "test_corpus_fast_paths",
+    "test_corpus_residue", "test_demo_and_tools", "test_device_check", "test_eval_ppl", "test_export_hf",
+    "test_finetune", "test_generate", "test_gradient_modes_training", "test_multinode", "test_parquet_preprocess",
+    "test_plan_run", "test_preprocess", "test_profiler", "test_readme", "test_sft_data", "test_sft_loss",
+    "test_slurm", "test_tokenizer", "test_training", "test_training_data", "test_triton_ops", "test_zero",
+})
+_missing = sorted(m for m in SLOW_MODULES if not os.path.exists(os.path.join(os.path.dirname(__file__), m + ".py")))
+assert not _missing, f"SLOW_MODULES names modules that do not exist (renamed?): {_missing}"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def shared_sample_corpus(tmp_path_factory):

@@ -11,9 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megasci.model import (PRESETS, Transformer, build_model, flops_per_token, from_hf_state_dict,
-                           get_config, hf_config_dict, num_matmul_parameters, num_parameters,
-                           parameter_breakdown, to_hf_state_dict)
+from megasci.model import (
+    PRESETS,
+    Transformer,
+    build_model,
+    flops_per_token,
+    from_hf_state_dict,
+    get_config,
+    hf_config_dict,
+    num_matmul_parameters,
+    num_parameters,
+    parameter_breakdown,
+    to_hf_state_dict,
+)
 
 transformers = pytest.importorskip("transformers")
 

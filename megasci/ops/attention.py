@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ def attention_sdpa(q, k, v, causal: bool = True, softmax_scale: float | None = N
                    segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     groups = q.shape[2] // k.shape[2]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}  # Any: mypy would match a bool value against every sdpa parameter
     if groups > 1:
         if _SDPA_HAS_GQA:
             kwargs["enable_gqa"] = True

@@ -9,8 +9,8 @@ choose from its inputs, for example apex only for CUDA tensors; naming a backend
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

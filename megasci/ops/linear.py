@@ -26,7 +26,7 @@ from .accumulate import accumulate_matmul
 def add_to_main_grad(weight: torch.Tensor, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
     """`weight.main_grad += grad_out^T @ inputs` summed in main_grad's dtype (ops/accumulate.py), then
     the owner told; grad_out [N, out], inputs [N, in]."""
-    accumulate_matmul(weight.main_grad, grad_out.t(), inputs)
+    accumulate_matmul(weight.main_grad, grad_out.t(), inputs)  # type: ignore[attr-defined]  # set by the owner
     added = getattr(weight, "main_grad_added", None)
     if added is not None:
         added()

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .backends import TRITON_DTYPES as SUPPORTED_DTYPES
+
 MAX_RMS_NORM_COLUMNS = 65536
 _SWIGLU_BLOCK = 1024
 

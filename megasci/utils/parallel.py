@@ -7,7 +7,8 @@ reading it all into memory; here at most `in_flight` items are pending at any ti
 from __future__ import annotations
 
 import collections
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -71,12 +71,35 @@ class OptimSection:
     z_loss: float = 0.0  # weight of mean(logsumexp(logits)^2) added to the loss (PaLM uses 1e-4)
 
     def __post_init__(self):
+        """Values no optimiser can run with fail here, naming the key, not as NaNs or a frozen model later."""
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ValueError(f"optim.decay_fraction: expected a fraction in [0, 1], got {self.decay_fraction}")
         if self.z_loss < 0:
             raise ValueError(f"optim.z_loss: expected a non-negative weight, got {self.z_loss}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr: the peak learning rate must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr: expected a value in [0, optim.lr = {self.lr}], got {self.min_lr}")
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"optim.betas[{i}]: expected a value in [0, 1), got {beta}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps: expected a positive value, got {self.eps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay: expected a non-negative value, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # decoupled decay multiplies the weights by 1 - lr x weight_decay
+            raise ValueError(f"optim.weight_decay: {self.weight_decay} x optim.lr {self.lr} is not below 1, so every "
+                             f"step would zero or flip the sign of the weights")
+        if self.clip_grad < 0:
+            raise ValueError(f"optim.clip_grad: expected a non-negative norm (0: no clipping), got {self.clip_grad}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps: expected a non-negative number, got {self.warmup_steps}")
+        if self.decay_steps is not None and self.decay_steps < 0:
+            raise ValueError(f"optim.decay_steps: expected a non-negative number, got {self.decay_steps}")
+        if self.bucket_numel < 1:
+            raise ValueError(f"optim.bucket_numel: expected a positive number of parameters, got {self.bucket_numel}")
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
@@ -112,6 +135,31 @@ class TrainSection:
     profile_steps: tuple[int, int] | None = None  # [a, b]: profiler trace (and CUDA memory snapshot) of steps a..b
     #                                               into <save_dir>/profile (training/profiler.py)
     init_from: str | None = None  # fine-tuning: weights only from this checkpoint (or save dir) when save_dir has none
+    resume_step: int | None = None  # roll back: resume from save_dir's step_<resume_step>, not the newest checkpoint
+    #                                 (newer ones are set aside; docs/checkpoints.md)
+    skip_batches: int = 0  # with resume_step: skip this many batches after it (the data that led to a divergence)
+
+    def __post_init__(self):
+        """Impossible values fail here, naming the key."""
+        for key in ("micro_batch_size", "global_batch_size", "train_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key}: expected a positive number, got {getattr(self, key)}")
+        for key in ("save_interval", "log_interval", "eval_interval", "spike_warmup_steps", "max_skipped_steps",
+                    "skip_batches"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key}: expected a non-negative number, got {getattr(self, key)}")
+        for key in ("keep_last", "exit_interval"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ValueError(f"train.{key}: expected a non-negative number or null, got {getattr(self, key)}")
+        if self.spike_factor != 0 and not self.spike_factor > 1:
+            raise ValueError(f"train.spike_factor: expected 0 (off) or a factor above 1, got {self.spike_factor}")
+        if self.resume_step is not None and self.resume_step < 0:
+            raise ValueError(f"train.resume_step: expected a checkpoint's step, got {self.resume_step}")
+        if self.resume_step is not None and self.resume_step + self.skip_batches > self.train_steps:
+            raise ValueError(f"train.skip_batches: resuming at step {self.resume_step} and skipping {self.skip_batches} "
+                             f"batches goes past train.train_steps {self.train_steps}")
+        if self.skip_batches and self.resume_step is None:
+            raise ValueError("train.skip_batches: only with train.resume_step (the checkpoint the skipped batches follow)")
 
 
 @dataclasses.dataclass
@@ -120,6 +168,12 @@ class TrainConfig:
     data: DataSection = dataclasses.field(default_factory=DataSection)
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
+
+    def __post_init__(self):
+        """Checks between sections."""
+        if self.optim.warmup_steps > self.train.train_steps:
+            raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} is more than train.train_steps "
+                             f"{self.train.train_steps}, so the learning rate would never reach optim.lr")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

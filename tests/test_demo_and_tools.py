@@ -1,7 +1,15 @@
 """The demo end to end (shortened) and the small dataset tools over its output."""
 
+import contextlib
+import glob
+import io
+import itertools
 import json
 import os
+import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,18 +21,81 @@ from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import iter_json_records
 
 
+class _Recorder:
+    """Wraps subprocess.run: every process the demo starts from the repository root, with its argv and env."""
+
+    def __init__(self, run):
+        self.run, self.calls = run, []
+
+    def __call__(self, argv, *args, **kwargs):
+        if kwargs.get("cwd") == demo.REPO:
+            self.calls.append((list(argv), dict(kwargs.get("env") or {})))
+        return self.run(argv, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _recording():
+    """(the demo's own printed text, the processes it ran) over the block; the processes' output is not captured."""
+    recorder, printed = _Recorder(subprocess.run), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(demo.subprocess, "run", recorder)
+        yield printed, recorder.calls
+
+
+def _as_the_shell_runs_it(line: str) -> tuple[list[str], dict]:
+    """The argv and the variable assignments that bash makes of a printed `$ ...` line typed at the
+    repository root: quotes removed, globs expanded."""
+    words = shlex.split(line)
+    assignments = dict(w.split("=", 1) for w in itertools.takewhile(lambda w: re.match(r"[A-Za-z_]\w*=", w), words))
+    script = 'args() { printf "%s\\0" "$@"; }; args ' + line.split(" ", len(assignments))[-1]
+    argv = subprocess.run(
+        ["bash", "-c", script], cwd=demo.REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")[:-1]
+    return argv, assignments
+
+
+def assert_ran_as_printed(printed: str, calls: list) -> list[str]:
+    """Every `$ ` line the demo printed is a process it ran, in order, exactly as bash would run the line
+    (`python` being this interpreter), with the variables the line sets; and it ran nothing it did not print."""
+    shown = [line[2:] for line in printed.splitlines() if line.startswith("$ ")]
+    assert len(shown) == len(calls), (shown, [argv for argv, _ in calls])
+    for line, (argv, env) in zip(shown, calls):
+        shell_argv, assignments = _as_the_shell_runs_it(line)
+        assert [sys.executable if a == "python" else a for a in shell_argv] == argv, line
+        assert {k: env.get(k) for k in assignments} == assignments, line
+    return shown
+
+
+def _tools(commands: list[str]) -> list[str]:
+    return [re.search(r"tools/\w+\.py", c).group() for c in commands]
+
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_session(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    result = demo.run(str(out), papers=80, vocab_size=1500, workers=2, seed=3, train_overrides=SHORT_TRAINING)
+    with _recording() as (printed, calls):
+        result = demo.run(str(out), papers=80, vocab_size=1500, workers=2, seed=3, train_overrides=SHORT_TRAINING)
+    sys.stdout.write(printed.getvalue())
+    return out, result, printed.getvalue(), calls
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_session):
+    out, result, _, _ = demo_session
     return out, result
 
 
 # The demo's training stage shortened for CI: 24 steps, curriculum stages at 128 and 256 samples.
-SHORT_TRAINING = ["train.train_steps=24", "data.curriculum.0.end_samples=128", "data.curriculum.1.end_samples=256",
-                  "optim.warmup_steps=5", "train.eval_interval=12", "train.save_interval=12", "train.log_interval=6",
-                  "data.eval_samples=16"]
+SHORT_TRAINING = [
+    "train.train_steps=24",
+    "data.curriculum.0.end_samples=128",
+    "data.curriculum.1.end_samples=256",
+    "optim.warmup_steps=5",
+    "train.eval_interval=12",
+    "train.save_interval=12",
+    "train.log_interval=6",
+    "data.eval_samples=16",
+]
 
 
 def test_demo_trains_and_validation_perplexity_falls(demo_run, capsys):
@@ -39,20 +110,73 @@ def test_demo_trains_and_validation_perplexity_falls(demo_run, capsys):
 
 
 # The post-training stages shortened for CI: 12 steps, validation every 4.
-SHORT_SFT = ["train.train_steps=12", "train.eval_interval=4", "train.save_interval=12", "train.log_interval=4",
-             "optim.warmup_steps=2", "data.eval_samples=16"]
+SHORT_SFT = [
+    "train.train_steps=12",
+    "train.eval_interval=4",
+    "train.save_interval=12",
+    "train.log_interval=4",
+    "optim.warmup_steps=2",
+    "data.eval_samples=16",
+]
+
+
+def test_demo_runs_every_command_it_prints(demo_session):
+    _, _, printed, calls = demo_session
+    shown = assert_ran_as_printed(printed, calls)
+    assert _tools(shown) == [
+        "tools/make_synthetic_arxiv.py",
+        "tools/build_arxiv_corpus.py",
+        "tools/split_sections.py",
+        "tools/train_tokenizer.py",
+        "tools/eval_tokenizer.py",
+        "tools/preprocess_data.py",
+        "tools/preprocess_data.py",
+        "tools/dataset_info.py",
+        "tools/pretrain.py",
+        "tools/generate.py",
+        "tools/export_hf.py",
+    ]
+    assert "/arXiv_src_*.tar --output" in shown[1]  # the shell expands it: the builder gets every tar
+
+
+def test_the_check_catches_a_command_printed_but_not_run_as_printed():
+    line, python = "$ python tools/dataset_info.py data/x_text_document", sys.executable
+    assert_ran_as_printed(line, [([python, "tools/dataset_info.py", "data/x_text_document"], {})])
+    for calls in (
+        [],
+        [([python, "tools/dataset_info.py", "data/y_text_document"], {})],
+        [([python, "tools/dataset_info.py", "data/x_text_document"], {})] * 2,
+    ):
+        with pytest.raises(AssertionError):
+            assert_ran_as_printed(line, calls)
+    expanded = sorted(os.path.relpath(p, demo.REPO) for p in glob.glob(os.path.join(demo.REPO, "tools", "*.py")))
+    run = [([python, "tools/x.py", "--input", *expanded], {})]
+    assert_ran_as_printed("$ python tools/x.py --input tools/*.py", run)
+    with pytest.raises(AssertionError):  # quoted, the shell hands the tool the pattern itself
+        assert_ran_as_printed("$ python tools/x.py --input 'tools/*.py'", run)
+    with pytest.raises(AssertionError):
+        assert_ran_as_printed("$ DEMO_DIR=/a python tools/x.py", [([python, "tools/x.py"], {"DEMO_DIR": "/b"})])
 
 
 def test_demo_sft_fine_tunes_the_demo_model_and_chats(demo_run, capfd):
     out, _ = demo_run
-    result = demo.finetune_and_chat(str(out), SHORT_SFT, conversations=600)
+    with _recording() as (printed, calls):
+        result = demo.finetune_and_chat(str(out), SHORT_SFT, conversations=600)
+    demo_text = printed.getvalue()
+    assert _tools(assert_ran_as_printed(demo_text, calls)) == [
+        "tools/preprocess_sft.py",
+        "tools/pretrain.py",
+        "tools/export_hf.py",
+        "tools/generate.py",
+    ]
+    assert f"assistant: {result['answer']}" in demo_text
+    assert "initialised the weights from" in capfd.readouterr().out  # from torchrun's processes
     losses = list(result["sft_val_loss"].values())
     assert sorted(result["sft_val_loss"]) == [0, 4, 8, 12]
     assert losses[-1] < losses[0] - 0.5, losses  # the assistant-token loss falls
     assert os.path.isfile(out / "hf_sft" / "tokenizer_config.json")
-    assert json.load(open(out / "hf_sft" / "tokenizer_config.json"))["chat_template"]
-    printed = capfd.readouterr().out  # the fine-tune's own output comes from torchrun's processes
-    assert f"assistant: {result['answer']}" in printed and "initialised the weights from" in printed
+    with open(out / "hf_sft" / "tokenizer_config.json") as f:
+        assert json.load(f)["chat_template"]
     assert demo.load_tokenizer(str(out / "tokenizer" / "arxiv.model")).chat_template.name == demo.CHAT_TEMPLATE
 
 
@@ -60,10 +184,12 @@ def test_demo_writes_consistent_datasets(demo_run):
     out, result = demo_run
     papers = IndexedDataset(str(out / "data" / "arxiv_text_document"))
     sections = IndexedDataset(str(out / "data" / "arxiv_sections_text_document"))
-    records = [r for path in sorted((out / "corpus" / "shards").glob("*.jsonl.zst"))
-               for r in iter_json_records(str(path))]
+    records = [
+        r for path in sorted((out / "corpus" / "shards").glob("*.jsonl.zst")) for r in iter_json_records(str(path))
+    ]
     assert 0 < len(records) == papers.num_documents < 80  # the builder's funnel drops some papers
-    assert json.load(open(out / "corpus" / "yield.json"))["written"] == len(records)
+    with open(out / "corpus" / "yield.json") as f:
+        assert json.load(f)["written"] == len(records)
     tok = load_tokenizer(str(out / "tokenizer" / "arxiv.model"))
     assert papers.get_document(0).tolist() == tok.encode(records[0]["text"]) + [tok.eod_id]
     # Sections partition each paper, so both datasets hold the same text: token counts nearly agree.

@@ -6,6 +6,8 @@ against a model built on the meta device without allocating it.
 
 from dataclasses import dataclass, field, replace
 
+from megasci.ops import check_rope_scaling
+
 CHECKPOINTING_MODES = ("none", "full", "selective")
 
 
@@ -21,6 +23,10 @@ class ModelConfig:
     policy that the model itself never reads: it lives here because users set it
     with the model (`model.overrides.checkpointing`) and checkpoints record it, and
     `megasci.training.parallelize.apply_activation_checkpointing` applies it.
+
+    `rope_scaling` is transformers' dict of that name, with its keys: `{"rope_type": "linear" | "dynamic"
+    | "yarn" | "llama3", "factor": ..., ...}` (see `megasci.ops.rotary.ROPE_SCALING_KEYS`), or None for
+    plain RoPE at base `rope_theta`. Checkpoints written before it existed load as None.
     """
 
     vocab_size: int = 102_400
@@ -31,6 +37,7 @@ class ModelConfig:
     ffn_hidden_size: int = 5504
     max_seq_len: int = 4096
     rope_theta: float = 10_000.0
+    rope_scaling: dict | None = field(default=None, hash=False)
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: str = "bfloat16"
@@ -46,6 +53,7 @@ class ModelConfig:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
         if self.checkpointing not in CHECKPOINTING_MODES:
             raise ValueError(f"checkpointing must be one of {CHECKPOINTING_MODES}, not {self.checkpointing!r}")
+        object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling, self.max_seq_len))
 
     @property
     def head_dim(self) -> int:

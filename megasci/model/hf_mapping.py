@@ -52,7 +52,7 @@ def from_hf_state_dict(hf_sd: dict, cfg: ModelConfig) -> dict:
     """A `LlamaForCausalLM` state dict under our names.
 
     HF's non-persistent `rotary_emb.inv_freq` is dropped if present; we
-    recompute the RoPE tables from `cfg.rope_theta`.
+    recompute the RoPE tables from `cfg.rope_theta` and `cfg.rope_scaling`.
     """
     hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith("rotary_emb.inv_freq")}
     inverse = {theirs: ours for ours, theirs in _name_map(cfg).items()}
@@ -63,9 +63,22 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 
                    pad_token_id: int | None = 3) -> dict:
     """Keyword arguments for `transformers.LlamaConfig` (and a valid config.json).
 
-    The special-token defaults are our tokenizer's (unk 0, bos 1, eos 2, pad 3).
-    `rope_theta` is given both flat (transformers 4.x) and as `rope_parameters` (5.x).
+    The special-token defaults are our tokenizer's (unk 0, bos 1, eos 2, pad 3). The RoPE keys are
+    written for both readers: transformers 5 reads `rope_parameters` (base and scaling in one dict), 4.x
+    the flat `rope_theta` and `rope_scaling`, which 5 also takes (before `rope_parameters`), so they hold
+    the same values. `max_position_embeddings` is what transformers' variant expects there: our
+    `max_seq_len` (for `yarn`, original length x factor, which our config enforces), except for `dynamic`,
+    which reads its original length from that field.
     """
+    scaling = dict(cfg.rope_scaling or {"rope_type": "default"})
+    max_positions = cfg.max_seq_len
+    if scaling["rope_type"] == "dynamic":
+        max_positions = scaling.pop("original_max_position_embeddings")
+    rope = {
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {**scaling, "rope_theta": cfg.rope_theta},
+        **({"rope_scaling": scaling} if cfg.rope_scaling else {}),
+    }
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -77,11 +90,10 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
+        "max_position_embeddings": max_positions,
         "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        **rope,
         "tie_word_embeddings": False,
         "attention_bias": False,
         "attention_dropout": 0.0,

@@ -159,21 +159,29 @@ class Transformer(nn.Module):
         the mean cross-entropy instead, computed in chunks so the full logits never exist
         (`loss_options` go to `ops.cross_entropy_loss`). `positions` and `segment_ids` [B, S]
         describe packed documents (see the module docstring); give both or neither."""
+        x = self.hidden_states(tokens, positions, segment_ids)
+        if labels is None:
+            return self.output(x)
+        return ops.cross_entropy_loss(x, self.output.weight, labels, **loss_options)
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None):
+        """The final norm's output [B, S, H], which the output projection turns into logits: a caller
+        that needs the logits of a long sequence a slice at a time starts here."""
         seq_len = tokens.shape[1]
         if seq_len > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         if (positions is None) != (segment_ids is None):
             raise ValueError("packed documents need both positions and segment_ids")
         x = self.embed(tokens)
-        cos, sin = ops.rotary_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
-        if positions is not None:
-            cos, sin = cos[positions], sin[positions]  # [B, S, D]: each document from position 0
+        cos, sin = self.rotary_tables(seq_len, x, positions)  # [S, D], or [B, S, D] from each document's start
         for layer in self.layers:
             x = layer(x, cos, sin, segment_ids=segment_ids)
-        x = self.norm(x)
-        if labels is None:
-            return self.output(x)
-        return ops.cross_entropy_loss(x, self.output.weight, labels, **loss_options)
+        return self.norm(x)
+
+    def rotary_tables(self, seq_len: int, x, positions=None):
+        """cos, sin for positions 0..seq_len-1 (or at `positions`), by the config's RoPE base and scaling."""
+        return ops.rotary_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype,
+                                 scaling=self.cfg.rope_scaling, positions=positions)
 
     def decode(self, tokens, cache: KVCache, last_only: bool = False):
         """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the
@@ -184,7 +192,7 @@ class Transformer(nn.Module):
         if start + seq_len > cache.max_len:
             raise ValueError(f"{seq_len} more tokens after {start} overflow the cache of {cache.max_len} positions")
         x = self.embed(tokens)
-        cos, sin = ops.rotary_tables(start + seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
+        cos, sin = self.rotary_tables(start + seq_len, x)  # a length-dependent RoPE sees start + seq_len
         cos, sin = cos[start:], sin[start:]
         for layer in self.layers:
             x = layer(x, cos, sin, cache=cache)

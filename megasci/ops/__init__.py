@@ -14,15 +14,15 @@ that ``torch.compile`` of the whole model traces and fuses (a test checks that a
 single graph).
 
 Op names for the registry: ``rms_norm``, ``swiglu``, ``attention``, ``cross_entropy_loss``,
-``apply_rotary``: the ops with several implementations. The rotary tables and the cached-decode
-attention have one and are plain functions.
+``apply_rotary``: the ops with several implementations. The rotary tables (and the RoPE scaling
+variants behind them) and the cached-decode attention have one and are plain functions.
 """
 
 from .attention import attention, cached_attention
 from .backends import available_backends, get_backend, register_backend, resolve_backend, set_backend
 from .loss import cross_entropy_loss
 from .rmsnorm import rms_norm
-from .rotary import apply_rotary, rotary_tables
+from .rotary import apply_rotary, check_rope_scaling, rope_frequencies, rotary_tables
 from .swiglu import swiglu
 
 __all__ = [
@@ -30,11 +30,13 @@ __all__ = [
     "attention",
     "cached_attention",
     "available_backends",
+    "check_rope_scaling",
     "cross_entropy_loss",
     "get_backend",
     "register_backend",
     "resolve_backend",
     "rms_norm",
+    "rope_frequencies",
     "rotary_tables",
     "set_backend",
     "swiglu",

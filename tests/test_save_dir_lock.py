@@ -22,8 +22,11 @@ def test_a_live_run_holds_the_save_dir(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         _write_lock(tmp_path, pid=other.pid)
-        with pytest.raises(SaveDirLocked, match=rf"in use by another run: pid {other.pid} on this host "
-                                                rf"\({socket.gethostname()}\).*{LOCK_NAME}"):
+        with pytest.raises(
+            SaveDirLocked,
+            match=rf"in use by another run: pid {other.pid} on this host "
+            rf"\({socket.gethostname()}\).*{LOCK_NAME}",
+        ):
             SaveDirLock(str(tmp_path)).acquire()
     finally:
         other.kill()

@@ -185,7 +185,8 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"c.yaml.*optim.warmup"):
         load_config(str(path))
     path.write_text("optim:\n  lr: 3e-4\n")
-    cfg = load_config(str(path), ["train.train_steps=7", "optim.warmup_steps=2", "model.overrides={checkpointing: full}"])
+    cfg = load_config(str(path), ["train.train_steps=7", "optim.warmup_steps=2",
+                                  "model.overrides={checkpointing: full}"])
     assert cfg.optim.lr == 3e-4 and cfg.train.train_steps == 7 and cfg.model.build().checkpointing == "full"
     with pytest.raises(ValueError, match="train.train_steps: expected an integer"):
         load_config(None, ["train.train_steps=seven"])

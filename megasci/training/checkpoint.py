@@ -1,33 +1,45 @@
-"""Checkpoints: one directory per step, made complete before it gets its final name.
+"""Checkpoints: one directory per step, made complete before it gets its final name, verified on load.
 
     <save_dir>/
+      run.lock                    host and pid of the run writing here (lock.py)
       latest                      name of the newest complete checkpoint, written last (atomically)
       step_00000100/
         meta.json                 step, consumed samples, curriculum stage, data-parallel size,
-                                  model config, tokenizer identity, training config (as a dict)
+                                  model config, tokenizer identity, training config (as a dict),
+                                  spike guard, and `files`: the sha256 and size of every other file
         config.yaml               the training config as run (readable, reusable with --config)
         model.pt                  model state dict (our parameter names, training dtype), rank 0
         tokenizer.model           copy of the training tokenizer, so a checkpoint is self-contained
         tokenizer.meta.json       with its .meta.json when it has one (special ids, chat template)
-        rank_00000.pt ...         each rank's own state: its optimizer shard, RNG states, scheduler
+        rank_00000.pt ...         each rank's own state: its optimizer shard, RNG states
+      step_00000060.rolled-back   a checkpoint abandoned by a rollback (train.resume_step); never read
 
-Every rank writes into `step_XXXXXXXX.tmp` (on a filesystem all ranks share); after a barrier,
-rank 0 writes the shared files, renames the directory to its final name, updates `latest` and
-deletes checkpoints beyond the newest `keep_last`. A crash at any point leaves at worst a `.tmp`
-directory, which is never read and is removed by the next save of the same step; the previous
-checkpoint and `latest` stay intact. Readers resolve `latest`, falling back to the newest
-complete `step_*` directory when `latest` is missing.
+Every rank writes into `step_XXXXXXXX.tmp` (on a filesystem all ranks share), hashing its file
+while writing it; after a barrier, rank 0 writes the shared files, records every file's sha256 in
+meta.json (written last: it marks the directory complete), renames the directory to its final name,
+updates `latest` and deletes checkpoints beyond the newest `keep_last` (never the one pinned as the
+last saved before a skip streak). A crash at any point leaves at worst a `.tmp` directory, which is
+never read and is removed by the next save of the same step.
+
+Loading is safe and checked: every file is read with `torch.load(weights_only=True)` (tensors and
+plain containers only, so a crafted file cannot run code), and checked against meta.json's sha256
+first. A resume falls back from a damaged newest checkpoint to the newest one that verifies, saying
+which file failed; `load_model` (eval, generate, export) refuses a damaged model.pt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
+import pickle
 import random
 import re
 import shutil
-from typing import Callable
+import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,10 +48,16 @@ import torch.distributed as dist
 from megasci.distributed import barrier, print_rank0
 from megasci.model import ModelConfig, build_model
 from megasci.tokenizer.sp_tokenizer import meta_path as tokenizer_meta_path
-from megasci.utils.io import atomic_output, atomic_text_output
+from megasci.utils.io import atomic_output, atomic_text_output, file_sha256
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 META_NAME, MODEL_NAME, CONFIG_NAME, TOKENIZER_NAME = "meta.json", "model.pt", "config.yaml", "tokenizer.model"
+ROLLED_BACK_SUFFIX = ".rolled-back"
+_SUM_SUFFIX = ".sha256"  # a rank's checksum of its own file, folded into meta.json by rank 0
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is damaged, unsafe to unpickle, or not this run's; the message names it."""
 
 
 def step_dir_name(step: int) -> str:
@@ -50,12 +68,19 @@ def rank_file_name(rank: int) -> str:
     return f"rank_{rank:05d}.pt"
 
 
+def step_of(path: str) -> int:
+    return int(_STEP_DIR.match(os.path.basename(path)).group(1))
+
+
 def complete_checkpoints(save_dir: str) -> list[str]:
     """Complete checkpoint directories under `save_dir`, oldest first."""
     if not os.path.isdir(save_dir):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(save_dir) if (m := _STEP_DIR.match(name))
-             and os.path.isfile(os.path.join(save_dir, name, META_NAME))]
+    found = [
+        (int(m.group(1)), name)
+        for name in os.listdir(save_dir)
+        if (m := _STEP_DIR.match(name)) and os.path.isfile(os.path.join(save_dir, name, META_NAME))
+    ]
     return [os.path.join(save_dir, name) for _, name in sorted(found)]
 
 
@@ -64,8 +89,9 @@ def latest_checkpoint(save_dir: str) -> str | None:
     pointer = os.path.join(save_dir, "latest")
     if os.path.isfile(pointer):
         with open(pointer, encoding="utf-8") as f:
-            path = os.path.join(save_dir, f.read().strip())
-        if os.path.isfile(os.path.join(path, META_NAME)):
+            name = f.read().strip()
+        path = os.path.join(save_dir, name)
+        if _STEP_DIR.match(name) and os.path.isfile(os.path.join(path, META_NAME)):
             return path
     complete = complete_checkpoints(save_dir)
     return complete[-1] if complete else None
@@ -82,90 +108,254 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def read_meta(path: str) -> dict:
-    with open(os.path.join(resolve_checkpoint(path), META_NAME), encoding="utf-8") as f:
-        return json.load(f)
+    file = os.path.join(resolve_checkpoint(path), META_NAME)
+    try:
+        with open(file, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{file}: unreadable ({error})") from None
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise CheckpointError(f"{file}: not a checkpoint's metadata (no step)")
+    return meta
 
 
 def model_config_from_meta(meta: dict) -> ModelConfig:
     return ModelConfig(**meta["model_config"])
 
 
-def load_model(path: str, device="cpu", dtype: torch.dtype | None = None):
-    """(model, meta) from a checkpoint or save directory; `dtype` defaults to the training dtype."""
-    path = resolve_checkpoint(path)
+# ---- safe loading and checksums ----------------------------------------------------------------
+
+
+def safe_load(file: str, **kwargs):
+    """`torch.load(weights_only=True)`: tensors and plain containers only, so loading cannot run code.
+    Anything else (a crafted pickle, or a per-rank file from before checkpoints held only such
+    values) is refused with an error naming the file."""
+    try:
+        return torch.load(file, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported (?:global|operand)[^\n]*", str(error))
+        what = f" ({found.group(0)})" if found else ""
+        raise CheckpointError(
+            f"{file}: refused: it holds Python objects beyond tensors and plain containers{what}, and unpickling "
+            f"them could run code. It is either altered or written by a megasci from before checkpoints were "
+            f"made safe (numpy's RNG state pickled); its weights alone can still start a run through "
+            f"train.init_from={os.path.dirname(file)}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{file}: unreadable ({first})") from None
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes writes through to `file` while hashing them, so a checksum costs no second read."""
+
+    def __init__(self, file):
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    @property
+    def name(self):
+        return self.file.name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _save_synced(obj, path: str) -> dict:
+    """torch.save, on disk (fsynced) before the directory can be renamed; returns {sha256, bytes}."""
+    with atomic_output(path, "wb") as f:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+    return {"sha256": writer.digest.hexdigest(), "bytes": writer.size}
+
+
+def _file_record(path: str) -> dict:
+    return {"sha256": file_sha256(path), "bytes": os.path.getsize(path)}
+
+
+def checksum_problems(path: str, names=None, meta: dict | None = None) -> list[str]:
+    """What is wrong with the files `names` (default: all) of checkpoint `path` against meta.json's
+    sha256 and size, one "file: problem" each; [] when they verify."""
+    meta = read_meta(path) if meta is None else meta
+    recorded = meta.get("files")
+    if recorded is None:
+        return []  # written before checksums: nothing to check against (callers say so)
+    problems = []
+    for name in sorted(recorded) if names is None else names:
+        file = os.path.join(path, name)
+        want = recorded.get(name)
+        if want is None:
+            problems.append(f"{file}: not listed in {META_NAME}")
+        elif not os.path.isfile(file):
+            problems.append(f"{file}: missing")
+        elif (size := os.path.getsize(file)) != want["bytes"]:
+            problems.append(
+                f"{file}: {'empty' if size == 0 else f'{size:,} bytes'}, {META_NAME} records "
+                f"{want['bytes']:,} (truncated or overwritten)"
+            )
+        elif file_sha256(file) != want["sha256"]:
+            problems.append(f"{file}: sha256 differs from the one {META_NAME} records (the file is damaged)")
+    return problems
+
+
+def verify_checkpoint(path: str, names=None) -> dict:
+    """meta.json of `path` after checking `names` (default: every file); raises CheckpointError naming
+    each damaged file. A checkpoint from before checksums is loaded with a warning."""
     meta = read_meta(path)
+    if "files" not in meta:
+        print(
+            f"warning: {path}: written before checkpoints carried checksums; its files are not verified",
+            file=sys.stderr,
+        )
+    problems = checksum_problems(path, names, meta)
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    return meta
+
+
+def load_model(path: str, device="cpu", dtype: torch.dtype | None = None):
+    """(model, meta) from a checkpoint or save directory, model.pt verified against its checksum;
+    `dtype` defaults to the training dtype."""
+    path = resolve_checkpoint(path)
+    meta = verify_checkpoint(path, [MODEL_NAME])
     cfg = model_config_from_meta(meta)
     model = build_model(cfg, device=device, dtype=dtype)
-    state = torch.load(os.path.join(path, MODEL_NAME), map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(safe_load(os.path.join(path, MODEL_NAME), map_location=device))
     return model, meta
 
 
+HF_TOKENIZER_NAME = "tokenizer.json"  # a HuggingFace tokenizer travels with the configs naming its special tokens
+HF_TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
 def checkpoint_tokenizer_path(path: str) -> str | None:
-    """The tokenizer copied into the checkpoint, if any."""
-    candidate = os.path.join(resolve_checkpoint(path), TOKENIZER_NAME)
-    return candidate if os.path.isfile(candidate) else None
+    """The tokenizer copied into the checkpoint, if any (verified against its checksum)."""
+    path = resolve_checkpoint(path)
+    hf_files = [n for n in (HF_TOKENIZER_NAME, *HF_TOKENIZER_CONFIGS) if os.path.isfile(os.path.join(path, n))]
+    if not os.path.isfile(os.path.join(path, TOKENIZER_NAME)) and HF_TOKENIZER_NAME in hf_files:
+        verify_checkpoint(path, hf_files)
+        return os.path.join(path, HF_TOKENIZER_NAME)
+    candidate = os.path.join(path, TOKENIZER_NAME)
+    if not os.path.isfile(candidate):
+        return None
+    names = [
+        name
+        for name in (TOKENIZER_NAME, os.path.basename(tokenizer_meta_path(candidate)))
+        if os.path.isfile(os.path.join(path, name))
+    ]
+    verify_checkpoint(path, names)
+    return candidate
 
 
 def load_rank_state(path: str, rank: int) -> dict:
     # mmap: re-sharding reads every rank's file on every rank; only the pages used are read
-    return torch.load(os.path.join(path, rank_file_name(rank)), map_location="cpu", weights_only=False, mmap=True)
+    return safe_load(os.path.join(path, rank_file_name(rank)), map_location="cpu", mmap=True)
 
 
-def _step_of(path: str) -> int:
-    return int(_STEP_DIR.match(os.path.basename(path)).group(1))
+# ---- writing ------------------------------------------------------------------------------------
 
 
-def _save_synced(obj, path: str) -> None:
-    """torch.save, on disk (fsynced) before the directory can be renamed to its final name."""
-    with atomic_output(path, "wb") as f:
-        torch.save(obj, f)
-
-
-def save_checkpoint(save_dir: str, step: int, *, rank: int, rank_state: dict, model_state: dict | None = None,
-                    meta: dict | None = None, config_yaml: str | None = None, tokenizer_path: str | None = None,
-                    keep_last: int | None = None, barrier: Callable[[], None] = lambda: None) -> str:
+def save_checkpoint(
+    save_dir: str,
+    step: int,
+    *,
+    rank: int,
+    rank_state: dict,
+    model_state: dict | None = None,
+    meta: dict | None = None,
+    config_yaml: str | None = None,
+    tokenizer_path: str | None = None,
+    keep_last: int | None = None,
+    keep: tuple[str, ...] = (),
+    barrier: Callable[[], None] = lambda: None,
+) -> str:
     """Collective: every rank calls it with its `rank_state`; rank 0 also passes the shared parts.
 
-    Returns the final checkpoint path. `keep_last` None or 0 keeps everything.
-    """
+    Returns the final checkpoint path. `keep_last` None or 0 keeps everything; checkpoints named in
+    `keep` are never pruned and do not count toward it."""
     final = os.path.join(save_dir, step_dir_name(step))
     tmp = final + ".tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save of this step that crashed
         os.makedirs(tmp, exist_ok=True)  # rmtree may leave a network filesystem's .nfs* files behind
     barrier()
-    _save_synced(rank_state, os.path.join(tmp, rank_file_name(rank)))
+    own = rank_file_name(rank)
+    record = _save_synced(rank_state, os.path.join(tmp, own))
+    with atomic_text_output(os.path.join(tmp, own + _SUM_SUFFIX)) as f:
+        json.dump(record, f)
     barrier()
     if rank == 0:
         if model_state is None or meta is None:
             raise ValueError("rank 0 must pass model_state and meta")
-        _save_synced(model_state, os.path.join(tmp, MODEL_NAME))
+        files = {}
+        for name in sorted(os.listdir(tmp)):  # every rank's checksum, then the shared files'
+            if name.endswith(_SUM_SUFFIX):
+                with open(os.path.join(tmp, name), encoding="utf-8") as f:
+                    files[name[: -len(_SUM_SUFFIX)]] = json.load(f)
+                os.remove(os.path.join(tmp, name))
+        files[MODEL_NAME] = _save_synced(model_state, os.path.join(tmp, MODEL_NAME))
         if config_yaml is not None:
             with atomic_text_output(os.path.join(tmp, CONFIG_NAME)) as f:
                 f.write(config_yaml)
+            files[CONFIG_NAME] = _file_record(os.path.join(tmp, CONFIG_NAME))
         if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_NAME))
-            if os.path.isfile(tokenizer_meta_path(tokenizer_path)):  # special ids and the chat template travel too
-                shutil.copyfile(tokenizer_meta_path(tokenizer_path), tokenizer_meta_path(os.path.join(tmp, TOKENIZER_NAME)))
+            copies = [(tokenizer_path, TOKENIZER_NAME)]
+            if tokenizer_path.endswith(".json"):  # HuggingFace: tokenizer.json and the configs naming its specials
+                folder = os.path.dirname(tokenizer_path)
+                copies = [(tokenizer_path, HF_TOKENIZER_NAME)] + [
+                    (os.path.join(folder, name), name) for name in HF_TOKENIZER_CONFIGS
+                    if os.path.isfile(os.path.join(folder, name))]
+            elif os.path.isfile(tokenizer_meta_path(tokenizer_path)):  # special ids and the chat template travel too
+                copies.append(
+                    (
+                        tokenizer_meta_path(tokenizer_path),
+                        os.path.basename(tokenizer_meta_path(os.path.join(tmp, TOKENIZER_NAME))),
+                    )
+                )
+            for source, name in copies:
+                shutil.copyfile(source, os.path.join(tmp, name))
+                files[name] = _file_record(os.path.join(tmp, name))
         with atomic_output(os.path.join(tmp, META_NAME), "w") as f:
-            json.dump({**meta, "step": step}, f, indent=2, sort_keys=True)  # last: marks the directory complete
+            json.dump({**meta, "step": step, "files": files}, f, indent=2, sort_keys=True)  # last: marks it complete
         if os.path.exists(final):  # an older save of the same step (e.g. after a rewind): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
         with atomic_text_output(os.path.join(save_dir, "latest")) as f:
             f.write(step_dir_name(step) + "\n")
         if keep_last:  # older than this step only: never this one, nor a newer one left by a rewind
-            older = [p for p in complete_checkpoints(save_dir) if _step_of(p) < step]
-            for old in older[:max(0, len(older) - (keep_last - 1))]:
+            older = [p for p in complete_checkpoints(save_dir) if step_of(p) < step and os.path.basename(p) not in keep]
+            for old in older[: max(0, len(older) - (keep_last - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
 
 
+# ---- RNG streams in a form weights_only loading accepts ----------------------------------------
+
+
 def rng_state() -> dict:
-    """Every random stream of this process, so that a resumed rank draws what it would have."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random stream of this process, so that a resumed rank draws what it would have; tensors,
+    numbers and lists only (numpy's state array as an int64 tensor), so `weights_only` loads it."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -173,51 +363,239 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ---- choosing where a run starts ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Start:
+    """Where a run starts: `path` None for a fresh run; `rollback` the record of a rollback done now
+    or inherited from the checkpoint (so rerunning the rollback command continues instead of
+    rolling back again)."""
+
+    path: str | None = None
+    meta: dict | None = None
+    step: int = 0
+    consumed_samples: int = 0
+    rollback: dict | None = None
+    rolling_back: bool = False
+
+
+def _agree(value, world_size: int):
+    """Rank 0's `value` on every rank."""
+    if world_size > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
+def _verified(path: str, rank: int, world_size: int) -> list[str]:
+    """Problems of checkpoint `path`, its files hashed in turn by the ranks; the same list on every rank."""
+    try:
+        meta = read_meta(path)
+        names = sorted(meta.get("files", {}))
+        problems = checksum_problems(path, names[rank::world_size], meta)
+    except CheckpointError as error:
+        problems = [str(error)]
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, problems)
+        problems = sorted({p for part in gathered for p in part})
+    return problems
+
+
+def choose_start(
+    save_dir: str,
+    *,
+    rank: int,
+    world_size: int,
+    global_batch_size: int,
+    resume_step: int | None = None,
+    skip_batches: int = 0,
+) -> Start:
+    """Collective. The checkpoint a run resumes from: the newest that verifies (falling back past
+    damaged ones, saying which file failed), or with `resume_step` that step's (a rollback), whose
+    newer checkpoints are set aside and whose next `skip_batches` batches are skipped."""
+    if resume_step is not None:
+        return _roll_back(save_dir, resume_step, skip_batches, rank, world_size, global_batch_size)
+    newest = _agree(latest_checkpoint(save_dir), world_size)
+    if newest is None:
+        return Start()
+    candidates = [newest] + [
+        p for p in reversed(_agree(complete_checkpoints(save_dir), world_size)) if step_of(p) < step_of(newest)
+    ]
+    for i, path in enumerate(candidates):
+        problems = _verified(path, rank, world_size)
+        if not problems:
+            if i:
+                print_rank0(f"resuming from {path}, the newest checkpoint that verifies")
+            return _start_at(path)
+        following = "falling back to the next older checkpoint" if i + 1 < len(candidates) else "no older one is left"
+        print_rank0(f"warning: checkpoint {path} fails verification ({'; '.join(problems)}); {following}")
+    raise CheckpointError(
+        f"{save_dir}: no checkpoint verifies (see the warnings above); move the damaged ones "
+        f"away to start afresh, or restore them"
+    )
+
+
+def _start_at(path: str) -> Start:
+    meta = read_meta(path)
+    return Start(
+        path=path,
+        meta=meta,
+        step=meta["step"],
+        consumed_samples=meta["consumed_samples"],
+        rollback=meta.get("rollback"),
+    )
+
+
+def _roll_back(
+    save_dir: str, step: int, skip_batches: int, rank: int, world_size: int, global_batch_size: int
+) -> Start:
+    newest = _agree(latest_checkpoint(save_dir), world_size)
+    if newest is not None:  # this rollback done already, by an earlier run of the same command: continue
+        newest_meta = read_meta(newest)
+        done = newest_meta.get("rollback")
+        if done and done.get("to_step") == step and step_of(newest) > step:
+            problems = _verified(newest, rank, world_size)
+            if problems:
+                raise CheckpointError("; ".join(problems))
+            print_rank0(
+                f"train.resume_step={step}: the rollback to step {step} was done by an earlier run "
+                f"(skipping {done['skip_batches']} batches); resuming from {newest}"
+            )
+            return _start_at(newest)
+    target = os.path.join(save_dir, step_dir_name(step))
+    if not os.path.isfile(os.path.join(target, META_NAME)):
+        steps = ", ".join(str(step_of(p)) for p in complete_checkpoints(save_dir)) or "none"
+        raise CheckpointError(
+            f"train.resume_step={step}: {target} is not a complete checkpoint (checkpoints in {save_dir}: {steps})"
+        )
+    problems = _verified(target, rank, world_size)
+    if problems:
+        raise CheckpointError(f"train.resume_step={step}: " + "; ".join(problems))
+    start = _start_at(target)
+    abandoned = [p for p in _agree(complete_checkpoints(save_dir), world_size) if step_of(p) > step]
+    if rank == 0:
+        for path in abandoned:  # out of the step_* namespace: never resumed, verified or pruned again
+            aside, n = path + ROLLED_BACK_SUFFIX, 1
+            while os.path.exists(aside):
+                n += 1
+                aside = f"{path}{ROLLED_BACK_SUFFIX}-{n}"
+            os.rename(path, aside)
+        with atomic_text_output(os.path.join(save_dir, "latest")) as f:
+            f.write(step_dir_name(step) + "\n")
+    barrier()
+    skipped = skip_batches * global_batch_size
+    start.rollback = {
+        "to_step": step,
+        "skip_batches": skip_batches,
+        "abandoned": [os.path.basename(p) for p in abandoned],
+    }
+    start.rolling_back = True
+    start.step += skip_batches
+    start.consumed_samples += skipped
+    print_rank0(
+        f"rolling back to {target}"
+        + (
+            f"; {len(abandoned)} newer checkpoint(s) set aside as "
+            f"step_*{ROLLED_BACK_SUFFIX} (delete them when no longer wanted)"
+            if abandoned
+            else ""
+        )
+        + (
+            f"; skipping the next {skip_batches} batch(es) ({skipped:,} samples): the run continues at "
+            f"step {start.step}"
+            if skip_batches
+            else ""
+        )
+    )
+    return start
+
+
+def check_tokenizer_matches(start: Start, identity: dict, tokenizer_path: str) -> None:
+    """A resume with another tokenizer is an error: the checkpoint's token ids would mean other things."""
+    if start.path is None:
+        return
+    saved = start.meta["tokenizer"].get("sha256")
+    if saved != identity.get("sha256"):
+        raise CheckpointError(
+            f"{start.path} was trained with another tokenizer (sha256 {str(saved)[:12]}...) than data.tokenizer "
+            f"{tokenizer_path} (sha256 {str(identity.get('sha256'))[:12]}...); its token ids would mean other "
+            f"things. Resume with the checkpoint's own copy, "
+            f"data.tokenizer={os.path.join(start.path, TOKENIZER_NAME)}, or train into another save_dir"
+        )
+
+
 class Checkpointer:
     """The training run's checkpoints: what goes into one (model, every rank's optimizer shard and
-    RNG streams, the spike guard, the data position and curriculum stage) and how a run resumes.
+    RNG streams, the spike guard, the data position and curriculum stage), when one may be written
+    (`refusal`), how a run resumes, and the rollback advice after a divergence.
 
-    Collective: every rank calls `resume` and `save` together."""
+    Collective: every rank calls `resume`, `refusal` and `save` together."""
 
-    def __init__(self, save_dir: str, *, model, optimizer, guard, data, tokenizer, model_cfg: ModelConfig,
-                 train_cfg, rank: int, world_size: int, device, keep_last: int | None):
+    def __init__(
+        self,
+        save_dir: str,
+        *,
+        model,
+        optimizer,
+        guard,
+        data,
+        tokenizer,
+        model_cfg: ModelConfig,
+        train_cfg,
+        rank: int,
+        world_size: int,
+        device,
+        keep_last: int | None,
+    ):
         self.save_dir, self.model, self.optimizer, self.guard, self.data = save_dir, model, optimizer, guard, data
         self.tokenizer, self.model_cfg, self.train_cfg = tokenizer, model_cfg, train_cfg
         self.rank, self.world_size, self.device, self.keep_last = rank, world_size, device, keep_last
+        self.last_saved: str | None = None  # the newest checkpoint of this run (saved or resumed from)
+        self.pinned: str | None = None  # the last checkpoint saved before a skip streak: never pruned
+        self.rollback: dict | None = None  # the rollback this run's line descends from
+        self._skipped_at_save = 0
 
     def latest(self) -> str | None:
-        """The checkpoint to resume from: rank 0's answer for every rank, even where a shared
-        filesystem's caches disagree."""
-        found = latest_checkpoint(self.save_dir)
-        if self.world_size > 1:
-            chosen = [found]
-            dist.broadcast_object_list(chosen, src=0)
-            found = chosen[0]
-        return found
+        """The checkpoint to resume from (verified; rank 0's answer for every rank)."""
+        return choose_start(self.save_dir, rank=self.rank, world_size=self.world_size, global_batch_size=1).path
 
-    def resume(self, path: str) -> dict:
-        """Loads the checkpoint at `path` into the model, optimizer, guard and (same ranks) RNG
-        streams; returns its meta. A different number of ranks re-shards the optimizer state."""
-        meta = read_meta(path)
-        self.model.load_state_dict(torch.load(os.path.join(path, MODEL_NAME), map_location=self.device,
-                                              weights_only=True))
+    def resume(self, path: str | Start) -> dict:
+        """Loads the checkpoint at `path` (or a `choose_start` answer) into the model, optimizer, guard
+        and (same ranks) RNG streams; returns its meta. A different number of ranks re-shards the
+        optimizer state. Files are read with weights_only and checked against meta.json's checksums."""
+        start = path if isinstance(path, Start) else _start_at(path)
+        path, meta = start.path, start.meta
+        check_tokenizer_matches(start, self.tokenizer.identity(), self.train_cfg.data.tokenizer)
+        if "files" not in meta:
+            print_rank0(f"warning: {path}: written before checkpoints carried checksums; not verified")
+        self.model.load_state_dict(safe_load(os.path.join(path, MODEL_NAME), map_location=self.device))
         own = load_rank_state(path, self.rank) if meta["dp_size"] == self.world_size else None
-        self.optimizer.load_state_dict(lambda r: own["optimizer"] if own is not None and r == self.rank
-                                       else load_rank_state(path, r)["optimizer"], meta["dp_size"])
+        self.optimizer.load_state_dict(
+            lambda r: own["optimizer"] if own is not None and r == self.rank else load_rank_state(path, r)["optimizer"],
+            meta["dp_size"],
+        )
         self.guard.load_state_dict(meta["spike_guard"])
         if own is not None:  # same ranks: each gets its own RNG streams back
             set_rng_state(own["rng"])
-        if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
-            print_rank0(f"warning: {self.train_cfg.data.tokenizer} differs from the tokenizer the checkpoint "
-                        f"was trained with")
-        print_rank0(f"resumed from {path}: step {meta['step']}, {meta['consumed_samples']:,} samples consumed "
-                    f"(saved with {meta['dp_size']} rank(s), now {self.world_size})")
+        self.last_saved, self.pinned, self.rollback = path, meta.get("pinned"), start.rollback
+        self._skipped_at_save = self.guard.total_skipped
+        print_rank0(
+            f"resumed from {path}: step {meta['step']}, {meta['consumed_samples']:,} samples consumed "
+            f"(saved with {meta['dp_size']} rank(s), now {self.world_size})"
+        )
         return meta
 
     def load_weights(self, path: str) -> str:
@@ -225,31 +603,89 @@ class Checkpointer:
         and nothing else (no optimizer state, step, data position or guard); returns the checkpoint.
         The model and the tokenizer must be the ones it was trained with."""
         path = resolve_checkpoint(path)
-        meta = read_meta(path)
+        meta = verify_checkpoint(path, [MODEL_NAME])
         if model_config_from_meta(meta) != self.model_cfg:
-            raise ValueError(f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
-                             f"{dataclasses.asdict(self.model_cfg)}")
+            raise ValueError(
+                f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
+                f"{dataclasses.asdict(self.model_cfg)}"
+            )
         if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
-            raise ValueError(f"train.init_from {path} was trained with another tokenizer than "
-                             f"{self.train_cfg.data.tokenizer}; its token ids would mean other things")
-        self.model.load_state_dict(torch.load(os.path.join(path, MODEL_NAME), map_location=self.device,
-                                              weights_only=True))
-        print_rank0(f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh")
+            raise ValueError(
+                f"train.init_from {path} was trained with another tokenizer than "
+                f"{self.train_cfg.data.tokenizer}; its token ids would mean other things"
+            )
+        self.model.load_state_dict(safe_load(os.path.join(path, MODEL_NAME), map_location=self.device))
+        print_rank0(
+            f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh"
+        )
         return path
+
+    @torch.no_grad()
+    def refusal(self, probe_loss: Callable[[], float | None]) -> str | None:
+        """Why the current state must not become a checkpoint, or None: the guard is in a skip streak,
+        a weight is not finite, or the updated weights fail the guard on `probe_loss()` (the loss of
+        the step's last micro-batch through them). A divergence therefore never reaches a checkpoint,
+        and the checkpoints before it survive."""
+        if self.guard.consecutive:
+            return f"the spike guard skipped the last {self.guard.consecutive} step(s)"
+        finite = torch.stack(
+            [torch.isfinite(p).all() for p in self.model.parameters()]
+            + [torch.isfinite(b.master).all() for b in self.optimizer.buckets]
+        ).all()
+        if self.world_size > 1:
+            flag = finite.to(torch.float32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag[0] > 0
+        if not bool(finite):
+            return "the updated weights hold non-finite values"
+        loss = probe_loss()
+        reason = None if loss is None else self.guard.verdict(loss)
+        if reason is not None:
+            return f"the updated weights fail the spike guard on the step's last micro-batch ({reason})"
+        return None
 
     def save(self, step: int, consumed_samples: int) -> str:
         """Writes the checkpoint of `step`, after `consumed_samples` samples; returns its path."""
         self.optimizer.wait_for_parameters()
-        meta = {"consumed_samples": consumed_samples, "dp_size": self.world_size,
-                "model_config": dataclasses.asdict(self.model_cfg), "tokenizer": self.tokenizer.identity(),
-                "train_config": self.train_cfg.to_dict(), "spike_guard": self.guard.state_dict(),
-                "stage": self.data.stages[self.data.stage_of(max(0, consumed_samples - 1))].name}
+        if self.guard.total_skipped > self._skipped_at_save and self.last_saved is not None:
+            self.pinned = os.path.basename(self.last_saved)  # the last one saved before the skipped steps
+        meta = {
+            "consumed_samples": consumed_samples,
+            "dp_size": self.world_size,
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "tokenizer": self.tokenizer.identity(),
+            "train_config": self.train_cfg.to_dict(),
+            "spike_guard": self.guard.state_dict(),
+            "stage": self.data.stages[self.data.stage_of(max(0, consumed_samples - 1))].name,
+        }
+        if self.pinned:
+            meta["pinned"] = self.pinned
+        if self.rollback:
+            meta["rollback"] = self.rollback
         rank0 = self.rank == 0
         model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if rank0 else None
-        path = save_checkpoint(self.save_dir, step, rank=self.rank,
-                               rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng_state()},
-                               model_state=model_state, meta=meta, config_yaml=self.train_cfg.to_yaml(),
-                               tokenizer_path=getattr(self.tokenizer, "path", None), keep_last=self.keep_last,
-                               barrier=barrier)
+        path = save_checkpoint(
+            self.save_dir,
+            step,
+            rank=self.rank,
+            rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng_state()},
+            model_state=model_state,
+            meta=meta,
+            config_yaml=self.train_cfg.to_yaml(),
+            tokenizer_path=getattr(self.tokenizer, "path", None),
+            keep_last=self.keep_last,
+            keep=(self.pinned,) if self.pinned else (),
+            barrier=barrier,
+        )
+        self.last_saved, self._skipped_at_save = path, self.guard.total_skipped
         print_rank0(f"saved {path}")
         return path
+
+    def rollback_overrides(self, diverged_step: int) -> tuple[str | None, list[str]]:
+        """(checkpoint, overrides) that roll back past a divergence detected at step `diverged_step`
+        (1-based): the newest checkpoint of this run, which no skipped step reached, and every batch
+        from it through the diverged step skipped. (None, []) when the run has no checkpoint."""
+        if self.last_saved is None or not os.path.isdir(self.last_saved):
+            return None, []
+        good = step_of(self.last_saved)
+        return self.last_saved, [f"train.resume_step={good}", f"train.skip_batches={max(0, diverged_step - good)}"]

@@ -98,13 +98,15 @@ class SaveDirLock:
             raise SaveDirLocked(
                 f"{os.path.dirname(self.path)} is in use by another run: host {holder.get('host')}, pid "
                 f"{holder.get('pid')}, since {holder.get('since', '?')} ({self.path}); two runs in one save_dir "
-                f"would overwrite each other's checkpoints. If that run is no longer alive, delete {self.path}")
+                f"would overwrite each other's checkpoints. If that run is no longer alive, delete {self.path}"
+            )
         pid = int(holder.get("pid", -1))
         if pid > 0 and _alive(pid, holder.get("process_start")):
             raise SaveDirLocked(
                 f"{os.path.dirname(self.path)} is in use by another run: pid {pid} on this host "
                 f"({holder['host']}), since {holder.get('since', '?')} ({self.path}); two runs in one save_dir "
-                f"would overwrite each other's checkpoints")
+                f"would overwrite each other's checkpoints"
+            )
         aside = f"{self.path}.stale-{os.getpid()}"
         try:
             os.rename(self.path, aside)  # of two runs taking over at once, one rename wins

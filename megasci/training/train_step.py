@@ -72,6 +72,7 @@ class TrainStep:
         self.timing_sync, self.data_wait = timing_sync, data_wait
         self.count_scored_tokens = count_scored_tokens  # some labels are IGNORE_INDEX: weigh by scored tokens
         self.loss_options = loss_options or {}  # keywords for ops.cross_entropy_loss (z_loss)
+        self._last_batch: dict | None = None  # the last micro-batch, for `probe_loss`
 
     def _loss(self, batch: dict, labels=None):
         packed = {name: batch[name] for name in ("positions", "segment_ids") if name in batch}
@@ -81,7 +82,7 @@ class TrainStep:
         """Mean of the micro-batch means, every token scored; returns this rank's sum of them."""
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for micro in range(self.accumulation):
-            batch = next(batches)
+            batch = self._last_batch = next(batches)
             self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
             loss = self._loss(batch)
             (loss / self.accumulation).backward()
@@ -91,6 +92,7 @@ class TrainStep:
     def _forward_backward_scored(self, batches: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean over the global batch's scored tokens; returns this rank's (sum of token losses, N)."""
         micro_batches = [next(batches) for _ in range(self.accumulation)]
+        self._last_batch = micro_batches[-1]
         counts = [int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
         total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=self.device)
         if self.world_size > 1:
@@ -106,6 +108,21 @@ class TrainStep:
             (loss * (count * self.world_size / total_tokens)).backward()
             loss_sum += loss.detach().double() * count
         return loss_sum, total
+
+    @torch.no_grad()
+    def probe_loss(self) -> float | None:
+        """Collective: the current weights' loss on the last micro-batch of each rank (the mean over
+        ranks, or over their scored tokens), so a checkpoint is written only for weights that still
+        pass the guard after their update. None before any step, or with no scored token anywhere."""
+        if self._last_batch is None:
+            return None
+        batch = self._last_batch
+        count = float((batch["labels"] != IGNORE_INDEX).sum()) if self.count_scored_tokens else 1.0
+        loss = float(self._loss(batch)) if count else 0.0
+        total = torch.tensor([loss * count, count], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1]) if float(total[1]) else None
 
     def __call__(self, batches: Iterator[dict], step: int, lr: float) -> StepResult:
         """Optimizer step `step` (0-based) at learning rate `lr`, over the next micro-batches."""

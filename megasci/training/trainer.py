@@ -13,6 +13,12 @@ an interrupted fine-tune resumes from its own save_dir. SFT sources (prefixes wi
 beside them) need `data.document_mask`; their loss is the mean over the global batch's scored
 tokens (train_step.py).
 
+A divergence never reaches a checkpoint: none is written while the spike guard is skipping steps,
+or when the updated weights are not finite or fail the guard on the step's last micro-batch
+(`Checkpointer.refusal`), and keep_last never prunes the last checkpoint saved before skipped steps.
+`TrainingDiverged` carries the overrides that roll back (`train.resume_step`, `train.skip_batches`);
+docs/checkpoints.md describes the checkpoint files, their verification and the rollback.
+
 Resuming is exact: the whole data state is `consumed_samples`, and the checkpoint holds the model,
 every rank's optimizer shard, the spike guard's running mean and the RNG states, so N steps, a
 kill, a resume and N more steps give the same losses and parameters as 2N steps in one go.
@@ -30,10 +36,11 @@ from megasci.model import build_model, flops_per_token
 from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import atomic_text_output
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, check_tokenizer_matches, choose_start
 from .config import TrainConfig
 from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer
 from .guard import SpikeGuard, TrainingDiverged
+from .lock import lock_for_run
 from .metrics import MetricsLog, TrainingMetrics, device_peak_tflops
 from .parallelize import apply_activation_checkpointing, apply_compile, apply_fp32_grad_accumulation
 from .profiler import StepProfiler
@@ -55,8 +62,21 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.env = env = init_distributed(None if cfg.train.device == "auto" else cfg.train.device)
+        self.lock = lock_for_run(cfg.train.save_dir, env.rank, env.world_size, log=print_rank0)
+        try:
+            self._set_up(cfg, env)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the save_dir lock (rank 0); the run's end, or a failed set-up."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _set_up(self, cfg: TrainConfig, env) -> None:
         t, o = cfg.train, cfg.optim
-        self.env = env = init_distributed(None if t.device == "auto" else t.device)
         model_cfg = cfg.model.build()
         if not cfg.data.tokenizer:
             raise ValueError("data.tokenizer is required: the checkpoint records which tokenizer the model was trained with")
@@ -77,6 +97,10 @@ class Trainer:
         print_rank0(f"{env.world_size} data-parallel rank(s) on {env.device}, backend {env.backend}; global batch "
                     f"{t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accumulation} x dp {env.world_size}")
 
+        start = choose_start(t.save_dir, rank=env.rank, world_size=env.world_size,
+                             global_batch_size=t.global_batch_size, resume_step=t.resume_step,
+                             skip_batches=t.skip_batches)
+        check_tokenizer_matches(start, tokenizer.identity(), cfg.data.tokenizer)
         self.data = built_on_rank0(lambda may_build: build_train_dataset(cfg, cache_dir, may_build),
                                    env.rank, env.world_size)
         check_tokenizer(self.data, cfg.data.tokenizer, tokenizer.identity())
@@ -106,10 +130,10 @@ class Trainer:
                                          rank=env.rank, world_size=env.world_size, device=env.device,
                                          keep_last=t.keep_last)
         self.step, consumed, self.initialized_from = 0, 0, None
-        self.resumed_from = self.checkpointer.latest()
-        if self.resumed_from is not None:
-            meta = self.checkpointer.resume(self.resumed_from)
-            self.step, consumed = meta["step"], meta["consumed_samples"]
+        self.resumed_from = start.path
+        if start.path is not None:
+            self.checkpointer.resume(start)
+            self.step, consumed = start.step, start.consumed_samples
         elif t.init_from:
             self.initialized_from = self.checkpointer.load_weights(t.init_from)
             optimizer.sync_masters_from_params()
@@ -174,19 +198,41 @@ class Trainer:
                         summary["validation"][step] = self.validator(step)
                     exiting = _every(t.exit_interval, step) and not done
                     if stopping or exiting or done or _every(t.save_interval, step):
-                        last_checkpoint = self.checkpointer.save(step, self.loader.consumed_samples)
+                        refused = self.checkpointer.refusal(self.train_step.probe_loss)
+                        if refused is None:
+                            last_checkpoint = self.checkpointer.save(step, self.loader.consumed_samples)
+                        else:
+                            print_rank0(f"step {step}: no checkpoint written: {refused}")
                     if stopping or exiting:
                         print_rank0(f"stopping at step {step} ({'SIGTERM' if stopping else 'exit_interval'}); "
                                     f"run the same command to resume from {last_checkpoint}")
                         break
             if self.step == t.train_steps and self.validator:
                 summary["validation"][self.step] = self.validator(self.step)
+        except TrainingDiverged as error:
+            raise self._diverged(error) from None
         finally:
             self.loader.close()
             self.metrics.log.close()
+            self.close()
         summary.update(end_step=self.step, checkpoint=last_checkpoint, tensorboard_dir=self.tensorboard_dir,
                        world_size=self.env.world_size)
         return summary
+
+    def _diverged(self, error: TrainingDiverged) -> TrainingDiverged:
+        """`error` with the way back: the last good checkpoint, the data to skip, the overrides."""
+        o = self.cfg.optim
+        diverged_step = self.step + 1  # the step the guard gave up on (1-based)
+        checkpoint, overrides = self.checkpointer.rollback_overrides(diverged_step)
+        if checkpoint is None:
+            advice = (f"no checkpoint was written before it; start again in an empty train.save_dir with a lower "
+                      f"optim.lr (now {o.lr:g}) or a longer optim.warmup_steps (now {o.warmup_steps})")
+        else:
+            advice = (f"the last good checkpoint is {checkpoint}. Roll back to it, skipping the batches from it "
+                      f"through step {diverged_step}, by running the same command with {' '.join(overrides)}; "
+                      f"if the divergence comes back, also lower optim.lr (now {o.lr:g}, e.g. optim.lr={o.lr / 2:g}) "
+                      f"or lengthen optim.warmup_steps (now {o.warmup_steps}). docs/checkpoints.md has the details")
+        return TrainingDiverged(f"{error}. {advice}", overrides)
 
 
 def pretrain(cfg: TrainConfig) -> dict:

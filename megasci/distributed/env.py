@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 
 import torch
@@ -67,9 +68,36 @@ def print_rank0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def shutdown_distributed() -> None:
-    """Leaves the process group. Exiting without it can abort a gloo rank whose background
-    threads are still alive at interpreter exit ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leaves the process group so that no rank aborts at exit, whatever the timing.
+
+    A gloo group still alive at interpreter exit can abort its rank ("terminate called without an
+    active exception"): its threads outlive the interpreter. So: a barrier (every rank's collectives
+    are done); a rendezvous on the store, not on the group's own connections, so no rank closes them
+    while a slower peer is still inside that barrier; then the group is destroyed and the objects
+    holding its threads are collected while the interpreter is fully alive. `wait=False` (a failed
+    set-up, where the other ranks may be anywhere) only destroys this rank's group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait:
+            store = dist.distributed_c10d._get_default_store()  # before the group (and its store) goes
+            dist.barrier()
+            _store_rendezvous(store, "megasci/shutdown", dist.get_world_size())
+    finally:
         dist.destroy_process_group()
+        gc.collect()
+
+
+def _store_rendezvous(store, key: str, world_size: int, timeout_s: float = 300.0) -> None:
+    """Every rank waits until all `world_size` ranks have arrived at `key` (through the TCP store)."""
+    generation = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted job's keys are fresh
+    arrived = store.add(f"{key}/{generation}/arrived", 1)
+    if arrived == world_size:
+        store.set(f"{key}/{generation}/all", "1")
+    try:
+        store.wait([f"{key}/{generation}/all"], datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, dist.DistError) as error:  # the store's host already gone: every rank had arrived
+        if "timeout" in str(error).lower() or "timed out" in str(error).lower():
+            raise RuntimeError(f"leaving the process group: only {arrived} of {world_size} ranks arrived "
+                               f"within {timeout_s:.0f} s") from None

@@ -34,6 +34,8 @@ class ModelConfig:
     n_layers: int = 24
     n_heads: int = 16
     n_kv_heads: int = 16
+    kv_channels: int | None = None  # per-head width when not hidden_size / n_heads (HF's head_dim), as in Megatron
+    tie_embeddings: bool = False  # the output projection is the input embedding (HF's tie_word_embeddings)
     ffn_hidden_size: int = 5504
     max_seq_len: int = 4096
     rope_theta: float = 10_000.0
@@ -45,7 +47,7 @@ class ModelConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
-        if self.hidden_size % self.n_heads:
+        if self.kv_channels is None and self.hidden_size % self.n_heads:
             raise ValueError(f"n_heads {self.n_heads} does not divide hidden_size {self.hidden_size}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
@@ -57,7 +59,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.n_heads
+        return self.kv_channels or self.hidden_size // self.n_heads
 
 
 PRESETS = {
@@ -76,13 +78,13 @@ def get_config(name: str, **overrides) -> ModelConfig:
 
 def parameter_breakdown(cfg: ModelConfig) -> dict:
     """Exact parameter counts by kind; they sum to the model's `numel()` total."""
-    h, kv = cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim
-    attn = h * h + 2 * h * kv + h * h  # wq, wk, wv, wo
+    h, q, kv = cfg.hidden_size, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    attn = 2 * h * q + 2 * h * kv  # wq, wo; wk, wv
     mlp = 3 * h * cfg.ffn_hidden_size  # gate, up, down
     norms = 2 * h * cfg.n_layers + h  # two per block plus the final norm
     return {
         "input_embedding": cfg.vocab_size * h,
-        "output_embedding": cfg.vocab_size * h,
+        "output_embedding": 0 if cfg.tie_embeddings else cfg.vocab_size * h,  # tied: the input embedding's
         "blocks_matmul": cfg.n_layers * (attn + mlp),
         "norms": norms,
     }
@@ -99,7 +101,7 @@ def num_matmul_parameters(cfg: ModelConfig) -> int:
     """N_matmul for MFU: every weight used in a matmul, including the output
     projection, excluding the input embedding (a lookup) and the norm gains."""
     b = parameter_breakdown(cfg)
-    return b["blocks_matmul"] + b["output_embedding"]
+    return b["blocks_matmul"] + cfg.vocab_size * cfg.hidden_size  # the output projection, tied or not
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:

@@ -27,6 +27,8 @@ _PER_LAYER = {
 def _name_map(cfg: ModelConfig) -> dict:
     """Our name -> HF name, for every parameter of a model with `cfg`."""
     names = dict(_GLOBAL)
+    if cfg.tie_embeddings:  # HF has no lm_head.weight then; ours is embed.weight itself
+        del names["output.weight"]
     for i in range(cfg.n_layers):
         for ours, theirs in _PER_LAYER.items():
             names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
@@ -44,7 +46,10 @@ def _rename(sd: dict, names: dict, direction: str) -> dict:
 
 
 def to_hf_state_dict(our_sd: dict, cfg: ModelConfig) -> dict:
-    """Our state dict under `LlamaForCausalLM` names (tensors are shared, not copied)."""
+    """Our state dict under `LlamaForCausalLM` names (tensors are shared, not copied); a tied model's
+    `output.weight` is its `embed.weight` and is left out, as transformers saves a tied model."""
+    if cfg.tie_embeddings:
+        our_sd = {k: v for k, v in our_sd.items() if k != "output.weight"}
     return _rename(our_sd, _name_map(cfg), "to_hf")
 
 
@@ -55,8 +60,13 @@ def from_hf_state_dict(hf_sd: dict, cfg: ModelConfig) -> dict:
     recompute the RoPE tables from `cfg.rope_theta` and `cfg.rope_scaling`.
     """
     hf_sd = {k: v for k, v in hf_sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    if cfg.tie_embeddings:  # a file may still hold lm_head.weight; transformers ties it to the embedding
+        hf_sd.pop("lm_head.weight", None)
     inverse = {theirs: ours for ours, theirs in _name_map(cfg).items()}
-    return _rename(hf_sd, inverse, "from_hf")
+    ours = _rename(hf_sd, inverse, "from_hf")
+    if cfg.tie_embeddings:
+        ours["output.weight"] = ours["embed.weight"]
+    return ours
 
 
 def hf_config_dict(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2,
@@ -94,7 +104,7 @@ def hf_config_dict(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 
         "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps,
         **rope,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,

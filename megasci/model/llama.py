@@ -2,8 +2,9 @@
 
 tokens -> embedding -> n_layers x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> output projection.
 Attention is causal with RoPE (rotate-half) and grouped-query heads; the MLP is SwiGLU; norms are
-RMSNorm; no linear layer has a bias; input and output embeddings are separate matrices. The numerics
-live in `megasci.ops`, so kernels can change without touching this file. Parameter names map one to
+RMSNorm; no linear layer has a bias; input and output embeddings are separate matrices (one matrix
+with `tie_embeddings`). The numerics live in `megasci.ops`, so kernels can change without touching
+this file. Parameter names map one to
 one onto transformers' LlamaForCausalLM (see hf_mapping.py). Training policy (activation
 checkpointing, torch.compile) is applied from outside, by `megasci.training.parallelize`; the
 weightless attention core and SwiGLU activation are submodules so that it can wrap them.
@@ -136,7 +137,14 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         self.init_weights()
+
+    def tie_weights(self):
+        """With `cfg.tie_embeddings` the output projection is the embedding matrix itself, as in HF's tied
+        models; `build_model` calls it again after `to_empty`, which gives each module a new parameter."""
+        if self.cfg.tie_embeddings:
+            self.output.weight = self.embed.weight
 
     @torch.no_grad()
     def init_weights(self):
@@ -213,5 +221,6 @@ def build_model(cfg: ModelConfig, device="cpu", dtype=None) -> Transformer:
     if torch.device(device).type == "meta":
         return model
     model.to_empty(device=device)
+    model.tie_weights()
     model.init_weights()
     return model

@@ -8,9 +8,11 @@ and the ids and decoded text of probe texts with LaTeX, Unicode, newline runs, t
 with a chat template, `apply_chat_template` on multi-turn probe conversations (with and without a
 system turn, with and without the generation prompt) against our ids (`CHAT_PROBES`); transformers
 loading every tensor into a LlamaForCausalLM; logits of the reloaded model against ours in the export
-dtype on a probe batch (tolerances in `LOGIT_RTOL`; a bfloat16 export is compared with our model run in
-bfloat16, the same rounded weights); greedy continuation with `generate` (KV cache) against ours by
-repeated full forward passes (a flip at a near-tie within the tolerance ends the comparison with a note
+dtype on a probe batch, and on one row as long as the model's max_seq_len, so that every position a RoPE
+scaling extends to is compared (tolerances in `LOGIT_RTOL`; a bfloat16 export is compared with our model
+run in bfloat16, the same rounded weights); greedy continuation with `generate` (KV cache) against ours by
+repeated full forward passes (by our KV cache for dynamic RoPE, whose cached keys keep the frequencies of
+the length they were made at; a flip at a near-tie within the tolerance ends the comparison with a note
 instead of failing).
 """
 
@@ -27,6 +29,7 @@ from megasci.export.tokenizer import literal_text_caveats
 from megasci.export.writer import expected_config
 from megasci.model import ModelConfig, to_hf_state_dict
 from megasci.model.dtypes import DTYPES, dtype_name
+from megasci.model.llama import KVCache
 from megasci.tokenizer.chat import ChatTemplate
 from megasci.tokenizer.probes import PROBE_TEXTS
 from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
@@ -39,6 +42,7 @@ from megasci.utils.io import file_sha256
 # bounds leave room for other kernels: float32 as in tests/test_model.py, bfloat16 about 5 ulps (2^-8 each).
 LOGIT_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 GREEDY_TOKENS = 16
+LOGIT_SLICE = 256  # positions per slice of the long row's logits: [LOGIT_SLICE, vocab] at a time, not [S, vocab]
 _MISSING = "<missing>"
 # Conversations the exported chat template must encode to our ids: multi-turn, with and without a system
 # turn, LaTeX, Unicode and newlines in the content.
@@ -65,6 +69,7 @@ class Report:
     tolerance: float = 0.0
     greedy_tokens: int = 0
     probe_tokens: int = 0
+    logit_positions: int = 0  # the longest row whose logits were compared at every position
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,6 +117,7 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
         raise ExportError(f"{config_path}: transformers built {type(hf).__name__}, expected LlamaForCausalLM")
     _check_logits(config_path, model, hf, _probe_batch(sp, cfg).to(device), report)
     _check_greedy(config_path, model, hf, sp, cfg, report)
+    _check_logits(config_path, model, hf, _long_row(cfg).to(device), report)
     return report
 
 
@@ -225,28 +231,59 @@ def _check_chat_template(export_dir: str, hf_tok, sp: SentencePieceTokenizer, id
 
 
 def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -> None:
-    with torch.no_grad():
-        ours, theirs = model(tokens).float(), hf(tokens).logits.float()
-    if theirs.shape != ours.shape:
-        raise ExportError(f"{where}: transformers' logits have shape {tuple(theirs.shape)}, ours {tuple(ours.shape)}")
+    """Logits at every position of `tokens`, through each model's final hidden states and output projection
+    a slice of positions at a time, so a long row's [S, vocab] logits never exist whole."""
     dtype = next(model.parameters()).dtype
-    report.max_logit_diff = (ours - theirs).abs().max().item()
-    report.tolerance = LOGIT_RTOL[dtype] * max(1.0, ours.abs().max().item())
-    if not report.max_logit_diff <= report.tolerance:
-        raise ExportError(f"{where}: logits of the reloaded model differ from ours by up to "
-                          f"{report.max_logit_diff:.3g} (tolerance {report.tolerance:.3g} in {dtype_name(dtype)})")
+    _forget_dynamic_length(hf, model.cfg)
+    with torch.no_grad():
+        ours_h, theirs_h = model.hidden_states(tokens), hf.model(tokens).last_hidden_state
+        if theirs_h.shape != ours_h.shape:
+            raise ExportError(f"{where}: transformers' hidden states have shape {tuple(theirs_h.shape)}, "
+                              f"ours {tuple(ours_h.shape)}")
+        diff, largest = 0.0, 0.0
+        for start in range(0, tokens.shape[1], LOGIT_SLICE):
+            part = slice(start, start + LOGIT_SLICE)
+            ours, theirs = model.output(ours_h[:, part]).float(), hf.lm_head(theirs_h[:, part]).float()
+            diff, largest = max(diff, (ours - theirs).abs().max().item()), max(largest, ours.abs().max().item())
+    tolerance = LOGIT_RTOL[dtype] * max(1.0, largest)
+    if not diff <= tolerance:
+        raise ExportError(f"{where}: logits of the reloaded model differ from ours by up to {diff:.3g} "
+                          f"(tolerance {tolerance:.3g} in {dtype_name(dtype)}) over {tokens.shape[1]} positions")
+    report.max_logit_diff = max(report.max_logit_diff, diff)
+    report.tolerance = max(report.tolerance, tolerance)
+    report.logit_positions = max(report.logit_positions, tokens.shape[1])
+
+
+def _long_row(cfg: ModelConfig) -> torch.Tensor:
+    """One row of seeded random ids as long as the model's context: the positions past the training length
+    are where a RoPE scaling acts, and the probe batch stops at 64."""
+    return torch.randint(0, cfg.vocab_size, (1, cfg.max_seq_len), generator=torch.Generator().manual_seed(1))
+
+
+def _forget_dynamic_length(hf, cfg: ModelConfig) -> None:
+    """transformers' dynamic RoPE keeps the frequencies of the longest sequence it has run until a call
+    shorter than the original length resets them; ours depend on each call's own length. A one-token call
+    puts it back in a freshly loaded model's state: each check starts from there, comparing like with like."""
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "dynamic":
+        with torch.no_grad():
+            hf(torch.zeros(1, 1, dtype=torch.long, device=hf.device))
 
 
 def _check_greedy(where: str, model, hf, sp: SentencePieceTokenizer, cfg: ModelConfig, report: Report) -> None:
-    """`generate` (KV cache) against our repeated full forward passes; a near-tie in our logits may flip."""
+    """`generate` (KV cache) against our repeated full forward passes (our KV cache for dynamic RoPE, where a
+    cache holds keys rotated at shorter lengths' frequencies); a near-tie in our logits may flip."""
     steps = min(GREEDY_TOKENS, cfg.max_seq_len // 2)
     prompt = torch.tensor([sp.encode(PROBE_TEXTS[0])[: cfg.max_seq_len - steps]], device=model.embed.weight.device)
     ours = prompt
+    cache = None
+    if cfg.rope_scaling and cfg.rope_scaling["rope_type"] == "dynamic":  # as generate's cache: see the docstring
+        cache = KVCache(cfg, 1, prompt.shape[1] + steps, prompt.device, model.embed.weight.dtype)
+    _forget_dynamic_length(hf, cfg)
     with torch.no_grad():
         theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps, do_sample=False,
                              eos_token_id=None, pad_token_id=sp.pad_id)
         for step in range(steps):
-            logits = model(ours)[0, -1].float()
+            logits = (model(ours) if cache is None else model.decode(ours[:, cache.length:], cache))[0, -1].float()
             top2 = logits.topk(2).values
             nxt = logits.argmax()
             if theirs.shape[1] <= ours.shape[1]:

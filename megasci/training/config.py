@@ -156,10 +156,11 @@ class TrainSection:
         if self.resume_step is not None and self.resume_step < 0:
             raise ValueError(f"train.resume_step: expected a checkpoint's step, got {self.resume_step}")
         if self.resume_step is not None and self.resume_step + self.skip_batches > self.train_steps:
-            raise ValueError(f"train.skip_batches: resuming at step {self.resume_step} and skipping {self.skip_batches} "
-                             f"batches goes past train.train_steps {self.train_steps}")
+            raise ValueError(f"train.skip_batches: resuming at step {self.resume_step} and skipping "
+                             f"{self.skip_batches} batches goes past train.train_steps {self.train_steps}")
         if self.skip_batches and self.resume_step is None:
-            raise ValueError("train.skip_batches: only with train.resume_step (the checkpoint the skipped batches follow)")
+            raise ValueError("train.skip_batches: only with train.resume_step (the checkpoint the skipped batches "
+                             "follow)")
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_se
 from megasci.training import checkpoint as ckpt
 from megasci.training.config import load_config
 from megasci.training.metrics import read_metrics
-from megasci.training.trainer import pretrain
+from megasci.training.trainer import Trainer, pretrain
 
 from training_fixtures import run_pretrain
 
@@ -69,15 +69,15 @@ def _finetune(setup, save_dir, **extra):
 
 
 def test_init_from_takes_the_weights_only(setup, tmp_path):
-    """lr 0: the fine-tune's checkpoint holds exactly the pretrained weights, at its own step 1."""
-    save_dir = str(tmp_path / "lr0")
-    summary = pretrain(load_config(None, _finetune(setup, save_dir, **{
-        "optim.lr": 0.0, "optim.min_lr": 0.0, "optim.weight_decay": 0.0, "train.train_steps": 1,
-        "train.eval_interval": 0})))
-    assert summary["start_step"] == 0 and summary["end_step"] == 1
-    after = torch.load(os.path.join(ckpt.latest_checkpoint(save_dir), ckpt.MODEL_NAME), weights_only=True)
+    """The fine-tune starts from exactly the pretrained weights, and counts its own steps from 0."""
+    save_dir = str(tmp_path / "init")
+    trainer = Trainer(load_config(None, _finetune(setup, save_dir, **{
+        "train.train_steps": 1, "optim.warmup_steps": 1, "train.eval_interval": 0})))
     before = torch.load(os.path.join(ckpt.latest_checkpoint(setup["pretrained"]), ckpt.MODEL_NAME), weights_only=True)
-    assert all(torch.equal(after[k], before[k]) for k in before)
+    started = trainer.model.state_dict()
+    assert all(torch.equal(started[k], before[k]) for k in before)
+    summary = trainer.train()
+    assert summary["start_step"] == 0 and summary["end_step"] == 1
     assert ckpt.read_meta(save_dir)["step"] == 1  # its own counter, not the pretraining's step 4
 
 

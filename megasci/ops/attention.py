@@ -9,13 +9,17 @@ never transposes. Backends:
   first call, so a failed probe means SDPA with one warning.
 - ``flex``: FlexAttention with a block-causal ``BlockMask`` (torch >= 2.5), for packed samples only.
   Compiled on CUDA; on CPU torch runs it eagerly and forward only, so it is never chosen there.
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, which picks its own fused kernel
-  (an explicit boolean mask for packed samples).
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, which picks its own fused kernel;
+  for packed samples, one call per document (variable-length attention by a loop over the documents).
 - ``reference``: the explicit softmax(QK^T * scale + mask) V, in at least float32.
 
 **Document masking.** ``segment_ids`` [B, S] (non-decreasing per sample, one id per packed document)
 makes the mask block-causal: a query sees the keys at or before it *of its own document*, so
-documents packed into one sample never see each other. Without it every path is plain causal.
+documents packed into one sample never see each other. Without it every path is plain causal. Only the
+``reference`` path builds the dense [B, 1, S, S] mask (``document_mask``); the others keep memory linear in
+S: flash-attn's and SDPA's variable-length attention over the documents (SDPA's fused kernels keep a
+causal document's memory linear in its length too, on CPU as on GPU), FlexAttention's block mask (one
+entry per 128 x 128 tile).
 
 Causal masking in ``attention`` needs equal query and key lengths: for unequal lengths flash-attn aligns
 the mask to the bottom right and SDPA to the top left, and training never needs either. Decoding after a
@@ -82,6 +86,19 @@ def attention_reference(q, k, v, causal: bool = True, softmax_scale: float | Non
 
 def attention_sdpa(q, k, v, causal: bool = True, softmax_scale: float | None = None,
                    segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    if segment_ids is None:
+        return _sdpa(q, k, v, causal, softmax_scale)
+    # Packed documents: variable-length attention as a loop, one SDPA call per document over its own rows,
+    # so memory follows the documents' lengths, never an [S, S] mask per sample (see the module docstring).
+    b, s = segment_ids.shape
+    bounds = cu_seqlens(segment_ids)[0].tolist()
+    q, k, v = (t.reshape(1, b * s, *t.shape[2:]) for t in (q, k, v))
+    documents = [_sdpa(q[:, i:j], k[:, i:j], v[:, i:j], causal, softmax_scale) for i, j in zip(bounds, bounds[1:])]
+    return torch.cat(documents, dim=1).reshape(b, s, *q.shape[2:])
+
+
+def _sdpa(q, k, v, causal: bool, softmax_scale: float | None) -> torch.Tensor:
+    """SDPA over [B, S, H, D] tensors, with grouped-query heads."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     groups = q.shape[2] // k.shape[2]
     kwargs: dict[str, Any] = {}  # Any: mypy would match a bool value against every sdpa parameter
@@ -91,11 +108,7 @@ def attention_sdpa(q, k, v, causal: bool = True, softmax_scale: float | None = N
         else:
             kt = kt.repeat_interleave(groups, dim=1)
             vt = vt.repeat_interleave(groups, dim=1)
-    if segment_ids is not None:
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=document_mask(segment_ids, causal),
-                                             scale=softmax_scale, **kwargs)
-    else:
-        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=softmax_scale, **kwargs)
+    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=softmax_scale, **kwargs)
     return out.transpose(1, 2)
 
 
@@ -120,7 +133,8 @@ def flash_usable() -> bool:
 def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The documents of a batch flattened in order: int32 offsets [n_documents + 1] and the longest length."""
     b, s = segment_ids.shape
-    flat = (segment_ids + torch.arange(b, device=segment_ids.device)[:, None] * (int(segment_ids.max()) + 1)).reshape(-1)
+    per_sample = int(segment_ids.max()) + 1  # ids of sample i shifted past those of sample i - 1
+    flat = (segment_ids + torch.arange(b, device=segment_ids.device)[:, None] * per_sample).reshape(-1)
     starts = torch.nonzero(torch.diff(flat, prepend=flat[:1] - 1)).reshape(-1)
     offsets = torch.cat([starts, torch.tensor([b * s], device=flat.device)]).to(torch.int32)
     return offsets, int(torch.diff(offsets).max())

@@ -13,10 +13,17 @@ import zstandard
 from downstream_fixtures import make_tokenizer, write_task
 from megasci.corpus.synthetic import generate_papers
 from megasci.data.indexed_dataset import IndexedDatasetWriter
-from megasci.downstream.decontaminate import (NgramIndex, find_contamination, iter_documents, normalize,
-                                              read_contaminated, word_ngrams)
+from megasci.downstream.decontaminate import (
+    NgramIndex,
+    find_contamination,
+    iter_documents,
+    normalize,
+    read_contaminated,
+    word_ngrams,
+)
 from megasci.downstream.tasks import load_jsonl
 
+NO_LM_EVAL = "lm-evaluation-harness is a test-only dependency: pip install lm-eval"
 WORDS = ("quark lepton boson fermion gluon photon muon tau neutrino hadron meson baryon pion kaon axion "
          "graviton soliton instanton monopole vortex").split()
 
@@ -47,7 +54,7 @@ def tok(tmp_path_factory):
 
 def test_normalisation_is_lm_evals():
     janitor = pytest.importorskip("lm_eval.decontamination.janitor",
-                                  reason="lm-evaluation-harness is a test-only dependency: pip install lm-eval")
+                                  reason=NO_LM_EVAL)
     text = "Ünïcödé Ω: THE Quick, brown fox's \"jump\" -- 3.14 \\alpha_{i}!\t\nNew   line"
     assert normalize(text) == janitor.Janitor().normalize_string(text)
     long = " ".join(normalize(p["text"]) for p in generate_papers(1, seed=3))
@@ -68,7 +75,8 @@ def test_every_planted_overlap_and_none_in_disjoint_text(tmp_path, tok):
     with open(tmp_path / "a.jsonl", "w") as f:
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs[:half])
     with open(tmp_path / "b.jsonl.zst", "wb") as f:
-        f.write(zstandard.ZstdCompressor().compress("".join(json.dumps({"text": d}) + "\n" for d in docs[half:]).encode()))
+        lines = "".join(json.dumps({"text": d}) + "\n" for d in docs[half:])
+        f.write(zstandard.ZstdCompressor().compress(lines.encode()))
     with IndexedDatasetWriter(str(tmp_path / "ds"), dtype=np.uint16) as writer:
         for d in docs:
             writer.add_document(tok.encode(d))

@@ -3,7 +3,11 @@ own HFLM and multiple-choice task code given the same requests."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,13 +15,23 @@ import torch
 import torch.nn.functional as F
 
 from downstream_fixtures import EXAMPLES, make_export, make_tokenizer, write_task
-from megasci.downstream import (as_encoder, bootstrap_stderr, encode_pair, encode_requests, evaluate_tasks,
-                                example_metrics, load_jsonl, score)
+from megasci.downstream import (
+    as_encoder,
+    bootstrap_stderr,
+    encode_pair,
+    encode_requests,
+    evaluate_tasks,
+    example_metrics,
+    load_jsonl,
+    score,
+)
 from megasci.downstream.scorer import Score, TokenRequest
 
 transformers = pytest.importorskip("transformers")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-5  # float32, relative, as the acceptance asks
+NO_LM_EVAL = "lm-evaluation-harness is a test-only dependency: pip install 'lm-eval[hf]'"
 
 
 @pytest.fixture(scope="module")
@@ -80,31 +94,38 @@ def test_a_greedy_continuation_is_recognised(setup):
     assert a.greedy and not b.greedy and a.tokens == 4 and a.chars is None
 
 
-def test_batching_and_sharding_do_not_change_scores(setup):
+def test_batching_does_not_change_scores(setup):
     s = setup
     reqs = encode_requests(s["requests"], s["tok"])
     one = score(s["model"], reqs, batch_size=1)
     for batch_size in (2, 5, 64):
         assert all(_close(a.loglikelihood, b.loglikelihood, 1e-6) for a, b in
                    zip(one, score(s["model"], reqs, batch_size=batch_size)))
-    # each rank's share (world_size 3), put back together, is every request once
-    shares = [score_share for rank in range(3) for score_share in _share(s["model"], reqs, rank, 3)]
-    assert sorted(i for i, _ in shares) == list(range(len(reqs)))
-    assert all(_close(one[i].loglikelihood, r.loglikelihood, 1e-6) for i, r in shares)
 
 
-def _share(model, reqs, rank, world_size):
-    """The (index, score) pairs one rank computes, by scoring only its slice of the sorted order."""
-    from megasci.downstream import scorer
-
-    order = sorted(range(len(reqs)), key=lambda i: (-(len(reqs[i].context) + len(reqs[i].continuation)),
-                                                    reqs[i].context + reqs[i].continuation))
-    mine = order[rank::world_size]
-    return list(zip(mine, score(model, [reqs[i] for i in mine], batch_size=2))) if mine else []
+def test_two_gloo_ranks_each_score_a_share_and_agree_with_one_process(setup, tmp_path):
+    """tools/eval_tasks.py under torchrun: the gathered per-example scores equal a single process's."""
+    s = setup
+    task = write_task(tmp_path / "sci.jsonl")
+    common = [os.path.join(ROOT, "tools", "eval_tasks.py"), "--checkpoint", str(s["root"] / "ckpt"), "--tasks", task,
+              "--device", "cpu", "--batch-size", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for nproc, out in ((2, "dp2.jsonl"), (1, "dp1.jsonl")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *common,
+               "--per-example", str(tmp_path / out)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("value ± stderr") == 1  # rank 0 alone prints
+    dp2, dp1 = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                for name in ("dp2.jsonl", "dp1.jsonl"))
+    assert [r["id"] for r in dp2] == [r["id"] for r in dp1] and len(dp1) == len(EXAMPLES)
+    for a, b in zip(dp2, dp1):
+        assert all(_close(x, y, 1e-6) for x, y in zip(a["loglikelihoods"], b["loglikelihoods"]))
+        assert (a["acc"], a["acc_norm"], a["greedy"]) == (b["acc"], b["acc_norm"], b["greedy"])
 
 
 def test_hflm_gives_the_same_loglikelihoods(setup):
-    lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test-only dependency: pip install lm-eval")
+    lm_eval = pytest.importorskip("lm_eval", reason=NO_LM_EVAL)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -121,7 +142,7 @@ def test_hflm_gives_the_same_loglikelihoods(setup):
 def test_lm_eval_task_gives_the_same_acc_and_acc_norm_per_example(setup, tmp_path):
     """lm-eval's own multiple-choice pipeline (ConfigurableTask.process_results through
     evaluator.evaluate) on the same JSONL file: choices appended as written (target delimiter "")."""
-    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is a test-only dependency: pip install lm-eval")
+    pytest.importorskip("lm_eval", reason=NO_LM_EVAL)
     from lm_eval import evaluator
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.models.huggingface import HFLM

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import string
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 from megasci.data.indexed_dataset import IndexedDataset
 from megasci.data.provenance import tokenizer_warnings

@@ -17,12 +17,12 @@ so a rerun gives the same stderr.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
-from .scorer import Score, as_encoder, bits_per_byte, encode_requests, score
+from .scorer import Score, TokenRequest, as_encoder, bits_per_byte, encode_requests, score
 from .tasks import MC, Task
 
 BOOTSTRAP_ITERS = 1000
@@ -79,7 +79,8 @@ def evaluate_tasks(model, tasks: Sequence[Task], tokenizer, *, device="cpu", bat
     gets the same results. `excluded` records, per task name, how many contaminated examples the
     caller already removed."""
     encoder = as_encoder(tokenizer)
-    encoded, where = [], []
+    encoded: list[TokenRequest] = []
+    where: list[tuple[int, int, int]] = []
     for t, task in enumerate(tasks):
         if not task.examples:
             raise ValueError(f"task {task.name}: no examples to score")

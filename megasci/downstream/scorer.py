@@ -26,8 +26,8 @@ transformers model (its output's `.logits`). The caller puts it in eval mode and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +87,8 @@ def as_encoder(tokenizer) -> Encoder:
         if prefix is None:
             raise ValueError("the tokenizer has neither a BOS nor an EOS id: an empty context cannot be scored")
         return Encoder(lambda text: list(tokenizer.encode(text)), prefix)
-    raise TypeError(f"not a tokenizer: {type(tokenizer).__name__} (need encode and bos_id, or a transformers tokenizer)")
+    raise TypeError(f"not a tokenizer: {type(tokenizer).__name__} "
+                    "(need encode and bos_id, or a transformers tokenizer)")
 
 
 def encode_pair(context: str, continuation: str, encoder: Encoder) -> tuple[list[int], list[int]]:

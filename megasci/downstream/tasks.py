@@ -68,7 +68,7 @@ class Task:
     def metrics(self) -> tuple[str, ...]:
         return ("acc", "acc_norm", "bpb") if self.kind == MC else ("bpb",)
 
-    def limited(self, limit: int | None) -> "Task":
+    def limited(self, limit: int | None) -> Task:
         return self if limit is None else Task(self.name, self.source, self.kind, self.examples[:limit])
 
 
@@ -205,7 +205,8 @@ def load_mmlu_stem(name: str, root: str) -> Task:
     for subject in MMLU_STEM:
         prefix = ""
         if shots == "5shot":
-            prefix = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}:\n\n"
+            topic = subject.replace("_", " ")
+            prefix = f"The following are multiple choice questions (with answers) about {topic}:\n\n"
             for dev in _mmlu_rows(root, subject, "dev")[:5]:
                 answer = keys[dev["answer"]] if fmt == "mc" else dev["choices"][dev["answer"]]
                 prefix += format_example(dev) + " " + answer + "\n\n"
@@ -249,7 +250,8 @@ def _check_line(obj) -> str | None:
 def load_jsonl(path: str, name: str | None = None) -> Task:
     """A task file in our JSONL format; the first bad line raises TaskError naming `path:line`."""
     name = name or os.path.splitext(os.path.basename(path))[0]
-    task, seen = Task(name, path, MC), {}
+    task = Task(name, path, MC)
+    seen: dict[str, int] = {}
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:

@@ -19,7 +19,13 @@ log-sum-exp, like flash attention), with real forward and backward math, so that
 as it runs on a GPU, not as the CPU reference paths would (those keep fp32 copies and S x S scores).
 RoPE and the chunked cross-entropy run as they are.
 
+Long context: several lengths in one run, the model's max_seq_len raised to each where it is shorter
+(RoPE tables grow with it, nothing else). The kernel model is flash attention's contract, which
+variable-length attention over packed documents (document masking) shares: q, k, v, out and the
+log-sum-exp, linear in the length, so these figures hold with `data.document_mask` on as well.
+
     python benchmarks/bench_activations.py                       # 1p36b, meta device, the table
+    python benchmarks/bench_activations.py --seq 4096 8192 16384 --micro-batch 1   # long context
     python benchmarks/bench_activations.py --preset tiny --device cpu --dtype float32 --seq 64 --micro-batch 2
 """
 
@@ -30,6 +36,7 @@ import contextlib
 import gc
 import json
 import math
+from dataclasses import replace
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -168,7 +175,8 @@ def _attention_backward(ctx, grad_out, grad_lse):
     grad_v = probs.transpose(-1, -2) @ gf
     grad_probs = gf @ vf.transpose(-1, -2)
     grad_scores = probs * (grad_probs - (gf * out.to(lse.dtype)).sum(-1, keepdim=True)) * ctx.scale
-    return (grad_scores @ kf).to(q.dtype), (grad_scores.transpose(-1, -2) @ qf).to(k.dtype), grad_v.to(v.dtype), None, None
+    grad_q, grad_k = (grad_scores @ kf).to(q.dtype), (grad_scores.transpose(-1, -2) @ qf).to(k.dtype)
+    return grad_q, grad_k, grad_v.to(v.dtype), None, None
 
 
 attention_kernel_model.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -231,9 +239,9 @@ def measure(cfg, device: str, dtype: torch.dtype, seq: int, micro_batch: int, mo
         with counter:
             model(tokens, labels).backward()
         model.zero_grad(set_to_none=True)
-        rows.append({"kind": "activations", "preset": cfg.name, "device": device, "dtype": str(dtype).removeprefix("torch."),
-                     "seq": seq, "micro_batch": micro_batch, "mode": mode, "retained_bytes": retained,
-                     "saved_tensor_bytes": saved,
+        rows.append({"kind": "activations", "preset": cfg.name, "device": device,
+                     "dtype": str(dtype).removeprefix("torch."), "seq": seq, "micro_batch": micro_batch,
+                     "mode": mode, "retained_bytes": retained, "saved_tensor_bytes": saved,
                      "bytes_per_token_per_layer": retained / (micro_batch * seq * cfg.n_layers),
                      "flops": counter.get_total_flops()})
     none = next(r for r in rows if r["mode"] == "none")
@@ -262,13 +270,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--preset", default="1p36b")
     p.add_argument("--device", default="meta")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
-    p.add_argument("--seq", type=int, default=768)
+    p.add_argument("--seq", type=int, nargs="+", default=[768], help="one table per length")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--json-out", help="append JSON lines here")
     args = p.parse_args(argv)
-    with kernel_models():
-        rows = measure(get_config(args.preset), args.device, DTYPES[args.dtype], args.seq, args.micro_batch)
-    print_table(rows)
+    rows = []
+    for seq in args.seq:
+        cfg = get_config(args.preset)
+        cfg = replace(cfg, max_seq_len=max(cfg.max_seq_len, seq))
+        with kernel_models():
+            rows += (table := measure(cfg, args.device, DTYPES[args.dtype], seq, args.micro_batch))
+        print_table(table)
     if args.json_out:
         with open(args.json_out, "a") as f:
             for r in rows:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .scorer import Score, TokenRequest, as_encoder, bits_per_byte, encode_requests, score
+from .scorer import Score, TokenRequest, as_encoder, bits_per_byte, encode_requests, model_max_length, score
 from .tasks import MC, Task
 
 BOOTSTRAP_ITERS = 1000
@@ -79,6 +79,7 @@ def evaluate_tasks(model, tasks: Sequence[Task], tokenizer, *, device="cpu", bat
     gets the same results. `excluded` records, per task name, how many contaminated examples the
     caller already removed."""
     encoder = as_encoder(tokenizer)
+    window = max_length or model_max_length(model)
     encoded: list[TokenRequest] = []
     where: list[tuple[int, int, int]] = []
     for t, task in enumerate(tasks):
@@ -90,7 +91,11 @@ def evaluate_tasks(model, tasks: Sequence[Task], tokenizer, *, device="cpu", bat
                 encoded += encode_requests([(example.context, c) for c in example.choices], encoder)
             except ValueError as error:
                 raise ValueError(f"task {task.name}, example {example.id}: {error}") from None
-    scores = score(model, encoded, device=device, batch_size=batch_size, max_length=max_length, rank=rank,
+            for i, request in enumerate(encoded[-len(example.choices):]):
+                if len(request.continuation) > window:
+                    raise ValueError(f"task {task.name}, example {example.id}: choice {i} is "
+                                     f"{len(request.continuation)} tokens, more than the model's window of {window}")
+    scores = score(model, encoded, device=device, batch_size=batch_size, max_length=window, rank=rank,
                    world_size=world_size, group=group)
     per_task: list[list[dict]] = [[] for _ in tasks]
     for t, e, first in where:

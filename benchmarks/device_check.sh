@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check, run first on any GPU: at most 7.5 minutes, each part under a hard cap (timeout),
+# The one GPU check, run first on any GPU: at most 8.5 minutes, each part under a hard cap (timeout),
 # JSON lines in $OUT/device_check.jsonl, the log in $OUT/device_check.log, one summary table at the end.
 #
 #   1. tests: the GPU-marked tests (`pytest -m gpu`: compiled kernels, no interpreter), then the op,
@@ -9,12 +9,14 @@
 #      bf16, fp32 masters) against transformers' LlamaForCausalLM + fused torch.optim.AdamW in the
 #      same run (bench_train.py), then ours with torch.compile (inductor) of each block
 #   4. memory: peak memory of ours at micro-batch 16 (micro-batch 8's is in part 3)
+#   5. long context: one 4096-token step of the 1p36b preset (ours, micro-batch 1, accumulation 2, no
+#      checkpointing, as examples/configs/pretrain_1p36b.yaml recommends at 4096): tokens/s, MFU, peak memory
 #
 # Here, once (pip works here, not there): bash benchmarks/device_check.sh --fetch-wheels
 #   puts the wheels the suite needs and the GPU image lacks (zstandard, datasketch, langdetect,
 #   pylatexenc; see /work/.library/device/KINDS.md) into .whl/, which .git/info/exclude must ignore.
 # The device call (the `run` tool):
-#   command: bash benchmarks/device_check.sh     carry: [".whl"]     timeout_s: 500
+#   command: bash benchmarks/device_check.sh     carry: [".whl"]     timeout_s: 560
 # On a CPU, in seconds, what CI runs (tests/test_device_check.py): bash benchmarks/device_check.sh --cpu-dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +69,9 @@ if [ "$MODE" = gpu ]; then
   OP_TESTS=(tests/test_ops.py tests/test_model.py tests/test_linear_main_grad.py)
   COMPILE=inductor
   MICRO=8; MICRO_LARGE=16
-  CAP_BUILD=45; CAP_GPU_TESTS=90; CAP_OP_TESTS=60; CAP_OPS=40; CAP_TRAIN=100; CAP_COMPILE=75; CAP_MEMORY=40  # 450 s
+  LONG=(--seq 4096 --micro-batch 1 --accumulation 2)
+  CAP_BUILD=45; CAP_GPU_TESTS=90; CAP_OP_TESTS=60; CAP_OPS=40; CAP_TRAIN=100; CAP_COMPILE=75; CAP_MEMORY=40
+  CAP_LONG=60  # 510 s in all
 else
   PRESET=(--device cpu --preset tiny --dtype float32 --seq 32)
   TRAIN=(--steps 2 --warmup 1 --accumulation 2 --peak-tflops 1.0 --isolation none)
@@ -76,7 +80,9 @@ else
   OP_TESTS=(tests/test_linear_main_grad.py)
   COMPILE=aot_eager
   MICRO=2; MICRO_LARGE=4
+  LONG=(--seq 128 --micro-batch 1 --accumulation 2)  # the tiny preset's whole context
   CAP_BUILD=60; CAP_GPU_TESTS=120; CAP_OP_TESTS=120; CAP_OPS=60; CAP_TRAIN=120; CAP_COMPILE=120; CAP_MEMORY=60
+  CAP_LONG=60
 fi
 
 {
@@ -95,6 +101,8 @@ fi
     --micro-batch "$MICRO" --only ours --compile "$COMPILE" --json-out "$JSON"
   part memory_micro_large "$CAP_MEMORY" - "$PYTHON" benchmarks/bench_train.py "${PRESET[@]}" "${TRAIN[@]}" \
     --micro-batch "$MICRO_LARGE" --only ours --json-out "$JSON"
+  part train_4096 "$CAP_LONG" - "$PYTHON" benchmarks/bench_train.py "${PRESET[@]}" "${TRAIN[@]}" "${LONG[@]}" \
+    --only ours --json-out "$JSON"
   echo "== summary"
   "$PYTHON" benchmarks/device_report.py summary "$JSON"
   echo "parts failed: $FAILED"

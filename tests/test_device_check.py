@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ["gpu_tests", "op_model_tests", "ops", "train", "train_compiled", "memory_micro_large"]
+PARTS = ["gpu_tests", "op_model_tests", "ops", "train", "train_compiled", "memory_micro_large", "train_4096"]
 
 
 def test_cpu_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
@@ -22,10 +22,12 @@ def test_cpu_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
     tests = {p["part"]: p for p in parts if "tests" in p}
     assert tests["op_model_tests"]["tests"] > 0 and tests["op_model_tests"]["failures"] == 0
     trains = [r for r in rows if r["kind"] == "train"]
-    assert [(r["contender"], r["compile"] if r["contender"] == "ours" else None, r["micro_batch"]) for r in trains] == [
-        ("ours", None, 2), ("hf", None, 2), ("ours", "aot_eager", 2), ("ours", None, 4)]
+    assert [(r["contender"], r["compile"] if r["contender"] == "ours" else None, r["micro_batch"], r["seq"])
+            for r in trains] == [("ours", None, 2, 32), ("hf", None, 2, 32), ("ours", "aot_eager", 2, 32),
+                                 ("ours", None, 4, 32), ("ours", None, 1, 128)]  # the last: the long-context part
     assert all("error" not in r and r["accumulation"] == 2 for r in trains), trains
     assert {r["op"] for r in rows if r["kind"] == "op"} >= {"rms_norm", "swiglu", "cross_entropy_loss"}
     assert any(r["kind"] == "compare" for r in rows)
     log = (tmp_path / "device_check.log").read_text()
     assert "== summary" in log and "parts failed: 0" in log
+    assert "train ours seq   128 mb   1" in log  # the long-context step's line in the summary

@@ -3,7 +3,7 @@
 
 Contenders, each training the same preset on the same tokens from the same initial weights:
 
-* ours: the step of megasci/training/trainer.py: `accumulation` micro-batches of forward + backward
+* ours: the trainer's own `TrainStep` (megasci/training/train_step.py): `accumulation` micro-batches of forward + backward
   through `build_model` (fused ops as `megasci.ops` picks them, chunked cross-entropy, optional
   activation checkpointing), the ZeRO AdamW hooks accumulating fp32 gradients (`--gradients`: the
   matmuls adding theirs into the fp32 buffer directly, as the trainer does by default; `reference`,
@@ -67,6 +67,7 @@ from megasci.model.dtypes import DTYPES
 from megasci.training.guard import SpikeGuard
 from megasci.training.metrics import device_peak_tflops
 from megasci.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fp32_grad_accumulation
+from megasci.training.train_step import TrainStep
 
 CONTENDERS = ("ours", "hf")
 # The training loop's defaults (megasci/training/config.py), used by both contenders.
@@ -134,23 +135,14 @@ def setup_ours(cfg, args, device, dtype):
     if args.compile:  # as train.compile does: each block, after the optimizer owns the parameters
         apply_compile(model, args.compile)
     guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WARMUP, MAX_SKIPPED)
-    accumulation = args.accumulation
+    train_step = TrainStep(model, optimizer, guard, accumulation=args.accumulation, device=device, world_size=1,
+                           timing_sync=False, data_wait=lambda: 0.0)
 
     def step(index, batches):
-        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-        for micro in range(accumulation):
-            tokens, labels = batches[index * accumulation + micro]
-            optimizer.prepare_backward(last_micro_batch=micro == accumulation - 1)
-            loss = model(tokens, labels)
-            (loss / accumulation).backward()
-            loss_sum += loss.detach().float()
-        grad_norm = optimizer.finish_gradient_sync()
-        loss_value, norm_value = float(loss_sum) / accumulation, float(grad_norm)
-        if guard.check(index, loss_value, norm_value) is None:
-            optimizer.step(args.lr, grad_norm)
-        else:
-            optimizer.skip_step()
-        return loss_value, norm_value
+        """The trainer's own TrainStep over this step's micro-batches."""
+        micro = batches[index * args.accumulation:(index + 1) * args.accumulation]
+        result = train_step(iter({"tokens": tokens, "labels": labels} for tokens, labels in micro), index, args.lr)
+        return result.loss, result.grad_norm
 
     accumulator = {"fp32_accumulation": "fp32 gradient accumulator (matmul weight gradients added in directly)",
                    "reference": "fp32 gradient accumulator", "shard": "fp32 gradient shard"}[args.gradients]

@@ -15,6 +15,10 @@ from megasci.training import checkpoint as ckpt
 from megasci.training.config import TrainConfig
 from megasci.training.guard import SpikeGuard
 
+from megasci.tokenizer import load_tokenizer
+
+from checkpoint_fixtures import Position, make_checkpointer, save_at
+
 
 def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
     model_state = {"w": torch.arange(4.0)}
@@ -60,7 +64,10 @@ def test_keep_last_never_deletes_the_new_checkpoint_after_a_rewind(tmp_path):
 
 
 class _Tokenizer:
-    path = None
+    """A tokenizer with no file to copy (the checkpoint records its identity only)."""
+
+    def files(self):
+        return {}
 
     def identity(self):
         return {"kind": "test", "sha256": "ab" * 32, "vocab_size": 256}
@@ -85,11 +92,9 @@ def _trained(seed):
 
 
 def _checkpointer(save_dir, cfg, model, optimizer, guard):
-    stages = [SimpleNamespace(name="prose"), SimpleNamespace(name="all")]
-    data = SimpleNamespace(stages=stages, stage_of=lambda i: 0 if i < 8 else 1)
-    return ckpt.Checkpointer(str(save_dir), model=model, optimizer=optimizer, guard=guard, data=data,
-                             tokenizer=_Tokenizer(), model_cfg=cfg, train_cfg=TrainConfig(), rank=0, world_size=1,
-                             device=torch.device("cpu"), keep_last=None)
+    position = Position(stage_of=lambda i: 0 if i < 8 else 1, stages=("prose", "all"))
+    return make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=guard, tokenizer=_Tokenizer(),
+                             model_cfg=cfg, position=position)
 
 
 def test_checkpointer_resume_restores_what_save_wrote(tmp_path):
@@ -99,16 +104,16 @@ def test_checkpointer_resume_restores_what_save_wrote(tmp_path):
     torch.manual_seed(42)
     np.random.seed(42)
     random.seed(42)
-    path = saver.save(2, consumed_samples=16)
+    path = save_at(saver, 2, 16)
     expected_draws = (torch.rand(3), np.random.rand(3), random.random())
     meta = ckpt.read_meta(path)
-    assert (meta["step"], meta["consumed_samples"], meta["stage"], meta["dp_size"]) == (2, 16, "all", 1)
+    assert (meta["step"], meta["data"], meta["dp_size"]) == (2, {"consumed_samples": 16, "stage": "all"}, 1)
     assert meta["spike_guard"] == guard.state_dict() and ckpt.model_config_from_meta(meta) == cfg
 
     _, other_model, other_optimizer, other_guard = _trained(seed=1)  # different weights, moments and history
     loader = _checkpointer(tmp_path, cfg, other_model, other_optimizer, other_guard)
     assert loader.latest() == path
-    assert loader.resume(path)["step"] == 2
+    assert loader.load(path)["step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other_model.state_dict().values()))
     assert other_guard.state_dict() == guard.state_dict()
     assert other_optimizer.step_count == optimizer.step_count
@@ -117,3 +122,68 @@ def test_checkpointer_resume_restores_what_save_wrote(tmp_path):
     draws = (torch.rand(3), np.random.rand(3), random.random())  # the streams continue from the save
     assert torch.equal(draws[0], expected_draws[0]) and np.array_equal(draws[1], expected_draws[1])
     assert draws[2] == expected_draws[2]
+
+
+class _Counter:
+    """A component the checkpointer has never heard of: shared, JSON state."""
+
+    def __init__(self, value=0):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+class _PerRankTensor:
+    """A per-rank component holding a tensor, loading its own rank's state."""
+
+    per_rank = True
+
+    def __init__(self, fill):
+        self.tensor = torch.full((3,), float(fill))
+
+    def state_dict(self):
+        return {"tensor": self.tensor}
+
+    def load_state_dict(self, saved):
+        self.tensor = saved.own()["tensor"].clone()
+
+
+def test_a_new_component_is_saved_and_loaded_with_no_edit_to_the_checkpointer(tmp_path):
+    cfg, model, optimizer, guard = _trained(seed=0)
+    saver = _checkpointer(tmp_path, cfg, model, optimizer, guard)
+    saver.components.update(counter=_Counter(7), tensor=_PerRankTensor(2.5))
+    path = save_at(saver, 2, 16)
+    assert ckpt.read_meta(path)["counter"] == {"value": 7}
+    _, other_model, other_optimizer, other_guard = _trained(seed=1)
+    loader = _checkpointer(tmp_path, cfg, other_model, other_optimizer, other_guard)
+    loader.components.update(counter=_Counter(), tensor=_PerRankTensor(0))
+    loader.load(path)
+    assert loader.components["counter"].value == 7
+    assert torch.equal(loader.components["tensor"].tensor, torch.full((3,), 2.5))
+
+
+def test_a_huggingface_tokenizer_is_copied_as_itself_and_loads_back(tmp_path):
+    """Each tokenizer names its own files: a tokenizer.json travels as tokenizer.json with its config,
+    never under the SentencePiece name `tokenizer.model` (which generate and export would open as
+    SentencePiece and fail)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<unk>", "<s>", "</s>", "a", "b", "c"]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    source = tmp_path / "hf"
+    source.mkdir()
+    tok.save(str(source / "tokenizer.json"))
+    (source / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
+    hf = load_tokenizer(str(source / "tokenizer.json"))
+    path = ckpt.save_checkpoint(str(tmp_path / "run"), 1, rank=0, rank_state={}, model_state={"w": torch.zeros(2)},
+                                meta={"tokenizer": hf.identity()}, tokenizer=hf)
+    assert ckpt.TOKENIZER_NAME not in os.listdir(path)
+    copied = ckpt.checkpoint_tokenizer_path(path)
+    assert os.path.basename(copied) == "tokenizer.json"
+    again = load_tokenizer(copied)
+    assert again.identity()["sha256"] == hf.identity()["sha256"] and again.encode("a b c") == hf.encode("a b c")
+    assert (again.bos_id, again.eos_id) == (1, 2)

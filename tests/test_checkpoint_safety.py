@@ -19,6 +19,8 @@ from megasci.training import checkpoint as ckpt
 from megasci.training.config import TrainConfig
 from megasci.training.guard import SpikeGuard
 
+from checkpoint_fixtures import make_checkpointer, save_at
+
 MARKER_ENV = "MEGASCI_TEST_MARKER"
 
 
@@ -33,7 +35,10 @@ class _Payload:
 
 
 class _Tokenizer:
-    path = None
+    """A tokenizer with no file to copy (the checkpoint records its identity only)."""
+
+    def files(self):
+        return {}
 
     def __init__(self, sha="ab" * 32):
         self.sha = sha
@@ -49,21 +54,8 @@ def _run(save_dir, steps=(2, 4), seed=0, tokenizer=None):
     model = build_model(cfg)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-2), bucket_numel=5000)
     guard = SpikeGuard(3.0, 0, 5)
-    data = SimpleNamespace(stages=[SimpleNamespace(name="all")], stage_of=lambda i: 0)
-    saver = ckpt.Checkpointer(
-        str(save_dir),
-        model=model,
-        optimizer=optimizer,
-        guard=guard,
-        data=data,
-        tokenizer=tokenizer or _Tokenizer(),
-        model_cfg=cfg,
-        train_cfg=TrainConfig(),
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        keep_last=None,
-    )
+    saver = make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=guard,
+                              tokenizer=tokenizer or _Tokenizer(), model_cfg=cfg)
     tokens = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(seed))
     for step in range(1, max(steps, default=0) + 1):
         optimizer.prepare_backward(True)
@@ -73,7 +65,7 @@ def _run(save_dir, steps=(2, 4), seed=0, tokenizer=None):
         guard.check(step - 1, float(loss.detach()), float(norm))
         optimizer.step(1e-2, norm)
         if step in steps:
-            saver.save(step, consumed_samples=8 * step)
+            save_at(saver, step, 8 * step)
     return saver
 
 
@@ -94,7 +86,7 @@ def _rewrite_checksum(path, name):
 
 def _resume(save_dir, tokenizer=None):
     start = ckpt.choose_start(str(save_dir), rank=0, world_size=1, global_batch_size=8)
-    _fresh(save_dir, tokenizer).resume(start)
+    _fresh(save_dir, tokenizer).load(start)
     return start
 
 
@@ -232,7 +224,7 @@ def test_the_export_refuses_corrupted_weights(tmp_path):
         rank_state={},
         model_state=model.state_dict(),
         meta={"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()},
-        tokenizer_path=tok.path,
+        tokenizer=tok,
     )
     model_file = os.path.join(tmp_path, "ckpt", "step_00000010", ckpt.MODEL_NAME)
     data = bytearray(open(model_file, "rb").read())

@@ -14,7 +14,9 @@ from megasci.model import build_model, get_config
 from megasci.training import checkpoint as ckpt
 from megasci.training.config import TrainConfig, load_config
 from megasci.training.guard import SpikeGuard, TrainingDiverged
+from megasci.training.train_step import TrainStep
 from megasci.training.trainer import pretrain
+from checkpoint_fixtures import guard_of, make_checkpointer, save_at
 from training_fixtures import make_training_data, training_overrides
 
 
@@ -65,10 +67,10 @@ def test_an_absurd_learning_rate_never_reaches_a_checkpoint_and_the_rollback_tra
     # the advice, with a sane learning rate: continues after the skipped batches, to the end
     overrides = {"optim.lr": 3e-3, "train.save_interval": 2, **dict(o.split("=") for o in rollback)}
     summary = pretrain(_config(data, save_dir, **overrides))
-    assert summary["start_step"] == 4 + skip and summary["end_step"] == 12 and not summary["skipped"]
-    assert all(loss < 7 for loss in summary["losses"].values())
+    assert summary.start_step == 4 + skip and summary.end_step == 12 and not summary.skipped
+    assert all(loss < 7 for loss in summary.losses.values())
     meta = ckpt.read_meta(save_dir)
-    assert meta["step"] == 12 and meta["consumed_samples"] == 12 * 8
+    assert meta["step"] == 12 and meta["data"]["consumed_samples"] == 12 * 8
     assert meta["rollback"] == {"to_step": 4, "skip_batches": skip, "abandoned": []}
     final = _weights(ckpt.latest_checkpoint(save_dir))
     assert all(torch.isfinite(v).all() for v in final.values())
@@ -84,7 +86,10 @@ def test_the_guard_warm_up_still_stops_a_wrecked_model():
 
 
 class _Tokenizer:
-    path = None
+    """A tokenizer with no file to copy (the checkpoint records its identity only)."""
+
+    def files(self):
+        return {}
 
     def identity(self):
         return {"kind": "test", "sha256": "ab" * 32, "vocab_size": 256}
@@ -95,57 +100,47 @@ def _checkpointer(save_dir, keep_last=None):
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-2), bucket_numel=5000)
-    data = SimpleNamespace(stages=[SimpleNamespace(name="all")], stage_of=lambda i: 0)
-    return ckpt.Checkpointer(
-        str(save_dir),
-        model=model,
-        optimizer=optimizer,
-        guard=SpikeGuard(3.0, 0, 5),
-        data=data,
-        tokenizer=_Tokenizer(),
-        model_cfg=cfg,
-        train_cfg=TrainConfig(),
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        keep_last=keep_last,
-    )
+    return make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=SpikeGuard(3.0, 0, 5),
+                             tokenizer=_Tokenizer(), model_cfg=cfg, keep_last=keep_last)
 
 
 def test_no_checkpoint_of_non_finite_weights_or_during_a_skip_streak(tmp_path):
     saver = _checkpointer(tmp_path)
-    saver.guard.check(0, 4.0, 1.0)
-    assert saver.refusal(lambda: 4.1) is None
-    assert "fail the spike guard" in saver.refusal(lambda: float("nan"))
-    assert "fail the spike guard" in saver.refusal(lambda: 40.0)
+    guard = guard_of(saver)
+    step = TrainStep(saver.model, saver.components["optimizer"].optimizer, guard, accumulation=1,
+                     device=torch.device("cpu"), world_size=1, timing_sync=False, data_wait=lambda: 0.0)
+    guard.check(0, 4.0, 1.0)
+    assert step.unsafe_to_save(lambda: 4.1) is None
+    assert "fail the spike guard" in step.unsafe_to_save(lambda: float("nan"))
+    assert "fail the spike guard" in step.unsafe_to_save(lambda: 40.0)
     with torch.no_grad():
         next(saver.model.parameters())[0] = float("inf")
-    assert "non-finite" in saver.refusal(lambda: 4.1)
-    saver.guard.check(1, float("nan"), 1.0)
-    assert "skipped the last 1 step(s)" in saver.refusal(lambda: 4.1)
+    assert "non-finite" in step.unsafe_to_save(lambda: 4.1)
+    guard.check(1, float("nan"), 1.0)
+    assert "skipped the last 1 step(s)" in step.unsafe_to_save(lambda: 4.1)
 
 
 def test_keep_last_never_prunes_the_last_checkpoint_before_skipped_steps(tmp_path):
     saver = _checkpointer(tmp_path, keep_last=1)
-    saver.guard.check(0, 4.0, 1.0)
-    saver.save(2, 16)
-    saver.guard.check(1, float("nan"), 1.0)  # a skip streak after step 2, then recovery
-    saver.guard.check(2, 4.0, 1.0)
-    saver.save(4, 32)
-    saver.save(6, 48)
+    guard_of(saver).check(0, 4.0, 1.0)
+    save_at(saver, 2, 16)
+    guard_of(saver).check(1, float("nan"), 1.0)  # a skip streak after step 2, then recovery
+    guard_of(saver).check(2, 4.0, 1.0)
+    save_at(saver, 4, 32)
+    save_at(saver, 6, 48)
     names = [os.path.basename(p) for p in ckpt.complete_checkpoints(str(tmp_path))]
     assert names == ["step_00000002", "step_00000006"]  # 4 pruned by keep_last=1; 2 pinned
     assert ckpt.read_meta(str(tmp_path))["pinned"] == "step_00000002"
     resumed = _checkpointer(tmp_path, keep_last=1)  # the pin survives a resume
-    resumed.resume(ckpt.latest_checkpoint(str(tmp_path)))
-    resumed.save(8, 64)
+    resumed.load(ckpt.latest_checkpoint(str(tmp_path)))
+    save_at(resumed, 8, 64)
     assert [os.path.basename(p) for p in ckpt.complete_checkpoints(str(tmp_path))] == ["step_00000002", "step_00000008"]
 
 
 def test_a_rollback_sets_newer_checkpoints_aside_and_its_command_can_be_rerun(tmp_path, capsys):
     saver = _checkpointer(tmp_path)
     for step in (2, 4, 6):
-        saver.save(step, step * 8)
+        save_at(saver, step, step * 8)
     start = ckpt.choose_start(str(tmp_path), rank=0, world_size=1, global_batch_size=8, resume_step=2, skip_batches=3)
     assert (start.path, start.step, start.consumed_samples) == (os.path.join(tmp_path, "step_00000002"), 5, 40)
     assert start.rollback == {"to_step": 2, "skip_batches": 3, "abandoned": ["step_00000004", "step_00000006"]}
@@ -157,8 +152,8 @@ def test_a_rollback_sets_newer_checkpoints_aside_and_its_command_can_be_rerun(tm
     ]
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000002")
     resumed = _checkpointer(tmp_path)
-    resumed.resume(start)
-    resumed.save(7, 56)  # the new line's checkpoint records the rollback it descends from
+    resumed.load(start)
+    save_at(resumed, 7, 56)  # the new line's checkpoint records the rollback it descends from
     again = ckpt.choose_start(str(tmp_path), rank=0, world_size=1, global_batch_size=8, resume_step=2, skip_batches=3)
     assert again.path.endswith("step_00000007") and again.step == 7 and again.consumed_samples == 56
     assert "was done by an earlier run" in capsys.readouterr().out

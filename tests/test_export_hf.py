@@ -44,7 +44,7 @@ def _checkpoint(save_dir, tok, **overrides):
     model = build_model(cfg, dtype=torch.float32)
     meta = {"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()}
     save_checkpoint(str(save_dir), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                    tokenizer_path=tok.path)
+                    tokenizer=tok)
     return model.eval()
 
 

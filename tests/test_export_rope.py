@@ -43,7 +43,7 @@ def _export(tmp_path, tok, scaling, rope_theta=10_000.0):
     model = build_model(cfg, dtype=torch.float32).eval()
     meta = {"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()}
     save_checkpoint(str(tmp_path / "ckpt"), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                    tokenizer_path=tok.path)
+                    tokenizer=tok)
     report = export_checkpoint(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
     return model, report
 

@@ -74,10 +74,11 @@ def test_init_from_takes_the_weights_only(setup, tmp_path):
     trainer = Trainer(load_config(None, _finetune(setup, save_dir, **{
         "train.train_steps": 1, "optim.warmup_steps": 1, "train.eval_interval": 0})))
     before = torch.load(os.path.join(ckpt.latest_checkpoint(setup["pretrained"]), ckpt.MODEL_NAME), weights_only=True)
+    trainer.restore()
     started = trainer.model.state_dict()
     assert all(torch.equal(started[k], before[k]) for k in before)
     summary = trainer.train()
-    assert summary["start_step"] == 0 and summary["end_step"] == 1
+    assert summary.start_step == 0 and summary.end_step == 1
     assert ckpt.read_meta(save_dir)["step"] == 1  # its own counter, not the pretraining's step 4
 
 

@@ -233,7 +233,7 @@ def checkpoint(tmp_path_factory):
     model = _tiny(cfg)
     save_checkpoint(str(out / "ckpt"), 10, rank=0, rank_state={}, model_state=model.state_dict(),
                     meta={"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()},
-                    tokenizer_path=str(out / "latex.model"))
+                    tokenizer=tok)
     return out / "ckpt", model, tok
 
 

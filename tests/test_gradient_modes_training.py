@@ -19,7 +19,7 @@ def test_every_gradient_mode_trains_like_the_reference_path(tmp_path):
         overrides = training_overrides(data, str(tmp_path / mode), **{
             "train.train_steps": 4, "train.eval_interval": 0, "train.save_interval": 0})
         overrides = [o for o in overrides if not o.startswith("data.curriculum")] + [f"data.blend=[1, {data['prefix']}]"]
-        losses[mode] = pretrain(load_config(None, overrides + extra))["losses"]
+        losses[mode] = pretrain(load_config(None, overrides + extra)).losses
     assert len(losses["reference"]) == 4
     assert losses["reference"][4] < losses["reference"][1]  # it trains, so later losses depend on the updates
     for mode in ("fp32_accumulation", "shard_gradients"):

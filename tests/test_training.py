@@ -63,7 +63,7 @@ def test_two_n_steps_equal_n_steps_exit_and_resume(runs):
         assert resumed[step]["train/grad_norm"] == straight[step]["train/grad_norm"], step
     a, b = final_params(runs["straight"]), final_params(runs["resumed"])
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert ckpt.read_meta(runs["resumed"])["consumed_samples"] == 64
+    assert ckpt.read_meta(runs["resumed"])["data"]["consumed_samples"] == 64
 
 
 def kill_tree(pid: int) -> None:
@@ -150,7 +150,7 @@ def test_checkpoint_layout_and_keep_last(runs):
     files = set(os.listdir(path))
     assert {"meta.json", "model.pt", "config.yaml", "tokenizer.model", "rank_00000.pt", "rank_00001.pt"} <= files
     meta = ckpt.read_meta(save_dir)
-    assert meta["step"] == 8 and meta["dp_size"] == 2 and meta["stage"] == "all"
+    assert meta["step"] == 8 and meta["dp_size"] == 2 and meta["data"]["stage"] == "all"
     assert meta["tokenizer"]["vocab_size"] == runs["data"]["vocab_size"]
     assert load_config(os.path.join(path, "config.yaml")).train.train_steps == 8
     model, _ = ckpt.load_model(save_dir)
@@ -280,7 +280,7 @@ def test_compiled_blocks_train_like_eager(runs, tmp_path):
         overrides = training_overrides(runs["data"], str(tmp_path / str(backend)), **{
             "train.train_steps": 3, "train.eval_interval": 0, "train.save_interval": 0, "train.compile": "null" if backend is None else backend})
         losses[backend] = pretrain(load(None, [o for o in overrides if not o.startswith("data.curriculum")]
-                                        + [f"data.blend=[1, {runs['data']['prefix']}]"]))["losses"]
+                                        + [f"data.blend=[1, {runs['data']['prefix']}]"])).losses
     assert losses["aot_eager"] == pytest.approx(losses[None], abs=1e-5)
     assert len(losses[None]) == 3
 

@@ -48,11 +48,11 @@ def import_hf(hf_dir: str, output: str) -> str:
     model = build_model(cfg, device="meta")
     model.load_state_dict(state, assign=True)  # the loaded tensors themselves; checks names and shapes again
     model.tie_weights()
-    meta = {"consumed_samples": 0, "dp_size": 1, "model_config": dataclasses.asdict(cfg),
+    meta = {"data": {"consumed_samples": 0}, "dp_size": 1, "model_config": dataclasses.asdict(cfg),
             "tokenizer": tokenizer.identity(), "imported_from": os.path.abspath(hf_dir)}
     os.makedirs(output, exist_ok=True)
     return save_checkpoint(output, 0, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                           tokenizer_path=tokenizer_path)
+                           tokenizer=tokenizer)
 
 
 def main(argv=None) -> int:

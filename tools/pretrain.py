@@ -111,8 +111,8 @@ def main(argv=None) -> int:
         shutdown_distributed()
         return 3
     shutdown_distributed()
-    if summary["end_step"] == summary["start_step"] and _rank() == 0:
-        print(f"nothing to do: the checkpoint in {cfg.train.save_dir} is already at step {summary['end_step']}")
+    if summary.end_step == summary.start_step and _rank() == 0:
+        print(f"nothing to do: the checkpoint in {cfg.train.save_dir} is already at step {summary.end_step}")
     return 0
 
 

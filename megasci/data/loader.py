@@ -204,7 +204,12 @@ class DataLoader:
         return len(self.dataset) // self.config.global_batch_size
 
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples}
+        """The position (`consumed_samples`, all that resuming needs) and, for a curriculum, the name
+        of the stage it is in (for a reader of the checkpoint)."""
+        state: dict = {"consumed_samples": self.consumed_samples}
+        if hasattr(self.dataset, "stage_of"):
+            state["stage"] = self.dataset.stages[self.dataset.stage_of(max(0, self.consumed_samples - 1))].name
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Resume point for the next iteration; any prefetch in flight is discarded."""

@@ -54,6 +54,12 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def id_to_piece(self, token_id: int) -> str: ...
 
+    def files(self) -> dict[str, str]:
+        """The files that make this tokenizer, by the name a copy gives each (a checkpoint's copy
+        loads back with `load_tokenizer` on the first one): each tokenizer names its own, so no
+        caller guesses whether it is a SentencePiece `.model` or a HuggingFace `tokenizer.json`."""
+        raise NotImplementedError(f"tokenizer {self.name!r} cannot be copied into a checkpoint")
+
     def identity(self) -> dict:
         """What identifies this tokenizer in checkpoints and exports (kind, file hash, vocab, special ids,
         and the chat template where it has one)."""

@@ -78,3 +78,12 @@ class HFTokenizer(Tokenizer):
 
     def identity(self) -> dict:
         return {**super().identity(), "kind": "huggingface", "sha256": file_sha256(self.path)}
+
+    def files(self) -> dict[str, str]:
+        """`tokenizer.json` with the configs beside it that name its special tokens (and chat template)."""
+        folder = os.path.dirname(self.path)
+        copies = {"tokenizer.json": self.path}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.isfile(os.path.join(folder, name)):
+                copies[name] = os.path.join(folder, name)
+        return copies

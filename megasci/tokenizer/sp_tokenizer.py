@@ -90,6 +90,13 @@ class SentencePieceTokenizer(Tokenizer):
     def identity(self) -> dict:
         return {**super().identity(), "kind": "sentencepiece", "sha256": file_sha256(self.path)}
 
+    def files(self) -> dict[str, str]:
+        """The model as `tokenizer.model`, with its `.meta.json` (special ids, chat template) beside it."""
+        copies = {"tokenizer.model": self.path}
+        if os.path.isfile(meta_path(self.path)):
+            copies[meta_path("tokenizer.model")] = meta_path(self.path)
+        return copies
+
 
 @dataclass
 class SentencePieceTrainConfig:

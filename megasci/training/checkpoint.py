@@ -40,6 +40,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -271,7 +272,7 @@ def save_checkpoint(
     model_state: dict | None = None,
     meta: dict | None = None,
     config_yaml: str | None = None,
-    tokenizer_path: str | None = None,
+    tokenizer=None,
     keep_last: int | None = None,
     keep: tuple[str, ...] = (),
     barrier: Callable[[], None] = lambda: None,
@@ -305,23 +306,9 @@ def save_checkpoint(
             with atomic_text_output(os.path.join(tmp, CONFIG_NAME)) as f:
                 f.write(config_yaml)
             files[CONFIG_NAME] = _file_record(os.path.join(tmp, CONFIG_NAME))
-        if tokenizer_path is not None:
-            copies = [(tokenizer_path, TOKENIZER_NAME)]
-            if tokenizer_path.endswith(".json"):  # HuggingFace: tokenizer.json and the configs naming its specials
-                folder = os.path.dirname(tokenizer_path)
-                copies = [(tokenizer_path, HF_TOKENIZER_NAME)] + [
-                    (os.path.join(folder, name), name) for name in HF_TOKENIZER_CONFIGS
-                    if os.path.isfile(os.path.join(folder, name))]
-            elif os.path.isfile(tokenizer_meta_path(tokenizer_path)):  # special ids and the chat template travel too
-                copies.append(
-                    (
-                        tokenizer_meta_path(tokenizer_path),
-                        os.path.basename(tokenizer_meta_path(os.path.join(tmp, TOKENIZER_NAME))),
-                    )
-                )
-            for source, name in copies:
-                shutil.copyfile(source, os.path.join(tmp, name))
-                files[name] = _file_record(os.path.join(tmp, name))
+        for name, source in (tokenizer.files() if tokenizer is not None else {}).items():
+            shutil.copyfile(source, os.path.join(tmp, name))
+            files[name] = _file_record(os.path.join(tmp, name))
         with atomic_output(os.path.join(tmp, META_NAME), "w") as f:
             json.dump({**meta, "step": step, "files": files}, f, indent=2, sort_keys=True)  # last: marks it complete
         if os.path.exists(final):  # an older save of the same step (e.g. after a rewind): replace it
@@ -454,7 +441,7 @@ def _start_at(path: str) -> Start:
         path=path,
         meta=meta,
         step=meta["step"],
-        consumed_samples=meta["consumed_samples"],
+        consumed_samples=meta["data"]["consumed_samples"] if "data" in meta else meta["consumed_samples"],
         rollback=meta.get("rollback"),
     )
 
@@ -505,6 +492,7 @@ def _roll_back(
     start.rolling_back = True
     start.step += skip_batches
     start.consumed_samples += skipped
+    start.meta["data"] = {**start.meta.get("data", {}), "consumed_samples": start.consumed_samples}
     print_rank0(
         f"rolling back to {target}"
         + (
@@ -537,63 +525,134 @@ def check_tokenizer_matches(start: Start, identity: dict, tokenizer_path: str) -
         )
 
 
-class Checkpointer:
-    """The training run's checkpoints: what goes into one (model, every rank's optimizer shard and
-    RNG streams, the spike guard, the data position and curriculum stage), when one may be written
-    (`refusal`), how a run resumes, and the rollback advice after a divergence.
+@runtime_checkable
+class Stateful(Protocol):
+    """A part of the run whose state a checkpoint holds. It saves and loads itself: the checkpointer
+    only stores what `state_dict` returns, under the component's name, so adding a component needs
+    no edit here. A shared component's state (the same on every rank: plain JSON values) goes into
+    meta.json; a component with `per_rank = True` keeps one state per rank (tensors allowed) in that
+    rank's `rank_*.pt`, and loads from a `SavedRanks`, which lets it read any saved rank's state."""
 
-    Collective: every rank calls `resume`, `refusal` and `save` together."""
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state) -> None: ...
+
+
+@dataclasses.dataclass
+class SavedRanks:
+    """What a per-rank component loads from: any saved rank's state under its name (`read`), and
+    how many ranks saved them; with another count than now the component re-shards or starts afresh."""
+
+    saved_world_size: int
+    world_size: int
+    rank: int
+    read: Callable[[int], dict]
+
+    @property
+    def same_ranks(self) -> bool:
+        return self.saved_world_size == self.world_size
+
+    def own(self) -> dict:
+        return self.read(self.rank)
+
+
+class RNGStreams:
+    """Every random stream of this rank (torch, numpy, python, CUDA); restored only when the run has
+    as many ranks as the one that saved them, where each rank's streams are its own."""
+
+    per_rank = True
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, saved: SavedRanks) -> None:
+        if saved.same_ranks:
+            set_rng_state(saved.own())
+
+
+class ShardedOptimizer:
+    """The ZeRO optimizer as a checkpoint component: each rank saves its own shard; a run with another
+    number of ranks re-shards from every saved rank's file."""
+
+    per_rank = True
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict:
+        self.optimizer.wait_for_parameters()
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, saved: SavedRanks) -> None:
+        self.optimizer.load_state_dict(saved.read, saved.saved_world_size)
+
+
+class Checkpointer:
+    """The run's checkpoints: the model and tokenizer they describe, the components whose state they
+    hold (`components`, each saving and loading itself), when one is due (`interval`), how a run
+    resumes, and the rollback advice after a divergence.
+
+    Collective: every rank calls `load` and `save` together."""
 
     def __init__(
         self,
         save_dir: str,
         *,
         model,
-        optimizer,
-        guard,
-        data,
         tokenizer,
         model_cfg: ModelConfig,
         train_cfg,
+        components: dict[str, Stateful],
         rank: int,
         world_size: int,
         device,
-        keep_last: int | None,
+        keep_last: int | None = None,
+        interval: int | None = None,
     ):
-        self.save_dir, self.model, self.optimizer, self.guard, self.data = save_dir, model, optimizer, guard, data
-        self.tokenizer, self.model_cfg, self.train_cfg = tokenizer, model_cfg, train_cfg
-        self.rank, self.world_size, self.device, self.keep_last = rank, world_size, device, keep_last
+        self.save_dir, self.model, self.tokenizer = save_dir, model, tokenizer
+        self.model_cfg, self.train_cfg, self.components = model_cfg, train_cfg, components
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.keep_last, self.interval = keep_last, interval
         self.last_saved: str | None = None  # the newest checkpoint of this run (saved or resumed from)
         self.pinned: str | None = None  # the last checkpoint saved before a skip streak: never pruned
         self.rollback: dict | None = None  # the rollback this run's line descends from
         self._skipped_at_save = 0
 
+    def due(self, step: int, final: bool = False) -> bool:
+        """Whether `step` ends with a checkpoint: every `interval` steps, and the last one."""
+        return final or bool(self.interval) and step % self.interval == 0
+
     def latest(self) -> str | None:
         """The checkpoint to resume from (verified; rank 0's answer for every rank)."""
         return choose_start(self.save_dir, rank=self.rank, world_size=self.world_size, global_batch_size=1).path
 
-    def resume(self, path: str | Start) -> dict:
-        """Loads the checkpoint at `path` (or a `choose_start` answer) into the model, optimizer, guard
-        and (same ranks) RNG streams; returns its meta. A different number of ranks re-shards the
-        optimizer state. Files are read with weights_only and checked against meta.json's checksums."""
+    def load(self, path: str | Start) -> dict:
+        """Loads the checkpoint at `path` (or a `choose_start` answer) into the model and every
+        component; returns its meta. Files are read with weights_only and checked against
+        meta.json's checksums."""
         start = path if isinstance(path, Start) else _start_at(path)
         path, meta = start.path, start.meta
         check_tokenizer_matches(start, self.tokenizer.identity(), self.train_cfg.data.tokenizer)
         if "files" not in meta:
             print_rank0(f"warning: {path}: written before checkpoints carried checksums; not verified")
         self.model.load_state_dict(safe_load(os.path.join(path, MODEL_NAME), map_location=self.device))
-        own = load_rank_state(path, self.rank) if meta["dp_size"] == self.world_size else None
-        self.optimizer.load_state_dict(
-            lambda r: own["optimizer"] if own is not None and r == self.rank else load_rank_state(path, r)["optimizer"],
-            meta["dp_size"],
-        )
-        self.guard.load_state_dict(meta["spike_guard"])
-        if own is not None:  # same ranks: each gets its own RNG streams back
-            set_rng_state(own["rng"])
+        cache: dict[int, dict] = {}
+
+        def rank_state(r: int) -> dict:
+            if r not in cache:
+                cache[r] = load_rank_state(path, r)
+            return cache[r]
+
+        for name, component in self.components.items():
+            if getattr(component, "per_rank", False):
+                component.load_state_dict(SavedRanks(saved_world_size=meta["dp_size"], world_size=self.world_size,
+                                                     rank=self.rank, read=lambda r, name=name: rank_state(r)[name]))
+            else:
+                component.load_state_dict(meta[name])
         self.last_saved, self.pinned, self.rollback = path, meta.get("pinned"), start.rollback
-        self._skipped_at_save = self.guard.total_skipped
+        self._skipped_at_save = meta.get("skipped_steps", 0)
         print_rank0(
-            f"resumed from {path}: step {meta['step']}, {meta['consumed_samples']:,} samples consumed "
+            f"resumed from {path}: step {meta['step']} "
             f"(saved with {meta['dp_size']} rank(s), now {self.world_size})"
         )
         return meta
@@ -620,43 +679,20 @@ class Checkpointer:
         )
         return path
 
-    @torch.no_grad()
-    def refusal(self, probe_loss: Callable[[], float | None]) -> str | None:
-        """Why the current state must not become a checkpoint, or None: the guard is in a skip streak,
-        a weight is not finite, or the updated weights fail the guard on `probe_loss()` (the loss of
-        the step's last micro-batch through them). A divergence therefore never reaches a checkpoint,
-        and the checkpoints before it survive."""
-        if self.guard.consecutive:
-            return f"the spike guard skipped the last {self.guard.consecutive} step(s)"
-        finite = torch.stack(
-            [torch.isfinite(p).all() for p in self.model.parameters()]
-            + [torch.isfinite(b.master).all() for b in self.optimizer.buckets]
-        ).all()
-        if self.world_size > 1:
-            flag = finite.to(torch.float32).reshape(1)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag[0] > 0
-        if not bool(finite):
-            return "the updated weights hold non-finite values"
-        loss = probe_loss()
-        reason = None if loss is None else self.guard.verdict(loss)
-        if reason is not None:
-            return f"the updated weights fail the spike guard on the step's last micro-batch ({reason})"
-        return None
-
-    def save(self, step: int, consumed_samples: int) -> str:
-        """Writes the checkpoint of `step`, after `consumed_samples` samples; returns its path."""
-        self.optimizer.wait_for_parameters()
-        if self.guard.total_skipped > self._skipped_at_save and self.last_saved is not None:
+    def save(self, step: int, skipped_steps: int = 0) -> str:
+        """Writes the checkpoint of `step`; returns its path. `skipped_steps`, the guard's running
+        count, pins the previous checkpoint when steps were skipped since it was saved."""
+        if skipped_steps > self._skipped_at_save and self.last_saved is not None:
             self.pinned = os.path.basename(self.last_saved)  # the last one saved before the skipped steps
+        shared = {n: c.state_dict() for n, c in self.components.items() if not getattr(c, "per_rank", False)}
+        per_rank = {n: c.state_dict() for n, c in self.components.items() if getattr(c, "per_rank", False)}
         meta = {
-            "consumed_samples": consumed_samples,
+            **shared,
+            "skipped_steps": skipped_steps,
             "dp_size": self.world_size,
             "model_config": dataclasses.asdict(self.model_cfg),
             "tokenizer": self.tokenizer.identity(),
             "train_config": self.train_cfg.to_dict(),
-            "spike_guard": self.guard.state_dict(),
-            "stage": self.data.stages[self.data.stage_of(max(0, consumed_samples - 1))].name,
         }
         if self.pinned:
             meta["pinned"] = self.pinned
@@ -668,16 +704,16 @@ class Checkpointer:
             self.save_dir,
             step,
             rank=self.rank,
-            rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng_state()},
+            rank_state=per_rank,
             model_state=model_state,
             meta=meta,
             config_yaml=self.train_cfg.to_yaml(),
-            tokenizer_path=getattr(self.tokenizer, "path", None),
+            tokenizer=self.tokenizer,
             keep_last=self.keep_last,
             keep=(self.pinned,) if self.pinned else (),
             barrier=barrier,
         )
-        self.last_saved, self._skipped_at_save = path, self.guard.total_skipped
+        self.last_saved, self._skipped_at_save = path, skipped_steps
         print_rank0(f"saved {path}")
         return path
 

@@ -98,8 +98,9 @@ class TrainingMetrics:
     memory) as scalars and one console line on rank 0."""
 
     def __init__(self, log: MetricsLog, data, *, train_steps: int, global_batch_size: int, seq_length: int,
-                 flops_per_token: int, world_size: int, peak_tflops: float | None, device, rank0: bool):
-        self.log, self.data = log, data
+                 flops_per_token: int, world_size: int, peak_tflops: float | None, device, rank0: bool,
+                 log_interval: int | None = None):
+        self.log, self.data, self.log_interval = log, data, log_interval
         self.train_steps, self.global_batch_size, self.seq_length = train_steps, global_batch_size, seq_length
         self.flops_per_token, self.world_size, self.peak, self.device, self.rank0 = (
             flops_per_token, world_size, peak_tflops, device, rank0)
@@ -114,14 +115,18 @@ class TrainingMetrics:
     def _reset(self) -> None:
         self.interval = {"steps": 0, "time": 0.0, "wait": 0.0, "fb": 0.0, "opt": 0.0, "loss": 0.0}
 
-    def step(self, step: int, result, lr: float, total_skipped: int) -> None:
-        """One finished optimizer step (`result` a `train_step.StepResult`), numbered from 1."""
+    def step(self, step: int, result, lr: float, total_skipped: int, consumed: int | None = None,
+             final: bool = False) -> None:
+        """One finished optimizer step (`result` a `train_step.StepResult`), numbered from 1, after
+        `consumed` samples; reports the interval every `log_interval` steps and at the `final` one."""
         for key, value in (("time", result.seconds), ("wait", result.data_wait_s),
                            ("fb", result.forward_backward_s), ("opt", result.optimizer_s), ("loss", result.loss)):
             self.interval[key] += value
         self.interval["steps"] += 1
         self.log.scalars(step, {"train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
                                 "train/skipped_steps": total_skipped})
+        if consumed is not None and (final or bool(self.log_interval) and step % self.log_interval == 0):
+            self.report(step, consumed, lr, result.grad_norm, total_skipped)
 
     def report(self, step: int, consumed: int, lr: float, grad_norm: float, total_skipped: int) -> str:
         """The interval's scalars and console line (printed on rank 0); starts the next interval."""

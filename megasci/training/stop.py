@@ -10,10 +10,12 @@ import torch.distributed as dist
 
 class StopRequest:
     """While entered, SIGTERM sets `requested` instead of killing the process; the previous handler
-    comes back on exit. Outside the main thread there is no signal handling, and nothing is requested."""
+    comes back on exit. Outside the main thread there is no signal handling, and nothing is requested.
+    `exit_interval` stops a run every that many steps too (a scheduler's time slice)."""
 
-    def __init__(self):
+    def __init__(self, exit_interval: int | None = None):
         self.requested = False
+        self.exit_interval = exit_interval
         self._previous = None
 
     def __enter__(self):
@@ -29,6 +31,10 @@ class StopRequest:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+    def exit_due(self, step: int, final: bool) -> bool:
+        """Whether `exit_interval` ends the run after `step` (never at the last step, which ends it anyway)."""
+        return bool(self.exit_interval) and step % self.exit_interval == 0 and not final
 
     def agreed(self, device, dp_size: int) -> bool:
         """Whether any rank was asked to stop, agreed across ranks so they stop at the same step."""

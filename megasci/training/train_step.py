@@ -4,13 +4,15 @@ The ZeRO hooks accumulate fp32 gradients and, during the last backward, reduce-s
 finished bucket; then come the global gradient norm, the loss-spike / NaN guard, and the sharded
 AdamW step that all-gathers the updated parameters (or, for a skipped step, nothing changes).
 
-**The loss when some tokens are unscored** (SFT loss masks, `data.eod_mask_loss`): the mean over
-the scored tokens of the whole global batch, not a mean of per-micro-batch means. The step first
-counts the scored tokens of all its micro-batches and all-reduces the count N; micro-batch i, whose
-op returns the mean over its n_i scored tokens, then backpropagates mean_i * n_i * D / N (ZeRO
-averages over the D ranks), so every scored token weighs 1/N and an unscored one nothing. A
+**The loss** is the mean over the scored tokens of the whole global batch, on one path whether
+every token is scored or some are not (SFT loss masks, `data.eod_mask_loss`). The step counts the
+scored tokens of its micro-batches (all-reducing the count N when some may be unscored; with every
+token scored N is known); micro-batch i, whose op returns the mean over its n_i scored tokens, then
+backpropagates mean_i / (N / (n_i * D)) (ZeRO averages over the D ranks), so every scored token
+weighs 1/N and an unscored one nothing. With every token scored N / (n_i * D) is the accumulation
+count exactly, so the gradients are those of the mean of micro-batch means, bit for bit. A
 micro-batch with no scored token still runs its backward (the ZeRO hooks reduce during it) with
-weight zero. With every token scored the old mean of means is kept, bit for bit.
+weight zero.
 Parameters live in the model dtype with fp32 masters in the optimizer: Megatron-style mixed
 precision, no autocast.
 """
@@ -78,26 +80,24 @@ class TrainStep:
         packed = {name: batch[name] for name in ("positions", "segment_ids") if name in batch}
         return self.model(batch["tokens"], batch["labels"] if labels is None else labels, **packed, **self.loss_options)
 
-    def _forward_backward(self, batches: Iterator[dict]) -> torch.Tensor:
-        """Mean of the micro-batch means, every token scored; returns this rank's sum of them."""
-        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-        for micro in range(self.accumulation):
-            batch = self._last_batch = next(batches)
-            self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
-            loss = self._loss(batch)
-            (loss / self.accumulation).backward()
-            loss_sum += loss.detach().float()
-        return loss_sum
+    def _forward_backward(self, batches: Iterator[dict]) -> tuple[torch.Tensor, float]:
+        """Mean over the global batch's scored tokens; returns this rank's (sum of token losses, N).
 
-    def _forward_backward_scored(self, batches: Iterator[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean over the global batch's scored tokens; returns this rank's (sum of token losses, N)."""
+        Every token is scored unless `count_scored_tokens`: then each micro-batch counts its scored
+        labels and the count N is all-reduced; otherwise each micro-batch holds mb x seq and N is
+        known without communication. Micro-batch i backpropagates loss_i / (N / (n_i * D)), which
+        with every token scored is loss_i / accumulation, exactly."""
         micro_batches = [next(batches) for _ in range(self.accumulation)]
         self._last_batch = micro_batches[-1]
-        counts = [int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
-        total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=self.device)
-        if self.world_size > 1:
-            dist.all_reduce(total)
-        total_tokens = float(total)
+        if self.count_scored_tokens:
+            counts = [int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches]
+            total = torch.tensor(float(sum(counts)), dtype=torch.float64, device=self.device)
+            if self.world_size > 1:
+                dist.all_reduce(total)
+            total_tokens = float(total)
+        else:
+            counts = [batch["labels"].numel() for batch in micro_batches]
+            total_tokens = float(sum(counts) * self.world_size)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
             self.optimizer.prepare_backward(last_micro_batch=micro == self.accumulation - 1)
@@ -105,9 +105,31 @@ class TrainStep:
                 (self._loss(batch, labels=batch["tokens"]) * 0.0).backward()
                 continue
             loss = self._loss(batch)
-            (loss * (count * self.world_size / total_tokens)).backward()
+            (loss / (total_tokens / (count * self.world_size))).backward()
             loss_sum += loss.detach().double() * count
-        return loss_sum, total
+        return loss_sum, total_tokens
+
+    @torch.no_grad()
+    def unsafe_to_save(self, probe_loss: Callable[[], float | None] | None = None) -> str | None:
+        """Collective. Why the current state must not become a checkpoint, or None: the guard is in a
+        skip streak, a weight is not finite, or the updated weights fail the guard on `probe_loss()`
+        (default: the loss of the step's last micro-batch through them). A divergence therefore never
+        reaches a checkpoint, and the checkpoints before it survive."""
+        if self.guard.consecutive:
+            return f"the spike guard skipped the last {self.guard.consecutive} step(s)"
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]
+                             + [torch.isfinite(b.master).all() for b in self.optimizer.buckets]).all()
+        if self.world_size > 1:
+            flag = finite.to(torch.float32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag[0] > 0
+        if not bool(finite):
+            return "the updated weights hold non-finite values"
+        loss = (probe_loss or self.probe_loss)()
+        reason = None if loss is None else self.guard.verdict(loss)
+        if reason is not None:
+            return f"the updated weights fail the spike guard on the step's last micro-batch ({reason})"
+        return None
 
     @torch.no_grad()
     def probe_loss(self) -> float | None:
@@ -128,19 +150,13 @@ class TrainStep:
         """Optimizer step `step` (0-based) at learning rate `lr`, over the next micro-batches."""
         started = time.perf_counter()
         waited = self.data_wait()
-        if self.count_scored_tokens:
-            loss_sum, scored = self._forward_backward_scored(batches)
-        else:
-            loss_sum = self._forward_backward(batches)
+        loss_sum, scored = self._forward_backward(batches)
         _sync(self.device, self.timing_sync)
         backward_done = time.perf_counter()
         grad_norm = self.optimizer.finish_gradient_sync()
         if self.world_size > 1:
             dist.all_reduce(loss_sum)
-        if self.count_scored_tokens:  # no scored token in the whole batch: NaN, which the guard skips
-            loss_value = float(loss_sum) / float(scored) if float(scored) else math.nan
-        else:
-            loss_value = float(loss_sum) / (self.accumulation * self.world_size)
+        loss_value = float(loss_sum) / scored if scored else math.nan  # no scored token: NaN, which the guard skips
         norm_value = float(grad_norm)
         reason = self.guard.check(step, loss_value, norm_value)
         if reason is None:

@@ -1,11 +1,17 @@
 """The pretraining run: a `Trainer` built from the config, whose `train()` loop calls the components.
 
     train_step.py  one optimizer step: micro-batches, gradient sync, spike guard, sharded AdamW
-    validator.py   validation losses and perplexities
-    checkpoint.py  the Checkpointer: save and exact resume
-    metrics.py     per-step scalars and the interval's console line
-    guard.py, stop.py, schedule.py, data.py, parallelize.py   the guard, SIGTERM, the learning
-                   rate, the datasets (rank 0 builds), checkpointing and compile applied to the model
+    validator.py   validation losses and perplexities, every `eval_interval` steps (`due`)
+    checkpoint.py  the Checkpointer: every `save_interval` steps (`due`), the components' state, resume
+    metrics.py     per-step scalars and, every `log_interval` steps, the interval's console line
+    stop.py        SIGTERM and `exit_interval`
+    guard.py, schedule.py, data.py, parallelize.py   the guard, the learning rate, the datasets
+                   (rank 0 builds), activation checkpointing and compile applied to the model
+
+Each component decides its own cadence and saves and loads its own state: the checkpointer stores
+whatever the components it is given return from `state_dict` (the guard, the data loader's
+position, the optimizer's shards, the RNG streams), so a new stateful component is one more entry in
+`components`, with no edit to the checkpointer. Resume happens where the loop starts (`restore`).
 
 Fine-tuning runs through the same loop: `train.init_from` loads a checkpoint's weights only (a
 fresh optimizer, this run's schedule and step counter) when `save_dir` holds no checkpoint yet, so
@@ -15,7 +21,7 @@ tokens (train_step.py).
 
 A divergence never reaches a checkpoint: none is written while the spike guard is skipping steps,
 or when the updated weights are not finite or fail the guard on the step's last micro-batch
-(`Checkpointer.refusal`), and keep_last never prunes the last checkpoint saved before skipped steps.
+(`TrainStep.unsafe_to_save`), and keep_last never prunes the last checkpoint saved before skipped steps.
 `TrainingDiverged` carries the overrides that roll back (`train.resume_step`, `train.skip_batches`);
 docs/checkpoints.md describes the checkpoint files, their verification and the rollback.
 
@@ -26,6 +32,7 @@ kill, a resume and N more steps give the same losses and parameters as 2N steps 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -36,7 +43,7 @@ from megasci.model import build_model, flops_per_token
 from megasci.tokenizer import load_tokenizer
 from megasci.utils.io import atomic_text_output
 
-from .checkpoint import Checkpointer, check_tokenizer_matches, choose_start
+from .checkpoint import Checkpointer, RNGStreams, ShardedOptimizer, check_tokenizer_matches, choose_start
 from .config import TrainConfig
 from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer
 from .guard import SpikeGuard, TrainingDiverged
@@ -49,11 +56,21 @@ from .stop import StopRequest
 from .train_step import TrainStep, check_loss_options
 from .validator import Validator
 
-__all__ = ["Trainer", "TrainingDiverged", "pretrain"]
+__all__ = ["RunSummary", "Trainer", "TrainingDiverged", "pretrain"]
 
 
-def _every(interval: int | None, step: int) -> bool:
-    return bool(interval) and step % interval == 0
+@dataclasses.dataclass
+class RunSummary:
+    """What a run did: steps are numbered from 1 (validation at 0 is before the first step)."""
+
+    start_step: int
+    world_size: int
+    tensorboard_dir: str
+    end_step: int = 0
+    losses: dict[int, float] = dataclasses.field(default_factory=dict)  # training loss per step
+    validation: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)  # losses per source
+    skipped: list[int] = dataclasses.field(default_factory=list)  # 0-based steps the guard skipped
+    checkpoint: str | None = None  # the newest checkpoint of the run (saved or resumed from)
 
 
 class Trainer:
@@ -125,22 +142,10 @@ class Trainer:
             print_rank0(f"blocks compiled with torch.compile(backend={t.compile!r})")
         self.guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
         self.profiler = StepProfiler(t.profile_steps, os.path.join(t.save_dir, "profile"), env.device, env.rank)
-        self.checkpointer = Checkpointer(t.save_dir, model=self.model, optimizer=optimizer, guard=self.guard,
-                                         data=self.data, tokenizer=tokenizer, model_cfg=model_cfg, train_cfg=cfg,
-                                         rank=env.rank, world_size=env.world_size, device=env.device,
-                                         keep_last=t.keep_last)
-        self.step, consumed, self.initialized_from = 0, 0, None
-        self.resumed_from = start.path
-        if start.path is not None:
-            self.checkpointer.resume(start)
-            self.step, consumed = start.step, start.consumed_samples
-        elif t.init_from:
-            self.initialized_from = self.checkpointer.load_weights(t.init_from)
-            optimizer.sync_masters_from_params()
-        if consumed % t.global_batch_size:
-            raise ValueError(f"the checkpoint consumed {consumed} samples, not a multiple of global_batch_size "
-                             f"{t.global_batch_size}; resume with the batch size it was trained with")
-
+        if start.consumed_samples % t.global_batch_size:
+            raise ValueError(f"the checkpoint consumed {start.consumed_samples} samples, not a multiple of "
+                             f"global_batch_size {t.global_batch_size}; resume with the batch size it was trained with")
+        self.start, self.step, self.initialized_from, self._restored = start, 0, None, False
         self.decay_steps = o.decay_steps if o.decay_steps is not None else max(0, t.train_steps - o.warmup_steps)
         loss_options = {"z_loss": o.z_loss} if o.z_loss else {}
         check_loss_options(loss_options)
@@ -149,10 +154,11 @@ class Trainer:
         log.text("data", self.data.describe())
         self.loader = DataLoader(self.data, DataLoaderConfig(
             micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size, dp_rank=env.rank,
-            dp_size=env.world_size, consumed_samples=consumed, prefetch=cfg.data.prefetch, device=env.device,
+            dp_size=env.world_size, prefetch=cfg.data.prefetch, device=env.device,
             document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id))
         self.validator = Validator(self.model, eval_data, t.micro_batch_size, env.device, env.rank, env.world_size, log,
-                                   document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id)
+                                   document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id,
+                                   interval=t.eval_interval)
         self.train_step = TrainStep(self.model, optimizer, self.guard, accumulation=accumulation, device=env.device,
                                     world_size=env.world_size, timing_sync=t.timing_sync,
                                     data_wait=lambda: self.loader.wait_seconds,
@@ -162,61 +168,80 @@ class Trainer:
             log, self.data, train_steps=t.train_steps, global_batch_size=t.global_batch_size,
             seq_length=cfg.data.seq_length, flops_per_token=flops_per_token(model_cfg, cfg.data.seq_length),
             world_size=env.world_size, peak_tflops=t.peak_tflops or device_peak_tflops(env.device),
-            device=env.device, rank0=env.rank == 0)
+            device=env.device, rank0=env.rank == 0, log_interval=t.log_interval)
+        self.stop = StopRequest(t.exit_interval)
+        # Each component saves and loads its own state; a new one is one more entry here.
+        self.checkpointer = Checkpointer(
+            t.save_dir, model=self.model, tokenizer=tokenizer, model_cfg=model_cfg, train_cfg=cfg,
+            components={"spike_guard": self.guard, "data": self.loader, "optimizer": ShardedOptimizer(optimizer),
+                        "rng": RNGStreams()},
+            rank=env.rank, world_size=env.world_size, device=env.device, keep_last=t.keep_last,
+            interval=t.save_interval)
 
     def learning_rate(self, step: int) -> float:
         o = self.cfg.optim
         return learning_rate(step, o.lr, o.min_lr, o.warmup_steps, self.decay_steps, o.schedule, o.decay_fraction)
 
-    def train(self) -> dict:
+    def restore(self) -> None:
+        """Where the loop starts (`train` calls it; once): the chosen checkpoint's state into every
+        component (exact resume), or `train.init_from`'s weights alone (a fine-tune's start), or
+        nothing (a fresh run)."""
+        if self._restored:
+            return
+        self._restored = True
+        if self.start.path is not None:
+            self.checkpointer.load(self.start)
+            self.step = self.start.step
+        elif self.cfg.train.init_from:
+            self.initialized_from = self.checkpointer.load_weights(self.cfg.train.init_from)
+            self.train_step.optimizer.sync_masters_from_params()
+
+    def train(self) -> RunSummary:
         """Runs to `train.train_steps`, a SIGTERM or `exit_interval`; returns the run's summary."""
         t = self.cfg.train
-        summary = {"start_step": self.step, "losses": {}, "validation": {}, "skipped": []}
-        if self.step == 0 and self.validator:
-            summary["validation"][0] = self.validator(0)
-        last_checkpoint = self.resumed_from
-        self.metrics.start()
-        self.model.train()
         try:
-            with StopRequest() as stop:
+            self.restore()
+            summary = RunSummary(start_step=self.step, world_size=self.env.world_size,
+                                 tensorboard_dir=self.tensorboard_dir, checkpoint=self.start.path)
+            if self.step == 0 and self.validator:
+                summary.validation[0] = self.validator(0)
+            self.metrics.start()
+            self.model.train()
+            with self.stop as stop:
                 batches = iter(self.loader)
                 while self.step < t.train_steps:
                     lr = self.learning_rate(self.step)
                     with self.profiler.step(self.step + 1):
                         result = self.train_step(batches, self.step, lr)
                     if result.skipped is not None:
-                        summary["skipped"].append(self.step)
+                        summary.skipped.append(self.step)
                     self.step += 1
                     step, done = self.step, self.step == t.train_steps
-                    summary["losses"][step] = result.loss
-                    self.metrics.step(step, result, lr, self.guard.total_skipped)
-                    if _every(t.log_interval, step) or done:
-                        self.metrics.report(step, self.loader.consumed_samples, lr, result.grad_norm,
-                                            self.guard.total_skipped)
-                    stopping = stop.agreed(self.env.device, self.env.world_size)  # torchrun kills 30 s after SIGTERM
-                    if not stopping and _every(t.eval_interval, step) and not done and self.validator:
-                        summary["validation"][step] = self.validator(step)
-                    exiting = _every(t.exit_interval, step) and not done
-                    if stopping or exiting or done or _every(t.save_interval, step):
-                        refused = self.checkpointer.refusal(self.train_step.probe_loss)
+                    summary.losses[step] = result.loss
+                    self.metrics.step(step, result, lr, self.guard.total_skipped, self.loader.consumed_samples, done)
+                    signalled = stop.agreed(self.env.device, self.env.world_size)  # torchrun kills 30 s after SIGTERM
+                    if not signalled and not done and self.validator.due(step):
+                        summary.validation[step] = self.validator(step)
+                    exiting = signalled or stop.exit_due(step, done)
+                    if exiting or self.checkpointer.due(step, final=done):
+                        refused = self.train_step.unsafe_to_save()
                         if refused is None:
-                            last_checkpoint = self.checkpointer.save(step, self.loader.consumed_samples)
+                            summary.checkpoint = self.checkpointer.save(step, self.guard.total_skipped)
                         else:
                             print_rank0(f"step {step}: no checkpoint written: {refused}")
-                    if stopping or exiting:
-                        print_rank0(f"stopping at step {step} ({'SIGTERM' if stopping else 'exit_interval'}); "
-                                    f"run the same command to resume from {last_checkpoint}")
+                    if exiting:
+                        print_rank0(f"stopping at step {step} ({'SIGTERM' if signalled else 'exit_interval'}); "
+                                    f"run the same command to resume from {summary.checkpoint}")
                         break
             if self.step == t.train_steps and self.validator:
-                summary["validation"][self.step] = self.validator(self.step)
+                summary.validation[self.step] = self.validator(self.step)
         except TrainingDiverged as error:
             raise self._diverged(error) from None
         finally:
             self.loader.close()
             self.metrics.log.close()
             self.close()
-        summary.update(end_step=self.step, checkpoint=last_checkpoint, tensorboard_dir=self.tensorboard_dir,
-                       world_size=self.env.world_size)
+        summary.end_step = self.step
         return summary
 
     def _diverged(self, error: TrainingDiverged) -> TrainingDiverged:
@@ -235,6 +260,6 @@ class Trainer:
         return TrainingDiverged(f"{error}. {advice}", overrides)
 
 
-def pretrain(cfg: TrainConfig) -> dict:
+def pretrain(cfg: TrainConfig) -> RunSummary:
     """Trains per `cfg`, resuming from the newest checkpoint in `train.save_dir` if there is one."""
     return Trainer(cfg).train()

@@ -59,14 +59,18 @@ class Validator:
     """The trainer's validation: every rank evaluates its share, rank 0 logs and prints the result."""
 
     def __init__(self, model, datasets: dict, batch_size: int, device, dp_rank: int, dp_size: int, log: MetricsLog,
-                 document_mask: bool = False, eod_mask_id: int | None = None):
-        self.model, self.datasets, self.batch_size = model, datasets, batch_size
+                 document_mask: bool = False, eod_mask_id: int | None = None, interval: int | None = None):
+        self.model, self.datasets, self.batch_size, self.interval = model, datasets, batch_size, interval
         self.device, self.dp_rank, self.dp_size, self.log = device, dp_rank, dp_size, log
         self.batch_options = {"document_mask": document_mask, "eod_mask_id": eod_mask_id}
 
     def __bool__(self) -> bool:
         """False when there is nothing to validate on."""
         return bool(self.datasets)
+
+    def due(self, step: int) -> bool:
+        """Whether to validate after `step`: every `interval` steps, when there is data to validate on."""
+        return bool(self.datasets) and bool(self.interval) and step % self.interval == 0
 
     def __call__(self, step: int) -> dict[str, float]:
         """Losses per source and "all" at `step`; leaves the model in training mode."""

@@ -46,9 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from megasci import ops
 from megasci.model import build_model, flops_per_token, get_config
-from megasci.model.config import CHECKPOINTING_MODES
 from megasci.model.dtypes import DTYPES
-from megasci.training.parallelize import apply_activation_checkpointing
+from megasci.training.parallelize import CHECKPOINTING_MODES, apply_activation_checkpointing
 
 KERNEL_MODEL = "kernel_model"  # the backend name these models register under
 

@@ -97,8 +97,8 @@ def test_model_info_tool():
 def test_config_validation():
     with pytest.raises(ValueError):
         replace(PRESETS["tiny"], n_kv_heads=3)
-    with pytest.raises(ValueError):
-        replace(PRESETS["tiny"], checkpointing="some")
+    with pytest.raises(TypeError):  # training policy, not a model field (train.activation_checkpointing)
+        replace(PRESETS["tiny"], checkpointing="full")
     with pytest.raises(KeyError):
         get_config("7b")
 

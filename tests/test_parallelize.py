@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from megasci.model import PRESETS, build_model
+from megasci.training.config import load_config
 from megasci.training.parallelize import apply_activation_checkpointing, apply_compile, recomputed_modules
 
 from benchmark_modules import load_benchmark
@@ -47,11 +48,12 @@ def test_activation_checkpointing_gives_equal_gradients():
 
 
 def test_checkpointing_from_config_wraps_the_modules_it_names():
-    cfg = replace(TINY, n_layers=3, checkpointing="selective")
+    cfg = replace(TINY, n_layers=3)
     model = _tiny(cfg)
     names = {id(m): n for n, m in model.named_modules()}
     before = model.state_dict().keys()
-    apply_activation_checkpointing(model, cfg.checkpointing)
+    apply_activation_checkpointing(model, load_config(None, ["train.activation_checkpointing=selective",
+                                                            "optim.warmup_steps=1"]).train.activation_checkpointing)
     assert [names[id(m)] for m in recomputed_modules(model)] == ["layers.0", "layers.1", "layers.2"]
     apply_activation_checkpointing(model, "full")
     assert [names[id(m)] for m in recomputed_modules(model)] == ["layers.0", "layers.1", "layers.2"]

@@ -2,6 +2,7 @@
 SIGTERM, hard kills, TensorBoard scalars; plus config and schedule units (the checkpoint files and
 the spike guard have test_checkpoint.py and test_guard.py)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import time
 import pytest
 import torch
 
+from megasci.model import get_config
 from megasci.training import checkpoint as ckpt
 from megasci.training.config import load_config
 from megasci.training.metrics import read_metrics
@@ -185,9 +187,23 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"c.yaml.*optim.warmup"):
         load_config(str(path))
     path.write_text("optim:\n  lr: 3e-4\n")
-    cfg = load_config(str(path), ["train.train_steps=7", "optim.warmup_steps=2",
-                                  "model.overrides={checkpointing: full}"])
-    assert cfg.optim.lr == 3e-4 and cfg.train.train_steps == 7 and cfg.model.build().checkpointing == "full"
+    cfg = load_config(str(path), ["train.train_steps=7", "optim.warmup_steps=2", "train.activation_checkpointing=full"])
+    assert cfg.optim.lr == 3e-4 and cfg.train.train_steps == 7 and cfg.train.activation_checkpointing == "full"
+    with pytest.raises(ValueError, match="train.activation_checkpointing: expected one of none, full, selective"):
+        load_config(None, ["train.activation_checkpointing=some", "optim.warmup_steps=2"])
+
+
+def test_an_old_config_with_checkpointing_in_the_model_still_loads(tmp_path, capsys):
+    """Activation checkpointing is training policy now; a config from before reads as such, with a note,
+    and a checkpoint whose model config recorded it still loads."""
+    cfg = load_config(None, ["model.overrides={checkpointing: selective}", "optim.warmup_steps=2"])
+    assert cfg.train.activation_checkpointing == "selective" and "checkpointing" not in cfg.model.overrides
+    assert "read as train.activation_checkpointing: selective" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="disagree"):
+        load_config(None, ["model.overrides={checkpointing: full}", "train.activation_checkpointing=none",
+                           "optim.warmup_steps=2"])
+    old = {"model_config": {**dataclasses.asdict(get_config("tiny")), "checkpointing": "full"}}
+    assert ckpt.model_config_from_meta(old) == get_config("tiny")
     with pytest.raises(ValueError, match="train.train_steps: expected an integer"):
         load_config(None, ["train.train_steps=seven"])
     assert load_config(None, []).to_yaml() == load_config(None, []).to_yaml()

@@ -8,21 +8,13 @@ from dataclasses import dataclass, field, replace
 
 from megasci.ops import check_rope_scaling
 
-CHECKPOINTING_MODES = ("none", "full", "selective")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """A LLaMA-style decoder: pre-norm RMSNorm, RoPE, SwiGLU, GQA, no biases.
 
-    `checkpointing` is how each block saves activations for the backward pass:
-    "none" keeps everything; "full" keeps only the block input and reruns the
-    block; "selective" reruns the attention core (RoPE, softmax(QK^T)V) and the
-    SwiGLU activation but keeps every matmul output, so recomputation costs
-    almost no matmul FLOPs while dropping the largest activations. It is training
-    policy that the model itself never reads: it lives here because users set it
-    with the model (`model.overrides.checkpointing`) and checkpoints record it, and
-    `megasci.training.parallelize.apply_activation_checkpointing` applies it.
+    Only what the model computes lives here; how training runs it (activation checkpointing,
+    compile, gradient accumulation) is `train.*` policy applied from outside
+    (`megasci.training.parallelize`).
 
     `rope_scaling` is transformers' dict of that name, with its keys: `{"rope_type": "linear" | "dynamic"
     | "yarn" | "llama3", "factor": ..., ...}` (see `megasci.ops.rotary.ROPE_SCALING_KEYS`), or None for
@@ -43,7 +35,6 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: str = "bfloat16"
-    checkpointing: str = "none"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -53,8 +44,6 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-        if self.checkpointing not in CHECKPOINTING_MODES:
-            raise ValueError(f"checkpointing must be one of {CHECKPOINTING_MODES}, not {self.checkpointing!r}")
         object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling, self.max_seq_len))
 
     @property

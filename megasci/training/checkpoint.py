@@ -121,7 +121,9 @@ def read_meta(path: str) -> dict:
 
 
 def model_config_from_meta(meta: dict) -> ModelConfig:
-    return ModelConfig(**meta["model_config"])
+    """The model config a checkpoint records; `checkpointing`, training policy that older checkpoints
+    recorded with the model, is not part of it and is dropped."""
+    return ModelConfig(**{k: v for k, v in meta["model_config"].items() if k != "checkpointing"})
 
 
 # ---- safe loading and checksums ----------------------------------------------------------------

@@ -23,12 +23,13 @@ import yaml
 
 from megasci.model import ModelConfig, get_config
 
+from .parallelize import CHECKPOINTING_MODES
 from .schedule import SCHEDULES
 
 
 @dataclasses.dataclass
 class ModelSection:
-    """A preset plus fields of `ModelConfig` to replace (e.g. checkpointing, vocab_size)."""
+    """A preset plus fields of `ModelConfig` to replace (e.g. vocab_size, rope_theta)."""
 
     preset: str = "tiny"
     overrides: dict = dataclasses.field(default_factory=dict)
@@ -131,6 +132,8 @@ class TrainSection:
     spike_warmup_steps: int = 20  # steps of history before the spike guard acts
     max_skipped_steps: int = 5  # stop after this many skipped steps in a row
     timing_sync: bool = True  # synchronise the GPU between phases so the step-time split is honest
+    activation_checkpointing: str = "none"  # none | selective | full: what each block keeps for the backward
+    #                                          pass (training/parallelize.py); examples/configs give a mode per length
     compile: str | None = None  # torch.compile each block with this backend ("inductor"); None: eager, hand-fused ops
     profile_steps: tuple[int, int] | None = None  # [a, b]: profiler trace (and CUDA memory snapshot) of steps a..b
     #                                               into <save_dir>/profile (training/profiler.py)
@@ -141,6 +144,9 @@ class TrainSection:
 
     def __post_init__(self):
         """Impossible values fail here, naming the key."""
+        if self.activation_checkpointing not in CHECKPOINTING_MODES:
+            raise ValueError(f"train.activation_checkpointing: expected one of {', '.join(CHECKPOINTING_MODES)}, "
+                             f"got {self.activation_checkpointing!r}")
         for key in ("micro_batch_size", "global_batch_size", "train_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key}: expected a positive number, got {getattr(self, key)}")
@@ -271,8 +277,26 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
+def _move_legacy_checkpointing(values: dict) -> dict:
+    """`model.overrides.checkpointing` (configs before activation checkpointing became training policy)
+    read as `train.activation_checkpointing`, with a note; both set differently is an error."""
+    overrides = (values.get("model") or {}).get("overrides") or {}
+    if "checkpointing" not in overrides:
+        return values
+    values = {**values, "model": {**values["model"], "overrides": dict(overrides)}}
+    mode = values["model"]["overrides"].pop("checkpointing")
+    train = dict(values.get("train") or {})
+    if train.get("activation_checkpointing", mode) != mode:
+        raise ValueError(f"model.overrides.checkpointing {mode!r} and train.activation_checkpointing "
+                         f"{train['activation_checkpointing']!r} disagree; keep train.activation_checkpointing only")
+    train["activation_checkpointing"] = mode
+    print(f"note: model.overrides.checkpointing is training policy now; read as train.activation_checkpointing: {mode}",
+          flush=True)
+    return {**values, "train": train}
+
+
 def config_from_dict(values: dict) -> TrainConfig:
-    cfg = _build(TrainConfig, values or {}, "")
+    cfg = _build(TrainConfig, _move_legacy_checkpointing(values or {}), "")
     cfg.model.build()  # a bad preset or model field fails here, not on the first step
     return cfg
 

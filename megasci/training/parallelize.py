@@ -6,7 +6,7 @@ trainer wraps its modules here. Wrapping replaces a module's `forward` on the in
 names, state dicts and the module tree stay exactly as built, and applying another mode (or "none")
 undoes the previous one.
 
-Modes (`ModelConfig.checkpointing`):
+Modes (`train.activation_checkpointing`):
 
 - "none": every activation is kept for the backward pass;
 - "full": each block keeps only its input and reruns itself in the backward pass;
@@ -35,9 +35,10 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from megasci.model.config import CHECKPOINTING_MODES
 from megasci.model.llama import Transformer
 from megasci.ops.linear import linear_into_main_grad
+
+CHECKPOINTING_MODES = ("none", "full", "selective")
 
 _WRAPPED = "_megasci_recomputed"  # marks an instance whose forward this module replaced
 _INTO_MAIN_GRAD = "_megasci_into_main_grad"  # marks a linear whose forward adds its weight gradient into main_grad

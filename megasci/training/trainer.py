@@ -130,7 +130,7 @@ class Trainer:
                                    env.rank, env.world_size)
 
         torch.manual_seed(t.seed)
-        self.model = apply_activation_checkpointing(build_model(model_cfg, device=env.device), model_cfg.checkpointing)
+        self.model = apply_activation_checkpointing(build_model(model_cfg, device=env.device), t.activation_checkpointing)
         decay = default_decay if not o.decay_embeddings else (lambda name, p: p.dim() >= 2)
         main_grads = o.fp32_grad_accumulation and not o.shard_gradients
         apply_fp32_grad_accumulation(self.model, main_grads)

@@ -32,7 +32,7 @@ def test_interval_report_by_hand(tmp_path, capsys):
     tflops = tokens_per_s * 1e6 / 2 / 1e12
     assert line == (f"step 2/10 | loss 2.5000 | lr 0.001 | grad norm 0.500 | 32 tok/s | {tflops:.3g} TFLOP/s/device "
                     f"{100 * tflops / 1e-4:.1f}% MFU | step 1.000s (data 0.100, fwd+bwd 0.700, opt+comm 0.200) | "
-                    f"stage main | skipped 1")
+                    f"stage main | seq 8 | skipped 1")
     assert capsys.readouterr().out == line + "\n"
     rows = read_metrics(str(tmp_path))
     assert rows[1]["train/loss"] == 3.0 and rows[2]["train/loss"] == 2.0 and rows[2]["train/lr"] == 1e-3

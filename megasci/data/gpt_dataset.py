@@ -9,7 +9,9 @@ boundaries freely. Three index arrays define the dataset:
   documents): train is the first part, valid the second, test the last. Every document lands in
   exactly one split. The split is computed over *all* documents before `document_filter` is
   applied, so curriculum stages that filter the same `.bin` differently never move a document
-  between train and valid/test.
+  between train and valid/test. `min_document_tokens` then keeps only documents at least that
+  long (the long-context stage's way to upsample long papers); the filtered ids are cached as
+  `<hash>-documents.npy` (`select_documents`), so neither filter is recomputed per process.
 - **document order** (`document_order`): the split's documents (sorted ids) shuffled once per
   epoch, seeded by `(seed, epoch)`, concatenated over the fewest epochs whose tokens hold
   `num_samples` samples (`num_samples * seq_length + 1` tokens). Each document appears once per
@@ -43,7 +45,8 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +90,7 @@ class GPTDatasetConfig:
     document_filter: dict[str, set] | None = None
     add_extra_token: bool = True  # samples of seq_length + 1 tokens; False gives seq_length
     split_seed: int | None = None  # default: seed; fix it to keep held-out documents across runs
+    min_document_tokens: int = 0  # keep only documents of at least this many tokens (0: all)
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -95,6 +99,8 @@ class GPTDatasetConfig:
         if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
             raise ValueError(f"split_fractions must be 3 non-negative numbers with a positive sum, got {fractions}")
         self.split_fractions = fractions
+        if self.min_document_tokens < 0:
+            raise ValueError(f"min_document_tokens must be >= 0, got {self.min_document_tokens}")
         if self.seq_length <= 0 or self.num_samples < 0:
             raise ValueError(f"need seq_length > 0 and num_samples >= 0, got {self.seq_length}, {self.num_samples}")
         if self.cache_dir is None:
@@ -110,7 +116,7 @@ class Sample:
     """One sample with what document masking and the SFT loss need to know about it."""
 
     tokens: np.ndarray  # int64 [seq_length + 1]
-    document_lengths: np.ndarray  # int64: the pieces of documents the tokens are cut from, in order; sums to len(tokens)
+    document_lengths: np.ndarray  # int64: the document pieces the tokens are cut from, in order; sums to len(tokens)
     loss_mask: np.ndarray | None = None  # uint8 like tokens, 1 where the token is a scored target; None: all are
 
 
@@ -172,7 +178,7 @@ def cache_description(config: GPTDatasetConfig) -> dict[str, Any]:
         files["sidecar"] = _file_identity(sidecar_path(prefix))
         document_filter = {key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
                            for key, allowed in sorted(config.document_filter.items())}
-    return {
+    description = {
         "format_version": CACHE_FORMAT_VERSION,
         "prefix": prefix,
         "files": files,
@@ -184,6 +190,9 @@ def cache_description(config: GPTDatasetConfig) -> dict[str, Any]:
         "num_samples": config.num_samples,
         "document_filter": document_filter,
     }
+    if config.min_document_tokens:  # only when set, so caches built before the length filter keep their names
+        description["min_document_tokens"] = config.min_document_tokens
+    return description
 
 
 def cache_hash(description: dict[str, Any]) -> str:
@@ -191,13 +200,37 @@ def cache_hash(description: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _selection_description(config: GPTDatasetConfig) -> dict[str, Any]:
+    """What the split's filtered document ids depend on (no sampling parameters): their cache key."""
+    description = cache_description(config)
+    for key in ("seed", "seq_length", "num_samples"):
+        description.pop(key)
+    description["split_seed"] = config.effective_split_seed
+    return description
+
+
 def select_documents(config: GPTDatasetConfig, dataset: IndexedDataset | None = None) -> np.ndarray:
-    """The split's document ids after the filter: exactly the documents a `GPTDataset` with `config` samples."""
+    """The split's document ids after the filters: exactly the documents a `GPTDataset` with `config` samples.
+
+    With a filter (sidecar or length), the ids are cached in `cache_dir` under the sha256 of what
+    they depend on, written atomically, so every stage, length and process reuses one selection."""
     if dataset is None:
         dataset = IndexedDataset(config.prefix)
-    documents = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)[config.split]
+    filtered = config.document_filter is not None or config.min_document_tokens > 0
+    path = (os.path.join(config.cache_dir, cache_hash(_selection_description(config)) + "-documents.npy")
+            if filtered else None)
+    if path is not None and os.path.isfile(path):
+        return np.load(path)
+    documents = split_documents(dataset.num_documents, config.split_fractions,
+                                config.effective_split_seed)[config.split]
     if config.document_filter is not None:
         documents = filter_documents(config.prefix, documents, config.document_filter)
+    if config.min_document_tokens:
+        documents = documents[dataset.document_lengths()[documents] >= config.min_document_tokens]
+    if path is not None:
+        os.makedirs(config.cache_dir, exist_ok=True)
+        with atomic_output(path) as f:
+            np.save(f, np.asarray(documents, dtype=np.int64))
     return documents
 
 

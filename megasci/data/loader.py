@@ -11,6 +11,9 @@ G = global_batch_size = micro_batch_size x accumulation_steps x dp_size:
 - it yields the slice as `accumulation_steps` micro-batches, in order.
 
 So concatenating, step by step, rank 0's micro-batches then rank 1's ... gives the 1-rank stream.
+A dataset with `micro_batch_size_at(g)` (a curriculum whose stages change the sequence length) sets
+the micro-batch of the step that starts at sample g (None: the config's); G stays the same, so the
+accumulation is `G / (micro x dp)` for that step (`accumulation_at`).
 The last partial global batch is dropped: every rank stops after `len(dataset) // G` steps, so no
 rank waits on a step the others cannot finish.
 
@@ -132,17 +135,20 @@ def _micro_batches(dataset, config: DataLoaderConfig, stop: threading.Event):
     an abandoned loader is still collected (its `__del__` then stops the thread).
     """
     slice_size = config.global_batch_size // config.dp_size
+    stage_size = getattr(dataset, "micro_batch_size_at", lambda g: None)
     for step in range(config.consumed_samples // config.global_batch_size, len(dataset) // config.global_batch_size):
+        micro_batch_size = stage_size(step * config.global_batch_size) or config.micro_batch_size
+        accumulation = slice_size // micro_batch_size
         slice_start = step * config.global_batch_size + config.dp_rank * slice_size
-        for micro in range(config.accumulation_steps):
+        for micro in range(accumulation):
             if stop.is_set():
                 return
-            first = slice_start + micro * config.micro_batch_size
-            indices = np.arange(first, first + config.micro_batch_size, dtype=np.int64)
+            first = slice_start + micro * micro_batch_size
+            indices = np.arange(first, first + micro_batch_size, dtype=np.int64)
             batch = make_batch(dataset, indices, config.document_mask, config.eod_mask_id)
             if config.pin_memory:
                 batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
-            yield batch, micro == config.accumulation_steps - 1
+            yield batch, micro == accumulation - 1
 
 
 def _produce(batches, stop: threading.Event, out: queue.Queue) -> None:
@@ -197,6 +203,26 @@ class DataLoader:
         self._stream = iter(())
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.check_micro_batches()
+
+    def micro_batch_size_at(self, step: int) -> int:
+        """The micro-batch of global step `step` (0-based): its stage's, or the config's."""
+        at = getattr(self.dataset, "micro_batch_size_at", None)
+        first = step * self.config.global_batch_size
+        stage_size = at(first) if at is not None and first < len(self.dataset) else None
+        return stage_size or self.config.micro_batch_size
+
+    def accumulation_at(self, step: int) -> int:
+        """Micro-batches per rank in global step `step`."""
+        return self.config.global_batch_size // (self.micro_batch_size_at(step) * self.config.dp_size)
+
+    def check_micro_batches(self) -> None:
+        """Every stage's micro-batch must divide the global batch per rank; fails before training."""
+        for stage in getattr(self.dataset, "stages", []):
+            size = getattr(stage, "micro_batch_size", None)
+            if size and self.config.global_batch_size % (size * self.config.dp_size):
+                raise ValueError(f"stage {stage.name!r}: global_batch_size {self.config.global_batch_size} is not "
+                                 f"divisible by its micro_batch_size {size} x dp_size {self.config.dp_size}")
 
     @property
     def num_steps(self) -> int:
@@ -208,7 +234,9 @@ class DataLoader:
         of the stage it is in (for a reader of the checkpoint)."""
         state: dict = {"consumed_samples": self.consumed_samples}
         if hasattr(self.dataset, "stage_of"):
-            state["stage"] = self.dataset.stages[self.dataset.stage_of(max(0, self.consumed_samples - 1))].name
+            last = max(0, self.consumed_samples - 1)
+            state["stage"] = self.dataset.stages[self.dataset.stage_of(last)].name
+            state["seq_length"] = self.dataset.seq_length_at(last)
         return state
 
     def load_state_dict(self, state: dict) -> None:

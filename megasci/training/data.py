@@ -1,5 +1,10 @@
 """The training run's datasets, built once in a distributed job: rank 0 builds, the others load.
 
+Sequence length per stage: a curriculum stage may set `seq_length` and `micro_batch_size`; the global
+batch stays `train.global_batch_size` samples, so a step's tokens scale with its length. A step never
+mixes lengths: a stage boundary where the length or micro-batch changes must fall on a multiple of
+the global batch (`check_stage_boundaries`). Validation runs at `data.seq_length`.
+
 The data layer does no distributed coordination, so it is done here: rank 0 constructs the
 datasets (building any missing sample-index cache), every rank meets at a barrier, then the
 other ranks construct them with `may_build=False`, loading what rank 0 wrote. The cache
@@ -9,7 +14,8 @@ directory must therefore be on a filesystem all ranks share.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from megasci.data.blended_dataset import BlendedDataset, CurriculumStage, parse_blend, parse_curriculum
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, split_tokens
@@ -40,6 +46,25 @@ def built_on_rank0(make: Callable[[bool], T], rank: int, world_size: int) -> T:
     return made if rank == 0 else make(False)
 
 
+def stage_seq_lengths(cfg: TrainConfig) -> list[int]:
+    """The sequence length of each curriculum stage (the run's `data.seq_length` where a stage has none)."""
+    return [int(stage.get("seq_length") or cfg.data.seq_length) for stage in (cfg.data.curriculum or [{}])]
+
+
+def check_stage_boundaries(dataset: BlendedDataset, global_batch_size: int) -> None:
+    """A stage that changes the length or micro-batch must start on a global-batch boundary."""
+    for k in range(1, len(dataset.stages)):
+        before, after = dataset.stages[k - 1], dataset.stages[k]
+        changes = (dataset.stage_seq_lengths[k - 1] != dataset.stage_seq_lengths[k]
+                   or before.micro_batch_size != after.micro_batch_size)
+        start = int(dataset.stage_ends[k - 1])
+        if changes and start % global_batch_size:
+            raise ValueError(f"curriculum stage {after.name!r} changes seq_length or micro_batch_size but starts at "
+                             f"sample {start:,}, not a multiple of global_batch_size {global_batch_size}: one step "
+                             f"cannot mix lengths; end stage {before.name!r} at "
+                             f"{-(-start // global_batch_size) * global_batch_size:,} samples")
+
+
 def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True) -> BlendedDataset:
     """The training stream: the curriculum's stages, or one stage of the blend covering every step."""
     needed = cfg.train.train_steps * cfg.train.global_batch_size
@@ -55,6 +80,7 @@ def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True
     dataset = BlendedDataset(stages, cfg.data.seq_length, seed=cfg.data.seed, split="train", cache_dir=cache_dir,
                              split_fractions=cfg.data.split, may_build=may_build,
                              vocab_size=cfg.model.build().vocab_size)  # token ids checked before the embedding
+    check_stage_boundaries(dataset, cfg.train.global_batch_size)
     if len(dataset) < needed:
         raise ValueError(f"the curriculum covers {len(dataset):,} samples but {cfg.train.train_steps:,} steps of "
                          f"{cfg.train.global_batch_size} need {needed:,}; extend the last stage")
@@ -64,16 +90,20 @@ def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True
 def build_eval_datasets(cfg: TrainConfig, train: BlendedDataset, cache_dir: str,
                         may_build: bool = True) -> dict[str, GPTDataset]:
     """Each source's first `eval_samples` validation samples (fewer if its validation split is small)."""
-    datasets = {}
-    for source in train.sources:
-        config = GPTDatasetConfig(prefix=source.prefix, document_filter=source.document_filter, split="valid",
+    datasets, seen = {}, set()
+    for source, name in zip(train.sources, train.base_names):
+        if source.key in seen:  # a source used at a second length is validated once, at data.seq_length
+            continue
+        seen.add(source.key)
+        config = GPTDatasetConfig(prefix=source.prefix, document_filter=source.document_filter,
+                                  min_document_tokens=source.min_doc_tokens, split="valid",
                                   split_fractions=cfg.data.split, seq_length=cfg.data.seq_length,
                                   seed=cfg.data.seed, cache_dir=cache_dir)
         available = (split_tokens(config) - 1) // cfg.data.seq_length  # one pass, label included
         if available == 0:
-            print_rank0(f"validation: source {source.name} has no full sample in its validation split; not evaluated")
+            print_rank0(f"validation: source {name} has no full sample in its validation split; not evaluated")
             continue
-        datasets[source.name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
+        datasets[name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
                                            may_build=may_build, vocab_size=cfg.model.build().vocab_size)
     return datasets
 

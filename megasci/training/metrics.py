@@ -95,15 +95,20 @@ def read_metrics(log_dir: str) -> dict[int, dict]:
 class TrainingMetrics:
     """The trainer's numbers: per-step scalars, and every `log_interval` steps the interval's means
     (throughput, TFLOP/s and MFU, the step-time split, data position and curriculum stage, peak
-    memory) as scalars and one console line on rank 0."""
+    memory) as scalars and one console line on rank 0.
+
+    With a curriculum whose stages change the sequence length (`data.seq_length_at`), every step
+    logs the length it used (`data/seq_length`), the console line names it, and throughput and
+    FLOPs count each step's own tokens (`flops_at(length)`: FLOPs per token at that length)."""
 
     def __init__(self, log: MetricsLog, data, *, train_steps: int, global_batch_size: int, seq_length: int,
                  flops_per_token: int, world_size: int, peak_tflops: float | None, device, rank0: bool,
-                 log_interval: int | None = None):
+                 log_interval: int | None = None, flops_at=None):
         self.log, self.data, self.log_interval = log, data, log_interval
         self.train_steps, self.global_batch_size, self.seq_length = train_steps, global_batch_size, seq_length
         self.flops_per_token, self.world_size, self.peak, self.device, self.rank0 = (
             flops_per_token, world_size, peak_tflops, device, rank0)
+        self.flops_at = flops_at
         self.names = [s.name for s in data.sources]
         self._reset()
 
@@ -113,7 +118,15 @@ class TrainingMetrics:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _reset(self) -> None:
-        self.interval = {"steps": 0, "time": 0.0, "wait": 0.0, "fb": 0.0, "opt": 0.0, "loss": 0.0}
+        self.interval = {"steps": 0, "time": 0.0, "wait": 0.0, "fb": 0.0, "opt": 0.0, "loss": 0.0,
+                         "tokens": 0, "flops": 0.0}
+        self.last_seq_length = self.seq_length
+
+    def seq_length_of(self, consumed: int | None) -> int:
+        """The length of the step that ended at `consumed` samples (the run's when the data has one length)."""
+        if consumed is None or not hasattr(self.data, "seq_length_at"):
+            return self.seq_length
+        return int(self.data.seq_length_at(consumed - 1))
 
     def step(self, step: int, result, lr: float, total_skipped: int, consumed: int | None = None,
              final: bool = False) -> None:
@@ -123,16 +136,24 @@ class TrainingMetrics:
                            ("fb", result.forward_backward_s), ("opt", result.optimizer_s), ("loss", result.loss)):
             self.interval[key] += value
         self.interval["steps"] += 1
+        length = self.seq_length_of(consumed)
+        self.interval["tokens"] += self.global_batch_size * length
+        per_token = self.flops_at(length) if self.flops_at is not None else self.flops_per_token
+        self.interval["flops"] += self.global_batch_size * length * per_token
+        self.last_seq_length = length
         self.log.scalars(step, {"train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
-                                "train/skipped_steps": total_skipped})
+                                "train/skipped_steps": total_skipped, "data/seq_length": length})
         if consumed is not None and (final or bool(self.log_interval) and step % self.log_interval == 0):
             self.report(step, consumed, lr, result.grad_norm, total_skipped)
 
     def report(self, step: int, consumed: int, lr: float, grad_norm: float, total_skipped: int) -> str:
         """The interval's scalars and console line (printed on rank 0); starts the next interval."""
         n, iv = self.interval["steps"], self.interval
-        tokens_per_s = n * self.global_batch_size * self.seq_length / iv["time"]
-        tflops = tokens_per_s * self.flops_per_token / self.world_size / 1e12
+        if not iv["tokens"]:  # report() called without step(): the run's length
+            iv["tokens"] = n * self.global_batch_size * self.seq_length
+            iv["flops"] = iv["tokens"] * self.flops_per_token
+        tokens_per_s = iv["tokens"] / iv["time"]
+        tflops = iv["flops"] / iv["time"] / self.world_size / 1e12
         stage = self.data.stage_of(consumed - 1)
         per_source = (np.bincount(self.data.source_index[:consumed], minlength=len(self.names)) if self.rank0
                       else np.zeros(len(self.names), dtype=np.int64))  # only rank 0 logs
@@ -151,7 +172,7 @@ class TrainingMetrics:
         if self.device.type == "cuda":
             values["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             line += f" | peak mem {values['mem/peak_gib']:.1f} GiB"
-        line += f" | stage {self.data.stages[stage].name}"
+        line += f" | stage {self.data.stages[stage].name} | seq {self.last_seq_length}"
         if total_skipped:
             line += f" | skipped {total_skipped}"
         self.log.scalars(step, values)

@@ -45,7 +45,7 @@ from megasci.utils.io import atomic_text_output
 
 from .checkpoint import Checkpointer, RNGStreams, ShardedOptimizer, check_tokenizer_matches, choose_start
 from .config import TrainConfig
-from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer
+from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer, stage_seq_lengths
 from .guard import SpikeGuard, TrainingDiverged
 from .lock import lock_for_run
 from .metrics import MetricsLog, TrainingMetrics, device_peak_tflops
@@ -101,8 +101,10 @@ class Trainer:
         if model_cfg.vocab_size < tokenizer.vocab_size:
             raise ValueError(f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's "
                              f"{tokenizer.vocab_size} ({cfg.data.tokenizer})")
-        if cfg.data.seq_length > model_cfg.max_seq_len:
-            raise ValueError(f"data.seq_length {cfg.data.seq_length} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+        longest = max(stage_seq_lengths(cfg))  # a curriculum stage may raise the length
+        if longest > model_cfg.max_seq_len:
+            raise ValueError(f"data.seq_length {longest} (the longest stage's) exceeds the model's max_seq_len "
+                             f"{model_cfg.max_seq_len}")
         accumulation = DataLoaderConfig(t.micro_batch_size, t.global_batch_size, dp_size=env.world_size).accumulation_steps
         cache_dir = cfg.data.cache_dir or os.path.join(t.save_dir, "index_cache")
         self.tensorboard_dir = t.tensorboard_dir or os.path.join(t.save_dir, "tensorboard")
@@ -167,6 +169,7 @@ class Trainer:
         self.metrics = TrainingMetrics(
             log, self.data, train_steps=t.train_steps, global_batch_size=t.global_batch_size,
             seq_length=cfg.data.seq_length, flops_per_token=flops_per_token(model_cfg, cfg.data.seq_length),
+            flops_at=lambda length: flops_per_token(model_cfg, length),
             world_size=env.world_size, peak_tflops=t.peak_tflops or device_peak_tflops(env.device),
             device=env.device, rank0=env.rank == 0, log_interval=t.log_interval)
         self.stop = StopRequest(t.exit_interval)
@@ -211,6 +214,7 @@ class Trainer:
                 batches = iter(self.loader)
                 while self.step < t.train_steps:
                     lr = self.learning_rate(self.step)
+                    self.train_step.accumulation = self.loader.accumulation_at(self.step)  # per stage's micro-batch
                     with self.profiler.step(self.step + 1):
                         result = self.train_step(batches, self.step, lr)
                     if result.skipped is not None:

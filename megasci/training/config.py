@@ -170,11 +170,36 @@ class TrainSection:
 
 
 @dataclasses.dataclass
+class EvalSection:
+    """Downstream tasks scored in the training loop (training/downstream_eval.py, docs/evaluation.md): at
+    step 0 of a fresh run, every `interval` steps and at the last step. No tasks: none (old configs)."""
+
+    tasks: list = dataclasses.field(default_factory=list)  # task names (tools/eval_tasks.py's) or .jsonl files
+    interval: int = 1000  # steps between evaluations (0: only at the start and the end)
+    limit: int | None = None  # the first N examples of each task; null: all of them
+    batch_size: int = 16  # requests per forward pass
+    per_example: bool = False  # also write each example's scores to <save_dir>/downstream/step_<N>.jsonl
+
+    def __post_init__(self):
+        """Impossible values fail here, naming the key; unknown task names fail when the run starts."""
+        for i, task in enumerate(self.tasks):
+            if not isinstance(task, str) or not task:
+                raise ValueError(f"eval.tasks[{i}]: expected a task name or a .jsonl file, got {task!r}")
+        if self.interval < 0:
+            raise ValueError(f"eval.interval: expected a non-negative number of steps, got {self.interval}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval.limit: expected a positive number of examples or null, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size: expected a positive number, got {self.batch_size}")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     optim: OptimSection = dataclasses.field(default_factory=OptimSection)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)  # downstream tasks in the loop
 
     def __post_init__(self):
         """Checks between sections."""

@@ -2,6 +2,7 @@
 
     train_step.py  one optimizer step: micro-batches, gradient sync, spike guard, sharded AdamW
     validator.py   validation losses and perplexities, every `eval_interval` steps (`due`)
+    downstream_eval.py  downstream task scores (megasci.downstream), every `eval.interval` steps (`due`)
     checkpoint.py  the Checkpointer: every `save_interval` steps (`due`), the components' state, resume
     metrics.py     per-step scalars and, every `log_interval` steps, the interval's console line
     stop.py        SIGTERM and `exit_interval`
@@ -46,6 +47,7 @@ from megasci.utils.io import atomic_text_output
 from .checkpoint import Checkpointer, RNGStreams, ShardedOptimizer, check_tokenizer_matches, choose_start
 from .config import TrainConfig
 from .data import build_eval_datasets, build_train_dataset, built_on_rank0, check_tokenizer, stage_seq_lengths
+from .downstream_eval import DownstreamEval, load_tasks
 from .guard import SpikeGuard, TrainingDiverged
 from .lock import lock_for_run
 from .metrics import MetricsLog, TrainingMetrics, device_peak_tflops
@@ -70,6 +72,7 @@ class RunSummary:
     losses: dict[int, float] = dataclasses.field(default_factory=dict)  # training loss per step
     validation: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)  # losses per source
     skipped: list[int] = dataclasses.field(default_factory=list)  # 0-based steps the guard skipped
+    downstream: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)  # eval/<task>/<metric> per step
     checkpoint: str | None = None  # the newest checkpoint of the run (saved or resumed from)
 
 
@@ -98,6 +101,7 @@ class Trainer:
         if not cfg.data.tokenizer:
             raise ValueError("data.tokenizer is required: the checkpoint records which tokenizer the model was trained with")
         tokenizer = load_tokenizer(cfg.data.tokenizer)
+        downstream_tasks = load_tasks(cfg.eval.tasks, cfg.eval.limit)  # a bad task fails before the data is built
         if model_cfg.vocab_size < tokenizer.vocab_size:
             raise ValueError(f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's "
                              f"{tokenizer.vocab_size} ({cfg.data.tokenizer})")
@@ -161,6 +165,10 @@ class Trainer:
         self.validator = Validator(self.model, eval_data, t.micro_batch_size, env.device, env.rank, env.world_size, log,
                                    document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id,
                                    interval=t.eval_interval)
+        self.downstream = DownstreamEval(
+            self.model, downstream_tasks, tokenizer, log, device=env.device, rank=env.rank, world_size=env.world_size,
+            interval=cfg.eval.interval, batch_size=cfg.eval.batch_size,
+            per_example_dir=os.path.join(t.save_dir, "downstream") if cfg.eval.per_example else None)
         self.train_step = TrainStep(self.model, optimizer, self.guard, accumulation=accumulation, device=env.device,
                                     world_size=env.world_size, timing_sync=t.timing_sync,
                                     data_wait=lambda: self.loader.wait_seconds,
@@ -208,6 +216,8 @@ class Trainer:
                                  tensorboard_dir=self.tensorboard_dir, checkpoint=self.start.path)
             if self.step == 0 and self.validator:
                 summary.validation[0] = self.validator(0)
+            if self.step == 0 and self.downstream:
+                summary.downstream[0] = self.downstream(0)
             self.metrics.start()
             self.model.train()
             with self.stop as stop:
@@ -223,9 +233,12 @@ class Trainer:
                     step, done = self.step, self.step == t.train_steps
                     summary.losses[step] = result.loss
                     self.metrics.step(step, result, lr, self.guard.total_skipped, self.loader.consumed_samples, done)
+                    self.downstream.count_step(result.seconds)
                     signalled = stop.agreed(self.env.device, self.env.world_size)  # torchrun kills 30 s after SIGTERM
                     if not signalled and not done and self.validator.due(step):
                         summary.validation[step] = self.validator(step)
+                    if not signalled and not done and self.downstream.due(step):
+                        summary.downstream[step] = self.downstream(step)
                     exiting = signalled or stop.exit_due(step, done)
                     if exiting or self.checkpointer.due(step, final=done):
                         refused = self.train_step.unsafe_to_save()
@@ -239,6 +252,9 @@ class Trainer:
                         break
             if self.step == t.train_steps and self.validator:
                 summary.validation[self.step] = self.validator(self.step)
+            if self.step == t.train_steps and self.downstream:
+                summary.downstream[self.step] = self.downstream(self.step)
+            self.downstream.report()
         except TrainingDiverged as error:
             raise self._diverged(error) from None
         finally:

@@ -21,6 +21,14 @@ crosses document boundaries but never leaves its group. A group's loss is the me
 first `max_samples`); the stream's first token and its tail shorter than a sample are not
 predicted. Because a label group packs only its own documents, the label losses do not average
 exactly to the source's loss: each is measured in its own context.
+
+**By position** (`by_position=W`, issue 20; 0: W = seq_length / 8). The source groups' samples are also scored token by
+token, and the loss is averaged per bucket of W positions within the sample (the model's context
+index, 0-based), with its standard error over samples: whether positions past the length a model
+was trained at are used or merely tolerated. `by_position_scalars` names them for TensorBoard.
+
+**Passkey** (`evaluate_passkey`): `megasci.downstream.passkey`'s retrieval grid on a checkpoint,
+its filler the held-out documents of a prefix (the split the checkpoint never trained on).
 """
 
 from __future__ import annotations
@@ -36,10 +44,11 @@ from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_docume
 from megasci.data.indexed_dataset import IndexedDataset, data_file_path
 from megasci.data.provenance import tokenizer_warnings
 from megasci.data.sidecar import read_sidecar, sidecar_path
-from megasci.training.checkpoint import load_model, resolve_checkpoint
+from megasci.downstream import passkey
+from megasci.tokenizer import load_tokenizer
+from megasci.training.checkpoint import checkpoint_tokenizer_path, load_model, resolve_checkpoint
 from megasci.training.config import DataSection
 from megasci.training.validator import evaluate, perplexity
-
 
 EVAL_SPLITS = ("valid", "test", "train", "all")
 MISSING_LABEL = "(none)"
@@ -218,10 +227,61 @@ def evaluate_groups(model, groups: list[EvalGroup], batch_size: int, device) -> 
     return overall
 
 
+def loss_by_position(model, datasets: list, bucket: int, batch_size: int, device) -> list[dict]:
+    """Mean loss per bucket of `bucket` positions over every sample of `datasets` (each a map-style
+    dataset of seq_length + 1 tokens), with the standard error over samples and the sample count."""
+    per_sample = []
+    with torch.no_grad():
+        for dataset in datasets:
+            for start in range(0, len(dataset), batch_size):
+                rows = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64)
+                                                  for i in range(start, min(start + batch_size, len(dataset)))]))
+                rows = rows.to(device)
+                logits = model(rows[:, :-1]).float()
+                losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="none")
+                per_sample.append(losses.double().cpu())
+    if not per_sample:
+        return []
+    losses = torch.cat(per_sample)  # [N, S]
+    n, length = losses.shape
+    buckets = []
+    for first in range(0, length, bucket):
+        means = losses[:, first:first + bucket].mean(dim=1)
+        err = float(means.std(unbiased=True) / n ** 0.5) if n > 1 else float("nan")
+        buckets.append({"start": first, "end": min(first + bucket, length), "samples": n,
+                        "loss": float(means.mean()), "stderr": err})
+    return buckets
+
+
+def by_position_scalars(buckets: list[dict]) -> dict[str, float]:
+    """TensorBoard tags of a by-position report: `eval/loss_by_position/<start>-<end>`."""
+    return {f"eval/loss_by_position/{b['start']:05d}-{b['end']:05d}": b["loss"] for b in buckets}
+
+
+def plot_by_position(buckets: list[dict], path: str, title: str, trained_length: int | None = None) -> None:
+    """Mean loss per position bucket with its standard error as a PNG; a line marks the trained length."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = [(b["start"] + b["end"]) / 2 for b in buckets]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(centres, [b["loss"] for b in buckets], yerr=[b["stderr"] for b in buckets], marker="o", capsize=2)
+    if trained_length:
+        ax.axvline(trained_length, color="grey", linestyle="--", label=f"trained length {trained_length}")
+        ax.legend()
+    ax.set_xlabel("position in the sample")
+    ax.set_ylabel("mean loss (nats)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "valid", by: str | None = None,
                         seq_length: int | None = None, max_samples: int | None = None, batch_size: int = 8,
                         device="cpu", dtype: torch.dtype | None = None, cache_dir: str | None = None,
-                        warn=print) -> dict:
+                        warn=print, by_position: int | None = None) -> dict:
     """The report: every group's documents, tokens evaluated, loss and perplexity, and the overall
     token-weighted loss over the prefixes (see the module docstring for what is evaluated)."""
     if max_samples is not None and max_samples < 1:
@@ -254,6 +314,13 @@ def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "vali
     groups = plan_groups(prefixes, split, fractions, seed, seq_length, by, max_samples, cache_dir, warn)
     overall = evaluate_groups(model, groups, batch_size, torch.device(device))
     sources = [g for g in groups if g.label_key is None]
+    positions = None
+    if by_position is not None:  # 0: an eighth of the sequence
+        if by_position < 0:
+            raise ValueError(f"by_position must be a bucket width of at least 1 token, got {by_position}")
+        width = by_position or max(1, seq_length // 8)
+        positions = loss_by_position(model, [GPTDataset(g.config) for g in sources if g.samples], width,
+                                     batch_size, torch.device(device))
     return {
         "checkpoint": path, "step": meta.get("step"), "split": split, "split_fractions": list(fractions),
         "split_seed": seed, "seq_length": seq_length, "by": by, "max_samples": max_samples,
@@ -262,7 +329,60 @@ def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "vali
                     "tokens_evaluated": sum(g.tokens_evaluated for g in sources),
                     "loss": overall, "perplexity": perplexity(overall)},
         "warnings": warnings,
+        "trained_seq_length": trained_length,
+        "by_position": positions,
     }
+
+
+def passkey_filler(prefix: str, meta: dict, checkpoint: str, tokens: int, split: str = "valid") -> np.ndarray:
+    """`tokens` tokens of `prefix`'s held-out documents (the checkpoint's split), concatenated in
+    document order and repeated if the split is shorter: the passkey documents' filler text."""
+    if split == "all":
+        fractions, seed, split = (1.0, 0.0, 0.0), 0, "train"
+    else:
+        fractions, seed, _ = held_out_settings(meta, checkpoint)
+    config = GPTDatasetConfig(prefix=prefix, split=split, split_fractions=fractions, seed=seed)
+    dataset = IndexedDataset(prefix)
+    documents = select_documents(config, dataset)
+    if not len(documents):
+        raise ValueError(f"{prefix}: its {split} split holds no documents to take filler text from")
+    parts, have = [], 0
+    while have < tokens:
+        for d in documents.tolist():
+            part = np.asarray(dataset.get_document(d), dtype=np.int64)
+            parts.append(part)
+            have += len(part)
+            if have >= tokens:
+                break
+    return np.concatenate(parts)[:tokens]
+
+
+def evaluate_passkey(checkpoint: str, prefix: str, config: passkey.PasskeyConfig, device="cpu",
+                     dtype: torch.dtype | None = None, split: str = "valid") -> dict:
+    """The passkey grid on a checkpoint: per-example results and the depth x length summary.
+
+    Lengths above the model's max_seq_len are refused (the caller picks them, e.g. up to the maximum)."""
+    path = resolve_checkpoint(checkpoint)
+    model, meta = load_model(path, device=device, dtype=dtype)
+    model.eval()
+    config = passkey.resolve_lengths(config, model.cfg.max_seq_len)
+    too_long = [n for n in config.lengths if n > model.cfg.max_seq_len]
+    if too_long:
+        raise ValueError(f"passkey lengths {too_long} exceed the model's max_seq_len {model.cfg.max_seq_len}")
+    tokenizer = load_tokenizer(_tokenizer_path(path, meta))
+    filler = passkey_filler(prefix, meta, path, max(config.lengths) * 4, split)
+    examples = passkey.make_examples(tokenizer.encode, filler, config)
+    results = passkey.score_examples(model, examples, torch.device(device))
+    return {"checkpoint": path, "step": meta.get("step"), "config": dataclasses.asdict(config),
+            "max_seq_len": model.cfg.max_seq_len, "summary": passkey.summarize(results), "examples": results}
+
+
+def _tokenizer_path(path: str, meta: dict) -> str:
+    """The tokenizer copied into the checkpoint (verified), else the run's data.tokenizer."""
+    found = checkpoint_tokenizer_path(path) or ((meta.get("train_config") or {}).get("data") or {}).get("tokenizer")
+    if not found:
+        raise ValueError(f"{path}: no tokenizer in the checkpoint and none recorded in its config")
+    return found
 
 
 def format_report(report: dict) -> str:

@@ -138,3 +138,37 @@ def test_switching_length_mid_run_then_sigkill_and_resume_is_bit_exact(tmp_path)
     meta = ckpt.read_meta(killed)["data"]
     assert meta["consumed_samples"] == 64 and meta["stage"] == "long" and meta["seq_length"] == 64
     assert IndexedDataset(data["prefix"]).document_lengths().max() >= 48  # the filter kept something
+
+
+def test_the_extend_4096_recipe_loads(monkeypatch):
+    """examples/configs/extend_4096.yaml through the config loader: its knobs as documented."""
+    from megasci.training.config import load_config
+    for name in ("TOKENIZER", "ARXIV", "ARXIV_SECTIONS", "WEBMATH", "PRETRAIN_SAVE_DIR", "SAVE_DIR"):
+        monkeypatch.setenv(name, f"/data/{name.lower()}")
+    cfg = load_config(os.path.join(REPO, "examples", "configs", "extend_4096.yaml"))
+    model = cfg.model.build()
+    assert model.rope_theta == 500000.0 and model.max_seq_len >= cfg.data.seq_length == 4096
+    assert cfg.data.document_mask and cfg.train.init_from == "/data/pretrain_save_dir"
+    stages = parse_curriculum(cfg.data.curriculum)
+    assert [s.min_doc_tokens for s in stages[0].blend] == [4096, 0, 0, 0]
+    tokens = cfg.train.train_steps * cfg.train.global_batch_size * cfg.data.seq_length
+    assert 0.02 <= tokens / 51.9e9 <= 0.05  # 2-5% of the 1p36b run's tokens
+
+
+def test_a_continuation_raises_the_rope_base_and_the_length(tmp_path):
+    """train.init_from with another rope_theta, max_seq_len and data.seq_length (the extension recipe's
+    shape): the weights load, the run trains at the new length; another width is still refused."""
+    data = make_training_data(str(tmp_path / "data"), papers=20)
+    blend = {"data.curriculum": "null", "data.blend": f"[1, {data['prefix']}]", "train.eval_interval": 0,
+             "train.train_steps": 2, "optim.warmup_steps": 1}
+    base = str(tmp_path / "base")
+    run_pretrain(1, training_overrides(data, base, **blend))
+    overrides = f"{{vocab_size: {data['vocab_size']}, rope_theta: 500000.0, max_seq_len: 256}}"
+    longer = run_pretrain(1, training_overrides(data, str(tmp_path / "long"), **blend, **{
+        "model.overrides": overrides, "data.seq_length": 256, "train.micro_batch_size": 1,
+        "train.init_from": base, "train.log_interval": 1})).stdout
+    assert "seq 256" in longer
+    wider = run_pretrain(1, training_overrides(data, str(tmp_path / "wide"), **blend, **{
+        "model.overrides": f"{{vocab_size: {data['vocab_size']}, hidden_size: 128}}", "train.init_from": base}),
+        check=False)
+    assert wider.returncode != 0 and "is not this run's" in wider.stdout + wider.stderr

@@ -223,6 +223,12 @@ def verify_checkpoint(path: str, names=None) -> dict:
     return meta
 
 
+def position_fields(cfg: ModelConfig) -> dict:
+    """The fields a continuation may change without touching a weight's shape: RoPE's base and scaling
+    and the maximum length (context extension, issue 20: LLaMA-2-Long raises the base at continuation)."""
+    return {"rope_theta": cfg.rope_theta, "rope_scaling": cfg.rope_scaling, "max_seq_len": cfg.max_seq_len}
+
+
 def load_model(path: str, device="cpu", dtype: torch.dtype | None = None):
     """(model, meta) from a checkpoint or save directory, model.pt verified against its checksum;
     `dtype` defaults to the training dtype."""
@@ -665,7 +671,7 @@ class Checkpointer:
         The model and the tokenizer must be the ones it was trained with."""
         path = resolve_checkpoint(path)
         meta = verify_checkpoint(path, [MODEL_NAME])
-        if model_config_from_meta(meta) != self.model_cfg:
+        if dataclasses.replace(model_config_from_meta(meta), **position_fields(self.model_cfg)) != self.model_cfg:
             raise ValueError(
                 f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
                 f"{dataclasses.asdict(self.model_cfg)}"

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", metavar="RUN_OR_STEP",
-                       help="a checkpoint directory, or a save directory (its latest)")
+                       help="a checkpoint directory, a save directory (its latest), or a HF model directory")
     which.add_argument("--hf-model", metavar="DIR", help="a transformers model directory (e.g. our HF export)")
     p.add_argument("--tasks", nargs="+", required=True, help="task names or JSONL task files")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")

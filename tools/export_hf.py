@@ -16,11 +16,13 @@ from megasci.export_hf import EXPORT_DTYPES, ExportError, export_checkpoint, ver
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a save directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint directory, a save directory (its latest), or a HF model directory")
     p.add_argument("--output", required=True, help="the export directory to write (or, with --verify-only, check)")
-    p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default=None, help="weight dtype (default: the training dtype)")
+    p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default=None,
+                   help="weight dtype (default: the training dtype)")
     p.add_argument("--tokenizer", default=None,
-                   help="the training SentencePiece model (default: the checkpoint's tokenizer.model)")
+                   help="the training tokenizer (default: the checkpoint's copy)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (once the new one passes)")
     p.add_argument("--device", default="cpu", help="where both models run for the checks (default: cpu)")
     p.add_argument("--verify-only", action="store_true", help="check an existing export, write nothing")

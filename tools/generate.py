@@ -61,7 +61,8 @@ def read_conversations(path: str) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a save directory (its latest)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint directory, a save directory (its latest), or a HuggingFace model directory")
     p.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for several prompts")
     p.add_argument("--prompt-file", action="append", default=[], help="a file whose whole text is one prompt")
     p.add_argument("--tokenizer", default=None, help="default: the tokenizer saved in the checkpoint")
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         path = resolve_checkpoint(args.checkpoint)
         tokenizer_path = args.tokenizer or checkpoint_tokenizer_path(path)
         if tokenizer_path is None:
-            raise FileNotFoundError(f"{path} holds no tokenizer.model; pass --tokenizer")
+            raise FileNotFoundError(f"{path} holds no tokenizer (tokenizer.model or tokenizer.json); pass --tokenizer")
         tok = load_tokenizer(tokenizer_path)
         model, _ = load_model(path, device=args.device, dtype=DTYPES.get(args.dtype))
         model.eval()
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
             stop_ids.insert(0, tok.chat_template.bind(tok).end_id)
         for i, prompt in enumerate(records if chat else prompts):
             prefix = [] if args.no_eod_prefix else [tok.eod_id]
-            ids = chat_prompt_ids(tok, prompt["messages"], not args.no_eod_prefix) if chat else prefix + tok.encode(prompt)
+            ids = (chat_prompt_ids(tok, prompt["messages"], not args.no_eod_prefix) if chat
+                   else prefix + tok.encode(prompt))
             start = time.perf_counter()
             out = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            top_k=args.top_k, eos_id=stop_ids[0], generator=generator)[0].tolist()

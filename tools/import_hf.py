@@ -12,21 +12,12 @@ anything is written. Nothing is downloaded.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 
-from megasci.model import build_model
-from megasci.model.hf_import import (
-    HFImportError,
-    config_path,
-    load_hf_state_dict,
-    model_config_from_hf,
-    read_hf_config,
-    tokenizer_file,
-)
+from megasci.model.hf_import import HFImportError, tokenizer_file
 from megasci.tokenizer import load_tokenizer
-from megasci.training.checkpoint import complete_checkpoints, save_checkpoint
+from megasci.training.checkpoint import complete_checkpoints, load_hf_model, save_checkpoint
 
 
 def import_hf(hf_dir: str, output: str) -> str:
@@ -37,22 +28,11 @@ def import_hf(hf_dir: str, output: str) -> str:
     """
     if complete_checkpoints(output):
         raise FileExistsError(f"{output}: already holds checkpoints; import into a new directory")
-    where = config_path(hf_dir)
-    cfg = model_config_from_hf(read_hf_config(hf_dir), where)
-    tokenizer_path = tokenizer_file(hf_dir)
-    tokenizer = load_tokenizer(tokenizer_path)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise HFImportError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than vocab_size "
-                            f"{cfg.vocab_size} in {where}")
-    state = load_hf_state_dict(hf_dir, cfg)
-    model = build_model(cfg, device="meta")
-    model.load_state_dict(state, assign=True)  # the loaded tensors themselves; checks names and shapes again
-    model.tie_weights()
-    meta = {"data": {"consumed_samples": 0}, "dp_size": 1, "model_config": dataclasses.asdict(cfg),
-            "tokenizer": tokenizer.identity(), "imported_from": os.path.abspath(hf_dir)}
+    model, meta = load_hf_model(hf_dir)  # the loading path train.init_from and the tools take too
+    meta = {k: v for k, v in meta.items() if k != "step"}  # save_checkpoint writes the step
     os.makedirs(output, exist_ok=True)
     return save_checkpoint(output, 0, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                           tokenizer=tokenizer)
+                           tokenizer=load_tokenizer(tokenizer_file(hf_dir)))
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or globs")
     p.add_argument("--output-prefix", required=True)
-    p.add_argument("--tokenizer-model", required=True, help="SentencePiece .model, HF tokenizer.json, or a directory")
+    p.add_argument("--tokenizer-model", required=True,
+                   help="SentencePiece .model, HF tokenizer.json, or a directory (e.g. a HF model download)")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="one dataset per key (default: text)")
     p.add_argument("--metadata-keys", nargs="*", default=["id", "source", "section"],
                    help="record fields copied into the <dataset>.docs.jsonl sidecar")

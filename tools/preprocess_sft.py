@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="JSONL, Parquet or Posts.xml files, or globs")
     p.add_argument("--output-prefix", required=True)
-    p.add_argument("--tokenizer-model", required=True, help="a tokenizer trained with --chat-template")
+    p.add_argument("--tokenizer-model", required=True,
+                   help="a tokenizer with a chat template (tools/add_chat_template.py adds one), or its dir")
     p.add_argument("--source", default=None,
                    help="source name for records without a 'source' field (default: the input file's name)")
     p.add_argument("--min-score", type=int, default=None,

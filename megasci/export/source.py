@@ -1,4 +1,5 @@
-"""What an export is made from: the checkpoint's training tokenizer (checked against the hash its
+"""What an export is made from: the checkpoint's training tokenizer (a SentencePiece model or a HuggingFace
+tokenizer.json) (checked against the hash its
 meta.json records), that tokenizer's identity, and the export dtype; `ExportError` for every refusal."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 
 from megasci.model import ModelConfig
 from megasci.model.dtypes import DTYPES
-from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
+from megasci.tokenizer import load_tokenizer
 from megasci.training.checkpoint import checkpoint_tokenizer_path
 from megasci.utils.io import file_sha256
 
@@ -24,7 +25,8 @@ def training_tokenizer_path(checkpoint: str, tokenizer: str | None, meta: dict) 
     """The training tokenizer: `tokenizer` if given, which must then be the file meta.json names by hash."""
     path = tokenizer or checkpoint_tokenizer_path(checkpoint)
     if path is None:
-        raise ExportError(f"{checkpoint}: holds no tokenizer.model; pass the training tokenizer explicitly")
+        raise ExportError(f"{checkpoint}: holds no tokenizer (tokenizer.model or tokenizer.json); pass the training "
+                          f"tokenizer explicitly")
     want = (meta.get("tokenizer") or {}).get("sha256")
     if want and file_sha256(path) != want:
         raise ExportError(f"{path}: not the tokenizer this checkpoint was trained with (sha256 differs from "
@@ -33,7 +35,7 @@ def training_tokenizer_path(checkpoint: str, tokenizer: str | None, meta: dict) 
 
 
 def tokenizer_identity(tokenizer: str) -> dict:
-    return SentencePieceTokenizer(tokenizer).identity()
+    return load_tokenizer(tokenizer).identity()
 
 
 def export_dtype(dtype: str | None, cfg: ModelConfig) -> torch.dtype:

@@ -2,9 +2,11 @@
 
 The checks: config.json fields against the checkpoint's model config and tokenizer identity (vocab size
 equals the embedding rows and covers the tokenizer); every tensor in model.safetensors equal to the
-checkpoint's, cast to the export dtype; tokenizer.model a copy of the training tokenizer; the exported
-tokenizer against the training one (the file meta.json names by sha256): every piece, the special ids,
-and the ids and decoded text of probe texts with LaTeX, Unicode, newline runs, tabs, spaces, digits;
+checkpoint's, cast to the export dtype; tokenizer.model (or, for a HuggingFace tokenizer, tokenizer.json) a
+copy of the training tokenizer; the exported tokenizer against the training one (the file meta.json names by
+sha256, read by our SentencePieceTokenizer or HFTokenizer): every piece, the special ids, and the ids and
+decoded text of probe texts (a HuggingFace tokenizer's ids without its own post-processor's BOS, as trained)
+with LaTeX, Unicode, newline runs, tabs, spaces, digits;
 with a chat template, `apply_chat_template` on multi-turn probe conversations (with and without a
 system turn, with and without the generation prompt) against our ids (`CHAT_PROBES`); transformers
 loading every tensor into a LlamaForCausalLM; logits of the reloaded model against ours in the export
@@ -30,9 +32,9 @@ from megasci.export.writer import expected_config
 from megasci.model import ModelConfig, to_hf_state_dict
 from megasci.model.dtypes import DTYPES, dtype_name
 from megasci.model.llama import KVCache
+from megasci.tokenizer import Tokenizer, load_tokenizer
 from megasci.tokenizer.chat import ChatTemplate
 from megasci.tokenizer.probes import PROBE_TEXTS
-from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
 from megasci.training.checkpoint import load_model, model_config_from_meta, read_meta, resolve_checkpoint
 from megasci.utils.io import file_sha256
 
@@ -87,7 +89,8 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
     meta = read_meta(checkpoint)
     cfg = model_config_from_meta(meta)
     tokenizer = training_tokenizer_path(checkpoint, tokenizer, meta)
-    sp = SentencePieceTokenizer(tokenizer)
+    sp = load_tokenizer(tokenizer)
+    hf_kind = tokenizer.endswith(".json")
     identity = meta.get("tokenizer") or tokenizer_identity(tokenizer)
     config_path = os.path.join(export_dir, "config.json")
     dtype = _check_config(config_path, cfg, identity, sp.vocab_size)
@@ -97,13 +100,13 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
     model.eval()
     _check_weights(os.path.join(export_dir, "model.safetensors"), model, dtype)
 
-    copied = os.path.join(export_dir, "tokenizer.model")
+    copied = os.path.join(export_dir, "tokenizer.json" if hf_kind else "tokenizer.model")
     if not os.path.isfile(copied) or file_sha256(copied) != file_sha256(tokenizer):
         raise ExportError(f"{copied}: missing or not a copy of the training tokenizer {tokenizer}")
     hf_tok = transformers.AutoTokenizer.from_pretrained(export_dir)
-    caveats = literal_text_caveats(tokenizer)
-    report.probe_tokens = _check_tokenizer(export_dir, hf_tok, sp, identity, caveats)
-    _check_chat_template(export_dir, hf_tok, sp, identity)
+    caveats = [] if hf_kind else literal_text_caveats(tokenizer)
+    report.probe_tokens = _check_tokenizer(export_dir, hf_tok, sp, identity, caveats, hf_kind)
+    _check_chat_template(export_dir, hf_tok, sp, identity, hf_kind)
     if caveats:
         report.notes.append(f"literal {', '.join(map(repr, caveats[:5]))} in text may tokenize differently: "
                             f"normal pieces span every place to cut them")
@@ -165,11 +168,16 @@ def _check_weights(path: str, model, dtype: torch.dtype) -> None:
                 raise ExportError(f"{path}: {name} differs from the checkpoint (max |diff| {diff:.3g})")
 
 
-def _check_tokenizer(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identity: dict, caveats: list[str]) -> int:
+def _check_tokenizer(export_dir: str, hf_tok, sp: Tokenizer, identity: dict, caveats: list[str],
+                     hf_kind: bool = False) -> int:
     """Every piece, the special ids, and the probe texts' ids and decoded text; returns probe tokens seen.
 
-    Probe texts holding a `caveats` string are skipped: the exported tokenizer may split it differently.
+    Probe texts holding a `caveats` string are skipped: the exported tokenizer may split it differently. A
+    HuggingFace tokenizer keeps its own post-processor (a BOS its model's users expect) and cleanup setting,
+    so its ids are compared without added special tokens and its text without cleanup, as training saw them.
     """
+    call = {"add_special_tokens": False} if hf_kind else {}
+    decode = {"clean_up_tokenization_spaces": False} if hf_kind else {}
     where = os.path.join(export_dir, "tokenizer.json")
     if len(hf_tok) != sp.vocab_size:
         raise ExportError(f"{where}: {len(hf_tok)} tokens, the training tokenizer has {sp.vocab_size}")
@@ -186,14 +194,14 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identi
     for text in PROBE_TEXTS:
         if any(c in text for c in caveats):
             continue
-        want, theirs = sp.encode(text), hf_tok(text)["input_ids"]
+        want, theirs = sp.encode(text), hf_tok(text, **call)["input_ids"]
         if theirs != want:
             i = _first_difference(theirs, want)
             got = repr(theirs[i]) if i < len(theirs) else "end of ids"
             expect = repr(want[i]) if i < len(want) else "end of ids"
             raise ExportError(f"{where}: tokenizer ids differ at position {i}: exported {got} vs training {expect} "
                               f"for text {_excerpt(sp, want, i)}")
-        decoded, want_text = hf_tok.decode(theirs), sp.decode(want)
+        decoded, want_text = hf_tok.decode(theirs, **decode), sp.decode(want)
         if decoded != want_text:
             i = _first_difference(decoded, want_text)
             raise ExportError(f"{where}: decoded text differs at character {i}: exported "
@@ -202,11 +210,12 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identi
     return seen
 
 
-def _check_chat_template(export_dir: str, hf_tok, sp: SentencePieceTokenizer, identity: dict) -> None:
-    """`apply_chat_template` of the exported tokenizer gives our ids for every probe conversation."""
+def _check_chat_template(export_dir: str, hf_tok, sp: Tokenizer, identity: dict, hf_kind: bool = False) -> None:
+    """`apply_chat_template` of the exported tokenizer gives our ids for every probe conversation. A
+    HuggingFace tokenizer without one of our templates may keep its model's own, which we do not check."""
     where = os.path.join(export_dir, "tokenizer_config.json")
     if not identity.get("chat_template"):
-        if getattr(hf_tok, "chat_template", None):
+        if getattr(hf_tok, "chat_template", None) and not hf_kind:
             raise ExportError(f"{where}: has a chat_template, but the training tokenizer has none")
         return
     if not getattr(hf_tok, "chat_template", None):
@@ -269,7 +278,7 @@ def _forget_dynamic_length(hf, cfg: ModelConfig) -> None:
             hf(torch.zeros(1, 1, dtype=torch.long, device=hf.device))
 
 
-def _check_greedy(where: str, model, hf, sp: SentencePieceTokenizer, cfg: ModelConfig, report: Report) -> None:
+def _check_greedy(where: str, model, hf, sp: Tokenizer, cfg: ModelConfig, report: Report) -> None:
     """`generate` (KV cache) against our repeated full forward passes (our KV cache for dynamic RoPE, where a
     cache holds keys rotated at shorter lengths' frequencies); a near-tie in our logits may flip."""
     steps = min(GREEDY_TOKENS, cfg.max_seq_len // 2)
@@ -298,7 +307,7 @@ def _check_greedy(where: str, model, hf, sp: SentencePieceTokenizer, cfg: ModelC
             report.greedy_tokens = step + 1
 
 
-def _probe_batch(sp: SentencePieceTokenizer, cfg: ModelConfig) -> torch.Tensor:
+def _probe_batch(sp: Tokenizer, cfg: ModelConfig) -> torch.Tensor:
     """Two rows: probe text ids, and random ids that reach every part of the embedding."""
     n = min(64, cfg.max_seq_len)
     ids = [i for text in PROBE_TEXTS for i in sp.encode(text)][:n]
@@ -311,5 +320,5 @@ def _first_difference(a, b) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _excerpt(sp: SentencePieceTokenizer, ids: list[int], i: int) -> str:
+def _excerpt(sp: Tokenizer, ids: list[int], i: int) -> str:
     return repr(sp.decode(ids[max(0, i - 8):i + 8]))

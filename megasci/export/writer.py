@@ -36,30 +36,55 @@ def write_model_files(out_dir: str, model, identity: dict, dtype: torch.dtype) -
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
-def write_tokenizer_files(out_dir: str, model_path: str, identity: dict) -> None:
-    """tokenizer.model (copied), tokenizer.json and the two configs transformers reads beside it
-    (with the identity's chat template as `chat_template`).
+def write_tokenizer_files(out_dir: str, tokenizer_path: str, identity: dict) -> None:
+    """The training tokenizer for transformers: a SentencePiece `.model` as tokenizer.model (copied),
+    tokenizer.json and the two configs transformers reads beside it (with the identity's chat template as
+    `chat_template`); a HuggingFace `tokenizer.json` copied byte for byte with the configs beside it, the
+    identity's chat template written into tokenizer_config.json.
 
-    Special tokens are the training identity's ids. No BOS/EOS is added because training documents carry
-    none at the start (only EOD at the end), and `split_special_tokens` keeps a literal "</s>" in text as
-    the characters it is, as in training.
+    SentencePiece: special tokens are the training identity's ids. No BOS/EOS is added because training
+    documents carry none at the start (only EOD at the end), and `split_special_tokens` keeps a literal
+    "</s>" in text as the characters it is, as in training.
     """
-    sp = SentencePieceTokenizer(model_path)
-    shutil.copyfile(model_path, os.path.join(out_dir, "tokenizer.model"))
-    sentencepiece_to_tokenizers(model_path).save(os.path.join(out_dir, "tokenizer.json"))
+    if tokenizer_path.endswith(".json"):
+        _write_hf_tokenizer_files(out_dir, tokenizer_path, identity)
+        return
+    shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.model"))
+    sentencepiece_to_tokenizers(tokenizer_path).save(os.path.join(out_dir, "tokenizer.json"))
+    specials, config = sentencepiece_tokenizer_config(SentencePieceTokenizer(tokenizer_path), identity)
+    write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+    write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        **config, **({"chat_template": identity["chat_template"]["jinja"]} if identity.get("chat_template") else {}),
+    })
+
+
+def sentencepiece_tokenizer_config(sp: SentencePieceTokenizer, identity: dict) -> tuple[dict, dict]:
+    """(special_tokens_map, tokenizer_config) for a SentencePiece model converted to tokenizer.json: the
+    identity's special ids by name, nothing added around the text, special-token text not parsed."""
     ids = {"bos_token": identity.get("bos_id"), "eos_token": identity.get("eos_id"), "unk_token": sp.unk_id,
            "pad_token": identity.get("pad_id")}
     specials = {name: sp.id_to_piece(i) for name, i in ids.items() if i is not None}
-    write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
-    write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **specials,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "split_special_tokens": True,
-        "clean_up_tokenization_spaces": False,
-        **({"chat_template": identity["chat_template"]["jinja"]} if identity.get("chat_template") else {}),
-    })
+    return specials, {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "add_bos_token": False,
+                      "add_eos_token": False, "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+
+
+def _write_hf_tokenizer_files(out_dir: str, tokenizer_path: str, identity: dict) -> None:
+    """tokenizer.json as trained with (its sha256 is the identity's), the configs beside it copied, with
+    the identity's chat template as `chat_template` (the configs a checkpoint carries are the run's own)."""
+    folder = os.path.dirname(tokenizer_path)
+    shutil.copyfile(tokenizer_path, os.path.join(out_dir, "tokenizer.json"))
+    specials = os.path.join(folder, "special_tokens_map.json")
+    if os.path.isfile(specials):
+        shutil.copyfile(specials, os.path.join(out_dir, "special_tokens_map.json"))
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    config = {}
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    if identity.get("chat_template"):
+        config["chat_template"] = identity["chat_template"]["jinja"]
+    config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    write_json(os.path.join(out_dir, "tokenizer_config.json"), config)
 
 
 def make_readable(directory: str) -> None:

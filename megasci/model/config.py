@@ -59,7 +59,15 @@ PRESETS = {
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
-    """A preset by name, with fields replaced by `overrides`."""
+    """A preset by name, or a HuggingFace model directory's config.json (megasci/model/hf_import.py, so
+    `model.preset` and `train.init_from` can name the same download), with fields replaced by `overrides`."""
+    import os
+
+    if name not in PRESETS and os.path.isdir(name):
+        from .hf_import import hf_model_config, is_hf_model_dir
+
+        if is_hf_model_dir(name):
+            return replace(hf_model_config(name), **overrides)
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)

@@ -197,5 +197,16 @@ def config_path(hf_dir: str) -> str:
     return os.path.join(hf_dir, CONFIG_FILE)
 
 
-__all__ = ["HFImportError", "config_path", "load_hf_state_dict", "model_config_from_hf", "read_hf_config",
-           "tokenizer_file", "weight_files"]
+def is_hf_model_dir(path: str) -> bool:
+    """A HuggingFace model directory (config.json) rather than a megasci checkpoint (meta.json) or save
+    directory (config.yaml, step_*): the test every checkpoint-or-HF-directory argument goes through."""
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and not os.path.isfile(os.path.join(path, "meta.json"))
+
+
+def hf_model_config(hf_dir: str) -> ModelConfig:
+    """Our config for the directory's config.json (refusals name the file and the key)."""
+    return model_config_from_hf(read_hf_config(hf_dir), config_path(hf_dir))
+
+
+__all__ = ["HFImportError", "config_path", "hf_model_config", "is_hf_model_dir",
+           "load_hf_state_dict", "model_config_from_hf", "read_hf_config", "tokenizer_file", "weight_files"]

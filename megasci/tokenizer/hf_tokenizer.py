@@ -1,4 +1,9 @@
-"""HuggingFace `tokenizer.json` files (LLaMA-3, DeepSeek, ...) through the `tokenizers` library."""
+"""HuggingFace `tokenizer.json` files (LLaMA-3, DeepSeek, ...) through the `tokenizers` library.
+
+A `chat_template` in the `tokenizer_config.json` beside the file that is one of ours (megasci/tokenizer/chat.py,
+written by tools/add_chat_template.py) is the tokenizer's chat template; another model's own Jinja is left to
+transformers (our SFT encoder cannot reproduce an arbitrary template).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 
 from megasci.tokenizer.base import Tokenizer
+from megasci.tokenizer.chat import CHAT_TEMPLATES
 from megasci.utils.io import file_sha256
 
 # Names the common model families give their special tokens, tried when no config names them.
@@ -21,7 +27,8 @@ class HFTokenizer(Tokenizer):
         try:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError:
-            raise ImportError("loading a tokenizer.json needs the `tokenizers` package: pip install tokenizers") from None
+            raise ImportError("loading a tokenizer.json needs the `tokenizers` package: "
+                              "pip install tokenizers") from None
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: tokenizer.json not found")
         self.path = path
@@ -30,18 +37,31 @@ class HFTokenizer(Tokenizer):
             self._tok = _HFTokenizer.from_file(path)
         except Exception as e:  # the Rust library raises its own exception type
             raise ValueError(f"{path}: not a HuggingFace tokenizer file ({e})") from None
-        names = self._special_names(os.path.join(os.path.dirname(path), "tokenizer_config.json"))
+        config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+        names = self._special_names(config_path)
         self.bos_id = self._first_id(names.get("bos_token"), _BOS_NAMES)
         self.eos_id = self._first_id(names.get("eos_token"), _EOS_NAMES)
         self.pad_id = self._first_id(names.get("pad_token"), _PAD_NAMES)
+        jinja = names.get("chat_template")
+        self.chat_template = next((t for t in CHAT_TEMPLATES.values() if isinstance(jinja, str) and t.jinja() == jinja),
+                                  None)
+        if self.chat_template is not None:
+            try:
+                self.chat_template.bind(self)  # its markers must be single tokens of this tokenizer
+            except ValueError as error:
+                raise ValueError(f"{config_path}: chat_template {self.chat_template.name!r}: {error}") from None
 
     @staticmethod
     def _special_names(config_path: str) -> dict:
+        """The special tokens' names and the chat template from tokenizer_config.json, if there is one."""
         if not os.path.isfile(config_path):
             return {}
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        out = {}
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{config_path}: unreadable ({error})") from None
+        out = {"chat_template": config.get("chat_template")}
         for key in ("bos_token", "eos_token", "pad_token"):
             value = config.get(key)
             out[key] = value.get("content") if isinstance(value, dict) else value

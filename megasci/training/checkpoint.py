@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 from megasci.distributed import barrier, print_rank0
-from megasci.model import ModelConfig, build_model
+from megasci.model import ModelConfig, build_model, hf_import
 from megasci.tokenizer.sp_tokenizer import meta_path as tokenizer_meta_path
 from megasci.utils.io import atomic_output, atomic_text_output, file_sha256
 
@@ -99,8 +99,9 @@ def latest_checkpoint(save_dir: str) -> str | None:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory from either itself or the save directory holding it."""
-    if os.path.isfile(os.path.join(path, META_NAME)):
+    """A checkpoint directory from either itself or the save directory holding it; a HuggingFace model
+    directory (config.json) is its own checkpoint, read through megasci/model/hf_import.py."""
+    if os.path.isfile(os.path.join(path, META_NAME)) or hf_import.is_hf_model_dir(path):
         return path
     found = latest_checkpoint(path)
     if found is None:
@@ -109,7 +110,10 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def read_meta(path: str) -> dict:
-    file = os.path.join(resolve_checkpoint(path), META_NAME)
+    path = resolve_checkpoint(path)
+    if hf_import.is_hf_model_dir(path):
+        return hf_checkpoint_meta(path)
+    file = os.path.join(path, META_NAME)
     try:
         with open(file, encoding="utf-8") as f:
             meta = json.load(f)
@@ -118,6 +122,34 @@ def read_meta(path: str) -> dict:
     if not isinstance(meta, dict) or "step" not in meta:
         raise CheckpointError(f"{file}: not a checkpoint's metadata (no step)")
     return meta
+
+
+def hf_checkpoint_meta(hf_dir: str) -> dict:
+    """What a checkpoint's meta.json would say of a HuggingFace model directory as a step-0 import: its model
+    config and its tokenizer's identity (megasci/model/hf_import.py reads them); the shards the index lists
+    are checked to exist. No weight is read."""
+    from megasci.tokenizer import load_tokenizer
+
+    cfg = hf_import.hf_model_config(hf_dir)
+    hf_import.weight_files(hf_dir)
+    tokenizer_path = hf_import.tokenizer_file(hf_dir)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise hf_import.HFImportError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than vocab_size "
+                                      f"{cfg.vocab_size} in {hf_import.config_path(hf_dir)}")
+    return {"step": 0, "data": {"consumed_samples": 0}, "dp_size": 1, "model_config": dataclasses.asdict(cfg),
+            "tokenizer": tokenizer.identity(), "imported_from": os.path.abspath(hf_dir)}
+
+
+def load_hf_model(hf_dir: str, device="cpu", dtype: torch.dtype | None = None):
+    """(model, meta) from a HuggingFace model directory, as `load_model` gives them from a checkpoint: the one
+    loading path of `train.init_from`, the evaluation tools, generation, export and tools/import_hf.py."""
+    meta = hf_checkpoint_meta(hf_dir)
+    cfg = model_config_from_meta(meta)
+    state = hf_import.load_hf_state_dict(hf_dir, cfg)
+    model = build_model(cfg, device=device, dtype=dtype)
+    model.load_state_dict(state)
+    return model, meta
 
 
 def model_config_from_meta(meta: dict) -> ModelConfig:
@@ -210,8 +242,11 @@ def checksum_problems(path: str, names=None, meta: dict | None = None) -> list[s
 
 def verify_checkpoint(path: str, names=None) -> dict:
     """meta.json of `path` after checking `names` (default: every file); raises CheckpointError naming
-    each damaged file. A checkpoint from before checksums is loaded with a warning."""
+    each damaged file. A checkpoint from before checksums is loaded with a warning. A HuggingFace directory
+    has no checksums: its config, tokenizer and shards are checked as the import checks them."""
     meta = read_meta(path)
+    if hf_import.is_hf_model_dir(path):
+        return meta
     if "files" not in meta:
         print(
             f"warning: {path}: written before checkpoints carried checksums; its files are not verified",
@@ -230,9 +265,11 @@ def position_fields(cfg: ModelConfig) -> dict:
 
 
 def load_model(path: str, device="cpu", dtype: torch.dtype | None = None):
-    """(model, meta) from a checkpoint or save directory, model.pt verified against its checksum;
-    `dtype` defaults to the training dtype."""
+    """(model, meta) from a checkpoint or save directory, model.pt verified against its checksum, or from
+    a HuggingFace model directory; `dtype` defaults to the training dtype."""
     path = resolve_checkpoint(path)
+    if hf_import.is_hf_model_dir(path):
+        return load_hf_model(path, device=device, dtype=dtype)
     meta = verify_checkpoint(path, [MODEL_NAME])
     cfg = model_config_from_meta(meta)
     model = build_model(cfg, device=device, dtype=dtype)
@@ -240,13 +277,32 @@ def load_model(path: str, device="cpu", dtype: torch.dtype | None = None):
     return model, meta
 
 
+def grow_vocab(state: dict, cfg: ModelConfig) -> dict:
+    """`state` with its input and output embeddings grown to `cfg.vocab_size` rows, each new row the mean
+    of the existing rows of its matrix (computed in float32), the common initialisation for added tokens;
+    a tied model's output projection is its grown embedding."""
+    grown = dict(state)
+    for name in ("embed.weight", "output.weight"):
+        if name not in state or (name == "output.weight" and cfg.tie_embeddings):
+            continue
+        old = state[name]
+        mean = old.float().mean(dim=0, keepdim=True).to(old.dtype)
+        grown[name] = torch.cat([old, mean.expand(cfg.vocab_size - old.shape[0], -1)], dim=0)
+    if cfg.tie_embeddings:
+        grown["output.weight"] = grown["embed.weight"]
+    return grown
+
+
 HF_TOKENIZER_NAME = "tokenizer.json"  # a HuggingFace tokenizer travels with the configs naming its special tokens
 HF_TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def checkpoint_tokenizer_path(path: str) -> str | None:
-    """The tokenizer copied into the checkpoint, if any (verified against its checksum)."""
+    """The tokenizer copied into the checkpoint, if any (verified against its checksum); a HuggingFace
+    directory's own tokenizer file."""
     path = resolve_checkpoint(path)
+    if hf_import.is_hf_model_dir(path):
+        return hf_import.tokenizer_file(path)
     hf_files = [n for n in (HF_TOKENIZER_NAME, *HF_TOKENIZER_CONFIGS) if os.path.isfile(os.path.join(path, n))]
     if not os.path.isfile(os.path.join(path, TOKENIZER_NAME)) and HF_TOKENIZER_NAME in hf_files:
         verify_checkpoint(path, hf_files)
@@ -666,26 +722,59 @@ class Checkpointer:
         return meta
 
     def load_weights(self, path: str) -> str:
-        """Fine-tuning's start: the weights of the checkpoint at `path` (or the newest in a save dir)
-        and nothing else (no optimizer state, step, data position or guard); returns the checkpoint.
-        The model and the tokenizer must be the ones it was trained with."""
+        """Fine-tuning's start: the weights of the checkpoint at `path` (or the newest in a save dir, or a
+        HuggingFace model directory, read through hf_import) and nothing else (no optimizer state, step,
+        data position or guard); returns the checkpoint. The model must be this run's and the tokenizer
+        the one it was trained with, or that tokenizer with tokens added after its own (the chat markers
+        of tools/add_chat_template.py): then the embeddings grow to this run's vocabulary (`grow_vocab`)."""
         path = resolve_checkpoint(path)
         meta = verify_checkpoint(path, [MODEL_NAME])
-        if dataclasses.replace(model_config_from_meta(meta), **position_fields(self.model_cfg)) != self.model_cfg:
+        saved_cfg = model_config_from_meta(meta)
+        grows = saved_cfg.vocab_size < self.model_cfg.vocab_size
+        if dataclasses.replace(saved_cfg, vocab_size=self.model_cfg.vocab_size, **position_fields(self.model_cfg)) \
+                != self.model_cfg:
             raise ValueError(
                 f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
                 f"{dataclasses.asdict(self.model_cfg)}"
             )
+        if saved_cfg.vocab_size > self.model_cfg.vocab_size:
+            raise ValueError(f"train.init_from {path}: vocab_size {saved_cfg.vocab_size} is larger than this "
+                             f"run's {self.model_cfg.vocab_size}")
         if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
-            raise ValueError(
-                f"train.init_from {path} was trained with another tokenizer than "
-                f"{self.train_cfg.data.tokenizer}; its token ids would mean other things"
-            )
-        self.model.load_state_dict(safe_load(os.path.join(path, MODEL_NAME), map_location=self.device))
+            self._check_extends(path)
+        if hf_import.is_hf_model_dir(path):
+            state = hf_import.load_hf_state_dict(path, saved_cfg)
+        else:
+            state = safe_load(os.path.join(path, MODEL_NAME), map_location="cpu")
+        if grows:
+            state = grow_vocab(state, self.model_cfg)
+            print_rank0(f"embeddings grown from {saved_cfg.vocab_size} to {self.model_cfg.vocab_size} rows "
+                        f"(new rows: the mean of the existing ones)")
+        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
         print_rank0(
             f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh"
         )
         return path
+
+    def _check_extends(self, path: str) -> None:
+        """The run's tokenizer is the checkpoint's with tokens appended: every id it had means the same piece."""
+        theirs_path = checkpoint_tokenizer_path(path)
+        ours_path = self.train_cfg.data.tokenizer
+        refusal = (f"train.init_from {path} was trained with another tokenizer ({theirs_path}) than "
+                   f"data.tokenizer {ours_path}; its token ids would mean other things")
+        if theirs_path is None:
+            raise ValueError(refusal)
+        from megasci.tokenizer import load_tokenizer
+
+        theirs = load_tokenizer(theirs_path)
+        if theirs.vocab_size >= self.tokenizer.vocab_size:
+            raise ValueError(refusal)
+        for i in range(theirs.vocab_size):
+            if theirs.id_to_piece(i) != self.tokenizer.id_to_piece(i):
+                raise ValueError(f"{refusal}: token {i} is {theirs.id_to_piece(i)!r} in {theirs_path}, "
+                                 f"{self.tokenizer.id_to_piece(i)!r} in {ours_path}")
+        print_rank0(f"data.tokenizer {ours_path} is {theirs_path} with {self.tokenizer.vocab_size - theirs.vocab_size} "
+                    f"token(s) added")
 
     def save(self, step: int, skipped_steps: int = 0) -> str:
         """Writes the checkpoint of `step`; returns its path. `skipped_steps`, the guard's running

@@ -102,6 +102,9 @@ class Trainer:
             raise ValueError("data.tokenizer is required: the checkpoint records which tokenizer the model was trained with")
         tokenizer = load_tokenizer(cfg.data.tokenizer)
         downstream_tasks = load_tasks(cfg.eval.tasks, cfg.eval.limit)  # a bad task fails before the data is built
+        if model_cfg.vocab_size < tokenizer.vocab_size and t.init_from:  # tokens added: init_from's embeddings grow
+            cfg.model.overrides = {**cfg.model.overrides, "vocab_size": tokenizer.vocab_size}  # saved with the run
+            model_cfg = cfg.model.build()
         if model_cfg.vocab_size < tokenizer.vocab_size:
             raise ValueError(f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's "
                              f"{tokenizer.vocab_size} ({cfg.data.tokenizer})")

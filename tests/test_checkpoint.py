@@ -187,3 +187,12 @@ def test_a_huggingface_tokenizer_is_copied_as_itself_and_loads_back(tmp_path):
     again = load_tokenizer(copied)
     assert again.identity()["sha256"] == hf.identity()["sha256"] and again.encode("a b c") == hf.encode("a b c")
     assert (again.bos_id, again.eos_id) == (1, 2)
+
+
+def test_a_checkpoint_without_a_components_state_is_a_clear_error(tmp_path):
+    cfg, model, optimizer, guard = _trained(seed=0)
+    saver = _checkpointer(tmp_path, cfg, model, optimizer, guard)
+    path = save_at(saver, 2, 16)
+    saver.components["counter"] = _Counter()
+    with pytest.raises(ckpt.CheckpointError, match=r"meta.json: no state for the run's 'counter' component"):
+        saver.load(path)

@@ -3,9 +3,6 @@ filter, the loader's per-stage micro-batch, and a 2-rank run that switches lengt
 and resumed, equal to the uninterrupted run bit for bit."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,8 +16,7 @@ from megasci.data.loader import DataLoader
 from megasci.training import checkpoint as ckpt
 from megasci.training.data import check_stage_boundaries
 from megasci.training.metrics import read_metrics
-from test_training import kill_tree
-from training_fixtures import REPO, make_training_data, run_pretrain, training_overrides
+from training_fixtures import REPO, make_training_data, pretrain_killed_after_save, run_pretrain, training_overrides
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +107,7 @@ def test_switching_length_mid_run_then_sigkill_and_resume_is_bit_exact(tmp_path)
     assert "stage short | seq 32" in log and "stage long | seq 64" in log
     killed = str(tmp_path / "killed")
     overrides = training_overrides(data, killed, **job, **{"train.save_interval": 3})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("saved") and line.rstrip().endswith("step_00000003"):
-            kill_tree(proc.pid)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    pretrain_killed_after_save(2, overrides, step=3)
     time.sleep(1)
     assert ckpt.read_meta(killed)["step"] == 3
     resumed = run_pretrain(2, overrides)

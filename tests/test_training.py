@@ -20,8 +20,7 @@ from megasci.training import checkpoint as ckpt
 from megasci.training.config import load_config
 from megasci.training.metrics import read_metrics
 from megasci.training.schedule import learning_rate
-
-from training_fixtures import REPO, make_training_data, run_pretrain, training_overrides
+from training_fixtures import REPO, make_training_data, pretrain_killed_after_save, run_pretrain, training_overrides
 
 
 def metrics(save_dir):
@@ -68,22 +67,6 @@ def test_two_n_steps_equal_n_steps_exit_and_resume(runs):
     assert ckpt.read_meta(runs["resumed"])["data"]["consumed_samples"] == 64
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL to `pid` and every descendant (torchrun starts its workers in their own sessions)."""
-    def descendants(p):
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                children = [int(c) for c in f.read().split()]
-        except OSError:
-            return []
-        return [c for child in children for c in [child, *descendants(child)]]
-    for victim in [pid, *descendants(pid)]:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def test_hard_kill_then_resume_equals_an_uninterrupted_run(runs, tmp_path):
     """SIGKILL to torchrun and its workers right after the step-4 checkpoint (no chance to
     save again), then the same command resumes: steps 1-8 equal an uninterrupted run's, bit for bit.
@@ -93,18 +76,7 @@ def test_hard_kill_then_resume_equals_an_uninterrupted_run(runs, tmp_path):
     run_pretrain(2, training_overrides(runs["data"], straight, **job, **{"train.exit_interval": 8}))
     killed = str(tmp_path / "killed")
     overrides = training_overrides(runs["data"], killed, **job, **{"train.save_interval": 4})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("saved") and line.rstrip().endswith("step_00000004"):
-            kill_tree(proc.pid)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    pretrain_killed_after_save(2, overrides, step=4)
     time.sleep(1)  # nothing may still be writing: the checkpoint must stay at step 4
     assert ckpt.read_meta(killed)["step"] == 4 and ckpt.complete_checkpoints(killed)[-1].endswith("step_00000004")
     resumed = run_pretrain(2, overrides + ["train.exit_interval=8"])

@@ -2,6 +2,7 @@
 and one `.bin/.idx` of labelled section documents (sidecar `section`), as preprocessing makes."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -67,3 +68,36 @@ def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bo
     if check:
         assert result.returncode == 0, f"pretrain failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return result
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to `pid` and every descendant (torchrun starts its workers in their own sessions)."""
+    def descendants(p):
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+        return [c for child in children for c in [child, *descendants(child)]]
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def pretrain_killed_after_save(nproc: int, overrides: list[str], step: int) -> None:
+    """Runs tools/pretrain.py under torchrun and SIGKILLs the whole tree as soon as it reports the
+    checkpoint of `step` saved, as a node failure would."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("saved") and line.rstrip().endswith(f"step_{step:08d}"):
+            kill_tree(proc.pid)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]

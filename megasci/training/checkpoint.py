@@ -711,6 +711,10 @@ class Checkpointer:
             if getattr(component, "per_rank", False):
                 component.load_state_dict(SavedRanks(saved_world_size=meta["dp_size"], world_size=self.world_size,
                                                      rank=self.rank, read=lambda r, name=name: rank_state(r)[name]))
+            elif name not in meta:
+                raise CheckpointError(f"{os.path.join(path, META_NAME)}: no state for the run's {name!r} component "
+                                      f"(written by another megasci version?); train.init_from can still start a "
+                                      f"run from its weights")
             else:
                 component.load_state_dict(meta[name])
         self.last_saved, self.pinned, self.rollback = path, meta.get("pinned"), start.rollback

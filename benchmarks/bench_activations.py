@@ -134,8 +134,9 @@ class _SwiGLUModel(torch.autograd.Function):
 
 
 @torch.library.custom_op("megasci_bench::attention", mutates_args=())
-def attention_kernel_model(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_kernel_model(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash attention's contract: q, k, v [B, H, S, D] -> out [B, H, S, D] and the log-sum-exp [B, H, S]
     (fp32; fp64 for fp64 inputs)."""
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -238,11 +239,21 @@ def measure(cfg, device: str, dtype: torch.dtype, seq: int, micro_batch: int, mo
         with counter:
             model(tokens, labels).backward()
         model.zero_grad(set_to_none=True)
-        rows.append({"kind": "activations", "preset": cfg.name, "device": device,
-                     "dtype": str(dtype).removeprefix("torch."), "seq": seq, "micro_batch": micro_batch,
-                     "mode": mode, "retained_bytes": retained, "saved_tensor_bytes": saved,
-                     "bytes_per_token_per_layer": retained / (micro_batch * seq * cfg.n_layers),
-                     "flops": counter.get_total_flops()})
+        rows.append(
+            {
+                "kind": "activations",
+                "preset": cfg.name,
+                "device": device,
+                "dtype": str(dtype).removeprefix("torch."),
+                "seq": seq,
+                "micro_batch": micro_batch,
+                "mode": mode,
+                "retained_bytes": retained,
+                "saved_tensor_bytes": saved,
+                "bytes_per_token_per_layer": retained / (micro_batch * seq * cfg.n_layers),
+                "flops": counter.get_total_flops(),
+            }
+        )
     none = next(r for r in rows if r["mode"] == "none")
     for r in rows:
         r["bytes_vs_none"] = r["retained_bytes"] / none["retained_bytes"]
@@ -254,14 +265,20 @@ def measure(cfg, device: str, dtype: torch.dtype, seq: int, micro_batch: int, mo
 
 def print_table(rows: list[dict]) -> None:
     first = rows[0]
-    print(f"{first['preset']}, {first['dtype']}, seq {first['seq']}, micro-batch {first['micro_batch']}, "
-          f"{first['device']} device, kernel models")
-    print(f"{'mode':<10} {'retained GiB':>12} {'saved-hook GiB':>14} {'bytes/token/layer':>18} {'of none':>8} "
-          f"{'TFLOP fwd+bwd':>14} {'extra FLOPs':>11}")
+    print(
+        f"{first['preset']}, {first['dtype']}, seq {first['seq']}, micro-batch {first['micro_batch']}, "
+        f"{first['device']} device, kernel models"
+    )
+    print(
+        f"{'mode':<10} {'retained GiB':>12} {'saved-hook GiB':>14} {'bytes/token/layer':>18} {'of none':>8} "
+        f"{'TFLOP fwd+bwd':>14} {'extra FLOPs':>11}"
+    )
     for r in rows:
-        print(f"{r['mode']:<10} {r['retained_bytes'] / 2**30:>12.3f} {r['saved_tensor_bytes'] / 2**30:>14.3f} "
-              f"{r['bytes_per_token_per_layer']:>18,.0f} "
-              f"{r['bytes_vs_none']:>8.1%} {r['flops'] / 1e12:>14.2f} {r['extra_flops_vs_none']:>+11.1%}")
+        print(
+            f"{r['mode']:<10} {r['retained_bytes'] / 2**30:>12.3f} {r['saved_tensor_bytes'] / 2**30:>14.3f} "
+            f"{r['bytes_per_token_per_layer']:>18,.0f} "
+            f"{r['bytes_vs_none']:>8.1%} {r['flops'] / 1e12:>14.2f} {r['extra_flops_vs_none']:>+11.1%}"
+        )
 
 
 def main(argv=None) -> list[dict]:

@@ -46,8 +46,9 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 
 def input_bytes(sources: list[str]) -> int:
-    files = [f for s in sources for f in (glob.glob(os.path.join(s, "**", "*"), recursive=True)
-                                          if os.path.isdir(s) else [s])]
+    files = [
+        f for s in sources for f in (glob.glob(os.path.join(s, "**", "*"), recursive=True) if os.path.isdir(s) else [s])
+    ]
     return sum(os.path.getsize(f) for f in files if os.path.isfile(f))
 
 
@@ -56,8 +57,11 @@ def sample_objects(sample: str) -> list[tuple[str, bytes]]:
     objects = []
     for path in sorted(glob.glob(os.path.join(sample, "bulk", "*.tar"))):
         with tarfile.open(path) as tar:
-            objects += [(".pdf" if m.name.endswith(".pdf") else ".gz", tar.extractfile(m).read())
-                        for m in tar.getmembers() if m.isfile()]
+            objects += [
+                (".pdf" if m.name.endswith(".pdf") else ".gz", tar.extractfile(m).read())
+                for m in tar.getmembers()
+                if m.isfile()
+            ]
     for folder in ("packages", "hostile"):
         for path in sorted(glob.glob(os.path.join(sample, folder, "*"))):
             with open(path, "rb") as handle:
@@ -95,10 +99,20 @@ def run(name: str, sources: list[str], metadata: list[str], workers: int) -> dic
         for result in iter_unit_results(unit_dir, finished_unit_keys(unit_dir)):
             stage_seconds.update(result.seconds)
     mb = input_bytes(sources) / 1e6
-    return {"corpus": name, "workers": workers, "inputs": report.inputs, "written": report.written, "mb": mb,
-            "phase1_s": phase1, "phase1_cpu_s": phase1_cpu, "finalize_s": final, "papers_per_s": report.inputs / phase1,
-            "papers_per_s_per_worker": report.inputs / phase1 / workers, "mb_per_s_per_worker": mb / phase1 / workers,
-            "stage_seconds": dict(stage_seconds)}
+    return {
+        "corpus": name,
+        "workers": workers,
+        "inputs": report.inputs,
+        "written": report.written,
+        "mb": mb,
+        "phase1_s": phase1,
+        "phase1_cpu_s": phase1_cpu,
+        "finalize_s": final,
+        "papers_per_s": report.inputs / phase1,
+        "papers_per_s_per_worker": report.inputs / phase1 / workers,
+        "mb_per_s_per_worker": mb / phase1 / workers,
+        "stage_seconds": dict(stage_seconds),
+    }
 
 
 def metadata_loading(sample: str, lines: int, tmp: str) -> dict:
@@ -147,11 +161,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpora = []
         if os.path.isdir(SAMPLE):
-            corpora.append(("arxiv_sample", [os.path.join(SAMPLE, d) for d in ("bulk", "packages", "hostile")],
-                            glob.glob(os.path.join(SAMPLE, "metadata", "*.json"))))
+            corpora.append(
+                (
+                    "arxiv_sample",
+                    [os.path.join(SAMPLE, d) for d in ("bulk", "packages", "hostile")],
+                    glob.glob(os.path.join(SAMPLE, "metadata", "*.json")),
+                )
+            )
             if args.copies:
-                corpora.append((f"sample_x{args.copies}", write_replicated_sample(SAMPLE, os.path.join(tmp, "rep"),
-                                                                                  args.copies), []))
+                corpora.append(
+                    (
+                        f"sample_x{args.copies}",
+                        write_replicated_sample(SAMPLE, os.path.join(tmp, "rep"), args.copies),
+                        [],
+                    )
+                )
         records = list(generate_papers(args.synthetic_papers, seed=7))
         paths = write_source_packages(os.path.join(tmp, "src"), records, bulk_tar=True)
         tars = [p for p in paths if os.path.basename(p).startswith("arXiv_src_")]
@@ -160,34 +184,48 @@ def main() -> None:
         for name, sources, metadata in corpora:
             for workers in args.workers:
                 rows.append(run(name, sources, metadata, workers))
-        loading = (metadata_loading(SAMPLE, args.metadata_lines, tmp)
-                   if args.metadata_lines and os.path.isdir(SAMPLE) else None)
+        loading = (
+            metadata_loading(SAMPLE, args.metadata_lines, tmp)
+            if args.metadata_lines and os.path.isdir(SAMPLE)
+            else None
+        )
     # papers/CPU-s: inputs per second of this process's CPU time (1 worker: the paper stages run here), the
     # per-core figure on a machine whose other cores are busy, where wall-clock papers/s understates it.
     # e2e papers/s: inputs per wall second of phase 1 and finalize together (start-up still excluded).
-    print(f"{'corpus':<16} {'workers':>7} {'inputs':>6} {'written':>7} {'MB':>6} {'phase1 s':>8} {'papers/s':>8} "
-          f"{'/worker':>8} {'papers/CPU-s':>12} {'MB/s/worker':>11} {'finalize s':>10} {'e2e papers/s':>12}")
+    print(
+        f"{'corpus':<16} {'workers':>7} {'inputs':>6} {'written':>7} {'MB':>6} {'phase1 s':>8} {'papers/s':>8} "
+        f"{'/worker':>8} {'papers/CPU-s':>12} {'MB/s/worker':>11} {'finalize s':>10} {'e2e papers/s':>12}"
+    )
     for r in rows:
         per_cpu = f"{r['inputs'] / r['phase1_cpu_s']:>12.1f}" if r["workers"] == 1 else f"{'-':>12}"
-        print(f"{r['corpus']:<16} {r['workers']:>7} {r['inputs']:>6} {r['written']:>7} {r['mb']:>6.1f} "
-              f"{r['phase1_s']:>8.2f} {r['papers_per_s']:>8.1f} {r['papers_per_s_per_worker']:>8.1f} {per_cpu} "
-              f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f} "
-              f"{r['inputs'] / (r['phase1_s'] + r['finalize_s']):>12.1f}")
+        print(
+            f"{r['corpus']:<16} {r['workers']:>7} {r['inputs']:>6} {r['written']:>7} {r['mb']:>6.1f} "
+            f"{r['phase1_s']:>8.2f} {r['papers_per_s']:>8.1f} {r['papers_per_s_per_worker']:>8.1f} {per_cpu} "
+            f"{r['mb_per_s_per_worker']:>11.2f} {r['finalize_s']:>10.2f} "
+            f"{r['inputs'] / (r['phase1_s'] + r['finalize_s']):>12.1f}"
+        )
     print("\nSeconds per stage, summed over papers (1-worker runs); papers per second of stage time leaves out")
     print("fixed costs (start-up, metadata loading, finalize) that a long run amortises:")
     for r in rows:
         if r["workers"] == 1:
             total = sum(r["stage_seconds"].values())
-            print(f"{r['corpus']:<16} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items()))
-                  + f"  -> {r['inputs'] / total:.1f} inputs/s, {r['written'] / total:.1f} written papers/s")
+            print(
+                f"{r['corpus']:<16} "
+                + "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items()))
+                + f"  -> {r['inputs'] / total:.1f} inputs/s, {r['written'] / total:.1f} written papers/s"
+            )
     if loading:
-        print(f"\nmetadata: {loading['lines']:,} snapshot lines loaded at {loading['us_per_line']:.0f} CPU-us a line "
-              f"({loading['kept']:,} kept; 2.7M lines: {loading['us_per_line'] * 2.7e6 / 6e7:.1f} min)")
+        print(
+            f"\nmetadata: {loading['lines']:,} snapshot lines loaded at {loading['us_per_line']:.0f} CPU-us a line "
+            f"({loading['kept']:,} kept; 2.7M lines: {loading['us_per_line'] * 2.7e6 / 6e7:.1f} min)"
+        )
     if args.dedup_index:
         d = dedup_index(args.dedup_index)
-        print(f"\nnear-duplicate index, {d['papers']:,} random signatures: {d['us_per_paper']:.0f} us and "
-              f"{d['bytes_per_paper']:,.0f} bytes per paper (2.5M papers: {d['us_per_paper'] * 2.5e6 / 6e7:.1f} min, "
-              f"{d['bytes_per_paper'] * 2.5e6 / 2**30:.1f} GiB)")
+        print(
+            f"\nnear-duplicate index, {d['papers']:,} random signatures: {d['us_per_paper']:.0f} us and "
+            f"{d['bytes_per_paper']:,.0f} bytes per paper (2.5M papers: {d['us_per_paper'] * 2.5e6 / 6e7:.1f} min, "
+            f"{d['bytes_per_paper'] * 2.5e6 / 2**30:.1f} GiB)"
+        )
 
 
 if __name__ == "__main__":

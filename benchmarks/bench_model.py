@@ -59,21 +59,29 @@ def op_cases(cfg, tokens: int, device, dtype):
     h, f, v = cfg.hidden_size, cfg.ffn_hidden_size, cfg.vocab_size
 
     def rms_inputs():
-        return [torch.randn(tokens, h, device=device, dtype=dtype, requires_grad=True),
-                torch.rand(h, device=device, dtype=dtype).add_(0.5).requires_grad_()]
+        return [
+            torch.randn(tokens, h, device=device, dtype=dtype, requires_grad=True),
+            torch.rand(h, device=device, dtype=dtype).add_(0.5).requires_grad_(),
+        ]
 
     def swiglu_inputs():
-        return [torch.randn(tokens, f, device=device, dtype=dtype, requires_grad=True),
-                torch.randn(tokens, f, device=device, dtype=dtype, requires_grad=True)]
+        return [
+            torch.randn(tokens, f, device=device, dtype=dtype, requires_grad=True),
+            torch.randn(tokens, f, device=device, dtype=dtype, requires_grad=True),
+        ]
 
     def loss_inputs():
-        return [torch.randn(tokens, h, device=device, dtype=dtype, requires_grad=True),
-                (torch.randn(v, h, device=device, dtype=dtype) * 0.02).requires_grad_(),
-                torch.randint(0, v, (tokens,), device=device)]
+        return [
+            torch.randn(tokens, h, device=device, dtype=dtype, requires_grad=True),
+            (torch.randn(v, h, device=device, dtype=dtype) * 0.02).requires_grad_(),
+            torch.randint(0, v, (tokens,), device=device),
+        ]
 
-    return [("rms_norm", rms_inputs, lambda x, w: ops.rms_norm(x, w, cfg.norm_eps)),
-            ("swiglu", swiglu_inputs, ops.swiglu),
-            ("cross_entropy_loss", loss_inputs, ops.cross_entropy_loss)]
+    return [
+        ("rms_norm", rms_inputs, lambda x, w: ops.rms_norm(x, w, cfg.norm_eps)),
+        ("swiglu", swiglu_inputs, ops.swiglu),
+        ("cross_entropy_loss", loss_inputs, ops.cross_entropy_loss),
+    ]
 
 
 def bench_ops(cfg, args, device, dtype) -> list[dict]:
@@ -98,8 +106,9 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
             return out.detach(), [t.grad.detach().clone() for t in inputs if t.requires_grad]
 
         ref_out, ref_grads = grads_of("reference")
-        variants = [(b, None) for b in ops.available_backends(op)] + [(f"compile(reference, {args.compile_backend})",
-                                                                         "reference")]
+        variants = [(b, None) for b in ops.available_backends(op)] + [
+            (f"compile(reference, {args.compile_backend})", "reference")
+        ]
         for name, backend in variants:
             if backend is None:
                 ops.set_backend(op, name)
@@ -112,17 +121,27 @@ def bench_ops(cfg, args, device, dtype) -> list[dict]:
                     t.grad = None
                 out = run(fn)
                 errors = [relative_error(out.detach(), ref_out)] + [
-                    relative_error(t.grad, g) for t, g in zip((t for t in inputs if t.requires_grad), ref_grads)]
+                    relative_error(t.grad, g) for t, g in zip((t for t in inputs if t.requires_grad), ref_grads)
+                ]
                 seconds = median_seconds(lambda fn=fn: run(fn), device, args.repeats)
-                rows.append({"kind": "op", "op": op, "variant": name, "tokens": args.tokens,
-                             "ms": seconds * 1e3, "max_rel_error": max(errors)})
+                rows.append(
+                    {
+                        "kind": "op",
+                        "op": op,
+                        "variant": name,
+                        "tokens": args.tokens,
+                        "ms": seconds * 1e3,
+                        "max_rel_error": max(errors),
+                    }
+                )
             except Exception as e:  # a backend that cannot run here is reported, not fatal
                 rows.append({"kind": "op", "op": op, "variant": name, "error": f"{type(e).__name__}: {e}"[:200]})
             finally:
                 ops.set_backend(op, "auto")
     for op in ("rms_norm", "swiglu", "cross_entropy_loss"):
-        reference = next((r["ms"] for r in rows if r.get("op") == op and r["variant"] == "reference"
-                          and "ms" in r), None)
+        reference = next(
+            (r["ms"] for r in rows if r.get("op") == op and r["variant"] == "reference" and "ms" in r), None
+        )
         for r in rows:
             if r.get("op") == op and "ms" in r and reference:
                 r["speedup_vs_reference"] = reference / r["ms"]
@@ -154,12 +173,22 @@ def bench_model(cfg, args, device, dtype) -> list[dict]:
             model.zero_grad(set_to_none=True)
             tokens_per_s = micro * seq / seconds
             tflops = flops_per_token(cfg, seq) * tokens_per_s / 1e12
-            rows.append({
-                "kind": "model", "preset": cfg.name, "seq": seq, "micro_batch": micro,
-                "checkpointing": args.checkpointing, "step_s": seconds, "tokens_per_s": tokens_per_s,
-                "tflops": tflops, "mfu": tflops / peak if peak else None,
-                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            })
+            rows.append(
+                {
+                    "kind": "model",
+                    "preset": cfg.name,
+                    "seq": seq,
+                    "micro_batch": micro,
+                    "checkpointing": args.checkpointing,
+                    "step_s": seconds,
+                    "tokens_per_s": tokens_per_s,
+                    "tflops": tflops,
+                    "mfu": tflops / peak if peak else None,
+                    "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                    if device.type == "cuda"
+                    else None,
+                }
+            )
     return rows
 
 
@@ -189,16 +218,24 @@ def main() -> None:
         rows += bench_model(cfg, args, device, dtype)
     for r in rows:
         if r["kind"] == "op":
-            detail = (f"{r['ms']:9.3f} ms  x{r.get('speedup_vs_reference', 0):5.2f} vs reference  "
-                      f"max rel err {r['max_rel_error']:.2e}") if "ms" in r else r["error"]
+            detail = (
+                (
+                    f"{r['ms']:9.3f} ms  x{r.get('speedup_vs_reference', 0):5.2f} vs reference  "
+                    f"max rel err {r['max_rel_error']:.2e}"
+                )
+                if "ms" in r
+                else r["error"]
+            )
             print(f"op    {r['op']:<20} {r['variant']:<20} {detail}")
         elif "error" in r:
             print(f"model seq {r['seq']:>5} micro {r['micro_batch']:>3}  {r['error']}")
         else:
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
             memory = f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "-"
-            print(f"model seq {r['seq']:>5} micro {r['micro_batch']:>3}  {r['tokens_per_s']:>10,.0f} tokens/s  "
-                  f"{r['tflops']:7.1f} TFLOP/s  MFU {mfu:>6}  peak {memory}")
+            print(
+                f"model seq {r['seq']:>5} micro {r['micro_batch']:>3}  {r['tokens_per_s']:>10,.0f} tokens/s  "
+                f"{r['tflops']:7.1f} TFLOP/s  MFU {mfu:>6}  peak {memory}"
+            )
     if args.json_out:
         with open(args.json_out, "a") as f:
             for r in rows:

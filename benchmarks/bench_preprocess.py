@@ -69,9 +69,15 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--tokenizer-model", help="an existing .model (default: train one on the corpus)")
     p.add_argument("--vocab-size", type=int, default=16000)
-    p.add_argument("--copies", type=int, default=1,
-                   help="write the corpus this many times over, so runs with many workers last long enough")
-    p.add_argument("--start-methods", nargs="+", default=["forkserver"], help="multiprocessing start methods to compare")
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="write the corpus this many times over, so runs with many workers last long enough",
+    )
+    p.add_argument(
+        "--start-methods", nargs="+", default=["forkserver"], help="multiprocessing start methods to compare"
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json-out", help="append the results as one JSON line to this file")
     args = p.parse_args()
@@ -99,35 +105,71 @@ def main() -> None:
         for method, workers in ((m, w) for m in args.start_methods for w in args.workers):
             best, best_cpu = 0.0, 0.0
             for r in range(args.repeats):
-                cfg = PreprocessConfig(inputs=[corpus], output_prefix=os.path.join(tmp, f"out{workers}_{r}"),
-                                       tokenizer_model=model, workers=workers, append_eod=True, start_method=method)
+                cfg = PreprocessConfig(
+                    inputs=[corpus],
+                    output_prefix=os.path.join(tmp, f"out{workers}_{r}"),
+                    tokenizer_model=model,
+                    workers=workers,
+                    append_eod=True,
+                    start_method=method,
+                )
                 start = time.perf_counter()
                 summary = preprocess(cfg, progress=False)
                 seconds = time.perf_counter() - start  # pool start-up and finalize included
                 best = max(best, summary.tokens["text"] / seconds)
                 best_cpu = max(best_cpu, summary.tokens["text"] / summary.worker_cpu_seconds)
-            rows.append({"start_method": method, "workers": workers, "tokens_per_s": best, "per_worker": best / workers,
-                         "overhead": 1 - best / workers / raw, "raw_parallel": raw_parallel[workers],
-                         "overhead_vs_parallel": 1 - best / raw_parallel[workers],
-                         "in_worker_overhead": 1 - best_cpu / raw_cpu})
+            rows.append(
+                {
+                    "start_method": method,
+                    "workers": workers,
+                    "tokens_per_s": best,
+                    "per_worker": best / workers,
+                    "overhead": 1 - best / workers / raw,
+                    "raw_parallel": raw_parallel[workers],
+                    "overhead_vs_parallel": 1 - best / raw_parallel[workers],
+                    "in_worker_overhead": 1 - best_cpu / raw_cpu,
+                }
+            )
         for row in rows:
             first = next(r for r in rows if r["start_method"] == row["start_method"])
             row["scaling"] = row["tokens_per_s"] / (first["tokens_per_s"] / first["workers"] * row["workers"])
 
-    print(f"corpus: {args.papers} synthetic papers x {args.copies}, {mb:.1f} MB, {tokens:,} tokens; "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, sentencepiece {spm.__version__}")
-    print(f"raw SentencePieceProcessor.encode, 1 process: {raw:,.0f} tokens/s (list of ids); "
-          f"{raw_numpy:,.0f} tokens/s (out_type='numpy', what the workers call)")
-    print(f"{'start':>10} {'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'raw xN':>12} "
-          f"{'vs raw xN':>9} {'in-worker':>9} {'scaling':>8}")
+    print(
+        f"corpus: {args.papers} synthetic papers x {args.copies}, {mb:.1f} MB, {tokens:,} tokens; "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, sentencepiece {spm.__version__}"
+    )
+    print(
+        f"raw SentencePieceProcessor.encode, 1 process: {raw:,.0f} tokens/s (list of ids); "
+        f"{raw_numpy:,.0f} tokens/s (out_type='numpy', what the workers call)"
+    )
+    print(
+        f"{'start':>10} {'workers':>7} {'tokens/s':>12} {'per worker':>12} {'overhead':>9} {'raw xN':>12} "
+        f"{'vs raw xN':>9} {'in-worker':>9} {'scaling':>8}"
+    )
     for row in rows:
-        print(f"{row['start_method']:>10} {row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
-              f"{row['overhead']:>8.1%} {row['raw_parallel']:>12,.0f} {row['overhead_vs_parallel']:>8.1%} "
-              f"{row['in_worker_overhead']:>8.1%} {row['scaling']:>8.2f}")
+        print(
+            f"{row['start_method']:>10} {row['workers']:>7} {row['tokens_per_s']:>12,.0f} {row['per_worker']:>12,.0f} "
+            f"{row['overhead']:>8.1%} {row['raw_parallel']:>12,.0f} {row['overhead_vs_parallel']:>8.1%} "
+            f"{row['in_worker_overhead']:>8.1%} {row['scaling']:>8.2f}"
+        )
     if args.json_out:
         with open(args.json_out, "a") as f:
-            f.write(json.dumps({"papers": args.papers, "copies": args.copies, "mb": mb, "tokens": tokens, "cpus": os.cpu_count(),
-                                "raw_tokens_per_s": raw, "raw_tokens_per_cpu_s": raw_cpu, "raw_numpy_tokens_per_s": raw_numpy, "rows": rows}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "papers": args.papers,
+                        "copies": args.copies,
+                        "mb": mb,
+                        "tokens": tokens,
+                        "cpus": os.cpu_count(),
+                        "raw_tokens_per_s": raw,
+                        "raw_tokens_per_cpu_s": raw_cpu,
+                        "raw_numpy_tokens_per_s": raw_numpy,
+                        "rows": rows,
+                    }
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -116,12 +116,21 @@ def bench_index(args) -> list[tuple]:
     walk_s = (time.perf_counter() - start) * num_samples / prefix
     if not np.array_equal(build_sample_idx(sizes, doc_idx, args.seq_length, prefix), walk_idx):
         raise SystemExit("Python walk differs from the C++ sample index")
-    rows.append(("sample index", num_samples, cpp_s, walk_s,
-                 f"the tests' reference: Megatron's walk in Python on {prefix:,}, scaled linearly"))
+    rows.append(
+        (
+            "sample index",
+            num_samples,
+            cpp_s,
+            walk_s,
+            f"the tests' reference: Megatron's walk in Python on {prefix:,}, scaled linearly",
+        )
+    )
 
     weights = [0.5, 0.3, 0.2]
     prefix = min(args.blend_reference_samples, num_samples)
-    cpp_s, (cpp_sources, _) = best_time(lambda: build_blending_indices(weights, num_samples, rule="greedy"), args.repeats)
+    cpp_s, (cpp_sources, _) = best_time(
+        lambda: build_blending_indices(weights, num_samples, rule="greedy"), args.repeats
+    )
     start = time.perf_counter()
     ref_sources, _ = reference_blending(weights, prefix, "greedy")
     ref_s = (time.perf_counter() - start) * num_samples / prefix
@@ -133,15 +142,23 @@ def bench_index(args) -> list[tuple]:
     stage_ends = np.array([num_samples // 4, num_samples // 2, num_samples])
     stage_weights = np.array([[0.8, 0.2, 0.0], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
     cpp_s, (cpp_sources, _, _) = best_time(
-        lambda: build_curriculum_blending_indices(stage_ends, stage_weights, rule="greedy"), args.repeats)
+        lambda: build_curriculum_blending_indices(stage_ends, stage_weights, rule="greedy"), args.repeats
+    )
     start = time.perf_counter()
     ref_sources, _ = reference_blending(stage_weights[0].tolist(), prefix, "greedy")
     ref_s = (time.perf_counter() - start) * num_samples / prefix
     if prefix <= stage_ends[0] and not np.array_equal(cpp_sources[:prefix], ref_sources):
         raise SystemExit("Python curriculum reference differs from the C++ one in the first stage")
     del cpp_sources
-    rows.append(("curriculum blending, 3 stages x 3 sources", num_samples, cpp_s, ref_s,
-                 f"Python loop on {prefix:,} (first stage), scaled linearly"))
+    rows.append(
+        (
+            "curriculum blending, 3 stages x 3 sources",
+            num_samples,
+            cpp_s,
+            ref_s,
+            f"Python loop on {prefix:,} (first stage), scaled linearly",
+        )
+    )
     return rows
 
 
@@ -176,8 +193,9 @@ def resident_fraction(path: str) -> float | None:
     """Fraction of `path` in the page cache, from util-linux `fincore`; None where it is missing."""
     if shutil.which("fincore") is None:
         return None
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", path], capture_output=True, text=True
+    )
     return int(out.stdout.split()[0]) / os.path.getsize(path) if out.returncode == 0 and out.stdout.strip() else None
 
 
@@ -228,16 +246,24 @@ def bench_read(args) -> list[tuple]:
         start = time.perf_counter()
         write_random_dataset(prefix, num_tokens, args.mean_tokens, vocab=102_400, seed=args.seed)
         bin_path = data_file_path(prefix)
-        print(f"wrote {os.path.getsize(bin_path) / (1 << 30):.2f} GiB ({num_tokens:,} int32 tokens) "
-              f"to {workdir} in {time.perf_counter() - start:.1f} s")
+        print(
+            f"wrote {os.path.getsize(bin_path) / (1 << 30):.2f} GiB ({num_tokens:,} int32 tokens) "
+            f"to {workdir} in {time.perf_counter() - start:.1f} s"
+        )
         seq, micro = args.seq_length, args.read_micro_batch
         rng = np.random.default_rng(args.seed)
-        sample_config = GPTDatasetConfig(prefix, seq_length=seq, num_samples=(num_tokens - 1) // seq,
-                                         split_fractions=(1, 0, 0), cache_dir=os.path.join(workdir, "cache"))
+        sample_config = GPTDatasetConfig(
+            prefix,
+            seq_length=seq,
+            num_samples=(num_tokens - 1) // seq,
+            split_fractions=(1, 0, 0),
+            cache_dir=os.path.join(workdir, "cache"),
+        )
         start = time.perf_counter()
         num_samples = len(GPTDataset(sample_config))
-        print(f"GPTDataset: {num_samples:,} samples of {seq} tokens, indices built in "
-              f"{time.perf_counter() - start:.1f} s")
+        print(
+            f"GPTDataset: {num_samples:,} samples of {seq} tokens, indices built in {time.perf_counter() - start:.1f} s"
+        )
 
         def raw_run(no_readahead: bool) -> tuple[str, float, int]:
             raw = IndexedDataset(prefix)
@@ -258,11 +284,13 @@ def bench_read(args) -> list[tuple]:
             samples = GPTDataset(sample_config)
             if no_readahead:
                 advise_random(samples.dataset)
-            with DataLoader(samples, micro_batch_size=micro, global_batch_size=micro,
-                            prefetch=2, pin_memory=False) as loader:
+            with DataLoader(
+                samples, micro_batch_size=micro, global_batch_size=micro, prefetch=2, pin_memory=False
+            ) as loader:
                 stream = iter(loader)
-                rate, batches = tokens_per_second(lambda: next(stream, None) is not None, micro * seq,
-                                                  args.read_seconds)
+                rate, batches = tokens_per_second(
+                    lambda: next(stream, None) is not None, micro * seq, args.read_seconds
+                )
                 waited = loader.wait_seconds
             return f"GPTDataset + DataLoader, prefetch 2 (consumer waited {waited:.1f} s)", rate, batches * micro
 
@@ -303,8 +331,12 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=2_600_000)
     parser.add_argument("--mean-tokens", type=float, default=20_000)
     parser.add_argument("--seq-length", type=int, default=768)
-    parser.add_argument("--blend-reference-samples", type=int, default=1_000_000,
-                        help="prefix the Python blending reference runs on before linear scaling")
+    parser.add_argument(
+        "--blend-reference-samples",
+        type=int,
+        default=1_000_000,
+        help="prefix the Python blending reference runs on before linear scaling",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--read-gb", type=float, default=1.0, help="GiB of int32 tokens the read measurement writes")
     parser.add_argument("--read-dir", default=None, help="where its temporary dataset goes (default: the system's)")
@@ -313,8 +345,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
-          f"numpy {np.__version__}")
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}"
+    )
     for name in args.only:
         ROW_PRINTERS.get(name, print_index_rows)(MEASUREMENTS[name](args))
 

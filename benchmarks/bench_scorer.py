@@ -46,8 +46,15 @@ def synthetic_task(n: int, seed: int = 0) -> Task:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -69,17 +76,22 @@ def main(argv=None) -> int:
         task = synthetic_task(args.examples)
     with tempfile.TemporaryDirectory() as tmp:
         docs = [paper["text"] for paper in generate_papers(40, seed=0)]
-        train_sentencepiece(docs, os.path.join(tmp, "tok.model"),
-                            SentencePieceTrainConfig(vocab_size=1200, num_threads=1, mined_commands=100))
+        train_sentencepiece(
+            docs,
+            os.path.join(tmp, "tok.model"),
+            SentencePieceTrainConfig(vocab_size=1200, num_threads=1, mined_commands=100),
+        )
         tok = SentencePieceTokenizer(os.path.join(tmp, "tok.model"))
     cfg = get_config(args.preset, **({"vocab_size": tok.vocab_size} if args.preset == "tiny" else {}))
     torch.manual_seed(0)
     model = build_model(cfg, device=args.device, dtype=DTYPES[args.dtype]).eval()
     requests = sum(len(e.choices) for e in task.examples)
-    print(f"task {task.name}: {len(task.examples)} examples, {requests} requests; model {cfg.name} "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.dtype}, {args.device}); "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}; commit {commit()}")
+    print(
+        f"task {task.name}: {len(task.examples)} examples, {requests} requests; model {cfg.name} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {args.dtype}, {args.device}); "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}; commit {commit()}"
+    )
     for batch_size in args.batch_sizes:
         evaluate_tasks(model, [task], tok, device=args.device, batch_size=batch_size)  # warm-up
         best = float("inf")
@@ -92,8 +104,10 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)
         tokens = sum(sum(r["tokens"]) for r in result.per_example)
-        print(f"batch {batch_size:4d}: {len(task.examples) / best:9.1f} examples/s  {requests / best:9.1f} requests/s  "
-              f"{tokens / best:9.0f} continuation tokens/s  ({best:.3f} s, best of {args.repeats})")
+        print(
+            f"batch {batch_size:4d}: {len(task.examples) / best:9.1f} examples/s  {requests / best:9.1f} requests/s  "
+            f"{tokens / best:9.0f} continuation tokens/s  ({best:.3f} s, best of {args.repeats})"
+        )
     return 0
 
 

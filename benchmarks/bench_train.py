@@ -3,7 +3,8 @@
 
 Contenders, each training the same preset on the same tokens from the same initial weights:
 
-* ours: the trainer's own `TrainStep` (megasci/training/train_step.py): `accumulation` micro-batches of forward + backward
+* ours: the trainer's own `TrainStep` (megasci/training/train_step.py): `accumulation` micro-batches of
+  forward + backward
   through `build_model` (fused ops as `megasci.ops` picks them, chunked cross-entropy, optional
   activation checkpointing), the ZeRO AdamW hooks accumulating fp32 gradients (`--gradients`: the
   matmuls adding theirs into the fp32 buffer directly, as the trainer does by default; `reference`,
@@ -118,10 +119,12 @@ def resolved_backends(cfg, device, dtype) -> dict:
     output_weight = torch.zeros(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
     q = torch.zeros(1, 1, cfg.n_heads, cfg.head_dim, device=device, dtype=dtype)
     kv = torch.zeros(1, 1, cfg.n_kv_heads, cfg.head_dim, device=device, dtype=dtype)
-    return {"rms_norm": ops.resolve_backend("rms_norm", x, x[0]),
-            "swiglu": ops.resolve_backend("swiglu", x, x),
-            "attention": ops.resolve_backend("attention", q, kv, kv, causal=True),
-            "cross_entropy_loss": ops.resolve_backend("cross_entropy_loss", x, output_weight)}
+    return {
+        "rms_norm": ops.resolve_backend("rms_norm", x, x[0]),
+        "swiglu": ops.resolve_backend("swiglu", x, x),
+        "attention": ops.resolve_backend("attention", q, kv, kv, causal=True),
+        "cross_entropy_loss": ops.resolve_backend("cross_entropy_loss", x, output_weight),
+    }
 
 
 def setup_ours(cfg, args, device, dtype):
@@ -130,26 +133,45 @@ def setup_ours(cfg, args, device, dtype):
     model.train()
     mode = GRADIENT_MODES[args.gradients]
     apply_fp32_grad_accumulation(model, mode.get("main_grads", False))
-    optimizer = ZeroAdamW(model, AdamWConfig(lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY,
-                                             max_grad_norm=CLIP), bucket_numel=BUCKET_NUMEL, **mode)
+    optimizer = ZeroAdamW(
+        model,
+        AdamWConfig(lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, max_grad_norm=CLIP),
+        bucket_numel=BUCKET_NUMEL,
+        **mode,
+    )
     if args.compile:  # as train.compile does: each block, after the optimizer owns the parameters
         apply_compile(model, args.compile)
     guard = SpikeGuard(SPIKE_FACTOR, SPIKE_WARMUP, MAX_SKIPPED)
-    train_step = TrainStep(model, optimizer, guard, accumulation=args.accumulation, device=device, world_size=1,
-                           timing_sync=False, data_wait=lambda: 0.0)
+    train_step = TrainStep(
+        model,
+        optimizer,
+        guard,
+        accumulation=args.accumulation,
+        device=device,
+        world_size=1,
+        timing_sync=False,
+        data_wait=lambda: 0.0,
+    )
 
     def step(index, batches):
         """The trainer's own TrainStep over this step's micro-batches."""
-        micro = batches[index * args.accumulation:(index + 1) * args.accumulation]
+        micro = batches[index * args.accumulation : (index + 1) * args.accumulation]
         result = train_step(iter({"tokens": tokens, "labels": labels} for tokens, labels in micro), index, args.lr)
         return result.loss, result.grad_norm
 
-    accumulator = {"fp32_accumulation": "fp32 gradient accumulator (matmul weight gradients added in directly)",
-                   "reference": "fp32 gradient accumulator", "shard": "fp32 gradient shard"}[args.gradients]
-    info = {"checkpointing": args.checkpointing, "compile": args.compile, "gradients": args.gradients,
-            "backends": resolved_backends(cfg, device, dtype),
-            "precision": f"{dtype_name(dtype)} parameters, {accumulator}, fp32 master weights and AdamW moments",
-            "optimizer": "ZeroAdamW (dp=1)"}
+    accumulator = {
+        "fp32_accumulation": "fp32 gradient accumulator (matmul weight gradients added in directly)",
+        "reference": "fp32 gradient accumulator",
+        "shard": "fp32 gradient shard",
+    }[args.gradients]
+    info = {
+        "checkpointing": args.checkpointing,
+        "compile": args.compile,
+        "gradients": args.gradients,
+        "backends": resolved_backends(cfg, device, dtype),
+        "precision": f"{dtype_name(dtype)} parameters, {accumulator}, fp32 master weights and AdamW moments",
+        "optimizer": "ZeroAdamW (dp=1)",
+    }
     return (model, optimizer), step, info
 
 
@@ -166,8 +188,10 @@ def setup_hf(cfg, args, device, dtype, checkpointing: str):
     model.to(device)  # in case this transformers version builds on the CPU despite the device context
     model.load_state_dict(to_hf_state_dict(ours.state_dict(), cfg), strict=True)
     ours_params = dict(ours.named_parameters())
-    decays = {hf_name: default_decay(name, p)
-              for (name, p), hf_name in zip(ours_params.items(), to_hf_state_dict(ours_params, cfg))}
+    decays = {
+        hf_name: default_decay(name, p)
+        for (name, p), hf_name in zip(ours_params.items(), to_hf_state_dict(ours_params, cfg))
+    }
     del ours, ours_params
     free_memory(device)
     if checkpointing == "full":
@@ -203,10 +227,18 @@ def setup_hf(cfg, args, device, dtype, checkpointing: str):
         optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value
 
-    precision = (f"fp32 parameters, gradients and AdamW moments, {dtype_name(dtype)} autocast" if amp else
-                 f"{dtype_name(param_dtype)} parameters, gradients and AdamW moments (no fp32 master weights)")
-    info = {"checkpointing": checkpointing, "attention": model.config._attn_implementation,
-            "precision": precision, "optimizer": kind, "transformers": transformers.__version__}
+    precision = (
+        f"fp32 parameters, gradients and AdamW moments, {dtype_name(dtype)} autocast"
+        if amp
+        else f"{dtype_name(param_dtype)} parameters, gradients and AdamW moments (no fp32 master weights)"
+    )
+    info = {
+        "checkpointing": checkpointing,
+        "attention": model.config._attn_implementation,
+        "precision": precision,
+        "optimizer": kind,
+        "transformers": transformers.__version__,
+    }
     return (model, optimizer), step, info
 
 
@@ -214,12 +246,25 @@ def run_contender(name: str, cfg, args, device, dtype, hf_checkpointing: str = "
     """Set up, warm up, time; a row with the numbers, or with `error` (OOM included) instead."""
     peak = args.peak_tflops or device_peak_tflops(device)
     seq, tokens_per_step = args.seq, args.micro_batch * args.accumulation * args.seq
-    row = {"kind": "train", "contender": name, "device": device_name(device), "torch": torch.__version__,
-           "preset": cfg.name, "parameters": num_parameters(cfg), "dtype": dtype_name(dtype),
-           "seq": seq, "micro_batch": args.micro_batch, "accumulation": args.accumulation,
-           "tokens_per_step": tokens_per_step, "warmup": args.warmup, "steps": args.steps,
-           "flops_per_token": flops_per_token(cfg, seq), "peak_tflops": peak, "data": "random uniform tokens",
-           "checkpointing": hf_checkpointing if name == "hf" else args.checkpointing}
+    row = {
+        "kind": "train",
+        "contender": name,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "preset": cfg.name,
+        "parameters": num_parameters(cfg),
+        "dtype": dtype_name(dtype),
+        "seq": seq,
+        "micro_batch": args.micro_batch,
+        "accumulation": args.accumulation,
+        "tokens_per_step": tokens_per_step,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "flops_per_token": flops_per_token(cfg, seq),
+        "peak_tflops": peak,
+        "data": "random uniform tokens",
+        "checkpointing": hf_checkpointing if name == "hf" else args.checkpointing,
+    }
     state = step = batches = error = None
     try:
         batches = make_batches(cfg, args, device)
@@ -254,23 +299,59 @@ def run_contender(name: str, cfg, args, device, dtype, hf_checkpointing: str = "
     if error is not None:
         row.update(error=error[0], detail=error[1], peak_memory_gib=peak_memory)
         return row
-    timed = times[args.warmup:]
+    timed = times[args.warmup :]
     tokens_per_s = tokens_per_step * args.steps / elapsed
     tflops = tokens_per_s * row["flops_per_token"] / 1e12
-    row.update({"elapsed_s": elapsed, "step_s_median": statistics.median(timed), "step_s_min": min(timed),
-                "step_s_max": max(timed), "tokens_per_s": tokens_per_s, "tflops": tflops,
-                "mfu": tflops / peak if peak else None,
-                "peak_memory_gib": peak_memory,
-                "first_loss": losses[0], "final_loss": losses[-1], "first_grad_norm": norms[0], "losses": losses})
+    row.update(
+        {
+            "elapsed_s": elapsed,
+            "step_s_median": statistics.median(timed),
+            "step_s_min": min(timed),
+            "step_s_max": max(timed),
+            "tokens_per_s": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / peak if peak else None,
+            "peak_memory_gib": peak_memory,
+            "first_loss": losses[0],
+            "final_loss": losses[-1],
+            "first_grad_norm": norms[0],
+            "losses": losses,
+        }
+    )
     return row
 
 
 def child_command(args, name: str, json_out: str, hf_checkpointing: str) -> list[str]:
     """This script, running one contender in a fresh process."""
-    command = [sys.executable, os.path.abspath(__file__), "--only", name, "--isolation", "none",
-               "--json-out", json_out, "--hf-checkpointing", hf_checkpointing]
-    for option in ("preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "checkpointing", "device",
-                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "compile", "gradients"):
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--only",
+        name,
+        "--isolation",
+        "none",
+        "--json-out",
+        json_out,
+        "--hf-checkpointing",
+        hf_checkpointing,
+    ]
+    for option in (
+        "preset",
+        "seq",
+        "micro_batch",
+        "accumulation",
+        "steps",
+        "warmup",
+        "checkpointing",
+        "device",
+        "dtype",
+        "hf_precision",
+        "lr",
+        "seed",
+        "peak_tflops",
+        "compile",
+        "gradients",
+    ):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option.replace('_', '-')}", str(value)]
@@ -286,12 +367,17 @@ def run_isolated(name: str, args, hf_checkpointing: str) -> dict:
     if rows:
         return rows[-1]
     checkpointing = hf_checkpointing if name == "hf" else args.checkpointing
-    return {"kind": "train", "contender": name, "checkpointing": checkpointing,
-            "error": f"the subprocess exited with code {code} and no result"}
+    return {
+        "kind": "train",
+        "contender": name,
+        "checkpointing": checkpointing,
+        "error": f"the subprocess exited with code {code} and no result",
+    }
 
 
 def run_all(cfg, args, device, dtype) -> list[dict]:
     """Each contender asked for; the HF baseline again with gradient checkpointing if it ran out of memory."""
+
     def run(name, hf_checkpointing="none"):
         if args.isolation == "process":
             return run_isolated(name, args, hf_checkpointing)
@@ -317,14 +403,22 @@ def comparison(rows: list[dict]) -> dict | None:
     if ours is None or hf is None:
         return None
     speedup = ours["tokens_per_s"] / hf["tokens_per_s"]
-    row = {"kind": "compare", "preset": ours["preset"], "seq": ours["seq"], "micro_batch": ours["micro_batch"],
-           "accumulation": ours["accumulation"], "device": ours["device"], "ours_checkpointing": ours["checkpointing"],
-           "hf_checkpointing": hf["checkpointing"], "hf_precision": hf["precision"],
-           "speedup_tokens_per_s": speedup,
-           "memory_ratio": (ours["peak_memory_gib"] / hf["peak_memory_gib"]) if hf["peak_memory_gib"] else None,
-           "first_loss_difference": abs(ours["first_loss"] - hf["first_loss"]),
-           "goal": f"ours >= {GOAL_SPEEDUP}x hf tokens/s and MFU > {GOAL_MFU:.0%}",
-           "goal_speedup_met": speedup >= GOAL_SPEEDUP}
+    row = {
+        "kind": "compare",
+        "preset": ours["preset"],
+        "seq": ours["seq"],
+        "micro_batch": ours["micro_batch"],
+        "accumulation": ours["accumulation"],
+        "device": ours["device"],
+        "ours_checkpointing": ours["checkpointing"],
+        "hf_checkpointing": hf["checkpointing"],
+        "hf_precision": hf["precision"],
+        "speedup_tokens_per_s": speedup,
+        "memory_ratio": (ours["peak_memory_gib"] / hf["peak_memory_gib"]) if hf["peak_memory_gib"] else None,
+        "first_loss_difference": abs(ours["first_loss"] - hf["first_loss"]),
+        "goal": f"ours >= {GOAL_SPEEDUP}x hf tokens/s and MFU > {GOAL_MFU:.0%}",
+        "goal_speedup_met": speedup >= GOAL_SPEEDUP,
+    }
     row["goal_mfu_met"] = ours["mfu"] > GOAL_MFU if ours["mfu"] is not None else None
     return row
 
@@ -333,16 +427,20 @@ def print_table(rows: list[dict], compare: dict | None) -> None:
     def fmt(value, spec, missing="-"):
         return missing if value is None else format(value, spec)
 
-    print(f"\n{'contender':<10} {'ckpt':<10} {'tokens/s':>12} {'step s':>8} {'TFLOP/s':>8} {'MFU':>7} "
-          f"{'peak GiB':>9} {'loss 1st':>9} {'loss last':>9}")
+    print(
+        f"\n{'contender':<10} {'ckpt':<10} {'tokens/s':>12} {'step s':>8} {'TFLOP/s':>8} {'MFU':>7} "
+        f"{'peak GiB':>9} {'loss 1st':>9} {'loss last':>9}"
+    )
     for r in rows:
         label = f"{r['contender']:<10} {r.get('checkpointing', '-'):<10}"
         if "error" in r:
             print(f"{label} {r['error']}")
             continue
-        print(f"{label} {r['tokens_per_s']:>12,.0f} {r['step_s_median']:>8.3f} {r['tflops']:>8.1f} "
-              f"{fmt(r['mfu'], '.1%'):>7} {fmt(r['peak_memory_gib'], '.1f'):>9} "
-              f"{r['first_loss']:>9.4f} {r['final_loss']:>9.4f}")
+        print(
+            f"{label} {r['tokens_per_s']:>12,.0f} {r['step_s_median']:>8.3f} {r['tflops']:>8.1f} "
+            f"{fmt(r['mfu'], '.1%'):>7} {fmt(r['peak_memory_gib'], '.1f'):>9} "
+            f"{r['first_loss']:>9.4f} {r['final_loss']:>9.4f}"
+        )
     if compare:
         ratio = f"ours/hf: tokens/s x{compare['speedup_tokens_per_s']:.2f}"
         if compare["memory_ratio"] is not None:
@@ -358,17 +456,23 @@ def summarize(path: str) -> None:
     """One line per run in a JSON-lines file of several invocations: the tail a device call returns."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     mfu_goal = {True: "met", False: "not met", None: "unknown"}
-    print(f"{'contender':<10} {'seq':>5} {'micro':>5} {'accum':>5} {'ckpt':<10} {'precision':<10} {'tokens/s':>10} "
-          f"{'MFU':>6} {'peak GiB':>8}  ours/hf")
+    print(
+        f"{'contender':<10} {'seq':>5} {'micro':>5} {'accum':>5} {'ckpt':<10} {'precision':<10} {'tokens/s':>10} "
+        f"{'MFU':>6} {'peak GiB':>8}  ours/hf"
+    )
     for r in rows:
         if r["kind"] == "compare":
-            print(f"{'':>55} x{r['speedup_tokens_per_s']:.2f} tokens/s (ours {r['ours_checkpointing']}, "
-                  f"hf {r['hf_checkpointing']}), speedup goal {'met' if r['goal_speedup_met'] else 'not met'}, "
-                  f"MFU goal {mfu_goal[r['goal_mfu_met']]}")
+            print(
+                f"{'':>55} x{r['speedup_tokens_per_s']:.2f} tokens/s (ours {r['ours_checkpointing']}, "
+                f"hf {r['hf_checkpointing']}), speedup goal {'met' if r['goal_speedup_met'] else 'not met'}, "
+                f"MFU goal {mfu_goal[r['goal_mfu_met']]}"
+            )
             continue
         precision = "amp" if "autocast" in r.get("precision", "") else r.get("dtype", "-")
-        head = (f"{r['contender']:<10} {r.get('seq', '-'):>5} {r.get('micro_batch', '-'):>5} "
-                f"{r.get('accumulation', '-'):>5} {r.get('checkpointing', '-'):<10} {precision:<10}")
+        head = (
+            f"{r['contender']:<10} {r.get('seq', '-'):>5} {r.get('micro_batch', '-'):>5} "
+            f"{r.get('accumulation', '-'):>5} {r.get('checkpointing', '-'):<10} {precision:<10}"
+        )
         if "error" in r:
             print(f"{head} {r['error']}")
         else:
@@ -393,20 +497,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=5, help="optimizer steps run before timing")
     p.add_argument("--checkpointing", default="none", choices=["none", "full", "selective"], help="ours")
-    p.add_argument("--gradients", default="fp32_accumulation", choices=list(GRADIENT_MODES),
-                   help="ours: how gradients reach the fp32 state (the trainer's default: fp32_accumulation)")
-    p.add_argument("--compile", default=None, metavar="BACKEND",
-                   help="ours: torch.compile each block with this backend (inductor), as train.compile does")
-    p.add_argument("--hf-checkpointing", default="auto", choices=["none", "full", "auto"],
-                   help="HF gradient checkpointing; auto: none, then full if that runs out of memory")
-    p.add_argument("--hf-precision", default="params", choices=["params", "amp"],
-                   help="params: HF parameters and AdamW state in --dtype; amp: fp32 parameters, --dtype autocast")
+    p.add_argument(
+        "--gradients",
+        default="fp32_accumulation",
+        choices=list(GRADIENT_MODES),
+        help="ours: how gradients reach the fp32 state (the trainer's default: fp32_accumulation)",
+    )
+    p.add_argument(
+        "--compile",
+        default=None,
+        metavar="BACKEND",
+        help="ours: torch.compile each block with this backend (inductor), as train.compile does",
+    )
+    p.add_argument(
+        "--hf-checkpointing",
+        default="auto",
+        choices=["none", "full", "auto"],
+        help="HF gradient checkpointing; auto: none, then full if that runs out of memory",
+    )
+    p.add_argument(
+        "--hf-precision",
+        default="params",
+        choices=["params", "amp"],
+        help="params: HF parameters and AdamW state in --dtype; amp: fp32 parameters, --dtype autocast",
+    )
     p.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    p.add_argument("--isolation", default="process", choices=["process", "none"],
-                   help="process: each contender in its own subprocess; none: one after the other in this one")
+    p.add_argument(
+        "--isolation",
+        default="process",
+        choices=["process", "none"],
+        help="process: each contender in its own subprocess; none: one after the other in this one",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                   help="parameter dtype (float32 for the CPU smoke test)")
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="bfloat16", help="parameter dtype (float32 for the CPU smoke test)"
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="constant learning rate")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the device is not known")
@@ -427,10 +552,13 @@ def main(argv=None) -> list[dict]:
     cfg = get_config(args.preset)
     if args.seq > cfg.max_seq_len:
         raise SystemExit(f"--seq {args.seq} exceeds the {cfg.name} preset's max_seq_len {cfg.max_seq_len}")
-    print(f"device {device_name(device)}, torch {torch.__version__}, preset {cfg.name} "
-          f"({num_parameters(cfg) / 1e6:,.1f}M parameters), {args.dtype}, seq {args.seq}, micro-batch "
-          f"{args.micro_batch} x accumulation {args.accumulation}, {args.warmup} warm-up + {args.steps} timed steps, "
-          f"random tokens, {flops_per_token(cfg, args.seq) / 1e9:.2f} GFLOP/token for both", flush=True)
+    print(
+        f"device {device_name(device)}, torch {torch.__version__}, preset {cfg.name} "
+        f"({num_parameters(cfg) / 1e6:,.1f}M parameters), {args.dtype}, seq {args.seq}, micro-batch "
+        f"{args.micro_batch} x accumulation {args.accumulation}, {args.warmup} warm-up + {args.steps} timed steps, "
+        f"random tokens, {flops_per_token(cfg, args.seq) / 1e9:.2f} GFLOP/token for both",
+        flush=True,
+    )
     rows = run_all(cfg, args, device, dtype)
     compare = comparison(rows)
     describe(rows)

@@ -33,8 +33,10 @@ def child(mode: str, corpus: str, model: str) -> None:
 
     texts = [json.loads(line)["text"] for line in open(corpus, "rb")]
     sp = spm.SentencePieceProcessor(model_file=model)
-    pre.init_worker(model, {"json_keys": ["text"], "metadata_keys": ["id", "source", "section"],
-                            "dtype": np.uint16, "append_eod": True})
+    pre.init_worker(
+        model,
+        {"json_keys": ["text"], "metadata_keys": ["id", "source", "section"], "dtype": np.uint16, "append_eod": True},
+    )
     blocks = list(iter_blocks([corpus], 1 << 20))
     if mode == "raw":
         tokens = sum(len(sp.encode(t)) for t in texts)
@@ -47,8 +49,21 @@ def child(mode: str, corpus: str, model: str) -> None:
 
 def count(mode: str, corpus: str, model: str) -> tuple[int, int]:
     out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--child", mode, corpus, model], capture_output=True, text=True, check=True)
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            corpus,
+            model,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     instructions = int(re.search(r"Collected : (\d+)", out.stderr).group(1))
     return instructions, int(re.search(r"tokens=(\d+)", out.stdout).group(1))
 

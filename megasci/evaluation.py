@@ -76,20 +76,34 @@ class EvalGroup:
         return self.samples * self.config.seq_length
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "prefix": self.prefix, "label_key": self.label_key, "label": self.label,
-                "documents": len(self.documents), "tokens": self.tokens, "samples": self.samples,
-                "tokens_evaluated": self.tokens_evaluated, "loss": self.loss, "perplexity": perplexity(self.loss)}
+        return {
+            "name": self.name,
+            "prefix": self.prefix,
+            "label_key": self.label_key,
+            "label": self.label,
+            "documents": len(self.documents),
+            "tokens": self.tokens,
+            "samples": self.samples,
+            "tokens_evaluated": self.tokens_evaluated,
+            "loss": self.loss,
+            "perplexity": perplexity(self.loss),
+        }
 
 
 def held_out_settings(meta: dict, checkpoint: str) -> tuple[tuple[float, float, float], int, int]:
     """(split fractions, split seed, seq_length) the checkpoint was trained with."""
     data = (meta.get("train_config") or {}).get("data")
     if not data:
-        raise ValueError(f"{checkpoint}: meta.json records no training config, so which documents were held out "
-                         f"is unknown; use --split all for a dataset the model never trained on")
+        raise ValueError(
+            f"{checkpoint}: meta.json records no training config, so which documents were held out "
+            f"is unknown; use --split all for a dataset the model never trained on"
+        )
     defaults = DataSection()
-    return (tuple(float(f) for f in data.get("split", defaults.split)), int(data.get("seed", defaults.seed)),
-            int(data.get("seq_length", defaults.seq_length)))
+    return (
+        tuple(float(f) for f in data.get("split", defaults.split)),
+        int(data.get("seed", defaults.seed)),
+        int(data.get("seq_length", defaults.seq_length)),
+    )
 
 
 def training_prefixes(train_config: dict) -> set[str] | None:
@@ -107,13 +121,27 @@ def training_prefixes(train_config: dict) -> set[str] | None:
     return {os.path.abspath(s.prefix) for s in specs}
 
 
-def dataset_config(prefix: str, split: str, fractions, seed: int, seq_length: int, cache_dir: str | None,
-                   document_filter: dict | None = None) -> GPTDatasetConfig:
+def dataset_config(
+    prefix: str,
+    split: str,
+    fractions,
+    seed: int,
+    seq_length: int,
+    cache_dir: str | None,
+    document_filter: dict | None = None,
+) -> GPTDatasetConfig:
     """The `GPTDatasetConfig` of a group; "all" is the train part of a 100/0/0 split."""
     if split == "all":
         split, fractions = "train", (1.0, 0.0, 0.0)
-    return GPTDatasetConfig(prefix=prefix, split=split, split_fractions=fractions, seq_length=seq_length, seed=seed,
-                            cache_dir=cache_dir, document_filter=document_filter)
+    return GPTDatasetConfig(
+        prefix=prefix,
+        split=split,
+        split_fractions=fractions,
+        seq_length=seq_length,
+        seed=seed,
+        cache_dir=cache_dir,
+        document_filter=document_filter,
+    )
 
 
 def _labels(prefix: str, documents: np.ndarray, key: str) -> list:
@@ -130,8 +158,9 @@ def _labels(prefix: str, documents: np.ndarray, key: str) -> list:
         try:
             labels.setdefault(value, False)
         except TypeError:
-            raise ValueError(f"{sidecar_path(prefix)}: line {d + 1} has {key}={value!r}, "
-                             f"which cannot name a group") from None
+            raise ValueError(
+                f"{sidecar_path(prefix)}: line {d + 1} has {key}={value!r}, which cannot name a group"
+            ) from None
         labels[value] |= bool(present[d])
     return [value for value, held in labels.items() if held]
 
@@ -142,8 +171,17 @@ def _source_names(prefixes: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else list(prefixes)
 
 
-def plan_groups(prefixes: list[str], split: str, fractions, seed: int, seq_length: int, by: str | None = None,
-                max_samples: int | None = None, cache_dir: str | None = None, warn=print) -> list[EvalGroup]:
+def plan_groups(
+    prefixes: list[str],
+    split: str,
+    fractions,
+    seed: int,
+    seq_length: int,
+    by: str | None = None,
+    max_samples: int | None = None,
+    cache_dir: str | None = None,
+    warn=print,
+) -> list[EvalGroup]:
     """Every group with its documents and sample count (all full samples, at most `max_samples`).
 
     A prefix whose split cannot fill one sample is an error; a label group that cannot is kept
@@ -158,20 +196,26 @@ def plan_groups(prefixes: list[str], split: str, fractions, seed: int, seq_lengt
         config = dataset_config(prefix, split, fractions, seed, seq_length, cache_dir)
         source = _planned(EvalGroup(name, prefix, config, *_documents_and_tokens(config)), max_samples)
         if source.samples == 0:
-            raise ValueError(f"{data_file_path(prefix)}: the {split} split (fractions {list(fractions)}, seed {seed}) "
-                             f"has {len(source.documents)} documents and {source.tokens} tokens, fewer than the "
-                             f"{seq_length + 1} one sample needs")
+            raise ValueError(
+                f"{data_file_path(prefix)}: the {split} split (fractions {list(fractions)}, seed {seed}) "
+                f"has {len(source.documents)} documents and {source.tokens} tokens, fewer than the "
+                f"{seq_length + 1} one sample needs"
+            )
         groups.append(source)
         if by is None:
             continue
         for label in _labels(prefix, source.documents, by):
             sub = dataset_config(prefix, split, fractions, seed, seq_length, cache_dir, {by: {label}})
             shown = MISSING_LABEL if label is None else label
-            group = _planned(EvalGroup(f"{name}[{by}={shown}]", prefix, sub, *_documents_and_tokens(sub),
-                                       label_key=by, label=label), max_samples)
+            group = _planned(
+                EvalGroup(f"{name}[{by}={shown}]", prefix, sub, *_documents_and_tokens(sub), label_key=by, label=label),
+                max_samples,
+            )
             if group.samples == 0:
-                warn(f"warning: {group.name}: {len(group.documents)} documents, {group.tokens} tokens: "
-                     f"not one sample of {seq_length + 1} tokens; not evaluated")
+                warn(
+                    f"warning: {group.name}: {len(group.documents)} documents, {group.tokens} tokens: "
+                    f"not one sample of {seq_length + 1} tokens; not evaluated"
+                )
             groups.append(group)
     return groups
 
@@ -203,8 +247,10 @@ class _CheckedSamples:
         sample = self.dataset[i]
         if len(sample) and (sample.max() >= self.vocab_size or sample.min() < 0):
             bad = int(sample.max() if sample.max() >= self.vocab_size else sample.min())
-            raise ValueError(f"{data_file_path(self.dataset.config.prefix)}: token id {bad} is outside the model's "
-                             f"vocabulary of {self.vocab_size}; the dataset was tokenized with another tokenizer")
+            raise ValueError(
+                f"{data_file_path(self.dataset.config.prefix)}: token id {bad} is outside the model's "
+                f"vocabulary of {self.vocab_size}; the dataset was tokenized with another tokenizer"
+            )
         return sample
 
 
@@ -234,8 +280,14 @@ def loss_by_position(model, datasets: list, bucket: int, batch_size: int, device
     with torch.no_grad():
         for dataset in datasets:
             for start in range(0, len(dataset), batch_size):
-                rows = torch.from_numpy(np.stack([np.asarray(dataset[i], dtype=np.int64)
-                                                  for i in range(start, min(start + batch_size, len(dataset)))]))
+                rows = torch.from_numpy(
+                    np.stack(
+                        [
+                            np.asarray(dataset[i], dtype=np.int64)
+                            for i in range(start, min(start + batch_size, len(dataset)))
+                        ]
+                    )
+                )
                 rows = rows.to(device)
                 logits = model(rows[:, :-1]).float()
                 losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), rows[:, 1:], reduction="none")
@@ -246,10 +298,17 @@ def loss_by_position(model, datasets: list, bucket: int, batch_size: int, device
     n, length = losses.shape
     buckets = []
     for first in range(0, length, bucket):
-        means = losses[:, first:first + bucket].mean(dim=1)
-        err = float(means.std(unbiased=True) / n ** 0.5) if n > 1 else float("nan")
-        buckets.append({"start": first, "end": min(first + bucket, length), "samples": n,
-                        "loss": float(means.mean()), "stderr": err})
+        means = losses[:, first : first + bucket].mean(dim=1)
+        err = float(means.std(unbiased=True) / n**0.5) if n > 1 else float("nan")
+        buckets.append(
+            {
+                "start": first,
+                "end": min(first + bucket, length),
+                "samples": n,
+                "loss": float(means.mean()),
+                "stderr": err,
+            }
+        )
     return buckets
 
 
@@ -261,6 +320,7 @@ def by_position_scalars(buckets: list[dict]) -> dict[str, float]:
 def plot_by_position(buckets: list[dict], path: str, title: str, trained_length: int | None = None) -> None:
     """Mean loss per position bucket with its standard error as a PNG; a line marks the trained length."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -278,10 +338,20 @@ def plot_by_position(buckets: list[dict], path: str, title: str, trained_length:
     plt.close(fig)
 
 
-def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "valid", by: str | None = None,
-                        seq_length: int | None = None, max_samples: int | None = None, batch_size: int = 8,
-                        device="cpu", dtype: torch.dtype | None = None, cache_dir: str | None = None,
-                        warn=print, by_position: int | None = None) -> dict:
+def evaluate_perplexity(
+    checkpoint: str,
+    prefixes: list[str],
+    split: str = "valid",
+    by: str | None = None,
+    seq_length: int | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 8,
+    device="cpu",
+    dtype: torch.dtype | None = None,
+    cache_dir: str | None = None,
+    warn=print,
+    by_position: int | None = None,
+) -> dict:
     """The report: every group's documents, tokens evaluated, loss and perplexity, and the overall
     token-weighted loss over the prefixes (see the module docstring for what is evaluated)."""
     if max_samples is not None and max_samples < 1:
@@ -300,15 +370,20 @@ def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "vali
         trained = training_prefixes(meta.get("train_config"))
         for prefix in prefixes:
             if trained is not None and os.path.abspath(prefix) not in trained:
-                warn(f"warning: {prefix} is not a source of this checkpoint's training data; its {split} split is "
-                     f"only a slice of it (--split all evaluates every document)")
+                warn(
+                    f"warning: {prefix} is not a source of this checkpoint's training data; its {split} split is "
+                    f"only a slice of it (--split all evaluates every document)"
+                )
     seq_length = seq_length or trained_length
     if not seq_length:
         raise ValueError(f"{path}: no data.seq_length recorded; pass seq_length")
     if seq_length > model.cfg.max_seq_len:
         raise ValueError(f"seq_length {seq_length} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
-    warnings = [f"warning: {w}; the perplexity may be meaningless"
-                for prefix in prefixes for w in tokenizer_warnings(prefix, meta.get("tokenizer"))]
+    warnings = [
+        f"warning: {w}; the perplexity may be meaningless"
+        for prefix in prefixes
+        for w in tokenizer_warnings(prefix, meta.get("tokenizer"))
+    ]
     for w in warnings:
         warn(w)
     groups = plan_groups(prefixes, split, fractions, seed, seq_length, by, max_samples, cache_dir, warn)
@@ -319,15 +394,25 @@ def evaluate_perplexity(checkpoint: str, prefixes: list[str], split: str = "vali
         if by_position < 0:
             raise ValueError(f"by_position must be a bucket width of at least 1 token, got {by_position}")
         width = by_position or max(1, seq_length // 8)
-        positions = loss_by_position(model, [GPTDataset(g.config) for g in sources if g.samples], width,
-                                     batch_size, torch.device(device))
+        positions = loss_by_position(
+            model, [GPTDataset(g.config) for g in sources if g.samples], width, batch_size, torch.device(device)
+        )
     return {
-        "checkpoint": path, "step": meta.get("step"), "split": split, "split_fractions": list(fractions),
-        "split_seed": seed, "seq_length": seq_length, "by": by, "max_samples": max_samples,
+        "checkpoint": path,
+        "step": meta.get("step"),
+        "split": split,
+        "split_fractions": list(fractions),
+        "split_seed": seed,
+        "seq_length": seq_length,
+        "by": by,
+        "max_samples": max_samples,
         "groups": [g.to_dict() for g in groups],
-        "overall": {"documents": sum(len(g.documents) for g in sources),
-                    "tokens_evaluated": sum(g.tokens_evaluated for g in sources),
-                    "loss": overall, "perplexity": perplexity(overall)},
+        "overall": {
+            "documents": sum(len(g.documents) for g in sources),
+            "tokens_evaluated": sum(g.tokens_evaluated for g in sources),
+            "loss": overall,
+            "perplexity": perplexity(overall),
+        },
         "warnings": warnings,
         "trained_seq_length": trained_length,
         "by_position": positions,
@@ -357,8 +442,14 @@ def passkey_filler(prefix: str, meta: dict, checkpoint: str, tokens: int, split:
     return np.concatenate(parts)[:tokens]
 
 
-def evaluate_passkey(checkpoint: str, prefix: str, config: passkey.PasskeyConfig, device="cpu",
-                     dtype: torch.dtype | None = None, split: str = "valid") -> dict:
+def evaluate_passkey(
+    checkpoint: str,
+    prefix: str,
+    config: passkey.PasskeyConfig,
+    device="cpu",
+    dtype: torch.dtype | None = None,
+    split: str = "valid",
+) -> dict:
     """The passkey grid on a checkpoint: per-example results and the depth x length summary.
 
     Lengths above the model's max_seq_len are refused (the caller picks them, e.g. up to the maximum)."""
@@ -373,8 +464,14 @@ def evaluate_passkey(checkpoint: str, prefix: str, config: passkey.PasskeyConfig
     filler = passkey_filler(prefix, meta, path, max(config.lengths) * 4, split)
     examples = passkey.make_examples(tokenizer.encode, filler, config)
     results = passkey.score_examples(model, examples, torch.device(device))
-    return {"checkpoint": path, "step": meta.get("step"), "config": dataclasses.asdict(config),
-            "max_seq_len": model.cfg.max_seq_len, "summary": passkey.summarize(results), "examples": results}
+    return {
+        "checkpoint": path,
+        "step": meta.get("step"),
+        "config": dataclasses.asdict(config),
+        "max_seq_len": model.cfg.max_seq_len,
+        "summary": passkey.summarize(results),
+        "examples": results,
+    }
 
 
 def _tokenizer_path(path: str, meta: dict) -> str:
@@ -387,20 +484,29 @@ def _tokenizer_path(path: str, meta: dict) -> str:
 
 def format_report(report: dict) -> str:
     """A table: group, documents, tokens evaluated, loss, perplexity; then the overall line."""
+
     def cells(name, row):
         missing = row["loss"] is None
-        return (name, f"{row['documents']:,}", f"{row['tokens_evaluated']:,}",
-                "-" if missing else f"{row['loss']:.4f}", "-" if missing else f"{row['perplexity']:.3f}")
+        return (
+            name,
+            f"{row['documents']:,}",
+            f"{row['tokens_evaluated']:,}",
+            "-" if missing else f"{row['loss']:.4f}",
+            "-" if missing else f"{row['perplexity']:.3f}",
+        )
 
     rows = [("group", "documents", "tokens evaluated", "loss", "perplexity")]
     rows += [cells(("  " if g["label_key"] else "") + g["name"], g) for g in report["groups"]]
     rows.append(cells("overall", report["overall"]))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
-             for row in rows]
+    lines = [
+        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]) for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    lines.append(f"{report['split']} split (fractions {report['split_fractions']}, seed {report['split_seed']}) of "
-                 f"{report['checkpoint']} (step {report['step']}); samples of {report['seq_length']} + 1 tokens packed "
-                 f"across the documents of each group; overall = token-weighted over the prefixes")
+    lines.append(
+        f"{report['split']} split (fractions {report['split_fractions']}, seed {report['split_seed']}) of "
+        f"{report['checkpoint']} (step {report['step']}); samples of {report['seq_length']} + 1 tokens packed "
+        f"across the documents of each group; overall = token-weighted over the prefixes"
+    )
     return "\n".join(lines)

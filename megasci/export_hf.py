@@ -33,12 +33,26 @@ from megasci.export.verify import Report, verify_export
 from megasci.export.writer import make_readable, write_model_files, write_tokenizer_files
 from megasci.training.checkpoint import load_model, model_config_from_meta, read_meta, resolve_checkpoint
 
-__all__ = ["EXPORT_DTYPES", "ExportError", "Report", "export_checkpoint", "literal_text_caveats",
-           "sentencepiece_to_tokenizers", "verify_export", "write_tokenizer_files"]
+__all__ = [
+    "EXPORT_DTYPES",
+    "ExportError",
+    "Report",
+    "export_checkpoint",
+    "literal_text_caveats",
+    "sentencepiece_to_tokenizers",
+    "verify_export",
+    "write_tokenizer_files",
+]
 
 
-def export_checkpoint(checkpoint: str, output: str, dtype: str | None = None, tokenizer: str | None = None,
-                      overwrite: bool = False, device: str = "cpu") -> Report:
+def export_checkpoint(
+    checkpoint: str,
+    output: str,
+    dtype: str | None = None,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Report:
     """Write `output` from `checkpoint` (a checkpoint or save directory), verified, or raise ExportError.
 
     An existing `output` is replaced only with `overwrite`, and only once the new export has passed.

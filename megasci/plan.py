@@ -23,10 +23,13 @@ DEFAULTS = {
     # The real-sample build (tools/build_arxiv_corpus.py over ../shared/arxiv_sample/bulk and packages,
     # 25 real inputs): 18 passed the archive stage (4 encrypted, 3 PDF-only) and all 18 were written,
     # 1,198,107 clean characters in all (2026-12-01, after the residue work).
-    "funnel": [{"stage": "inputs", "papers": 25, "chars": 0}, {"stage": "archive", "papers": 18, "chars": 0},
-               {"stage": "metadata", "papers": 18, "chars": 0},
-               {"stage": "assembly", "papers": 18, "chars": 1_330_689}] +
-              [{"stage": s, "papers": 18, "chars": 1_198_107} for s in DEFAULT_STAGES[3:]],
+    "funnel": [
+        {"stage": "inputs", "papers": 25, "chars": 0},
+        {"stage": "archive", "papers": 18, "chars": 0},
+        {"stage": "metadata", "papers": 18, "chars": 0},
+        {"stage": "assembly", "papers": 18, "chars": 1_330_689},
+    ]
+    + [{"stage": s, "papers": 18, "chars": 1_198_107} for s in DEFAULT_STAGES[3:]],
     # SentencePiece, 8,000 pieces, trained on 14 of those papers, measured on the other 4:
     # 159,849 characters -> 53,681 tokens.
     "chars_per_token": 159_849 / 53_681,
@@ -76,8 +79,16 @@ def read_manifest(path: str) -> list[BulkTar]:
     for number, entry in enumerate(root.iter("file"), 1):
         values = {f.name: (entry.findtext(f.name) or "").strip() for f in dataclasses.fields(BulkTar)}
         try:
-            tars.append(BulkTar(**{**values, "size": int(values["size"]), "num_items": int(values["num_items"]),
-                                   "seq_num": int(values["seq_num"])}))
+            tars.append(
+                BulkTar(
+                    **{
+                        **values,
+                        "size": int(values["size"]),
+                        "num_items": int(values["num_items"]),
+                        "seq_num": int(values["seq_num"]),
+                    }
+                )
+            )
         except ValueError as exc:
             raise ValueError(f"{path}: <file> {number} ({values['filename'] or 'no filename'}): {exc}") from None
         if not (len(tars[-1].yymm) == 4 and tars[-1].yymm.isdigit()):
@@ -125,13 +136,24 @@ def _chars_per_token(tokenizer_path: str | None, records: list) -> tuple[float, 
         raise ValueError("--tokenizer needs in-scope metadata to measure on (titles and abstracts)")
     texts = [f"{r.title}\n{r.abstract}" for r in records[:TOKENIZER_SAMPLE_RECORDS]]
     tokens = sum(len(tokenizer.encode(text)) for text in texts)
-    return (sum(map(len, texts)) / tokens, tokenizer.vocab_size,
-            f"measured with {tokenizer_path} on {len(texts)} in-scope titles and abstracts")
+    return (
+        sum(map(len, texts)) / tokens,
+        tokenizer.vocab_size,
+        f"measured with {tokenizer_path} on {len(texts)} in-scope titles and abstracts",
+    )
 
 
-def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], years: tuple[int, int],
-             yield_path: str | None = None, tokenizer: str | None = None, gpus: int = 1,
-             tokens_per_s: float = 45_000.0, train_tokens: int | None = None) -> dict:
+def plan_run(
+    manifest: str,
+    metadata: list[str],
+    categories: tuple[str, ...],
+    years: tuple[int, int],
+    yield_path: str | None = None,
+    tokenizer: str | None = None,
+    gpus: int = 1,
+    tokens_per_s: float = 45_000.0,
+    train_tokens: int | None = None,
+) -> dict:
     """The plan as a JSON-ready dict: exact integers for counts and bytes, sources named for each estimate."""
     first_year, last_year = years
     tars = [t for t in read_manifest(manifest) if first_year <= t.year <= last_year]
@@ -144,9 +166,13 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
             year, month = id_year_month(key)
             months.setdefault(f"{year % 100:02d}{month:02d}", []).append(key)
         tars = [t for t in tars if any(t.holds(key) for key in months.get(t.yymm, ()))]
-        in_scope = sum(any(t.holds(key) for t in tars if t.yymm == yymm) for yymm, keys in months.items() for key in keys)
-        in_scope_source = (f"metadata filter over {len(metadata)} input(s): {len(in_scope_ids):,} papers, "
-                           f"{in_scope:,} of them in the manifest's tars")
+        in_scope = sum(
+            any(t.holds(key) for t in tars if t.yymm == yymm) for yymm, keys in months.items() for key in keys
+        )
+        in_scope_source = (
+            f"metadata filter over {len(metadata)} input(s): {len(in_scope_ids):,} papers, "
+            f"{in_scope:,} of them in the manifest's tars"
+        )
     else:
         in_scope = sum(t.num_items for t in tars)
         in_scope_source = "no metadata: every item of the selected tars (no category filter)"
@@ -154,7 +180,8 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
     funnel = expected_funnel(in_scope, rows)
     written = funnel[-1]
     chars_per_token, vocab_size, token_source = _chars_per_token(
-        tokenizer, [index.records[key] for key in in_scope_ids] if metadata else [])
+        tokenizer, [index.records[key] for key in in_scope_ids] if metadata else []
+    )
     tokens = round(written["chars"] / chars_per_token)
     token_bytes = best_token_dtype(vocab_size)().itemsize
     budget = tokens if train_tokens is None else train_tokens
@@ -162,24 +189,39 @@ def plan_run(manifest: str, metadata: list[str], categories: tuple[str, ...], ye
     disk = {
         "bulk_tars": sum(t.size for t in tars),
         "metadata": metadata_bytes,
-        "builder_units": math.ceil(funnel[DEFAULT_STAGES.index("language")]["chars"]
-                                   * DEFAULTS["unit_bytes_per_char"]),
+        "builder_units": math.ceil(funnel[DEFAULT_STAGES.index("language")]["chars"] * DEFAULTS["unit_bytes_per_char"]),
         "corpus_shards": math.ceil(written["chars"] * DEFAULTS["shard_bytes_per_char"]),
         "dataset_bin": tokens * token_bytes,
         "dataset_idx": IDX_HEADER_BYTES + IDX_BYTES_PER_DOCUMENT * written["papers"],
     }
     disk["total"] = sum(disk.values())
     return {
-        "years": list(years), "categories": list(categories),
-        "fetch": {"tars": len(tars), "bytes": disk["bulk_tars"], "items": sum(t.num_items for t in tars),
-                  "keys": [t.filename for t in tars]},
-        "papers_in_scope": in_scope, "papers_in_scope_source": in_scope_source,
-        "funnel": funnel, "funnel_source": funnel_source,
-        "chars_per_token": round(chars_per_token, 4), "chars_per_token_source": token_source,
-        "vocab_size": vocab_size, "token_dtype": best_token_dtype(vocab_size).__name__, "tokens": tokens,
-        "disk_bytes": disk, "disk_bytes_source": "compression ratios: default (real-sample build)",
-        "training": {"tokens": budget, "gpus": gpus, "tokens_per_s_per_gpu": tokens_per_s,
-                     "seconds": round(budget / (gpus * tokens_per_s)), "hours": round(budget / (gpus * tokens_per_s) / 3600, 2)},
+        "years": list(years),
+        "categories": list(categories),
+        "fetch": {
+            "tars": len(tars),
+            "bytes": disk["bulk_tars"],
+            "items": sum(t.num_items for t in tars),
+            "keys": [t.filename for t in tars],
+        },
+        "papers_in_scope": in_scope,
+        "papers_in_scope_source": in_scope_source,
+        "funnel": funnel,
+        "funnel_source": funnel_source,
+        "chars_per_token": round(chars_per_token, 4),
+        "chars_per_token_source": token_source,
+        "vocab_size": vocab_size,
+        "token_dtype": best_token_dtype(vocab_size).__name__,
+        "tokens": tokens,
+        "disk_bytes": disk,
+        "disk_bytes_source": "compression ratios: default (real-sample build)",
+        "training": {
+            "tokens": budget,
+            "gpus": gpus,
+            "tokens_per_s_per_gpu": tokens_per_s,
+            "seconds": round(budget / (gpus * tokens_per_s)),
+            "hours": round(budget / (gpus * tokens_per_s) / 3600, 2),
+        },
     }
 
 
@@ -193,15 +235,21 @@ def _size(n: int) -> str:
 
 def format_plan(plan: dict) -> str:
     fetch, disk, train = plan["fetch"], plan["disk_bytes"], plan["training"]
-    lines = [f"fetch: {fetch['tars']:,} bulk tars, {_size(fetch['bytes'])} ({fetch['bytes']:,} bytes), "
-             f"{fetch['items']:,} items, years {plan['years'][0]}-{plan['years'][1]}",
-             f"papers after the metadata filter: {plan['papers_in_scope']:,} ({plan['papers_in_scope_source']})",
-             f"expected after each stage, {plan['funnel_source']}:"]
+    lines = [
+        f"fetch: {fetch['tars']:,} bulk tars, {_size(fetch['bytes'])} ({fetch['bytes']:,} bytes), "
+        f"{fetch['items']:,} items, years {plan['years'][0]}-{plan['years'][1]}",
+        f"papers after the metadata filter: {plan['papers_in_scope']:,} ({plan['papers_in_scope_source']})",
+        f"expected after each stage, {plan['funnel_source']}:",
+    ]
     lines += [f"  {row['stage']:<12} {row['papers']:>12,} papers {row['chars']:>18,} chars" for row in plan["funnel"]]
-    lines += [f"tokens: {plan['tokens']:,} at {plan['chars_per_token']} chars/token ({plan['chars_per_token_source']}); "
-              f"vocabulary {plan['vocab_size']:,} -> {plan['token_dtype']}",
-              f"disk ({plan['disk_bytes_source']}):"]
+    lines += [
+        f"tokens: {plan['tokens']:,} at {plan['chars_per_token']} chars/token ({plan['chars_per_token_source']}); "
+        f"vocabulary {plan['vocab_size']:,} -> {plan['token_dtype']}",
+        f"disk ({plan['disk_bytes_source']}):",
+    ]
     lines += [f"  {name:<14} {_size(value):>12}" for name, value in disk.items()]
-    lines.append(f"training: {train['tokens']:,} tokens on {train['gpus']} GPU(s) at {train['tokens_per_s_per_gpu']:,.0f} "
-                 f"tokens/s each: {train['hours']:,} h")
+    lines.append(
+        f"training: {train['tokens']:,} tokens on {train['gpus']} GPU(s) at {train['tokens_per_s_per_gpu']:,.0f} "
+        f"tokens/s each: {train['hours']:,} h"
+    )
     return "\n".join(lines)

@@ -13,20 +13,36 @@ class Position:
         self.consumed_samples, self.stage_of, self.stages = 0, stage_of, stages
 
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples,
-                "stage": self.stages[self.stage_of(max(0, self.consumed_samples - 1))]}
+        return {
+            "consumed_samples": self.consumed_samples,
+            "stage": self.stages[self.stage_of(max(0, self.consumed_samples - 1))],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed_samples = state["consumed_samples"]
 
 
-def make_checkpointer(save_dir, *, model, optimizer, guard, tokenizer, model_cfg, keep_last=None,
-                      position=None) -> ckpt.Checkpointer:
-    components = {"spike_guard": guard, "data": position or Position(),
-                  "optimizer": ckpt.ShardedOptimizer(optimizer), "rng": ckpt.RNGStreams()}
-    saver = ckpt.Checkpointer(str(save_dir), model=model, tokenizer=tokenizer, model_cfg=model_cfg,
-                              train_cfg=TrainConfig(), components=components, rank=0, world_size=1,
-                              device=torch.device("cpu"), keep_last=keep_last)
+def make_checkpointer(
+    save_dir, *, model, optimizer, guard, tokenizer, model_cfg, keep_last=None, position=None
+) -> ckpt.Checkpointer:
+    components = {
+        "spike_guard": guard,
+        "data": position or Position(),
+        "optimizer": ckpt.ShardedOptimizer(optimizer),
+        "rng": ckpt.RNGStreams(),
+    }
+    saver = ckpt.Checkpointer(
+        str(save_dir),
+        model=model,
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        train_cfg=TrainConfig(),
+        components=components,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        keep_last=keep_last,
+    )
     return saver
 
 

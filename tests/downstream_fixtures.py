@@ -28,8 +28,7 @@ def make_checkpoint(save_dir, tok, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg, dtype=torch.float32)
     meta = {"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()}
-    save_checkpoint(str(save_dir), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                    tokenizer=tok)
+    save_checkpoint(str(save_dir), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta, tokenizer=tok)
     return model.eval()
 
 
@@ -50,8 +49,12 @@ EXAMPLES = [
     {"context": "", "choices": ["\\begin{theorem}", "Theorem.", " theorem"], "gold": 1},
     {"context": "Ünïcödé ∂Ω: ", "choices": ["中文", "😀 emoji", "∇·E = ρ/ε₀"], "gold": 2},
     {"context": LONG + "\nTherefore", "choices": [" the sum diverges.", " $\\sum_i \\alpha_i = 0$.", " q"], "gold": 1},
-    {"id": "last", "context": "Let $G$ be a group. Then", "choices": [" $G$ is abelian", " $e \\in G$", "x"],
-     "gold": 1},
+    {
+        "id": "last",
+        "context": "Let $G$ be a group. Then",
+        "choices": [" $G$ is abelian", " $e \\in G$", "x"],
+        "gold": 1,
+    },
 ]
 
 

@@ -20,11 +20,15 @@ class LargeTensorWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:  # new storage only: views and in-place results allocate nothing
-            if (isinstance(t, torch.Tensor) and t.numel() >= self.min_numel
-                    and t.untyped_storage().data_ptr() not in inputs):
+            if (
+                isinstance(t, torch.Tensor)
+                and t.numel() >= self.min_numel
+                and t.untyped_storage().data_ptr() not in inputs
+            ):
                 self._alive.append(weakref.ref(t))
         live = [t for t in (ref() for ref in self._alive) if t is not None]
         self._alive = [weakref.ref(t) for t in live]

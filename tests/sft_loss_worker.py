@@ -34,8 +34,17 @@ def model_and_step(world_size: int, accumulation: int):
     torch.manual_seed(0)
     model = build_model(CFG, dtype=torch.float64)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-3, weight_decay=0.0, max_grad_norm=None), bucket_numel=1 << 30)
-    step = TrainStep(model, optimizer, SpikeGuard(0.0, 0, 5), accumulation=accumulation, device=torch.device("cpu"),
-                     world_size=world_size, timing_sync=False, data_wait=lambda: 0.0, count_scored_tokens=True)
+    step = TrainStep(
+        model,
+        optimizer,
+        SpikeGuard(0.0, 0, 5),
+        accumulation=accumulation,
+        device=torch.device("cpu"),
+        world_size=world_size,
+        timing_sync=False,
+        data_wait=lambda: 0.0,
+        count_scored_tokens=True,
+    )
     return model, step
 
 
@@ -46,7 +55,7 @@ def main(out_path):
     tokens, labels = batches()
     share = GLOBAL // env.world_size
     mine = range(env.rank * share, (env.rank + 1) * share)
-    micro = [{"tokens": tokens[i:i + MICRO], "labels": labels[i:i + MICRO]} for i in mine[::MICRO]]
+    micro = [{"tokens": tokens[i : i + MICRO], "labels": labels[i : i + MICRO]} for i in mine[::MICRO]]
     result = step(iter(micro), 0, lr=1e-3)
     if env.rank == 0:
         with open(out_path, "w") as f:

@@ -7,12 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from benchmark_modules import load_benchmark
 from megasci.model import get_config
+from megasci.ops.attention import attention_reference
 from megasci.ops.rmsnorm import rms_norm_reference
 from megasci.ops.swiglu import swiglu_reference
-from megasci.ops.attention import attention_reference
-
-from benchmark_modules import load_benchmark
 
 bench = load_benchmark("bench_activations")
 
@@ -43,8 +42,14 @@ def test_retained_bytes_of_a_linear_and_relu_by_hand():
 
 def per_layer(mode, cfg, seq):
     """Bytes per token and FLOPs of one more block, at micro-batch 1 on the meta device."""
-    rows = {n: next(r for r in bench.measure(replace(cfg, n_layers=n), "meta", torch.bfloat16, seq, 1, modes=("none", mode))
-                    if r["mode"] == mode) for n in (2, 3)}
+    rows = {
+        n: next(
+            r
+            for r in bench.measure(replace(cfg, n_layers=n), "meta", torch.bfloat16, seq, 1, modes=("none", mode))
+            if r["mode"] == mode
+        )
+        for n in (2, 3)
+    }
     return (rows[3]["retained_bytes"] - rows[2]["retained_bytes"]) / seq, rows[3]["flops"] - rows[2]["flops"]
 
 

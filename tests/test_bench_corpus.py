@@ -16,8 +16,11 @@ bench = load_benchmark("bench_corpus")
 
 def test_a_run_reports_every_stage_and_its_inputs(tmp_path):
     records = list(generate_papers(6, seed=4))
-    tars = [p for p in write_source_packages(str(tmp_path / "src"), records, bulk_tar=True)
-            if os.path.basename(p).startswith("arXiv_src_")]
+    tars = [
+        p
+        for p in write_source_packages(str(tmp_path / "src"), records, bulk_tar=True)
+        if os.path.basename(p).startswith("arXiv_src_")
+    ]
     write_arxiv_metadata(str(tmp_path / "meta.jsonl"), records)
     row = bench.run("synthetic", tars, [str(tmp_path / "meta.jsonl")], workers=1)
     assert row["inputs"] == 6 and 0 < row["written"] <= 6

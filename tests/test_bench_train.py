@@ -16,11 +16,46 @@ import pytest
 pytest.importorskip("transformers")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-TRAIN_FIELDS = {"contender", "preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "tokens_per_s",
-                "tflops", "mfu", "peak_memory_gib", "first_loss", "final_loss", "first_grad_norm", "losses",
-                "flops_per_token", "checkpointing", "precision", "optimizer", "step_s_median"}
-SMOKE = ["--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--seq", "32", "--micro-batch", "2",
-         "--accumulation", "2", "--steps", "3", "--warmup", "1"]
+TRAIN_FIELDS = {
+    "contender",
+    "preset",
+    "seq",
+    "micro_batch",
+    "accumulation",
+    "steps",
+    "warmup",
+    "tokens_per_s",
+    "tflops",
+    "mfu",
+    "peak_memory_gib",
+    "first_loss",
+    "final_loss",
+    "first_grad_norm",
+    "losses",
+    "flops_per_token",
+    "checkpointing",
+    "precision",
+    "optimizer",
+    "step_s_median",
+}
+SMOKE = [
+    "--device",
+    "cpu",
+    "--preset",
+    "tiny",
+    "--dtype",
+    "float32",
+    "--seq",
+    "32",
+    "--micro-batch",
+    "2",
+    "--accumulation",
+    "2",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +91,35 @@ def test_both_contenders_train_the_same_model_on_the_same_tokens(bench, tmp_path
 
 
 def test_each_contender_subprocess_gets_the_same_options(bench):
-    args = bench.parse_args(SMOKE + ["--checkpointing", "selective", "--peak-tflops", "2.5", "--lr", "1e-3",
-                                     "--gradients", "shard"])
+    args = bench.parse_args(
+        SMOKE + ["--checkpointing", "selective", "--peak-tflops", "2.5", "--lr", "1e-3", "--gradients", "shard"]
+    )
     command = bench.child_command(args, "hf", "/tmp/rows.jsonl", "full")
     assert command[1] == str(SCRIPT)
     child = bench.parse_args(command[2:])
-    for option in ("preset", "seq", "micro_batch", "accumulation", "steps", "warmup", "checkpointing", "device",
-                   "dtype", "hf_precision", "lr", "seed", "peak_tflops", "gradients"):
+    for option in (
+        "preset",
+        "seq",
+        "micro_batch",
+        "accumulation",
+        "steps",
+        "warmup",
+        "checkpointing",
+        "device",
+        "dtype",
+        "hf_precision",
+        "lr",
+        "seed",
+        "peak_tflops",
+        "gradients",
+    ):
         assert getattr(child, option) == getattr(args, option), option
     assert (child.only, child.isolation, child.hf_checkpointing, child.json_out) == (
-        ["hf"], "none", "full", "/tmp/rows.jsonl")
+        ["hf"],
+        "none",
+        "full",
+        "/tmp/rows.jsonl",
+    )
 
 
 def test_an_out_of_memory_baseline_is_reported_and_rerun_with_checkpointing(bench, monkeypatch, capsys):
@@ -79,7 +133,9 @@ def test_an_out_of_memory_baseline_is_reported_and_rerun_with_checkpointing(benc
     monkeypatch.setattr(bench, "setup_hf", setup_hf)
     rows = bench.main(SMOKE + ["--isolation", "none", "--only", "hf"])
     assert [(r["contender"], r["checkpointing"], r.get("error")) for r in rows] == [
-        ("hf", "none", "OOM"), ("hf", "full", None)]
+        ("hf", "none", "OOM"),
+        ("hf", "full", None),
+    ]
     assert rows[1]["first_loss"] > 0
     out = capsys.readouterr().out
     assert "rerunning with gradient checkpointing" in out and "OOM" in out

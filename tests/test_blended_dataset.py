@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from megasci.data.blended_dataset import (EPOCHS, SHARE, BlendedDataset, CurriculumStage, SourceSpec,
-                                          parse_blend, parse_curriculum)
+from megasci.data.blended_dataset import (
+    EPOCHS,
+    SHARE,
+    BlendedDataset,
+    CurriculumStage,
+    SourceSpec,
+    parse_blend,
+    parse_curriculum,
+)
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megasci.data.indexed_dataset import IndexedDatasetWriter
 from megasci.data.sidecar import SidecarWriter
@@ -31,9 +38,11 @@ def write_dataset(prefix, labels, seed):
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("blend")
     sections = ["abstract", "introduction", "body", "body", "body"] * 12
-    return {"arxiv": write_dataset(str(root / "arxiv_text_document"), sections, 1),
-            "web": write_dataset(str(root / "web_text_document"), ["web"] * 30, 2),
-            "code": write_dataset(str(root / "code_text_document"), ["code"] * 20, 3)}
+    return {
+        "arxiv": write_dataset(str(root / "arxiv_text_document"), sections, 1),
+        "web": write_dataset(str(root / "web_text_document"), ["web"] * 30, 2),
+        "code": write_dataset(str(root / "code_text_document"), ["code"] * 20, 3),
+    }
 
 
 def single_stage(blend, end=None, **kwargs):
@@ -42,24 +51,35 @@ def single_stage(blend, end=None, **kwargs):
 
 def test_parse_blend_forms():
     specs = parse_blend(["0.7", "data/a_text_document", "0.3", "data/b_text_document"])
-    assert [(s.name, s.weight, s.weight_kind) for s in specs] == [("a_text_document", 0.7, SHARE),
-                                                                  ("b_text_document", 0.3, SHARE)]
+    assert [(s.name, s.weight, s.weight_kind) for s in specs] == [
+        ("a_text_document", 0.7, SHARE),
+        ("b_text_document", 0.3, SHARE),
+    ]
     specs = parse_blend("2.0x data/arxiv 1x data/web")
-    assert [(s.prefix, s.weight, s.weight_kind) for s in specs] == [("data/arxiv", 2.0, EPOCHS),
-                                                                    ("data/web", 1.0, EPOCHS)]
-    specs = parse_blend([{"prefix": "data/arxiv", "weight": "1.5x", "filter": {"section": ["abstract"]}},
-                         {"path": "data/web", "weight": "0.5x", "name": "web"}])
+    assert [(s.prefix, s.weight, s.weight_kind) for s in specs] == [
+        ("data/arxiv", 2.0, EPOCHS),
+        ("data/web", 1.0, EPOCHS),
+    ]
+    specs = parse_blend(
+        [
+            {"prefix": "data/arxiv", "weight": "1.5x", "filter": {"section": ["abstract"]}},
+            {"path": "data/web", "weight": "0.5x", "name": "web"},
+        ]
+    )
     assert specs[0].document_filter == {"section": {"abstract"}} and specs[0].name == "arxiv[section=abstract]"
     assert specs[1].name == "web" and specs[1].weight_text == "0.5x"
 
 
-@pytest.mark.parametrize("blend, message", [
-    (["0.7", "a", "2.0x", "b"], "mixes shares and epoch multipliers"),
-    (["0.7", "a", "0.3"], "pairs"),
-    (["seven", "a"], "bad blend weight"),
-    (["-1", "a"], "non-negative"),
-    ([], "at least one source"),
-])
+@pytest.mark.parametrize(
+    "blend, message",
+    [
+        (["0.7", "a", "2.0x", "b"], "mixes shares and epoch multipliers"),
+        (["0.7", "a", "0.3"], "pairs"),
+        (["seven", "a"], "bad blend weight"),
+        (["-1", "a"], "non-negative"),
+        ([], "at least one source"),
+    ],
+)
 def test_bad_blends_are_value_errors(blend, message):
     with pytest.raises(ValueError, match=message):
         parse_blend(blend)
@@ -68,8 +88,10 @@ def test_bad_blends_are_value_errors(blend, message):
 def test_every_sample_equals_its_sources_gpt_dataset_sample(data):
     ds = single_stage(["0.5", data["arxiv"], "0.3", data["web"], "0.2", data["code"]], end=300, seed=7)
     assert len(ds) == 300 and ds.samples_per_source.sum() == 300
-    reference = {s.name: GPTDataset(GPTDatasetConfig(prefix=s.prefix, seq_length=SEQ, seed=7, num_samples=int(n)))
-                 for s, n in zip(ds.sources, ds.samples_per_source)}
+    reference = {
+        s.name: GPTDataset(GPTDatasetConfig(prefix=s.prefix, seq_length=SEQ, seed=7, num_samples=int(n)))
+        for s, n in zip(ds.sources, ds.samples_per_source)
+    }
     for i in range(len(ds)):
         name, n = ds.source_of(i)
         sample = ds[i]
@@ -81,8 +103,9 @@ def test_every_sample_equals_its_sources_gpt_dataset_sample(data):
 
 def test_shares_stay_within_one_sample_at_every_prefix(data):
     weights = [0.5, 0.3, 0.2]
-    ds = single_stage([str(weights[0]), data["arxiv"], str(weights[1]), data["web"], str(weights[2]), data["code"]],
-                      end=1000)
+    ds = single_stage(
+        [str(weights[0]), data["arxiv"], str(weights[1]), data["web"], str(weights[2]), data["code"]], end=1000
+    )
     counts = np.cumsum(ds.source_index[:, None] == np.arange(3), axis=0)
     deviation = counts - np.array(weights) * np.arange(1, 1001)[:, None]
     assert np.abs(deviation).max() <= 1
@@ -103,16 +126,33 @@ def test_share_stage_without_end_is_an_error(data):
 
 
 def curriculum(data, **kwargs):
-    return BlendedDataset(parse_curriculum([
-        {"name": "prose", "end_tokens": 40 * SEQ + 3,
-         "blend": [{"prefix": data["arxiv"], "weight": 1, "name": "prose", "filter": PROSE}]},
-        {"name": "bodies", "end_samples": 100,
-         "blend": [{"prefix": data["arxiv"], "weight": 1, "name": "bodies", "filter": BODY}]},
-        {"name": "mixed", "end_samples": 160,
-         "blend": [{"prefix": data["arxiv"], "weight": 0.5, "name": "prose", "filter": PROSE},
-                   {"prefix": data["arxiv"], "weight": 0.3, "name": "bodies", "filter": BODY},
-                   {"prefix": data["web"], "weight": 0.2}]},
-    ]), SEQ, **kwargs)
+    return BlendedDataset(
+        parse_curriculum(
+            [
+                {
+                    "name": "prose",
+                    "end_tokens": 40 * SEQ + 3,
+                    "blend": [{"prefix": data["arxiv"], "weight": 1, "name": "prose", "filter": PROSE}],
+                },
+                {
+                    "name": "bodies",
+                    "end_samples": 100,
+                    "blend": [{"prefix": data["arxiv"], "weight": 1, "name": "bodies", "filter": BODY}],
+                },
+                {
+                    "name": "mixed",
+                    "end_samples": 160,
+                    "blend": [
+                        {"prefix": data["arxiv"], "weight": 0.5, "name": "prose", "filter": PROSE},
+                        {"prefix": data["arxiv"], "weight": 0.3, "name": "bodies", "filter": BODY},
+                        {"prefix": data["web"], "weight": 0.2},
+                    ],
+                },
+            ]
+        ),
+        SEQ,
+        **kwargs,
+    )
 
 
 def test_curriculum_switches_exactly_at_each_end_and_filters_by_label(data):
@@ -157,7 +197,8 @@ def test_describe_reports_names_and_realised_shares(data):
 
 
 def test_two_sources_with_one_name_are_an_error(data):
-    stage = CurriculumStage("s", [SourceSpec(data["arxiv"], 1, name="x"), SourceSpec(data["web"], 1, name="x")],
-                            end_samples=10)
+    stage = CurriculumStage(
+        "s", [SourceSpec(data["arxiv"], 1, name="x"), SourceSpec(data["web"], 1, name="x")], end_samples=10
+    )
     with pytest.raises(ValueError, match="both named 'x'"):
         BlendedDataset([stage], SEQ)

@@ -183,8 +183,9 @@ def test_fair_matches_reference_on_many_inputs(num_sources):
 
 def test_fair_is_the_default():
     for weights in ([0.5, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4]):
-        np.testing.assert_array_equal(build_blending_indices(weights, 500)[0],
-                                      build_blending_indices(weights, 500, rule="fair")[0])
+        np.testing.assert_array_equal(
+            build_blending_indices(weights, 500)[0], build_blending_indices(weights, 500, rule="fair")[0]
+        )
     sources, samples = build_blending_indices([0.5, 0.3, 0.2], 10)
     assert sources.tolist() == [0, 1, 0, 2, 0, 1, 0, 2, 1, 0]
     assert samples.tolist() == [0, 0, 1, 0, 2, 1, 3, 1, 2, 4]
@@ -203,8 +204,20 @@ def test_fair_stays_within_tijdemans_bound_at_every_prefix(num_sources):
         assert_prefix_bounds(sources, weights, "fair")
 
 
-@pytest.mark.parametrize("weights", [[1, 1], [1, 1, 2], [1, 1, 1, 3], [1, 1, 1, 1], [1, 2, 3, 4, 5, 6, 7, 8],
-                                     [1] * 8, [1e-6, 1, 1, 1], [1, 1, 1, 1, 1, 5], [0.5, 0.25, 0.125, 0.125]])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        [1, 1],
+        [1, 1, 2],
+        [1, 1, 1, 3],
+        [1, 1, 1, 1],
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        [1] * 8,
+        [1e-6, 1, 1, 1],
+        [1, 1, 1, 1, 1, 5],
+        [0.5, 0.25, 0.125, 0.125],
+    ],
+)
 def test_fair_bound_with_exact_ties(weights):
     """Rational weights make w_s n - count_s hit delta exactly; the tolerance keeps those sources eligible."""
     sources = build_blending_indices(weights, 20_000, rule="fair")[0]
@@ -218,8 +231,10 @@ def test_fair_beats_greedy_where_greedy_exceeds_one():
     worst_greedy = worst_fair = 0.0
     for _ in range(100):
         weights = rng.random(4) ** 8
-        worst_greedy = max(worst_greedy, np.abs(prefix_deviation(build_blending_indices(weights, 4000, rule="greedy")[0],
-                                                                 weights)).max())
+        worst_greedy = max(
+            worst_greedy,
+            np.abs(prefix_deviation(build_blending_indices(weights, 4000, rule="greedy")[0], weights)).max(),
+        )
         worst_fair = max(worst_fair, np.abs(prefix_deviation(build_blending_indices(weights, 4000)[0], weights)).max())
     assert worst_greedy > 1 and worst_fair <= fair_bound(4) + 1e-9
 
@@ -279,8 +294,9 @@ def test_greedy_zero_weights_never_win_a_tie():
 
 @pytest.mark.parametrize("rule", ["greedy", "fair"])
 def test_weights_are_normalised(rule):
-    np.testing.assert_array_equal(build_blending_indices([2, 6], 50, rule=rule)[0],
-                                  build_blending_indices([0.25, 0.75], 50, rule=rule)[0])
+    np.testing.assert_array_equal(
+        build_blending_indices([2, 6], 50, rule=rule)[0], build_blending_indices([0.25, 0.75], 50, rule=rule)[0]
+    )
 
 
 @pytest.mark.parametrize("num_sources", [2, 3, 4, 8])
@@ -354,8 +370,9 @@ def test_single_stage_curriculum_equals_plain_blending(rule):
 
 def test_curriculum_default_is_fair():
     ends, weights = [300, 700], [[0.1, 0.2, 0.3, 0.4], [0.4, 0.0, 0.3, 0.3]]
-    for a, b in zip(build_curriculum_blending_indices(ends, weights),
-                    build_curriculum_blending_indices(ends, weights, rule="fair")):
+    for a, b in zip(
+        build_curriculum_blending_indices(ends, weights), build_curriculum_blending_indices(ends, weights, rule="fair")
+    ):
         np.testing.assert_array_equal(a, b)
 
 

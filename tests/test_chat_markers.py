@@ -38,22 +38,35 @@ def bpe_tokenizer_dir(path, vocab_size=600):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                       special_tokens=[("<|begin_of_text|>", 0)])
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
+    )
     os.makedirs(path, exist_ok=True)
     tok.save(os.path.join(path, "tokenizer.json"))
-    json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-               "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True},
-              open(os.path.join(path, "tokenizer_config.json"), "w"))
+    json.dump(
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|end_of_text|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": True,
+        },
+        open(os.path.join(path, "tokenizer_config.json"), "w"),
+    )
     return str(path)
 
 
 def _transformers_ids(directory, conversation, prompt):
     out = transformers.AutoTokenizer.from_pretrained(directory).apply_chat_template(
-        conversation, tokenize=True, add_generation_prompt=prompt)
+        conversation, tokenize=True, add_generation_prompt=prompt
+    )
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
@@ -66,8 +79,13 @@ def _check_extended(source_path, extended_dir):
     encoder = new.chat_template.bind(new)
     for conversation in CHAT_PROBES:
         for prompt in (False, True):
-            history = conversation if not prompt else conversation[:-1] if conversation[-1]["role"] == "assistant" \
+            history = (
+                conversation
+                if not prompt
+                else conversation[:-1]
+                if conversation[-1]["role"] == "assistant"
                 else conversation
+            )
             ids = encoder.encode(history, add_generation_prompt=prompt)[0].tolist()
             assert ids == _transformers_ids(extended_dir, history, prompt)
             # the rendered string encodes to the turn-by-turn ids: no piece crosses a marker
@@ -102,8 +120,9 @@ def test_a_sentencepiece_model_is_converted_then_extended(tmp_path):
 def test_a_bpe_sentencepiece_model_is_refused_with_the_reason(tmp_path, capsys):
     docs = [p["text"] for p in generate_papers(20, seed=0)]
     model = str(tmp_path / "bpe.model")
-    train_sentencepiece(docs, model, SentencePieceTrainConfig(vocab_size=400, num_threads=2, mined_commands=0,
-                                                              model_type="bpe"))
+    train_sentencepiece(
+        docs, model, SentencePieceTrainConfig(vocab_size=400, num_threads=2, mined_commands=0, model_type="bpe")
+    )
     assert TOOL(["--tokenizer", model, "--output", str(tmp_path / "chat")]) == 1
     assert "only unigram SentencePiece models" in capsys.readouterr().err
     assert not (tmp_path / "chat" / "tokenizer.json").exists()
@@ -128,9 +147,19 @@ def test_finetuning_a_model_whose_tokenizer_had_no_markers(tmp_path):
     from megasci.export_hf import export_checkpoint
 
     hf_dir = bpe_tokenizer_dir(tmp_path / "hf")
-    cfg = transformers.LlamaConfig(vocab_size=600, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   initializer_range=0.1, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
+    cfg = transformers.LlamaConfig(
+        vocab_size=600,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.1,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).float()
     hf.save_pretrained(hf_dir)
@@ -138,16 +167,50 @@ def test_finetuning_a_model_whose_tokenizer_had_no_markers(tmp_path):
     assert TOOL(["--tokenizer", hf_dir, "--output", chat_dir]) == 0
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(c) + "\n" for c in generate_conversations(200, seed=1)))
-    assert PREPROCESS_SFT(["--input", str(chats), "--output-prefix", str(tmp_path / "sft"), "--tokenizer-model",
-                           chat_dir, "--append-eod", "--no-progress"]) == 0
+    assert (
+        PREPROCESS_SFT(
+            [
+                "--input",
+                str(chats),
+                "--output-prefix",
+                str(tmp_path / "sft"),
+                "--tokenizer-model",
+                chat_dir,
+                "--append-eod",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     save_dir = str(tmp_path / "ft")
-    trainer = Trainer(load_config(None, [
-        f"model.preset={hf_dir}", f"data.tokenizer={chat_dir}", f"train.init_from={hf_dir}",
-        f"data.blend=[1.0, {tmp_path / 'sft_text_document'}]", "data.document_mask=true", "data.seq_length=32",
-        "data.split=[0.9, 0.1, 0.0]", "data.eval_samples=8", "optim.lr=3e-3", "optim.min_lr=3e-4",
-        "optim.warmup_steps=2", "optim.bucket_numel=20000", "train.micro_batch_size=2",
-        "train.global_batch_size=8", "train.train_steps=8", "train.device=cpu", f"train.save_dir={save_dir}",
-        "train.save_interval=8", "train.eval_interval=8", "train.log_interval=2", "train.peak_tflops=1.0"]))
+    trainer = Trainer(
+        load_config(
+            None,
+            [
+                f"model.preset={hf_dir}",
+                f"data.tokenizer={chat_dir}",
+                f"train.init_from={hf_dir}",
+                f"data.blend=[1.0, {tmp_path / 'sft_text_document'}]",
+                "data.document_mask=true",
+                "data.seq_length=32",
+                "data.split=[0.9, 0.1, 0.0]",
+                "data.eval_samples=8",
+                "optim.lr=3e-3",
+                "optim.min_lr=3e-4",
+                "optim.warmup_steps=2",
+                "optim.bucket_numel=20000",
+                "train.micro_batch_size=2",
+                "train.global_batch_size=8",
+                "train.train_steps=8",
+                "train.device=cpu",
+                f"train.save_dir={save_dir}",
+                "train.save_interval=8",
+                "train.eval_interval=8",
+                "train.log_interval=2",
+                "train.peak_tflops=1.0",
+            ],
+        )
+    )
     assert trainer.model.cfg.vocab_size == 604
     trainer.restore()
     embed = trainer.model.embed.weight.detach()

@@ -35,9 +35,24 @@ def chat_tokenizer(tmp_path_factory):
 
 
 def conversation(rng, system: bool, turns: int):
-    pool = [">= starts here", "|> odd start", "ends with <", "ends with <|", "\nleading newline", "trailing newline\n",
-            "  two spaces", "tab\tand $\\frac{a}{b} >= 0$", "Schrödinger’s ∂Ω", "x <end> y", "plain words only",
-            "\n\n\nnewlines\n\n", "> quote", "a|b|c", "{<}", "\\begin{equation} a<b \\end{equation}"]
+    pool = [
+        ">= starts here",
+        "|> odd start",
+        "ends with <",
+        "ends with <|",
+        "\nleading newline",
+        "trailing newline\n",
+        "  two spaces",
+        "tab\tand $\\frac{a}{b} >= 0$",
+        "Schrödinger’s ∂Ω",
+        "x <end> y",
+        "plain words only",
+        "\n\n\nnewlines\n\n",
+        "> quote",
+        "a|b|c",
+        "{<}",
+        "\\begin{equation} a<b \\end{equation}",
+    ]
     messages = [{"role": "system", "content": rng.choice(pool)}] if system else []
     for _ in range(turns):
         messages.append({"role": "user", "content": rng.choice(pool) + " " + rng.choice(pool)})
@@ -67,26 +82,34 @@ def test_crossing_rule_by_hand():
 
 def test_loss_mask_scores_exactly_the_assistant_tokens(chat_tokenizer):
     _, tok, _ = chat_tokenizer
-    messages = [{"role": "system", "content": "You answer in LaTeX."},
-                {"role": "user", "content": "Integrate $x$."},
-                {"role": "assistant", "content": "$\\frac{x^2}{2} + C$"},
-                {"role": "user", "content": "And $1$?"},
-                {"role": "assistant", "content": "$x + C$"}]
+    messages = [
+        {"role": "system", "content": "You answer in LaTeX."},
+        {"role": "user", "content": "Integrate $x$."},
+        {"role": "assistant", "content": "$\\frac{x^2}{2} + C$"},
+        {"role": "user", "content": "And $1$?"},
+        {"role": "assistant", "content": "$x + C$"},
+    ]
     ids, mask = tok.chat_template.bind(tok).encode(messages)
     # By hand: each turn is [role marker] + content tokens + [end]; assistant content and its end are scored.
     m = {marker: tok.encode(marker)[0] for marker in TEMPLATE.markers}
     want_ids, want_mask = [], []
-    for msg, role_marker, scored in [(messages[0], "<|system|>", 0), (messages[1], "<|user|>", 0),
-                                     (messages[2], "<|assistant|>", 1), (messages[3], "<|user|>", 0),
-                                     (messages[4], "<|assistant|>", 1)]:
+    for msg, role_marker, scored in [
+        (messages[0], "<|system|>", 0),
+        (messages[1], "<|user|>", 0),
+        (messages[2], "<|assistant|>", 1),
+        (messages[3], "<|user|>", 0),
+        (messages[4], "<|assistant|>", 1),
+    ]:
         content = tok.encode(msg["content"])
         want_ids += [m[role_marker]] + content + [m["<|end|>"]]
         want_mask += [0] + [scored] * len(content) + [scored]
     assert ids.tolist() == want_ids and mask.tolist() == want_mask
     assert len(ids) == len(mask) and mask.dtype == np.uint8
     assert tok.decode(ids[mask == 1]) == "$\\frac{x^2}{2} + C$<|end|>$x + C$<|end|>"
-    assert tok.decode(ids[mask == 0]) == ("<|system|>You answer in LaTeX.<|end|><|user|>Integrate $x$.<|end|>"
-                                          "<|assistant|><|user|>And $1$?<|end|><|assistant|>")
+    assert tok.decode(ids[mask == 0]) == (
+        "<|system|>You answer in LaTeX.<|end|><|user|>Integrate $x$.<|end|>"
+        "<|assistant|><|user|>And $1$?<|end|><|assistant|>"
+    )
 
 
 def test_whole_string_encoding_equals_turn_by_turn(chat_tokenizer):
@@ -118,24 +141,28 @@ def test_transformers_apply_chat_template_gives_our_ids(chat_tokenizer):
             out = hf.apply_chat_template(history, tokenize=True, add_generation_prompt=prompt)
             hf_ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
             assert hf_ids == encoder.encode(history, add_generation_prompt=prompt)[0].tolist()
-            assert hf.apply_chat_template(history, tokenize=False, add_generation_prompt=prompt) == \
-                TEMPLATE.render(history, add_generation_prompt=prompt)
+            assert hf.apply_chat_template(history, tokenize=False, add_generation_prompt=prompt) == TEMPLATE.render(
+                history, add_generation_prompt=prompt
+            )
     with pytest.raises(Exception, match="unknown chat role"):
         hf.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
-@pytest.mark.parametrize("messages, kind", [
-    ({"role": "user"}, "not_a_list"),
-    ([], "empty_conversation"),
-    (["hello"], "bad_turn"),
-    ([{"content": "hi"}, {"role": "assistant", "content": "a"}], "missing_role"),
-    ([{"role": "user", "content": "hi"}, {"role": "bot", "content": "a"}], "unknown_role"),
-    ([{"role": "user"}, {"role": "assistant", "content": "a"}], "missing_content"),
-    ([{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "a"}], "non_string_content"),
-    ([{"role": "user", "content": " \n"}, {"role": "assistant", "content": "a"}], "empty_turn"),
-    ([{"role": "user", "content": "hi <|end|>"}, {"role": "assistant", "content": "a"}], "marker_in_content"),
-    ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "no_assistant_turn"),
-])
+@pytest.mark.parametrize(
+    "messages, kind",
+    [
+        ({"role": "user"}, "not_a_list"),
+        ([], "empty_conversation"),
+        (["hello"], "bad_turn"),
+        ([{"content": "hi"}, {"role": "assistant", "content": "a"}], "missing_role"),
+        ([{"role": "user", "content": "hi"}, {"role": "bot", "content": "a"}], "unknown_role"),
+        ([{"role": "user"}, {"role": "assistant", "content": "a"}], "missing_content"),
+        ([{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "a"}], "non_string_content"),
+        ([{"role": "user", "content": " \n"}, {"role": "assistant", "content": "a"}], "empty_turn"),
+        ([{"role": "user", "content": "hi <|end|>"}, {"role": "assistant", "content": "a"}], "marker_in_content"),
+        ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "no_assistant_turn"),
+    ],
+)
 def test_malformed_conversations_name_their_reason(messages, kind):
     with pytest.raises(ChatFormatError) as caught:
         TEMPLATE.check(messages)
@@ -170,16 +197,34 @@ def test_default_tokenizer_has_no_template_and_no_markers(tmp_path):
 
 def test_bpe_with_a_chat_template_is_refused(tmp_path):
     with pytest.raises(ValueError, match="needs a unigram model"):
-        train_sentencepiece(["some text"], str(tmp_path / "b.model"),
-                            SentencePieceTrainConfig(vocab_size=100, model_type="bpe", chat_template="megasci-v1"))
+        train_sentencepiece(
+            ["some text"],
+            str(tmp_path / "b.model"),
+            SentencePieceTrainConfig(vocab_size=100, model_type="bpe", chat_template="megasci-v1"),
+        )
 
 
 def test_train_tokenizer_tool_chat_template_option(tmp_path, run_tool, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": p["text"]}) + "\n" for p in generate_papers(20, seed=23)))
-    assert run_tool("train_tokenizer.py", ["--input", str(corpus), "--output", str(tmp_path / "t"),
-                                           "--vocab-size", "600", "--num-threads", "1",
-                                           "--chat-template", "megasci-v1"]) == 0
+    assert (
+        run_tool(
+            "train_tokenizer.py",
+            [
+                "--input",
+                str(corpus),
+                "--output",
+                str(tmp_path / "t"),
+                "--vocab-size",
+                "600",
+                "--num-threads",
+                "1",
+                "--chat-template",
+                "megasci-v1",
+            ],
+        )
+        == 0
+    )
     assert "chat template megasci-v1: markers are single tokens" in capsys.readouterr().out
     tok = load_tokenizer(str(tmp_path / "t.model"))
     assert tok.chat_template == TEMPLATE

@@ -3,21 +3,17 @@ save and resume of the model, optimizer shards, spike guard, data position and R
 
 import os
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from checkpoint_fixtures import Position, make_checkpointer, save_at
 from megasci.distributed import AdamWConfig, ZeroAdamW
 from megasci.model import build_model, get_config
-from megasci.training import checkpoint as ckpt
-from megasci.training.config import TrainConfig
-from megasci.training.guard import SpikeGuard
-
 from megasci.tokenizer import load_tokenizer
-
-from checkpoint_fixtures import Position, make_checkpointer, save_at
+from megasci.training import checkpoint as ckpt
+from megasci.training.guard import SpikeGuard
 
 
 def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
@@ -34,7 +30,9 @@ def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", crash_on_model)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(str(tmp_path), 2, rank=0, rank_state={"x": 2}, model_state={"w": torch.zeros(4)}, meta=meta)
+        ckpt.save_checkpoint(
+            str(tmp_path), 2, rank=0, rank_state={"x": 2}, model_state={"w": torch.zeros(4)}, meta=meta
+        )
     monkeypatch.setattr(torch, "save", real_save)
     assert os.path.isdir(tmp_path / "step_00000002.tmp")
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000001")
@@ -49,9 +47,12 @@ def test_interrupted_checkpoint_leaves_the_previous_one_loadable(tmp_path, monke
 
 def test_keep_last_never_deletes_the_new_checkpoint_after_a_rewind(tmp_path):
     """`latest` rewound to step 100 while step 200 exists: saving step 150 with keep_last=1 keeps 150."""
+
     def save(step, keep_last):
-        ckpt.save_checkpoint(str(tmp_path), step, rank=0, rank_state={}, model_state={}, meta={"s": step},
-                             keep_last=keep_last)
+        ckpt.save_checkpoint(
+            str(tmp_path), step, rank=0, rank_state={}, model_state={}, meta={"s": step}, keep_last=keep_last
+        )
+
     save(100, None)
     save(200, None)
     (tmp_path / "latest").write_text("step_00000100\n")  # an operator rewinds past a loss spike
@@ -59,8 +60,11 @@ def test_keep_last_never_deletes_the_new_checkpoint_after_a_rewind(tmp_path):
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_00000150")
     assert not (tmp_path / "step_00000100").exists()  # older than the new one: pruned
     save(160, 2)
-    assert [os.path.basename(p) for p in ckpt.complete_checkpoints(str(tmp_path))] == \
-        ["step_00000150", "step_00000160", "step_00000200"]
+    assert [os.path.basename(p) for p in ckpt.complete_checkpoints(str(tmp_path))] == [
+        "step_00000150",
+        "step_00000160",
+        "step_00000200",
+    ]
 
 
 class _Tokenizer:
@@ -93,8 +97,15 @@ def _trained(seed):
 
 def _checkpointer(save_dir, cfg, model, optimizer, guard):
     position = Position(stage_of=lambda i: 0 if i < 8 else 1, stages=("prose", "all"))
-    return make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=guard, tokenizer=_Tokenizer(),
-                             model_cfg=cfg, position=position)
+    return make_checkpointer(
+        save_dir,
+        model=model,
+        optimizer=optimizer,
+        guard=guard,
+        tokenizer=_Tokenizer(),
+        model_cfg=cfg,
+        position=position,
+    )
 
 
 def test_checkpointer_resume_restores_what_save_wrote(tmp_path):
@@ -179,8 +190,15 @@ def test_a_huggingface_tokenizer_is_copied_as_itself_and_loads_back(tmp_path):
     tok.save(str(source / "tokenizer.json"))
     (source / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
     hf = load_tokenizer(str(source / "tokenizer.json"))
-    path = ckpt.save_checkpoint(str(tmp_path / "run"), 1, rank=0, rank_state={}, model_state={"w": torch.zeros(2)},
-                                meta={"tokenizer": hf.identity()}, tokenizer=hf)
+    path = ckpt.save_checkpoint(
+        str(tmp_path / "run"),
+        1,
+        rank=0,
+        rank_state={},
+        model_state={"w": torch.zeros(2)},
+        meta={"tokenizer": hf.identity()},
+        tokenizer=hf,
+    )
     assert ckpt.TOKENIZER_NAME not in os.listdir(path)
     copied = ckpt.checkpoint_tokenizer_path(path)
     assert os.path.basename(copied) == "tokenizer.json"

@@ -7,19 +7,16 @@ import json
 import os
 import random
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from checkpoint_fixtures import make_checkpointer, save_at
 from megasci.distributed import AdamWConfig, ZeroAdamW
 from megasci.model import build_model, get_config
 from megasci.training import checkpoint as ckpt
-from megasci.training.config import TrainConfig
 from megasci.training.guard import SpikeGuard
-
-from checkpoint_fixtures import make_checkpointer, save_at
 
 MARKER_ENV = "MEGASCI_TEST_MARKER"
 
@@ -54,8 +51,9 @@ def _run(save_dir, steps=(2, 4), seed=0, tokenizer=None):
     model = build_model(cfg)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-2), bucket_numel=5000)
     guard = SpikeGuard(3.0, 0, 5)
-    saver = make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=guard,
-                              tokenizer=tokenizer or _Tokenizer(), model_cfg=cfg)
+    saver = make_checkpointer(
+        save_dir, model=model, optimizer=optimizer, guard=guard, tokenizer=tokenizer or _Tokenizer(), model_cfg=cfg
+    )
     tokens = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(seed))
     for step in range(1, max(steps, default=0) + 1):
         optimizer.prepare_backward(True)

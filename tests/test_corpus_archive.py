@@ -111,44 +111,66 @@ def test_multi_file_tar_gz_and_plain_tar_and_v7_tar():
 
 
 def test_unsafe_tar_members_are_skipped_and_the_paper_still_yields():
-    archive = tar_bytes(("/", None, tarfile.DIRTYPE, ""), ("../evil.tex", TEX), ("/etc/passwd", b"root"),
-                        ("main.tex", TEX), ("link.tex", None, tarfile.SYMTYPE, "/etc/passwd"),
-                        ("hard.tex", None, tarfile.LNKTYPE, "main.tex"), ("tty", None, tarfile.CHRTYPE, ""),
-                        ("pipe", None, tarfile.FIFOTYPE, ""), ("sub", None, tarfile.DIRTYPE, ""),
-                        ("sub/./a.tex", b"A"), ("__MACOSX/._main.tex", b"junk"), ("._main.tex", b"junk"),
-                        ("C:\\evil.tex", b"x"), ("main.tex", b"second copy"))
+    archive = tar_bytes(
+        ("/", None, tarfile.DIRTYPE, ""),
+        ("../evil.tex", TEX),
+        ("/etc/passwd", b"root"),
+        ("main.tex", TEX),
+        ("link.tex", None, tarfile.SYMTYPE, "/etc/passwd"),
+        ("hard.tex", None, tarfile.LNKTYPE, "main.tex"),
+        ("tty", None, tarfile.CHRTYPE, ""),
+        ("pipe", None, tarfile.FIFOTYPE, ""),
+        ("sub", None, tarfile.DIRTYPE, ""),
+        ("sub/./a.tex", b"A"),
+        ("__MACOSX/._main.tex", b"junk"),
+        ("._main.tex", b"junk"),
+        ("C:\\evil.tex", b"x"),
+        ("main.tex", b"second copy"),
+    )
     package = read_package("1403.1234.tar.gz", gz(archive))
     assert package.paper_id == "1403.1234"
     assert package.files == {"main.tex": TEX, "sub/a.tex": b"A"}
     assert package.skipped_members == [
-        ("/", "absolute_path"), ("../evil.tex", "parent_path"), ("/etc/passwd", "absolute_path"),
-        ("link.tex", "link"), ("hard.tex", "link"), ("tty", "special_file"), ("pipe", "special_file"),
-        ("sub", "directory"), ("__MACOSX/._main.tex", "__MACOSX"), ("._main.tex", "appledouble"),
-        ("C:\\evil.tex", "absolute_path"), ("main.tex", "duplicate_name")]
+        ("/", "absolute_path"),
+        ("../evil.tex", "parent_path"),
+        ("/etc/passwd", "absolute_path"),
+        ("link.tex", "link"),
+        ("hard.tex", "link"),
+        ("tty", "special_file"),
+        ("pipe", "special_file"),
+        ("sub", "directory"),
+        ("__MACOSX/._main.tex", "__MACOSX"),
+        ("._main.tex", "appledouble"),
+        ("C:\\evil.tex", "absolute_path"),
+        ("main.tex", "duplicate_name"),
+    ]
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("0303/math0303009.pdf", b"%PDF-1.5\n%...", "pdf_only"),
-    ("paper.tex.cry", b"\x8d*\xa4^\xe4", "encrypted"),
-    ("0303/math0303004.gz", gz(bytes(range(256)), name="giacsqua.tex.cry"), "encrypted"),
-    ("p.tar.gz", gz(tar_bytes(("style.sty", b"\\def\\x{}"), ("main.tex.cry", b"\x01\x02"))), "encrypted"),
-    ("p.zip", zip_bytes(("main.tex", TEX), encrypted="secret.tex"), "encrypted"),
-    ("p.gz", gz(b"<html><body>Not found</body></html>"), "html"),
-    ("0604408.pdf", b"Rar!\x1a\x07\x00" + bytes(range(256)), "rar"),
-    ("fig.gz", gz(b"%!PS-Adobe-3.0\nshowpage\n"), "postscript_only"),
-    ("p.tar", tar_bytes(("a.ps", b"%!PS-Adobe-3.0\n"), ("b.ps", b"%!PS-Adobe-3.0\n")), "postscript_only"),
-    ("p.gz", gz(bytes(range(256)) * 4), "not_source"),
-    ("p.gz", gz(gz(TEX)), "not_source"),
-    ("p.gz", b"", "empty"),
-    ("null.tar", bytes(10240), "empty"),
-    ("p.tar.gz", gz(bytes(10240)), "empty"),
-    ("p.tar", tar_bytes(("figure.png", b"\x89PNG\r\n\x1a\n")), "no_tex"),
-    ("p.tar", tar_bytes(("../../ir.png", b"\x89PNG\r\n\x1a\n")), "no_tex"),
-    ("not_gzip.gz", b"Contents of 0011004.gz for testing.\n", "no_tex"),
-    ("withdrawn.gz", gz(b"%auto-ignore", name="withdrawn"), "withdrawn_stub"),
-    ("p.tar", tar_bytes(("00README.XXX", b"ignore"), ("withdrawn", b"%auto-ignore\n")), "withdrawn_stub"),
-    ("p.zip", b"PK\x03\x04" + bytes(100), "corrupt_zip"),
-])
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("0303/math0303009.pdf", b"%PDF-1.5\n%...", "pdf_only"),
+        ("paper.tex.cry", b"\x8d*\xa4^\xe4", "encrypted"),
+        ("0303/math0303004.gz", gz(bytes(range(256)), name="giacsqua.tex.cry"), "encrypted"),
+        ("p.tar.gz", gz(tar_bytes(("style.sty", b"\\def\\x{}"), ("main.tex.cry", b"\x01\x02"))), "encrypted"),
+        ("p.zip", zip_bytes(("main.tex", TEX), encrypted="secret.tex"), "encrypted"),
+        ("p.gz", gz(b"<html><body>Not found</body></html>"), "html"),
+        ("0604408.pdf", b"Rar!\x1a\x07\x00" + bytes(range(256)), "rar"),
+        ("fig.gz", gz(b"%!PS-Adobe-3.0\nshowpage\n"), "postscript_only"),
+        ("p.tar", tar_bytes(("a.ps", b"%!PS-Adobe-3.0\n"), ("b.ps", b"%!PS-Adobe-3.0\n")), "postscript_only"),
+        ("p.gz", gz(bytes(range(256)) * 4), "not_source"),
+        ("p.gz", gz(gz(TEX)), "not_source"),
+        ("p.gz", b"", "empty"),
+        ("null.tar", bytes(10240), "empty"),
+        ("p.tar.gz", gz(bytes(10240)), "empty"),
+        ("p.tar", tar_bytes(("figure.png", b"\x89PNG\r\n\x1a\n")), "no_tex"),
+        ("p.tar", tar_bytes(("../../ir.png", b"\x89PNG\r\n\x1a\n")), "no_tex"),
+        ("not_gzip.gz", b"Contents of 0011004.gz for testing.\n", "no_tex"),
+        ("withdrawn.gz", gz(b"%auto-ignore", name="withdrawn"), "withdrawn_stub"),
+        ("p.tar", tar_bytes(("00README.XXX", b"ignore"), ("withdrawn", b"%auto-ignore\n")), "withdrawn_stub"),
+        ("p.zip", b"PK\x03\x04" + bytes(100), "corrupt_zip"),
+    ],
+)
 def test_rejections_have_stable_reasons(name, data, reason):
     assert rejected(name, data).reason == reason
 
@@ -166,12 +188,12 @@ def test_plain_tex_named_gz_is_read_as_text():
 def test_truncated_corrupt_tar_and_gzip():
     archive = tar_bytes(("main.tex", TEX), ("fig.eps", b"%!PS" + bytes(5000)), ("b.tex", TEX))
     assert rejected("p.tar", archive[:2000]).reason == "truncated_tar"
-    assert rejected("p.tar", archive[:1024 + 5120 + 300]).reason == "truncated_tar"
+    assert rejected("p.tar", archive[: 1024 + 5120 + 300]).reason == "truncated_tar"
     assert rejected("p.tar.gz", gz(archive[:2000])).reason == "truncated_tar"
     garbage = tar_bytes(("main.tex", TEX))[:1024] + b"not a header" * 43 + bytes(1024)
     assert rejected("p.tar", garbage[:1024] + garbage[1024:1536] + bytes(1024)).reason == "corrupt_tar"
     compressed = gz(archive)
-    assert rejected("p.tar.gz", compressed[:len(compressed) // 2]).reason == "corrupt_gzip"
+    assert rejected("p.tar.gz", compressed[: len(compressed) // 2]).reason == "corrupt_gzip"
     flipped = bytearray(compressed)
     flipped[len(flipped) // 2] ^= 0xFF
     assert rejected("p.tar.gz", bytes(flipped)).reason == "corrupt_gzip"
@@ -241,26 +263,48 @@ def test_nested_archives_unpack_one_level_in_place():
     deeper = zip_bytes(("deep.tex", TEX))
     inner_zip = zip_bytes(("a.eps", b"%!PS-A"), ("inner.zip", deeper), ("__MACOSX/._a.eps", b"junk"))
     inner_tgz = gz(tar_bytes(("d1.eps", b"%!PS-1"), ("../up.eps", b"x")))
-    archive = tar_bytes(("main.tex", TEX), ("figs/figs.zip", inner_zip), ("dyn.tar.gz", inner_tgz),
-                        ("bad.tar.gz", b"\x1f\x8b\x08\x00garbage"), ("fig.eps.gz", gz(b"%!PS-gz")))
+    archive = tar_bytes(
+        ("main.tex", TEX),
+        ("figs/figs.zip", inner_zip),
+        ("dyn.tar.gz", inner_tgz),
+        ("bad.tar.gz", b"\x1f\x8b\x08\x00garbage"),
+        ("fig.eps.gz", gz(b"%!PS-gz")),
+    )
     package = read_package("p.tar", archive)
-    assert package.files == {"main.tex": TEX, "figs/a.eps": b"%!PS-A", "d1.eps": b"%!PS-1",
-                             "fig.eps.gz": gz(b"%!PS-gz")}
-    assert package.skipped_members == [("figs/figs.zip:inner.zip", "nested_archive_too_deep"),
-                                       ("figs/figs.zip:__MACOSX/._a.eps", "__MACOSX"),
-                                       ("dyn.tar.gz:../up.eps", "parent_path"), ("bad.tar.gz", "nested_corrupt_gzip")]
+    assert package.files == {
+        "main.tex": TEX,
+        "figs/a.eps": b"%!PS-A",
+        "d1.eps": b"%!PS-1",
+        "fig.eps.gz": gz(b"%!PS-gz"),
+    }
+    assert package.skipped_members == [
+        ("figs/figs.zip:inner.zip", "nested_archive_too_deep"),
+        ("figs/figs.zip:__MACOSX/._a.eps", "__MACOSX"),
+        ("dyn.tar.gz:../up.eps", "parent_path"),
+        ("bad.tar.gz", "nested_corrupt_gzip"),
+    ]
     flat = read_package("p.tar", archive, ArchiveLimits(max_nesting=0))
     assert ("figs/figs.zip", "nested_archive_too_deep") in flat.skipped_members
 
 
 def test_zip_input_follows_the_tar_rules():
-    archive = zip_bytes(("paper/main.tex", TEX), ("paper/", b""), ("__MACOSX/paper/._main.tex", b"x"),
-                        ("../x.tex", TEX), ("/abs.tex", TEX), symlink="paper/link.tex")
+    archive = zip_bytes(
+        ("paper/main.tex", TEX),
+        ("paper/", b""),
+        ("__MACOSX/paper/._main.tex", b"x"),
+        ("../x.tex", TEX),
+        ("/abs.tex", TEX),
+        symlink="paper/link.tex",
+    )
     package = read_package("upload.zip", archive)
     assert package.files == {"paper/main.tex": TEX}
-    assert package.skipped_members == [("paper/", "directory"), ("__MACOSX/paper/._main.tex", "__MACOSX"),
-                                       ("../x.tex", "parent_path"), ("/abs.tex", "absolute_path"),
-                                       ("paper/link.tex", "link")]
+    assert package.skipped_members == [
+        ("paper/", "directory"),
+        ("__MACOSX/paper/._main.tex", "__MACOSX"),
+        ("../x.tex", "parent_path"),
+        ("/abs.tex", "absolute_path"),
+        ("paper/link.tex", "link"),
+    ]
 
 
 def _expected_id(arxiv_id: str) -> str:
@@ -305,7 +349,7 @@ def test_truncated_bulk_tar_accounts_for_the_break(tmp_path):
     bulk = [p for p in write_source_packages(tmp_path, records) if p.endswith(".tar")][0]
     data = open(bulk, "rb").read()
     cut = tmp_path / "arXiv_src_cut_001.tar"
-    cut.write_bytes(data[:len(data) // 2 + 100])
+    cut.write_bytes(data[: len(data) // 2 + 100])
     items = list(iter_source_inputs([cut]))
     assert isinstance(items[-1][1], Rejected) and items[-1][1].reason in ("truncated_tar", "corrupt_tar")
     assert items[-1][0] == cut.name and len(items) > 1
@@ -338,8 +382,13 @@ def test_nothing_is_written_to_disk(tmp_path, monkeypatch):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    hostile = tar_bytes(("../evil.tex", TEX), ("/tmp/abs.tex", TEX), ("l", None, tarfile.SYMTYPE, "/etc"),
-                        ("main.tex", TEX), ("n.zip", zip_bytes(("../../z.tex", TEX))))
+    hostile = tar_bytes(
+        ("../evil.tex", TEX),
+        ("/tmp/abs.tex", TEX),
+        ("l", None, tarfile.SYMTYPE, "/etc"),
+        ("main.tex", TEX),
+        ("n.zip", zip_bytes(("../../z.tex", TEX))),
+    )
     read_package("p.tar", hostile)
     assert rejected("bomb.gz", gzip_bomb(), ArchiveLimits(max_total_bytes=1 << 20)).reason == "total_too_large"
     if os.path.isdir(SAMPLE):
@@ -351,18 +400,38 @@ def test_nothing_is_written_to_disk(tmp_path, monkeypatch):
 OK = "ok"
 REAL_EXPECTED = {
     "bulk/minitest.tar": {
-        "0303/math0303001.gz": OK, "0303/math0303002.gz": OK, "0303/math0303003.gz": OK,
-        "0303/math0303004.gz": "encrypted", "0303/math0303005.gz": OK, "0303/math0303006.gz": "encrypted",
-        "0303/math0303007.gz": OK, "0303/math0303008.gz": "encrypted", "0303/math0303009.pdf": "pdf_only"},
+        "0303/math0303001.gz": OK,
+        "0303/math0303002.gz": OK,
+        "0303/math0303003.gz": OK,
+        "0303/math0303004.gz": "encrypted",
+        "0303/math0303005.gz": OK,
+        "0303/math0303006.gz": "encrypted",
+        "0303/math0303007.gz": OK,
+        "0303/math0303008.gz": "encrypted",
+        "0303/math0303009.pdf": "pdf_only",
+    },
     "bulk/minitest3.tar": {
-        "1403/1403.0035.pdf": "pdf_only", "1403/1403.0036.pdf": "pdf_only", "1403/1403.0037.gz": OK,
-        "1403/1403.0038.gz": OK, "1403/1403.0039.gz": OK, "1403/1403.0040.gz": OK},
+        "1403/1403.0035.pdf": "pdf_only",
+        "1403/1403.0036.pdf": "pdf_only",
+        "1403/1403.0037.gz": OK,
+        "1403/1403.0038.gz": OK,
+        "1403/1403.0039.gz": OK,
+        "1403/1403.0040.gz": OK,
+    },
     "bulk/minitest4.tar": {
-        "0504/math0504292.gz": "encrypted", "0504/math0504297.gz": OK, "0504/math0504298.gz": OK,
-        "0504/math0504299.gz": OK},
+        "0504/math0504292.gz": "encrypted",
+        "0504/math0504297.gz": OK,
+        "0504/math0504298.gz": OK,
+        "0504/math0504299.gz": OK,
+    },
     "packages": {
-        "paper-t4.1_Vienna_preprint.tex": OK, "polch.tex": OK, "upload2.tar.gz": OK, "upload4.gz": OK,
-        "upload6.tgz": OK, "with__MACOSX_hidden.tar.gz": OK},
+        "paper-t4.1_Vienna_preprint.tex": OK,
+        "polch.tex": OK,
+        "upload2.tar.gz": OK,
+        "upload4.gz": OK,
+        "upload6.tgz": OK,
+        "with__MACOSX_hidden.tar.gz": OK,
+    },
     "hostile": {
         "0604408.pdf": "rar",
         "10240_null_chars.tar": "empty",  # all NUL = a valid tar with no members
@@ -371,7 +440,8 @@ REAL_EXPECTED = {
         "not_gzip_0011004.gz": "no_tex",  # plain text, read as a file, but not TeX
         "relative_path.tar.gz": "no_tex",  # both members are ../../ paths; nothing else is left
         "upload-nested-zip-and-tar.zip": OK,  # nested tar.gz unpacked; the nested zip is itself corrupt
-        "withdrawn_stub_2101.10016.gz": "withdrawn_stub"},  # gzip FNAME "withdrawn", body "%auto-ignore"
+        "withdrawn_stub_2101.10016.gz": "withdrawn_stub",
+    },  # gzip FNAME "withdrawn", body "%auto-ignore"
 }
 
 
@@ -379,8 +449,9 @@ REAL_EXPECTED = {
 @pytest.mark.parametrize("where", sorted(REAL_EXPECTED))
 def test_real_arxiv_sample(where):
     items = list(iter_source_inputs([os.path.join(SAMPLE, where)]))
-    outcomes = {source.split(":")[-1] if ":" in source else os.path.basename(source): outcome
-                for source, outcome in items}
+    outcomes = {
+        source.split(":")[-1] if ":" in source else os.path.basename(source): outcome for source, outcome in items
+    }
     assert len(outcomes) == len(items)
     assert {key: getattr(o, "reason", OK) for key, o in outcomes.items()} == REAL_EXPECTED[where]
     packages = {key: o for key, o in outcomes.items() if isinstance(o, SourcePackage)}
@@ -403,14 +474,20 @@ def test_real_arxiv_sample(where):
         assert paper.skipped_members == [("/", "absolute_path"), ("chip_images", "directory")]
         assert "draft.tex" in paper.files and len(paper.files) == 42
         nested = packages["upload-nested-zip-and-tar.zip"]
-        assert sorted(nested.files) == ["QuantumBJJWithTwoSpecies_10.tex", "catstates.eps", "dynamics1.eps",
-                                        "dynamics2.eps", "dynamics3.eps"]
+        assert sorted(nested.files) == [
+            "QuantumBJJWithTwoSpecies_10.tex",
+            "catstates.eps",
+            "dynamics1.eps",
+            "dynamics2.eps",
+            "dynamics3.eps",
+        ]
         assert nested.skipped_members == [("jz2.zip", "nested_corrupt_zip")]
         assert "(parent_path)" in outcomes["relative_path.tar.gz"].detail
 
 
 def test_paper_id_falls_back_to_the_file_stem_without_arxiv_ids(monkeypatch):
     from megasci.corpus.archive import _paper_id
+
     monkeypatch.setitem(sys.modules, "megasci.corpus.arxiv_ids", None)
     assert _paper_id("0303/math0303004.gz") == "math0303004"
     assert _paper_id("2301.04217.tar.gz") == "2301.04217"
@@ -441,5 +518,6 @@ def test_pending_inputs_are_unopened_and_carry_the_id_their_package_gets(tmp_pat
             assert (outcome.paper_id, outcome.source) == (item.paper_id, source)
             opened += 1
     assert opened >= 6
-    assert [(s, getattr(o, "reason", None)) for s, o in iter_source_inputs(paths)] == \
-        [(s, getattr(i if isinstance(i, Rejected) else i.open(), "reason", None)) for s, i in iter_pending_inputs(paths)]
+    assert [(s, getattr(o, "reason", None)) for s, o in iter_source_inputs(paths)] == [
+        (s, getattr(i if isinstance(i, Rejected) else i.open(), "reason", None)) for s, i in iter_pending_inputs(paths)
+    ]

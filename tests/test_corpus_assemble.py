@@ -24,12 +24,16 @@ def package(files: dict[str, bytes]) -> SourcePackage:
 
 
 def test_input_chain_across_folders_skips_unreached_files():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\begin{document}\n\\input{sections/intro}\nEnd.\n\\end{document}\n",
-        "sections/intro.tex": b"Intro.\n\\input{sections/detail.tex}\n",
-        "sections/detail.tex": b"Detail.\n",
-        "unused.tex": b"Never reached.\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\begin{document}\n\\input{sections/intro}\nEnd.\n\\end{document}\n",
+                "sections/intro.tex": b"Intro.\n\\input{sections/detail.tex}\n",
+                "sections/detail.tex": b"Detail.\n",
+                "unused.tex": b"Never reached.\n",
+            }
+        )
+    )
     assert paper.main_file == "main.tex"
     assert paper.text == DOC.decode() + "\\begin{document}\nIntro.\nDetail.\nEnd.\n\\end{document}\n"
     assert paper.inputs_followed == ["sections/intro.tex", "sections/detail.tex"]
@@ -37,20 +41,28 @@ def test_input_chain_across_folders_skips_unreached_files():
 
 
 def test_unbraced_input_and_optional_extension():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\input macros\n\\input{body.tex}\\relax\n\\input defs\n",
-        "macros.tex": b"\\def\\x{1}\n",
-        "body.tex": b"Body.\n",
-        "defs": b"Defs without extension.\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\input macros\n\\input{body.tex}\\relax\n\\input defs\n",
+                "macros.tex": b"\\def\\x{1}\n",
+                "body.tex": b"Body.\n",
+                "defs": b"Defs without extension.\n",
+            }
+        )
+    )
     assert paper.text == DOC.decode() + "\\def\\x{1}\nBody.\\relax\nDefs without extension.\n"
 
 
 def test_endinput_line_stops_the_file_but_guarded_endinput_does_not():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\input{defs}\n\\newcommand{\\inp}[1]{\\input{#1}}\n",
-        "defs.tex": b"\\ifx\\defs\\undefined\\else\\endinput\\fi\nKept\n\\endinput\nNotes after endinput\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\input{defs}\n\\newcommand{\\inp}[1]{\\input{#1}}\n",
+                "defs.tex": b"\\ifx\\defs\\undefined\\else\\endinput\\fi\nKept\n\\endinput\nNotes after endinput\n",
+            }
+        )
+    )
     guard = "\\ifx\\defs\\undefined\\else\\endinput\\fi\n"
     assert paper.text == DOC.decode() + guard + "Kept\n\\endinput\n\\newcommand{\\inp}[1]{\\input{#1}}\n"
     assert not paper.issues
@@ -63,11 +75,15 @@ def test_case_insensitive_fallback():
 
 
 def test_cycle_is_cut_and_counted():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\input{a}\n",
-        "a.tex": b"A1\n\\input{b}\nA2\n",
-        "b.tex": b"B1\n\\input{a}\nB2\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\input{a}\n",
+                "a.tex": b"A1\n\\input{b}\nA2\n",
+                "b.tex": b"B1\n\\input{a}\nB2\n",
+            }
+        )
+    )
     assert paper.text == DOC.decode() + "A1\nB1\nB2\nA2\n"
     assert paper.issues == {"cycle": 1}
 
@@ -109,10 +125,14 @@ def test_00readme_ignore_and_json_and_several_toplevel_files():
 
 
 def test_candidate_that_another_inputs_is_not_main_and_ties_break_by_folder_size_name():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\input{standalone}\n",
-        "standalone.tex": DOC + b"A standalone part, larger than main.\n" * 3,
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\input{standalone}\n",
+                "standalone.tex": DOC + b"A standalone part, larger than main.\n" * 3,
+            }
+        )
+    )
     assert paper.main_file == "main.tex"
     deep = {"sub/huge.tex": DOC + b"x\n" * 50, "b.tex": DOC + b"bb\n", "a.tex": DOC + b"aa\n", "c.tex": DOC}
     assert assemble(package(deep)).main_file == "a.tex"
@@ -135,8 +155,14 @@ def test_no_main_file_is_rejected():
 
 
 def test_latin1_cp1252_and_mixed_encodings():
-    paper = assemble(package({"main.tex": DOC + "Schrödinger café\n\\input{u}\n".encode("latin-1"),
-                              "u.tex": "\ufeffUTF-8 naïve\n".encode("utf-8")}))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + "Schrödinger café\n\\input{u}\n".encode("latin-1"),
+                "u.tex": "\ufeffUTF-8 naïve\n".encode("utf-8"),
+            }
+        )
+    )
     assert paper.text == DOC.decode() + "Schrödinger café\nUTF-8 naïve\n"
     assert paper.encoding == "cp1252"
     assert paper.file_encodings == {"main.tex": "cp1252", "u.tex": "utf-8"}
@@ -175,24 +201,32 @@ def test_bbl_input_is_not_inlined():
 
 
 def test_paths_outside_the_package_are_not_followed():
-    paper = assemble(package({
-        "sub/main.tex": DOC
-        + b"\\input{../../etc/passwd}\n\\input{/etc/passwd}\n\\import{../../}{x}\n\\input{../shared}\n",
-        "shared.tex": b"Shared.\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "sub/main.tex": DOC
+                + b"\\input{../../etc/passwd}\n\\input{/etc/passwd}\n\\import{../../}{x}\n\\input{../shared}\n",
+                "shared.tex": b"Shared.\n",
+            }
+        )
+    )
     assert paper.text == DOC.decode() + "Shared.\n"
     assert paper.issues == {"outside_package": 3}
 
 
 def test_import_subimport_include_subfile():
-    paper = assemble(package({
-        "main.tex": DOC + b"\\import{chapters/}{one}\n\\include{ch1}\n\\subfile{sub/part}\n",
-        "chapters/one.tex": b"One\n\\input{fig}\n\\subimport{deep/}{two}\n",
-        "chapters/fig.tex": b"Fig\n",
-        "chapters/deep/two.tex": b"Two\n",
-        "ch1.tex": b"Ch1\n",
-        "sub/part.tex": b"\\documentclass[../main.tex]{subfiles}\n\\begin{document}\nPart\n\\end{document}\n",
-    }))
+    paper = assemble(
+        package(
+            {
+                "main.tex": DOC + b"\\import{chapters/}{one}\n\\include{ch1}\n\\subfile{sub/part}\n",
+                "chapters/one.tex": b"One\n\\input{fig}\n\\subimport{deep/}{two}\n",
+                "chapters/fig.tex": b"Fig\n",
+                "chapters/deep/two.tex": b"Two\n",
+                "ch1.tex": b"Ch1\n",
+                "sub/part.tex": b"\\documentclass[../main.tex]{subfiles}\n\\begin{document}\nPart\n\\end{document}\n",
+            }
+        )
+    )
     assert paper.main_file == "main.tex"
     assert paper.text == DOC.decode() + "One\nFig\nTwo\nCh1\nPart\n"
 

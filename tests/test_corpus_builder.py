@@ -33,9 +33,11 @@ def gz_tex(path, tex, name="main.tex"):
 
 
 def paper_tex(title, body):
-    return ("\\documentclass{article}\n\\newcommand{\\R}{\\mathbb{R}}\n\\begin{document}\n"
-            f"\\title{{{title}}}\n\\maketitle\n\\begin{{abstract}}\nWe study $f:\\R\\to\\R$.\n\\end{{abstract}}\n"
-            f"\\section{{Introduction}}\n{body}\n\\end{{document}}\n")
+    return (
+        "\\documentclass{article}\n\\newcommand{\\R}{\\mathbb{R}}\n\\begin{document}\n"
+        f"\\title{{{title}}}\n\\maketitle\n\\begin{{abstract}}\nWe study $f:\\R\\to\\R$.\n\\end{{abstract}}\n"
+        f"\\section{{Introduction}}\n{body}\n\\end{{document}}\n"
+    )
 
 
 def words(seed, n=600):
@@ -44,7 +46,9 @@ def words(seed, n=600):
 
 
 def read_records(out):
-    return [r for path in sorted(glob.glob(os.path.join(out, "shards", "*.jsonl.zst"))) for r in iter_json_records(path)]
+    return [
+        r for path in sorted(glob.glob(os.path.join(out, "shards", "*.jsonl.zst"))) for r in iter_json_records(path)
+    ]
 
 
 @pytest.fixture()
@@ -78,8 +82,11 @@ def test_every_input_is_accounted_for_and_records_are_clean(tmp_path, sources):
     assert report.inputs == rejected + report.written
     expected_inputs = len(records) + 6
     assert report.inputs == expected_inputs
-    pdf_members = sum(name.endswith(".pdf") for tar in glob.glob(os.path.join(paths[0], "*.tar"))
-                      for name in tarfile.open(tar).getnames())
+    pdf_members = sum(
+        name.endswith(".pdf")
+        for tar in glob.glob(os.path.join(paths[0], "*.tar"))
+        for name in tarfile.open(tar).getnames()
+    )
     assert report.rejections["archive"] == {"corrupt_gzip": 1, "pdf_only": 1 + pdf_members}
     assert report.rejections["length"] == {"too_short": 1}
     assert report.rejections["exact_dedup"] == {"exact_duplicate": 1}
@@ -152,8 +159,7 @@ def test_a_records_file_that_does_not_match_its_results_is_an_error_naming_it(tm
 
 def test_a_paper_over_its_time_limit_is_rejected_not_fatal(tmp_path, sources):
     paths, metadata, _ = sources
-    report = build(BuildConfig(sources=[paths[1]], output=str(tmp_path / "o"), paper_time_limit_s=1e-6),
-                   progress=False)
+    report = build(BuildConfig(sources=[paths[1]], output=str(tmp_path / "o"), paper_time_limit_s=1e-6), progress=False)
     assert report.written == 0
     assert report.rejections["assembly"] == {"time_limit": 4}
 
@@ -164,14 +170,24 @@ def test_real_arxiv_sample(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = str(tmp_path / "out")
     sources = [os.path.join(SAMPLE, d) for d in ("bulk", "packages", "hostile")]
-    report = build(BuildConfig(sources=sources, output=out, metadata=[os.path.join(SAMPLE, "metadata",
-                                                                                   "arxiv-metadata-oai-snapshot.json")]),
-                   progress=False)
+    report = build(
+        BuildConfig(
+            sources=sources, output=out, metadata=[os.path.join(SAMPLE, "metadata", "arxiv-metadata-oai-snapshot.json")]
+        ),
+        progress=False,
+    )
     assert os.listdir(tmp_path) == ["out"]  # nothing written outside the output directory
     rejected = sum(n for reasons in report.rejections.values() for n in reasons.values())
     assert report.inputs == rejected + report.written == 33
-    assert report.rejections["archive"] == {"encrypted": 4, "pdf_only": 3, "no_tex": 2, "rar": 1, "empty": 1,
-                                            "truncated_tar": 1, "withdrawn_stub": 1}
+    assert report.rejections["archive"] == {
+        "encrypted": 4,
+        "pdf_only": 3,
+        "no_tex": 2,
+        "rar": 1,
+        "empty": 1,
+        "truncated_tar": 1,
+        "withdrawn_stub": 1,
+    }
     written = read_records(out)
     assert "12345678" in {r["id"] for r in written}  # its `/` member is skipped, the paper still yields
     assert report.skipped_members["absolute_path"] == 1
@@ -201,10 +217,18 @@ def test_shards_split_by_record_count_with_the_same_records(tmp_path, sources):
 
 
 def test_the_funnel_is_the_declared_stages_in_order():
-    assert [step.name for step in steps.DEFAULT_PIPELINE] == ["assembly", "cleaning", "length", "language",
-                                                              "exact_dedup"]
-    assert BuildConfig(sources=[], output="").stages == steps.DEFAULT_STAGES == (
-        "archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup", "near_dedup")
+    assert [step.name for step in steps.DEFAULT_PIPELINE] == [
+        "assembly",
+        "cleaning",
+        "length",
+        "language",
+        "exact_dedup",
+    ]
+    assert (
+        BuildConfig(sources=[], output="").stages
+        == steps.DEFAULT_STAGES
+        == ("archive", "metadata", "assembly", "cleaning", "length", "language", "exact_dedup", "near_dedup")
+    )
 
 
 def _paper_result(tex: str, **config) -> InputResult:
@@ -223,7 +247,8 @@ def test_a_paper_leaves_at_the_first_stage_that_rejects_it_with_that_stage_timed
     assert result.record is None and result.has_metadata is False
     nothing = SourcePackage(paper_id="x", source="x", files={"a.tex": b"text\n", "b.tex": b"text\n"})
     assert process_paper((nothing, None, BuildConfig(sources=[], output=""))).rejection == Rejection(
-        "assembly", "no_main_file")
+        "assembly", "no_main_file"
+    )
 
 
 def test_the_language_stage_is_the_language_filter_of_the_config():
@@ -256,8 +281,9 @@ def test_unit_lines_read_back_as_the_results_written():
 
 
 def _flat(rejections: dict) -> collections.Counter:
-    return collections.Counter({(stage, reason): n for stage, reasons in rejections.items()
-                                for reason, n in reasons.items()})
+    return collections.Counter(
+        {(stage, reason): n for stage, reasons in rejections.items() for reason, n in reasons.items()}
+    )
 
 
 def test_a_step_the_caller_adds_or_moves_changes_the_output_as_declared(tmp_path, sources):
@@ -273,8 +299,9 @@ def test_a_step_the_caller_adds_or_moves_changes_the_output_as_declared(tmp_path
     user = Step("user_filter", no_listed_ids)
     custom = steps.DEFAULT_PIPELINE[:2] + (user,) + steps.DEFAULT_PIPELINE[2:]
     out = str(tmp_path / "custom")
-    report = build(BuildConfig(sources=paths, output=out, metadata=[metadata], pipeline=custom, workers=2),
-                   progress=False)
+    report = build(
+        BuildConfig(sources=paths, output=out, metadata=[metadata], pipeline=custom, workers=2), progress=False
+    )
     assert read_records(out) == [r for r in records if r["id"] not in dropped_ids]
     assert report.rejections["user_filter"] == {"listed_id": 2}
     assert _flat(report.rejections) - _flat(default.rejections) == {("user_filter", "listed_id"): 2}
@@ -282,13 +309,19 @@ def test_a_step_the_caller_adds_or_moves_changes_the_output_as_declared(tmp_path
     assert [row["stage"] for row in report.funnel][3:6] == ["assembly", "cleaning", "user_filter"]
     assert rows["user_filter"]["papers"] == rows["cleaning"]["papers"] - 2
     with open(os.path.join(out, "yield.json"), encoding="utf-8") as f:
-        assert [row["stage"] for row in json.load(f)["funnel"]] == ["inputs", *BuildConfig(
-            sources=[], output="", pipeline=custom).stages]
+        assert [row["stage"] for row in json.load(f)["funnel"]] == [
+            "inputs",
+            *BuildConfig(sources=[], output="", pipeline=custom).stages,
+        ]
     # Moved: language before length gives the same records, with the funnel rows in the new order.
-    moved = steps.DEFAULT_PIPELINE[:2] + (steps.DEFAULT_PIPELINE[3], steps.DEFAULT_PIPELINE[2],
-                                          steps.DEFAULT_PIPELINE[4])
-    report = build(BuildConfig(sources=paths, output=str(tmp_path / "moved"), metadata=[metadata], pipeline=moved),
-                   progress=False)
+    moved = steps.DEFAULT_PIPELINE[:2] + (
+        steps.DEFAULT_PIPELINE[3],
+        steps.DEFAULT_PIPELINE[2],
+        steps.DEFAULT_PIPELINE[4],
+    )
+    report = build(
+        BuildConfig(sources=paths, output=str(tmp_path / "moved"), metadata=[metadata], pipeline=moved), progress=False
+    )
     assert read_records(str(tmp_path / "moved")) == records
     assert [row["stage"] for row in report.funnel][5:7] == ["language", "length"]
 
@@ -306,8 +339,9 @@ def test_a_pipeline_the_funnel_cannot_count_is_refused():
 def test_the_rejected_log_lists_every_rejected_paper_with_stage_and_reason(tmp_path, sources, run_tool):
     paths, metadata, _ = sources
     out, rejected_dir = str(tmp_path / "out"), str(tmp_path / "rejected")
-    report = build(BuildConfig(sources=paths, output=out, metadata=[metadata], rejected_dir=rejected_dir),
-                   progress=False)
+    report = build(
+        BuildConfig(sources=paths, output=out, metadata=[metadata], rejected_dir=rejected_dir), progress=False
+    )
     path = os.path.join(rejected_dir, REJECTED_FILE)
     with open(path, "rb") as f:
         assert f.read(4) == b"\x28\xb5\x2f\xfd"  # zstd, as the shards are

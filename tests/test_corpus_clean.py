@@ -58,8 +58,7 @@ def test_verbatim_content_is_untouched():
 def test_verb_and_urls_keep_percent_and_tilde():
     assert body_text("use \\verb|%| and \\verb+a~b+ here") == "use \\verb|%| and \\verb+a~b+ here"
     assert body_text("see \\url{http://x.org/a%20b~c} now") == "see \\url{http://x.org/a%20b~c} now"
-    assert (body_text("at \\href{http://x.org/a%20b}{the \\textbf{site}}.")
-            == "at \\href{http://x.org/a%20b}{the site}.")
+    assert body_text("at \\href{http://x.org/a%20b}{the \\textbf{site}}.") == "at \\href{http://x.org/a%20b}{the site}."
 
 
 # ----------------------------------------------------------------------------- macros
@@ -75,21 +74,24 @@ def test_def_with_parameters_and_unbraced_arguments():
 
 def test_declare_math_operator_plain_and_starred():
     preamble = "\\DeclareMathOperator{\\Tr}{Tr}\n\\DeclareMathOperator*{\\argmax}{arg\\,max}\n"
-    assert (body_text("$\\Tr A = \\argmax_x f$", preamble)
-            == "$\\operatorname{Tr} A = \\operatorname*{arg\\,max}_x f$")
+    assert body_text("$\\Tr A = \\argmax_x f$", preamble) == "$\\operatorname{Tr} A = \\operatorname*{arg\\,max}_x f$"
 
 
 def test_let_with_and_without_equals_and_saved_builtin():
-    preamble = ("\\let\\eps\\varepsilon\n\\let\\ph = \\varphi\n"
-                "\\let\\oldvec\\vec\n\\renewcommand{\\vec}[1]{\\oldvec{\\mathbf{#1}}}\n")
+    preamble = (
+        "\\let\\eps\\varepsilon\n\\let\\ph = \\varphi\n"
+        "\\let\\oldvec\\vec\n\\renewcommand{\\vec}[1]{\\oldvec{\\mathbf{#1}}}\n"
+    )
     paper = clean_body("$\\eps\\ph \\vec{x}$", preamble)
     assert paper.text == "$\\varepsilon\\varphi \\oldvec{\\mathbf{x}}$"
     assert paper.stats["macro_depth_capped"] == 0
 
 
 def test_macros_defined_in_the_body_are_used_and_their_definitions_removed():
-    assert body_text("\\newcommand{\\be}{\\begin{equation}}\\def\\ee{\\end{equation}}\n\\be x~y \\ee") \
+    assert (
+        body_text("\\newcommand{\\be}{\\begin{equation}}\\def\\ee{\\end{equation}}\n\\be x~y \\ee")
         == "\\begin{equation} x~y \\end{equation}"
+    )
 
 
 def test_non_ascii_macro_body_and_empty_group_after_macro():
@@ -107,8 +109,10 @@ def test_recursive_macros_stop_at_the_caps_and_are_counted():
 
 
 def test_definer_shorthands_delimited_defs_and_edge_arguments():
-    preamble = ("\\newcommand{\\nc}{\\newcommand}\n\\nc{\\Z}{\\mathbb{Z}}\n\\def\\pt#1.{#1}\n"
-                "\\newcommand{\\tail}[1]{#1\\alpha}\n\\newcommand{\\two}[2]{#1#2}\n")
+    preamble = (
+        "\\newcommand{\\nc}{\\newcommand}\n\\nc{\\Z}{\\mathbb{Z}}\n\\def\\pt#1.{#1}\n"
+        "\\newcommand{\\tail}[1]{#1\\alpha}\n\\newcommand{\\two}[2]{#1#2}\n"
+    )
     paper = clean_body("$\\Z \\tail{a}b$ \\pt x. \\two{a}", preamble)
     assert paper.text == "$\\mathbb{Z} a\\alpha b$ \\pt x. \\two{a}"
     assert paper.stats["macro_missing_args"] == 1
@@ -120,8 +124,10 @@ def test_macros_are_not_expanded_inside_verbatim():
 
 # ----------------------------------------------------------------------------- body
 def test_figure_becomes_its_caption_paragraph():
-    figure = ("\\begin{figure}[h]\n\\centering\n\\includegraphics[width=3cm]{f.png}\n"
-              "\\caption{A \\textbf{nice} plot of $x^2$.}\\label{fig:1}\n\\end{figure}")
+    figure = (
+        "\\begin{figure}[h]\n\\centering\n\\includegraphics[width=3cm]{f.png}\n"
+        "\\caption{A \\textbf{nice} plot of $x^2$.}\\label{fig:1}\n\\end{figure}"
+    )
     assert body_text(f"Text.\n{figure}\nMore.") == "Text.\n\nA nice plot of $x^2$.\n\nMore."
     assert body_text(f"Text.\n{figure}\nMore.", keep_captions=False) == "Text.\n\nMore."
 
@@ -132,33 +138,42 @@ def test_table_without_caption_is_dropped():
 
 
 def test_bibliography_is_dropped():
-    body = ("Done.\n\\bibliographystyle{plain}\n\\bibliography{refs}\n"
-            "\\begin{thebibliography}{9}\n\\bibitem{a} A. Author, \\emph{Title}.\n\\end{thebibliography}")
+    body = (
+        "Done.\n\\bibliographystyle{plain}\n\\bibliography{refs}\n"
+        "\\begin{thebibliography}{9}\n\\bibitem{a} A. Author, \\emph{Title}.\n\\end{thebibliography}"
+    )
     assert body_text(body) == "Done."
 
 
 def test_citations_references_and_labels_follow_one_rule():
-    body = ("As in~\\cite{a,b} and \\citep[p.~3]{c}, \\citet{d} see Section~\\ref{s:1}, "
-            "\\eqref{e} and \\cref{f}.\\label{x}\\nocite{g}")
+    body = (
+        "As in~\\cite{a,b} and \\citep[p.~3]{c}, \\citet{d} see Section~\\ref{s:1}, "
+        "\\eqref{e} and \\cref{f}.\\label{x}\\nocite{g}"
+    )
     text = body_text(body)
     assert text == "As in [CITATION] and [CITATION], [CITATION] see Section [REF], [REF] and [REF]."
     assert "\\cite" not in text
 
 
 def test_formatting_is_unwrapped():
-    assert (body_text("\\textbf{bold \\emph{and} it} {\\bf x} {\\it y} {\\large\\bf T} \\mbox{m b} \\textsc{s}")
-            == "bold and it x y T m b s")
+    assert (
+        body_text("\\textbf{bold \\emph{and} it} {\\bf x} {\\it y} {\\large\\bf T} \\mbox{m b} \\textsc{s}")
+        == "bold and it x y T m b s"
+    )
 
 
 def test_a_font_switch_inside_a_command_argument_keeps_the_argument_braces():
     """`\\section{\\boldmath Experiment}` (a real arXiv heading) is a heading, not `\\sectionExperiment`."""
     text = body_text("\\section{\\boldmath Experiment}\nText.\n\\subsection*{\\bf Layout}\nMore. See {\\bf this}.")
-    assert "\\section{Experiment}" in text and "\\subsection{Layout}" in text and "See this." in text  # headings lose the star
+    assert (
+        "\\section{Experiment}" in text and "\\subsection{Layout}" in text and "See this." in text
+    )  # headings lose the star
 
 
 def test_spacing_and_title_page_commands_are_removed():
-    body = ("\\maketitle\n\\tableofcontents\n\\noindent First\\vspace{2mm} line\\hspace*{1em}.\n"
-            "\\medskip\n\\newpage\nNext")
+    body = (
+        "\\maketitle\n\\tableofcontents\n\\noindent First\\vspace{2mm} line\\hspace*{1em}.\n\\medskip\n\\newpage\nNext"
+    )
     assert body_text(body) == "First line.\n\nNext"
 
 
@@ -170,8 +185,10 @@ def test_accents_become_unicode():
 def test_math_is_kept_verbatim_except_comments():
     equation = "\\begin{equation}\n  a~b \\mbox{ a } \\quad % note\n  \\label{eq}\n\\end{equation}"
     text = body_text(f"Inline $a~b \\textbf{{x}}$ and \\(\\emph{{y}}\\) and\n\\[ \\mbox{{ z }} \\]\n{equation}")
-    assert text == ("Inline $a~b \\textbf{x}$ and \\(\\emph{y}\\) and\n\\[ \\mbox{ z } \\]\n"
-                    "\\begin{equation}\n  a~b \\mbox{ a } \\quad \\label{eq}\n\\end{equation}")
+    assert text == (
+        "Inline $a~b \\textbf{x}$ and \\(\\emph{y}\\) and\n\\[ \\mbox{ z } \\]\n"
+        "\\begin{equation}\n  a~b \\mbox{ a } \\quad \\label{eq}\n\\end{equation}"
+    )
 
 
 def test_line_break_with_spacing_is_not_display_math():
@@ -179,13 +196,18 @@ def test_line_break_with_spacing_is_not_display_math():
 
 
 def test_theorem_environments_take_their_printed_name():
-    preamble = ("\\newtheorem{thm}{Theorem}[section]\n\\newtheorem{lem}[thm]{Lemma}\n"
-                "\\newtheorem*{mainthm}{Main Theorem}\n")
-    body = ("\\begin{thm}[Main]\nText.\n\\end{thm}\n\\begin{lem}\nX\n\\end{lem}\n"
-            "\\begin{mainthm}\nZ\n\\end{mainthm}\n\\begin{proof}\nY\n\\end{proof}")
+    preamble = (
+        "\\newtheorem{thm}{Theorem}[section]\n\\newtheorem{lem}[thm]{Lemma}\n\\newtheorem*{mainthm}{Main Theorem}\n"
+    )
+    body = (
+        "\\begin{thm}[Main]\nText.\n\\end{thm}\n\\begin{lem}\nX\n\\end{lem}\n"
+        "\\begin{mainthm}\nZ\n\\end{mainthm}\n\\begin{proof}\nY\n\\end{proof}"
+    )
     paper = clean_body(body, preamble)
-    assert paper.text == ("\\begin{theorem}[Main]\nText.\n\\end{theorem}\n\\begin{lemma}\nX\n\\end{lemma}\n"
-                          "\\begin{maintheorem}\nZ\n\\end{maintheorem}\n\\begin{proof}\nY\n\\end{proof}")
+    assert paper.text == (
+        "\\begin{theorem}[Main]\nText.\n\\end{theorem}\n\\begin{lemma}\nX\n\\end{lemma}\n"
+        "\\begin{maintheorem}\nZ\n\\end{maintheorem}\n\\begin{proof}\nY\n\\end{proof}"
+    )
     assert paper.theorem_names == {"thm": "Theorem", "lem": "Lemma", "mainthm": "Main Theorem"}
     french = clean_body("\\begin{thm}x\\end{thm}", "\\newtheorem{thm}{{\\bf Th\\'eor\\`eme}}\n")
     assert (french.text, french.theorem_names) == ("\\begin{théorème}x\\end{théorème}", {"thm": "Théorème"})
@@ -199,9 +221,10 @@ def test_sections_have_one_form():
 
 
 def test_title_and_abstract_are_extracted():
-    preamble = "\\title{On \\emph{Things}\\thanks{Funded by \\textbf{X}.}\\\\ and Stuff}\n\\author{A. B\\\"ohm}\n"
-    paper = clean_body("\\maketitle\n\\begin{abstract}\nWe study $x$ % really\nhere.\n\\end{abstract}\n"
-                       "\\section{Intro}\nHi.", preamble)
+    preamble = '\\title{On \\emph{Things}\\thanks{Funded by \\textbf{X}.}\\\\ and Stuff}\n\\author{A. B\\"ohm}\n'
+    paper = clean_body(
+        "\\maketitle\n\\begin{abstract}\nWe study $x$ % really\nhere.\n\\end{abstract}\n\\section{Intro}\nHi.", preamble
+    )
     assert paper.title == "On Things and Stuff"
     assert paper.abstract == "We study $x$ here."
     assert paper.text == "\\section{Intro}\nHi."
@@ -232,16 +255,20 @@ def test_synthetic_papers_clean_without_citations_and_keep_their_titles():
     from megasci.corpus.synthetic import generate_papers
 
     for record in generate_papers(5, seed=3):
-        paper = clean_latex(f"{PREAMBLE}\\newtheorem{{theorem}}{{Theorem}}\n\\begin{{document}}\n"
-                            f"{record['text']}\n\\end{{document}}\n")
+        paper = clean_latex(
+            f"{PREAMBLE}\\newtheorem{{theorem}}{{Theorem}}\n\\begin{{document}}\n{record['text']}\n\\end{{document}}\n"
+        )
         assert paper.title == " ".join(record["title"].split())
         assert paper.abstract
         assert "\\cite{" not in paper.text and "\\label{" not in paper.text.replace("\\label{eq", "")
         assert "\\section{" in paper.text
 
 
-_VERBATIM_LIKE = re.compile(r"\\begin\{(verbatim\*?|Verbatim|lstlisting|minted)\}.*?\\end\{\1\}|\\verb(.).*?\2"
-                            r"|\\url\{[^}]*\}|\\href\{[^}]*\}", re.S)
+_VERBATIM_LIKE = re.compile(
+    r"\\begin\{(verbatim\*?|Verbatim|lstlisting|minted)\}.*?\\end\{\1\}|\\verb(.).*?\2"
+    r"|\\url\{[^}]*\}|\\href\{[^}]*\}",
+    re.S,
+)
 _UNESCAPED_PERCENT = re.compile(r"(?:^|[^\\])(?:\\\\)*%", re.M)
 
 

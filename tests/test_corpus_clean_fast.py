@@ -18,10 +18,33 @@ from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN, code_part
 from megasci.corpus.package import SourcePackage
 
 # Characters that start, end or sit inside the rules' spans, plus Unicode letters, digits and spaces.
-_ALPHABET = list("ab eEmMaAiIlLsSx.,:;+-_{}\\@$()[]\n\t#%~'\"") + ["\u00e9", "\u017f", "\u212a", "\u00a0", "1",
-                                                                   "\u0301", "\u2028", "\ue002"]
-_WORDS = ["E-mail: ", "email address ", "Electronic mail: ", "emails:", "a.b@c.org", "{x,y}@uni-a.de", "\\{p\\}@q.eu",
-          "@", "@x", "@host.c", " and ", "x@y.z", "foo+bar@b-c.co.uk", "\\makeatletter", "\\@ifnextchar"]
+_ALPHABET = list("ab eEmMaAiIlLsSx.,:;+-_{}\\@$()[]\n\t#%~'\"") + [
+    "\u00e9",
+    "\u017f",
+    "\u212a",
+    "\u00a0",
+    "1",
+    "\u0301",
+    "\u2028",
+    "\ue002",
+]
+_WORDS = [
+    "E-mail: ",
+    "email address ",
+    "Electronic mail: ",
+    "emails:",
+    "a.b@c.org",
+    "{x,y}@uni-a.de",
+    "\\{p\\}@q.eu",
+    "@",
+    "@x",
+    "@host.c",
+    " and ",
+    "x@y.z",
+    "foo+bar@b-c.co.uk",
+    "\\makeatletter",
+    "\\@ifnextchar",
+]
 
 
 def _random_text(rng: random.Random, size: int) -> str:
@@ -46,11 +69,14 @@ def test_remove_emails_matches_one_scan_of_the_whole_text(seed):
         assert fast == slow and list(fast) == list(slow)
 
 
-_MATH_TOKEN_REFERENCE = re.compile(r"""
+_MATH_TOKEN_REFERENCE = re.compile(
+    r"""
   \\begin\{(?:ENVS)\*?\} | \\end\{(?:ENVS)\*?\}
 | \\[()\[\]] | \\[\\$] | \$\$ | \$
 | \n[ \t]*\n
-""".replace("ENVS", MATH_ENVIRONMENT_PATTERN), re.X)
+""".replace("ENVS", MATH_ENVIRONMENT_PATTERN),
+    re.X,
+)
 
 
 def _math_spans_reference(text: str) -> list[tuple[int, int]]:
@@ -73,9 +99,33 @@ def _math_spans_reference(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-_MATH_PIECES = ["$", "$$", "\\$", "\\\\", "\\(", "\\)", "\\[", "\\]", "\\begin{equation}", "\\end{equation}",
-                "\\begin{align*}", "\\end{align*}", "\\end{align}", "\\begin{alignat}", "\\end{alignat}", "\n",
-                "\n\n", "\n \t\n", " ", "x", "\\", "{", "}", "(", "["]
+_MATH_PIECES = [
+    "$",
+    "$$",
+    "\\$",
+    "\\\\",
+    "\\(",
+    "\\)",
+    "\\[",
+    "\\]",
+    "\\begin{equation}",
+    "\\end{equation}",
+    "\\begin{align*}",
+    "\\end{align*}",
+    "\\end{align}",
+    "\\begin{alignat}",
+    "\\end{alignat}",
+    "\n",
+    "\n\n",
+    "\n \t\n",
+    " ",
+    "x",
+    "\\",
+    "{",
+    "}",
+    "(",
+    "[",
+]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -116,9 +166,31 @@ def _expand_reference(self, path, base_dir, ancestors):
     return "\n".join(out_lines)
 
 
-_SOURCE_PIECES = ["\\input{a}", "\\input b", "\\include{b}", "\\subfile{a}", "\\import{d/}{c}", "\\subimport{d/}{c}",
-                  "\\endinput", " \\endinput ", "input", "include", "\\inputencoding", "%", "\\%", "\\\\", "x", " ",
-                  "\n", "\n", "\\input{a.bbl}", "\\input{/abs}", "\\input{missing}", "\\begin{document}", "é"]
+_SOURCE_PIECES = [
+    "\\input{a}",
+    "\\input b",
+    "\\include{b}",
+    "\\subfile{a}",
+    "\\import{d/}{c}",
+    "\\subimport{d/}{c}",
+    "\\endinput",
+    " \\endinput ",
+    "input",
+    "include",
+    "\\inputencoding",
+    "%",
+    "\\%",
+    "\\\\",
+    "x",
+    " ",
+    "\n",
+    "\n",
+    "\\input{a.bbl}",
+    "\\input{/abs}",
+    "\\input{missing}",
+    "\\begin{document}",
+    "é",
+]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -129,8 +201,13 @@ def test_assembly_reads_only_the_lines_with_inclusion_words_as_the_line_by_line_
         return "".join(rng.choice(_SOURCE_PIECES) for _ in range(rng.randrange(0, 30))).encode()
 
     for _ in range(300):
-        files = {"main.tex": b"\\documentclass{article}\n" + source(), "a.tex": source(), "b.tex": source(),
-                 "d/c.tex": source(), "a.bbl": b"x"}
+        files = {
+            "main.tex": b"\\documentclass{article}\n" + source(),
+            "a.tex": source(),
+            "b.tex": source(),
+            "d/c.tex": source(),
+            "a.bbl": b"x",
+        }
         if rng.random() < 0.3:
             files["other.tex"] = b"\\documentclass{article}\n" + source()
         package = SourcePackage(paper_id="2301.00001", source="test", files=files)

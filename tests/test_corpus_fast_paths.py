@@ -25,8 +25,14 @@ from megasci.corpus.macros import expand_macros, harvest_definitions
 from megasci.corpus.synthetic import generate_papers
 
 TEXTS = [r["text"] for r in generate_papers(8, seed=5)] + [
-    "", "one two", "Ünïcode wörds  and\nmore\t\twords here, ok done now", "Der Hund läuft über die Straße",
-    "Это тест на русском языке, привет мир", "これは日本語のテストです。漢字とかな", "NASA ESA LIGO LHC CERN observe it"]
+    "",
+    "one two",
+    "Ünïcode wörds  and\nmore\t\twords here, ok done now",
+    "Der Hund läuft über die Straße",
+    "Это тест на русском языке, привет мир",
+    "これは日本語のテストです。漢字とかな",
+    "NASA ESA LIGO LHC CERN observe it",
+]
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -46,8 +52,11 @@ def test_long_text_signature_spans_permutation_blocks():
 UNICODE_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
 
 
-@pytest.mark.parametrize("text", TEXTS + [f"{UNICODE_WHITESPACE}a{UNICODE_WHITESPACE}b\u00a0c\u3000d{UNICODE_WHITESPACE}",
-                                          "e\u0301 caf\u00e9 \u212b"])
+@pytest.mark.parametrize(
+    "text",
+    TEXTS
+    + [f"{UNICODE_WHITESPACE}a{UNICODE_WHITESPACE}b\u00a0c\u3000d{UNICODE_WHITESPACE}", "e\u0301 caf\u00e9 \u212b"],
+)
 def test_exact_key_is_the_regex_definition(text):
     """The key's rule as first written: NFC, every `\\s` run to one space, ends stripped."""
     canonical = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
@@ -79,12 +88,21 @@ def test_jaccard_estimates_follow_exact_jaccard():
     assert abs(sum(errors) / len(errors)) < 0.02
 
 
-LANGUAGE_TEXTS = TEXTS[-6:] + [t[:1500] for t in TEXTS[:4]] + [
-    "Tiếng Việt là ngôn ngữ chính thức của Việt Nam, được viết bằng chữ Quốc ngữ",  # Latin Extended Additional
-    "中文文本 with some English words mixed in 以及更多的中文字符和标点。", "ÜBER ALLES ist NICHT gut, aber OK",
-    "Contact me@example.org or see http://example.com/x?y=1 -- (and) [brackets] {braces} ^_` signs",
-    "Şi România are ţări și țări, cu diacritice", "repeat " * 40 + "repeat",
-    " leading and trailing spaces ", "x", ("A long English sentence about graphs and their spectra. " * 250)]
+LANGUAGE_TEXTS = (
+    TEXTS[-6:]
+    + [t[:1500] for t in TEXTS[:4]]
+    + [
+        "Tiếng Việt là ngôn ngữ chính thức của Việt Nam, được viết bằng chữ Quốc ngữ",  # Latin Extended Additional
+        "中文文本 with some English words mixed in 以及更多的中文字符和标点。",
+        "ÜBER ALLES ist NICHT gut, aber OK",
+        "Contact me@example.org or see http://example.com/x?y=1 -- (and) [brackets] {braces} ^_` signs",
+        "Şi România are ţări și țări, cu diacritice",
+        "repeat " * 40 + "repeat",
+        " leading and trailing spaces ",
+        "x",
+        ("A long English sentence about graphs and their spectra. " * 250),
+    ]
+)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -98,8 +116,9 @@ def test_language_probabilities_equal_langdetect(text, seed):
     assert fast.text == reference.text
     if not text.strip():
         return
-    assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
-        [(p.lang, p.prob) for p in reference.get_probabilities()]
+    assert [(p.lang, p.prob) for p in fast.get_probabilities()] == [
+        (p.lang, p.prob) for p in reference.get_probabilities()
+    ]
 
 
 def test_a_detector_on_another_factory_uses_that_factorys_profiles():
@@ -112,8 +131,9 @@ def test_a_detector_on_another_factory_uses_that_factorys_profiles():
     for detector in (fast, reference):
         detector.seed = 0
         detector.append("The quick brown fox jumps over the lazy dog near the river bank")
-    assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
-        [(p.lang, p.prob) for p in reference.get_probabilities()]
+    assert [(p.lang, p.prob) for p in fast.get_probabilities()] == [
+        (p.lang, p.prob) for p in reference.get_probabilities()
+    ]
 
 
 def test_language_of_the_real_sample_equals_langdetect(shared_sample_corpus):
@@ -125,8 +145,9 @@ def test_language_of_the_real_sample_equals_langdetect(shared_sample_corpus):
             for detector in (fast, reference):
                 detector.seed = 0
                 detector.append(sample)
-            assert [(p.lang, p.prob) for p in fast.get_probabilities()] == \
-                [(p.lang, p.prob) for p in reference.get_probabilities()]
+            assert [(p.lang, p.prob) for p in fast.get_probabilities()] == [
+                (p.lang, p.prob) for p in reference.get_probabilities()
+            ]
 
 
 def _expand_scanning_everything(text, macros):
@@ -136,7 +157,7 @@ def _expand_scanning_everything(text, macros):
         for m in CONTROL_SEQUENCE.finditer(text):
             if m.start() < last or m.group(1) not in macros or macros[m.group(1)].nargs:
                 continue
-            out += [text[last:m.start()], macros[m.group(1)].render([])]
+            out += [text[last : m.start()], macros[m.group(1)].render([])]
             last, changed = m.end(), True
         text = "".join(out) + text[last:]
         if not changed:
@@ -151,4 +172,7 @@ def test_macro_calls_are_found_as_tex_reads_them():
     assert text.strip() == body
     expanded = expand_macros(body, macros, Counter())
     assert expanded == _expand_scanning_everything(body, macros)
-    assert expanded == "\\mathbb{R}, RA, \\Rb, \\\\R, \\\\\\mathbb{R}, e.g.\\mathbb{R} x, \\egg, \\R@x, {\\mathbb{R}}\\mathbb{R}"
+    assert (
+        expanded
+        == "\\mathbb{R}, RA, \\Rb, \\\\R, \\\\\\mathbb{R}, e.g.\\mathbb{R} x, \\egg, \\R@x, {\\mathbb{R}}\\mathbb{R}"
+    )

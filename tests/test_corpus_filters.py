@@ -6,34 +6,40 @@ import sys
 import pytest
 
 from megasci.corpus.dedup import ExactDeduplicator, NearDuplicateIndex, exact_key
-from megasci.corpus.filters import (LanguageConfig, check_language, detect_language, detect_language_raw,
-                                    passes_length)
+from megasci.corpus.filters import LanguageConfig, check_language, detect_language, detect_language_raw, passes_length
 from megasci.corpus.labels import SECTION_LABELS
 from megasci.corpus.sections import compose_document, heading_label, mask_math, math_fraction, math_spans
 
-ZETA_MATH = (r"$$ \sum_{n=1}^\infty \frac{1}{n^s} = \prod_p \frac{1}{1-p^{-s}} $$ $ \zeta(s) $ $ \Gamma(s) $ "
-             r"$ \xi(s) = \pi^{-s/2} \Gamma(s/2) \zeta(s) $")
-ENGLISH = ("We study the analytic continuation of the zeta function and show that the product over "
-           "primes converges whenever the real part of the argument is large enough. ")
+ZETA_MATH = (
+    r"$$ \sum_{n=1}^\infty \frac{1}{n^s} = \prod_p \frac{1}{1-p^{-s}} $$ $ \zeta(s) $ $ \Gamma(s) $ "
+    r"$ \xi(s) = \pi^{-s/2} \Gamma(s/2) \zeta(s) $"
+)
+ENGLISH = (
+    "We study the analytic continuation of the zeta function and show that the product over "
+    "primes converges whenever the real part of the argument is large enough. "
+)
 
 
 # ----------------------------------------------------------------------------- math
-@pytest.mark.parametrize("text, math_chars", [
-    ("ab $x$ cd", 3),                                     # 3 of 9
-    ("$$a+b$$", 7),
-    (r"p \(y\) q", 5),
-    (r"p \[y\] q", 5),
-    (r"\begin{align*}x&=1\end{align*}", 30),
-    (r"\begin{alignat}{2}x\end{alignat}", 32),
-    (r"costs \$5 and \$6", 0),                            # escaped dollars are not math
-    (r"a \\[2pt] b", 0),                                  # line break with spacing, not display math
-    ("a $ b\n\nc $ d", 0),                                # inline math cannot span a paragraph
-    (r"\begin{theorem}x\end{theorem}", 0),
-    ("\\begin{equation}a\n\nb\\end{equation}", 0),   # a paragraph break ends any math attempt
-    ("x $$a\nb$$", 7),                                   # a single newline is fine
-    (r"\(a \\) b\)", 11),                               # \\ is a line break inside math, not a closer
-    ("", 0),
-])
+@pytest.mark.parametrize(
+    "text, math_chars",
+    [
+        ("ab $x$ cd", 3),  # 3 of 9
+        ("$$a+b$$", 7),
+        (r"p \(y\) q", 5),
+        (r"p \[y\] q", 5),
+        (r"\begin{align*}x&=1\end{align*}", 30),
+        (r"\begin{alignat}{2}x\end{alignat}", 32),
+        (r"costs \$5 and \$6", 0),  # escaped dollars are not math
+        (r"a \\[2pt] b", 0),  # line break with spacing, not display math
+        ("a $ b\n\nc $ d", 0),  # inline math cannot span a paragraph
+        (r"\begin{theorem}x\end{theorem}", 0),
+        ("\\begin{equation}a\n\nb\\end{equation}", 0),  # a paragraph break ends any math attempt
+        ("x $$a\nb$$", 7),  # a single newline is fine
+        (r"\(a \\) b\)", 11),  # \\ is a line break inside math, not a closer
+        ("", 0),
+    ],
+)
 def test_math_fraction_by_hand(text, math_chars):
     assert math_fraction(text) == (math_chars / len(text) if text else 0.0)
 
@@ -66,7 +72,7 @@ def python_lines_run(function, *args) -> int:
 
 
 def test_unclosed_delimiters_cost_linear_time():
-    unit = "\\( word \\[ w \\begin{equation} "                       # no closers, no paragraph breaks
+    unit = "\\( word \\[ w \\begin{equation} "  # no closers, no paragraph breaks
     assert math_fraction(unit * 20_000 + "$") == 0.0
     # A rescan per opener would make 4x the text cost 16x the work; linear work costs 4x.
     small, large = (python_lines_run(math_fraction, unit * n + "$") for n in (1_000, 4_000))
@@ -74,8 +80,10 @@ def test_unclosed_delimiters_cost_linear_time():
 
 
 # ----------------------------------------------------------------------------- sections
-BODY = ("\\section{Introduction}\nHello.\n\\subsection{Details}\nMore.\n"
-        "\\section{Our Method}\nM.\n\\section{Strange things}\nS.\n\\appendix\n\\section{Proofs}\nP.\n")
+BODY = (
+    "\\section{Introduction}\nHello.\n\\subsection{Details}\nMore.\n"
+    "\\section{Our Method}\nM.\n\\section{Strange things}\nS.\n\\appendix\n\\section{Proofs}\nP.\n"
+)
 
 
 def test_compose_document_exact_text_and_spans():
@@ -85,10 +93,10 @@ def test_compose_document_exact_text_and_spans():
     assert sections == [
         {"label": "title", "start": 0, "end": 11},
         {"label": "abstract", "start": 11, "end": 46},
-        {"label": "introduction", "start": 46, "end": 103},   # the subsection stays inside
+        {"label": "introduction", "start": 46, "end": 103},  # the subsection stays inside
         {"label": "method", "start": 103, "end": 127},
-        {"label": "other", "start": 127, "end": 155},         # unknown heading
-        {"label": "appendix", "start": 155, "end": 185},      # \appendix onwards, "Proofs" included
+        {"label": "other", "start": 127, "end": 155},  # unknown heading
+        {"label": "appendix", "start": 155, "end": 185},  # \appendix onwards, "Proofs" included
     ]
     assert text[46:103].endswith("\\subsection{Details}\nMore.\n")
     assert text[155:].startswith("\\appendix")
@@ -102,10 +110,15 @@ def test_compose_document_missing_parts_and_preamble():
     assert compose_document(None, None, short)[1] == [{"label": "conclusion", "start": 0, "end": len(short)}]
     long_preamble = "x" * 300 + "\n"
     text, sections = compose_document(None, None, long_preamble + "\\section{Results}\nR.")
-    assert sections == [{"label": "other", "start": 0, "end": 301}, {"label": "results", "start": 301, "end": len(text)}]
+    assert sections == [
+        {"label": "other", "start": 0, "end": 301},
+        {"label": "results", "start": 301, "end": len(text)},
+    ]
     body = "\\section{Methods}\nM.\n\\begin{appendices}\n\\section{Extra}\nE.\n\\end{appendices}"
-    assert compose_document(None, None, body)[1] == [{"label": "method", "start": 0, "end": 21},
-                                                     {"label": "appendix", "start": 21, "end": len(body)}]
+    assert compose_document(None, None, body)[1] == [
+        {"label": "method", "start": 0, "end": 21},
+        {"label": "appendix", "start": 21, "end": len(body)},
+    ]
 
 
 def test_spans_are_contiguous_and_labels_known():
@@ -115,14 +128,25 @@ def test_spans_are_contiguous_and_labels_known():
     assert all(s["label"] in SECTION_LABELS for s in sections)
 
 
-@pytest.mark.parametrize("heading, label", [
-    ("Introduction and background", "introduction"), ("Related Work", "background"),
-    ("Preliminaries and notation", "background"), ("The $\\mathcal{O}(n)$ algorithm", "method"),
-    ("Results and discussion", "results"), ("Numerical experiments", "results"),
-    ("Proof of Theorem 2", "proof"), ("Discussion", "discussion"), ("Summary and outlook", "conclusion"),
-    ("Concluding remarks", "conclusion"), ("Remarks and Open Problems", "discussion"), ("Analysis", "results"),
-    ("Appendix A: proofs", "appendix"), ("Acknowledgments", "other"),
-])
+@pytest.mark.parametrize(
+    "heading, label",
+    [
+        ("Introduction and background", "introduction"),
+        ("Related Work", "background"),
+        ("Preliminaries and notation", "background"),
+        ("The $\\mathcal{O}(n)$ algorithm", "method"),
+        ("Results and discussion", "results"),
+        ("Numerical experiments", "results"),
+        ("Proof of Theorem 2", "proof"),
+        ("Discussion", "discussion"),
+        ("Summary and outlook", "conclusion"),
+        ("Concluding remarks", "conclusion"),
+        ("Remarks and Open Problems", "discussion"),
+        ("Analysis", "results"),
+        ("Appendix A: proofs", "appendix"),
+        ("Acknowledgments", "other"),
+    ],
+)
 def test_heading_labels(heading, label):
     assert heading_label(heading) == label
 
@@ -132,7 +156,7 @@ def test_masking_math_keeps_english_papers():
     # Pure LaTeX math has no natural-language n-grams; langdetect calls this one Catalan.
     assert detect_language_raw(ZETA_MATH * 3) == "ca"
     assert detect_language("On the zeta function", ENGLISH, ZETA_MATH * 20 + ENGLISH) == "en"
-    assert detect_language(None, None, ZETA_MATH * 3) == "unknown"     # nothing left to judge
+    assert detect_language(None, None, ZETA_MATH * 3) == "unknown"  # nothing left to judge
     assert check_language("On the zeta function", ENGLISH, ZETA_MATH, LanguageConfig()) == ("en", True)
 
 
@@ -161,7 +185,7 @@ def test_exact_key_and_deduplicator():
     exact.add("p1", "same text", priority=(2019, 9))
     exact.add("p2", "same\n text", priority=(2021, 10))
     exact.add("p3", "other text", priority=(2000, 1))
-    exact.add("p0", "same text ", priority=(2021, 10))        # tie with p2: smallest id wins
+    exact.add("p0", "same text ", priority=(2021, 10))  # tie with p2: smallest id wins
     assert exact.keep_set() == {"p0", "p3"}
     assert exact.dropped() == {"p1": "p0", "p2": "p0"}
 
@@ -175,7 +199,7 @@ def test_near_duplicates_cluster_and_keep_highest_priority():
     index = NearDuplicateIndex()
     index.add("old", " ".join(original), priority=(2010, 500))
     index.add("unrelated", " ".join(_random_text(rng)), priority=(2030, 9999))
-    index.add("new", " ".join(edited).upper(), priority=(2012, 500))     # lowercased before shingling
+    index.add("new", " ".join(edited).upper(), priority=(2012, 500))  # lowercased before shingling
     assert index.clusters() == [["new", "old"]]
     assert index.keep_set() == {"new", "unrelated"}
     with pytest.raises(ValueError):

@@ -22,8 +22,10 @@ def test_comment_rule_is_the_same_for_assembly_and_cleaning():
 
 
 def test_dmath_is_math_for_cleaning_and_for_tagging():
-    source = ("\\documentclass{article}\n\\begin{document}\nSee~the bound.\n"
-              "\\begin{dmath}\na~b \\ref{x}\n\\end{dmath}\n\\end{document}\n")
+    source = (
+        "\\documentclass{article}\n\\begin{document}\nSee~the bound.\n"
+        "\\begin{dmath}\na~b \\ref{x}\n\\end{dmath}\n\\end{document}\n"
+    )
     text = clean_latex(source).text
     dmath = "\\begin{dmath}\na~b \\ref{x}\n\\end{dmath}"
     assert text == "See the bound.\n" + dmath  # prose rules (ties, references) stop at the math

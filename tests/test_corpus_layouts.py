@@ -88,8 +88,15 @@ def test_per_paper_names_are_read_under_any_folder():
     assert per_paper_archive_id("x/math.GT/0309136.pdf") == "math/0309136"
     assert per_paper_archive_id("a/b/1403.0038.tar.gz") == "1403.0038"
     assert per_paper_archive_id("2301.04217v3.tgz") == "2301.04217"
-    for not_a_paper in ("0303/0303004.gz", "main.tex", "figs/1403.0038.png", "1403.0038", "README",
-                        "data/12345678.gz", "2301.04217.tex"):
+    for not_a_paper in (
+        "0303/0303004.gz",
+        "main.tex",
+        "figs/1403.0038.png",
+        "1403.0038",
+        "README",
+        "data/12345678.gz",
+        "2301.04217.tex",
+    ):
         assert per_paper_archive_id(not_a_paper) is None, not_a_paper
 
 
@@ -112,22 +119,34 @@ def test_paper_tar_with_its_own_pdf_yields_one_paper(tmp_path):
 
 def test_a_stray_file_in_a_bulk_tar_is_one_rejected_input(tmp_path, papers):
     members = [("mirror/README", b"mirror of arXiv sources\n")] + [
-        (f"mirror/{glued(i)}{s}", data) for i, (s, data) in sorted(papers.items())]
+        (f"mirror/{glued(i)}{s}", data) for i, (s, data) in sorted(papers.items())
+    ]
     items = list(iter_source_inputs([write_tar(tmp_path / "bundle.tar", members)]))
     assert len(items) == len(members)
     assert items[0][0] == "bundle.tar:mirror/README" and items[0][1].reason == "no_tex"
     assert sum(isinstance(outcome, SourcePackage) for _, outcome in items) == sum(
-        s == ".gz" for s, _ in papers.values())
+        s == ".gz" for s, _ in papers.values()
+    )
 
 
 def test_a_tar_of_unrelated_files_is_rejected_naming_what_it_holds(tmp_path):
-    path = write_tar(tmp_path / "dataset.tar", [("data/results.csv", b"a,b\n1,2\n"), ("data/run.json", b"{}"),
-                                                 ("plots/fig.png", b"\x89PNG\r\n\x1a\n"), ("README", b"notes\n")])
+    path = write_tar(
+        tmp_path / "dataset.tar",
+        [
+            ("data/results.csv", b"a,b\n1,2\n"),
+            ("data/run.json", b"{}"),
+            ("plots/fig.png", b"\x89PNG\r\n\x1a\n"),
+            ("README", b"notes\n"),
+        ],
+    )
     [(source, outcome)] = iter_source_inputs([path])
     assert source == path and isinstance(outcome, Rejected)
     assert outcome.reason == "tar_of_data+images+other"
-    assert "neither a paper nor a bulk tar" in outcome.detail and "2 data (data/results.csv, data/run.json)" \
-        in outcome.detail and "1 images (plots/fig.png)" in outcome.detail
+    assert (
+        "neither a paper nor a bulk tar" in outcome.detail
+        and "2 data (data/results.csv, data/run.json)" in outcome.detail
+        and "1 images (plots/fig.png)" in outcome.detail
+    )
     pdfs = write_tar(tmp_path / "scans.tar", [("scan1.pdf", b"%PDF-1.4\n"), ("scan2.pdf", b"%PDF-1.4\n")])
     [(_, outcome)] = iter_source_inputs([pdfs])
     assert outcome.reason == "pdf_only"  # PDFs not named by id: one paper without source, as before
@@ -135,9 +154,13 @@ def test_a_tar_of_unrelated_files_is_rejected_naming_what_it_holds(tmp_path):
 
 def test_hostile_members_of_a_bulk_tar_stay_contained(tmp_path, papers, monkeypatch):
     """Links, escaping names and oversized members are each one rejected input; nothing reaches the disk."""
-    (paper_id, (suffix, data)), = [(i, v) for i, v in sorted(papers.items()) if v[0] == ".gz"][:1]
-    members = [("x/2101.00001.gz", None), (f"../../{glued(paper_id)}{suffix}", data),
-               ("x/2101.00002.gz", bytes(4096)), (f"x/{glued(paper_id)}{suffix}", data)]
+    ((paper_id, (suffix, data)),) = [(i, v) for i, v in sorted(papers.items()) if v[0] == ".gz"][:1]
+    members = [
+        ("x/2101.00001.gz", None),
+        (f"../../{glued(paper_id)}{suffix}", data),
+        ("x/2101.00002.gz", bytes(4096)),
+        (f"x/{glued(paper_id)}{suffix}", data),
+    ]
     path = write_tar(tmp_path / "hostile.tar", members)
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -159,11 +182,18 @@ def test_builder_writes_every_paper_of_a_renamed_bundle(tmp_path):
             objects[record["id"]] = (os.path.splitext(path)[1], handle.read())
     bundle = write_tar(tmp_path / "bundle.tar", [(f"arxiv/{glued(i)}{s}", d) for i, (s, d) in sorted(objects.items())])
     write_arxiv_metadata(tmp_path / "meta.jsonl", records)
-    report = build(BuildConfig(sources=[bundle], output=str(tmp_path / "out"), metadata=[str(tmp_path / "meta.jsonl")],
-                               min_body_chars=200), progress=False)
+    report = build(
+        BuildConfig(
+            sources=[bundle], output=str(tmp_path / "out"), metadata=[str(tmp_path / "meta.jsonl")], min_body_chars=200
+        ),
+        progress=False,
+    )
     assert report.inputs == len(records)
     pdfs = sum(suffix == ".pdf" for suffix, _ in objects.values())
     assert report.rejections.get("archive", {}) == ({"pdf_only": pdfs} if pdfs else {})
-    assert report.written + sum(n for stage, reasons in report.rejections.items() if stage != "archive"
-                                for n in reasons.values()) == len(records) - pdfs
+    assert (
+        report.written
+        + sum(n for stage, reasons in report.rejections.items() if stage != "archive" for n in reasons.values())
+        == len(records) - pdfs
+    )
     assert report.written > 0

@@ -35,8 +35,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def chat_model(tmp_path_factory):
     """A small tokenizer with the chat template: serves pretraining and SFT preprocessing alike."""
     path = str(tmp_path_factory.mktemp("safety_tok") / "chat.model")
-    train_sentencepiece((p["text"] for p in generate_papers(30, seed=41)), path,
-                        SentencePieceTrainConfig(vocab_size=900, num_threads=1, chat_template="megasci-v1"))
+    train_sentencepiece(
+        (p["text"] for p in generate_papers(30, seed=41)),
+        path,
+        SentencePieceTrainConfig(vocab_size=900, num_threads=1, chat_template="megasci-v1"),
+    )
     return path
 
 
@@ -59,8 +62,13 @@ def write_lines(path, lines, cut: float | None = None):
     return path
 
 
-CHATS = [[{"role": "user", "content": f"Question {i}: what is $x^{i}$?"},
-          {"role": "assistant", "content": f"It is $x$ to the power {i}."}] for i in range(40)]
+CHATS = [
+    [
+        {"role": "user", "content": f"Question {i}: what is $x^{i}$?"},
+        {"role": "assistant", "content": f"It is $x$ to the power {i}."},
+    ]
+    for i in range(40)
+]
 
 
 # --- 1. a truncated shard is an error naming the file -------------------------------------------------
@@ -108,8 +116,9 @@ def with_surrogate(lines: list[str], at: int, field: str = "text") -> list[str]:
 def test_lone_surrogate_is_a_bad_record_in_preprocessing(tmp_path, chat_model, papers, workers):
     lines = with_surrogate([json.dumps(p) for p in papers[:6]], at=1)
     path = write_lines(str(tmp_path / "in.jsonl"), lines)
-    cfg = PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "o"), tokenizer_model=chat_model,
-                           workers=workers)
+    cfg = PreprocessConfig(
+        inputs=[path], output_prefix=str(tmp_path / "o"), tokenizer_model=chat_model, workers=workers
+    )
     logged = []
     summary = preprocess(cfg, progress=False, log=logged.append)
     assert summary.errors == {"bad_unicode": 1} and summary.documents == {"text": 5}
@@ -125,8 +134,10 @@ def test_a_surrogate_in_a_field_nobody_reads_costs_nothing(tmp_path, chat_model,
     lines = with_surrogate([json.dumps({**p, "title": "t"}) for p in papers[:3]], at=0, field="title")
     lines[2] = json.dumps({"id": "emoji", "text": "SMILE"}).replace("SMILE", "\\ud83d\\ude00 and text")
     path = write_lines(str(tmp_path / "in.jsonl"), lines)
-    summary = preprocess(PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "o"),
-                                          tokenizer_model=chat_model, workers=0), progress=False)
+    summary = preprocess(
+        PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "o"), tokenizer_model=chat_model, workers=0),
+        progress=False,
+    )
     assert summary.errors == {} and summary.documents == {"text": 3}
 
 
@@ -177,8 +188,11 @@ def test_pointers_that_are_not_the_running_sum_are_refused(tmp_path):
     raw = bytearray(open(prefix + ".idx", "rb").read())
     struct.pack_into("<q", raw, 34 + 3 * 4 + 8, 24)  # sequence 1's pointer: 2 tokens late, the last one still right
     open(prefix + ".idx", "wb").write(bytes(raw))
-    with pytest.raises(IndexedDatasetError, match=r"ds\.idx: sequence 1 starts at byte 24, but the lengths "
-                                                  r"before it put it at 20"):
+    with pytest.raises(
+        IndexedDatasetError,
+        match=r"ds\.idx: sequence 1 starts at byte 24, but the lengths "
+        r"before it put it at 20",
+    ):
         IndexedDataset(prefix)
 
 
@@ -186,8 +200,11 @@ def test_a_bin_of_another_dtype_is_refused(tmp_path):
     docs = [np.arange(10), np.arange(5)]
     prefix = write_by_hand(str(tmp_path / "ds"), docs, np.uint16)
     np.concatenate(docs).astype(np.int32).tofile(prefix + ".bin")  # twice the bytes the index addresses
-    with pytest.raises(IndexedDatasetError, match=r"ds\.bin: 60 bytes, but the 15 tokens of .*ds\.idx take 30 as "
-                                                  r"uint16"):
+    with pytest.raises(
+        IndexedDatasetError,
+        match=r"ds\.bin: 60 bytes, but the 15 tokens of .*ds\.idx take 30 as "
+        r"uint16",
+    ):
         IndexedDataset(prefix)
 
 
@@ -259,15 +276,20 @@ def test_merging_checks_each_input_bin_against_its_checksum(tmp_path):
     assert not os.path.exists(tmp_path / "m.bin")
 
 
-def test_merge_tool_commits_the_sidecar_and_tokenizer_record_with_the_tokens(tmp_path, chat_model, papers, run_tool,
-                                                                            capsys):
+def test_merge_tool_commits_the_sidecar_and_tokenizer_record_with_the_tokens(
+    tmp_path, chat_model, papers, run_tool, capsys
+):
     from megasci.data.sidecar import read_sidecar
 
     prefixes = []
     for part, chunk in enumerate((papers[:10], papers[10:])):
         path = write_lines(str(tmp_path / f"in{part}.jsonl"), [json.dumps(p) for p in chunk])
-        preprocess(PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / f"p{part}"),
-                                    tokenizer_model=chat_model, workers=0), progress=False)
+        preprocess(
+            PreprocessConfig(
+                inputs=[path], output_prefix=str(tmp_path / f"p{part}"), tokenizer_model=chat_model, workers=0
+            ),
+            progress=False,
+        )
         prefixes.append(str(tmp_path / f"p{part}_text_document"))
     merged = str(tmp_path / "m")
     assert run_tool("merge_datasets.py", ["--input", *prefixes, "--output-prefix", merged]) == 0
@@ -300,8 +322,11 @@ def test_a_dataset_whose_record_shows_ids_beyond_the_vocabulary_is_refused_at_op
     prefix = write_dataset(str(tmp_path / "ds"), docs)
     config = GPTDatasetConfig(prefix=prefix, seq_length=8, num_samples=4, split_fractions=(1, 0, 0))
     GPTDataset(config, vocab_size=1000)
-    with pytest.raises(IndexedDatasetError, match=r"ds\.bin: token id 700 \(document 2\) is outside the vocabulary "
-                                                  r"of 512"):
+    with pytest.raises(
+        IndexedDatasetError,
+        match=r"ds\.bin: token id 700 \(document 2\) is outside the vocabulary "
+        r"of 512",
+    ):
         GPTDataset(config, vocab_size=512)
 
 
@@ -311,8 +336,11 @@ def test_a_dataset_without_a_record_is_checked_sample_by_sample(tmp_path):
     np.concatenate(docs).astype(np.uint16).tofile(prefix + ".bin")
     config = GPTDatasetConfig(prefix=prefix, seq_length=8, num_samples=9, split_fractions=(1, 0, 0))
     ds = GPTDataset(config, vocab_size=512)
-    with pytest.raises(ValueError, match=r"ds\.bin: token id 600 \(sample \d+, document 1\) is outside the model's "
-                                         r"vocabulary of 512"):
+    with pytest.raises(
+        ValueError,
+        match=r"ds\.bin: token id 600 \(sample \d+, document 1\) is outside the model's "
+        r"vocabulary of 512",
+    ):
         for i in range(len(ds)):
             ds.sample(i)
             ds[i]
@@ -324,20 +352,35 @@ def test_training_checks_token_ids_against_the_model_vocabulary(tmp_path, chat_m
     from megasci.training.data import build_train_dataset
 
     path = write_lines(str(tmp_path / "in.jsonl"), [json.dumps(p) for p in papers])
-    preprocess(PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "d"), tokenizer_model=chat_model,
-                                workers=0), progress=False)
+    preprocess(
+        PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "d"), tokenizer_model=chat_model, workers=0),
+        progress=False,
+    )
     prefix = str(tmp_path / "d_text_document")
 
     def config(vocab_size):
-        return load_config(None, [
-            "model.preset=tiny", f"model.overrides={{vocab_size: {vocab_size}}}", f"data.tokenizer={chat_model}",
-            "data.seq_length=16", f"data.blend=[1, {prefix}]", "train.micro_batch_size=2",
-            "train.global_batch_size=2", "train.train_steps=4", "optim.warmup_steps=1",
-            f"train.save_dir={tmp_path / 'run'}"])
+        return load_config(
+            None,
+            [
+                "model.preset=tiny",
+                f"model.overrides={{vocab_size: {vocab_size}}}",
+                f"data.tokenizer={chat_model}",
+                "data.seq_length=16",
+                f"data.blend=[1, {prefix}]",
+                "train.micro_batch_size=2",
+                "train.global_batch_size=2",
+                "train.train_steps=4",
+                "optim.warmup_steps=1",
+                f"train.save_dir={tmp_path / 'run'}",
+            ],
+        )
 
     assert len(build_train_dataset(config(900), str(tmp_path / "cache"))) == 8
-    with pytest.raises(IndexedDatasetError, match=r"d_text_document\.bin: token id \d+ \(document \d+\) is outside "
-                                                  r"the vocabulary of 300"):
+    with pytest.raises(
+        IndexedDatasetError,
+        match=r"d_text_document\.bin: token id \d+ \(document \d+\) is outside "
+        r"the vocabulary of 300",
+    ):
         build_train_dataset(config(300), str(tmp_path / "cache"))
 
 
@@ -353,8 +396,13 @@ def sft_output(tmp_path, chat_model):
 
 
 def sft_config(out, tmp_path):
-    return GPTDatasetConfig(prefix=sft_output_prefixes(out)["tokens"], seq_length=16, num_samples=8,
-                            split_fractions=(1, 0, 0), cache_dir=str(tmp_path / "cache"))
+    return GPTDatasetConfig(
+        prefix=sft_output_prefixes(out)["tokens"],
+        seq_length=16,
+        num_samples=8,
+        split_fractions=(1, 0, 0),
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 @pytest.mark.parametrize("records", ["commit record", "report only"])
@@ -367,32 +415,43 @@ def test_an_sft_dataset_whose_loss_mask_is_missing_is_refused(sft_output, tmp_pa
             os.remove(path)
     if records == "report only" and os.path.exists(commit_record_path(config.prefix)):
         os.remove(commit_record_path(config.prefix))  # a dataset written before commit records: the report says SFT
-    with pytest.raises(FileNotFoundError, match=r"sft_loss_mask_document\.idx: the loss mask of SFT dataset "
-                                                r".*sft_text_document is missing"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"sft_loss_mask_document\.idx: the loss mask of SFT dataset "
+        r".*sft_text_document is missing",
+    ):
         GPTDataset(config)
 
 
 def test_a_loss_mask_from_another_sft_run_is_refused(sft_output, tmp_path, chat_model):
     """Same conversations, so the same lengths: only the write id tells the second run's mask apart."""
     other = str(tmp_path / "again")
-    preprocess_sft(SFTConfig(inputs=[str(tmp_path / "chat.jsonl")], output_prefix=other,
-                             tokenizer_model=chat_model), progress=False)
+    preprocess_sft(
+        SFTConfig(inputs=[str(tmp_path / "chat.jsonl")], output_prefix=other, tokenizer_model=chat_model),
+        progress=False,
+    )
     for ext in (".bin", ".idx", ".commit.json"):
         source = sft_output_prefixes(other)["loss_mask"] + ext
         if os.path.exists(source):
             shutil.copyfile(source, sft_output_prefixes(sft_output)["loss_mask"] + ext)
-    with pytest.raises(ValueError, match=r"sft_loss_mask_document: the loss mask comes from write \w+, its tokens "
-                                         r".* from write \w+: they are not one SFT run's output"):
+    with pytest.raises(
+        ValueError,
+        match=r"sft_loss_mask_document: the loss mask comes from write \w+, its tokens "
+        r".* from write \w+: they are not one SFT run's output",
+    ):
         GPTDataset(sft_config(sft_output, tmp_path))
 
 
 def test_a_pretraining_text_dataset_needs_no_loss_mask(tmp_path, chat_model, papers):
     """`<out>_text_document` is also what pretraining's `text` key is called: no mask is expected there."""
     path = write_lines(str(tmp_path / "in.jsonl"), [json.dumps(p) for p in papers])
-    preprocess(PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "p"), tokenizer_model=chat_model,
-                                workers=0), progress=False)
-    config = GPTDatasetConfig(prefix=str(tmp_path / "p_text_document"), seq_length=16, num_samples=4,
-                              split_fractions=(1, 0, 0))
+    preprocess(
+        PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "p"), tokenizer_model=chat_model, workers=0),
+        progress=False,
+    )
+    config = GPTDatasetConfig(
+        prefix=str(tmp_path / "p_text_document"), seq_length=16, num_samples=4, split_fractions=(1, 0, 0)
+    )
     assert not GPTDataset(config).has_loss_mask
 
 

@@ -24,8 +24,10 @@ from megasci.downstream.decontaminate import (
 from megasci.downstream.tasks import load_jsonl
 
 NO_LM_EVAL = "lm-evaluation-harness is a test-only dependency: pip install lm-eval"
-WORDS = ("quark lepton boson fermion gluon photon muon tau neutrino hadron meson baryon pion kaon axion "
-         "graviton soliton instanton monopole vortex").split()
+WORDS = (
+    "quark lepton boson fermion gluon photon muon tau neutrino hadron meson baryon pion kaon axion "
+    "graviton soliton instanton monopole vortex"
+).split()
 
 
 def _examples(n=12, seed=0):
@@ -43,7 +45,7 @@ def _planted(example):
     """13 consecutive words of the example's text, with case and punctuation changed, in other text."""
     words = (example["context"] + example["choices"][example["gold"]]).split()
     start = len(words) - 13 if len(words) >= 13 else 0
-    window = [w.upper() if k % 2 else w + "," for k, w in enumerate(words[start:start + 13])]
+    window = [w.upper() if k % 2 else w + "," for k, w in enumerate(words[start : start + 13])]
     return "Some unrelated preamble about \\LaTeX. " + " ".join(window) + " And then the paper goes on."
 
 
@@ -53,9 +55,8 @@ def tok(tmp_path_factory):
 
 
 def test_normalisation_is_lm_evals():
-    janitor = pytest.importorskip("lm_eval.decontamination.janitor",
-                                  reason=NO_LM_EVAL)
-    text = "Ünïcödé Ω: THE Quick, brown fox's \"jump\" -- 3.14 \\alpha_{i}!\t\nNew   line"
+    janitor = pytest.importorskip("lm_eval.decontamination.janitor", reason=NO_LM_EVAL)
+    text = 'Ünïcödé Ω: THE Quick, brown fox\'s "jump" -- 3.14 \\alpha_{i}!\t\nNew   line'
     assert normalize(text) == janitor.Janitor().normalize_string(text)
     long = " ".join(normalize(p["text"]) for p in generate_papers(1, seed=3))
     assert list(word_ngrams(long, 13)) == list(janitor.word_ngrams(long, 13))
@@ -103,8 +104,12 @@ def test_cli_writes_ids_that_eval_reads(tmp_path, run_tool, capsys):
         f.write(json.dumps({"text": _planted(examples[2])}) + "\n")
         f.write(json.dumps({"text": "nothing to see"}) + "\n")
     out = tmp_path / "contamination.json"
-    assert run_tool("decontaminate.py", ["--tasks", task_path, "--corpus", str(tmp_path / "corpus.jsonl"),
-                                         "--out", str(out)]) == 0
+    assert (
+        run_tool(
+            "decontaminate.py", ["--tasks", task_path, "--corpus", str(tmp_path / "corpus.jsonl"), "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 corpus documents" in printed and "q2: first seen in" in printed
     assert read_contaminated(str(out)) == {"physics": {"q2"}}

@@ -5,15 +5,25 @@ import torch
 
 from megasci.training.metrics import device_peak_tflops
 
-
 # Every product's exact device name and its dense bf16 peak from the data sheet, written out here
 # independently of the table in metrics.py.
 DEVICE_PEAKS = [
-    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.5),
-    ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", 835.5), ("NVIDIA H800", 989.4), ("NVIDIA H800 PCIe", 756.0),
-    ("NVIDIA H20", 148.0), ("NVIDIA A100-SXM4-40GB", 312.0), ("NVIDIA A100-SXM4-80GB", 312.0),
-    ("NVIDIA A100-PCIE-40GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0), ("NVIDIA L4", 121.0),
-    ("NVIDIA L40", 181.05), ("NVIDIA L40S", 362.05), ("NVIDIA B200", 2250.0),
+    ("NVIDIA H100 80GB HBM3", 989.4),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA H100 NVL", 835.5),
+    ("NVIDIA H200", 989.4),
+    ("NVIDIA H200 NVL", 835.5),
+    ("NVIDIA H800", 989.4),
+    ("NVIDIA H800 PCIe", 756.0),
+    ("NVIDIA H20", 148.0),
+    ("NVIDIA A100-SXM4-40GB", 312.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA A100-PCIE-40GB", 312.0),
+    ("NVIDIA A100 80GB PCIe", 312.0),
+    ("NVIDIA L4", 121.0),
+    ("NVIDIA L40", 181.05),
+    ("NVIDIA L40S", 362.05),
+    ("NVIDIA B200", 2250.0),
 ]
 
 

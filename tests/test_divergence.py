@@ -4,19 +4,18 @@ train.skip_batches) with a sane learning rate trains on. Plus the pieces: the gu
 ceiling, the checkpoint refusal, keep_last's pin, and the rollback's set-aside and idempotency."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from checkpoint_fixtures import guard_of, make_checkpointer, save_at
 from megasci.distributed import AdamWConfig, ZeroAdamW
 from megasci.model import build_model, get_config
 from megasci.training import checkpoint as ckpt
-from megasci.training.config import TrainConfig, load_config
+from megasci.training.config import load_config
 from megasci.training.guard import SpikeGuard, TrainingDiverged
 from megasci.training.train_step import TrainStep
 from megasci.training.trainer import pretrain
-from checkpoint_fixtures import guard_of, make_checkpointer, save_at
 from training_fixtures import make_training_data, training_overrides
 
 
@@ -100,15 +99,30 @@ def _checkpointer(save_dir, keep_last=None):
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-2), bucket_numel=5000)
-    return make_checkpointer(save_dir, model=model, optimizer=optimizer, guard=SpikeGuard(3.0, 0, 5),
-                             tokenizer=_Tokenizer(), model_cfg=cfg, keep_last=keep_last)
+    return make_checkpointer(
+        save_dir,
+        model=model,
+        optimizer=optimizer,
+        guard=SpikeGuard(3.0, 0, 5),
+        tokenizer=_Tokenizer(),
+        model_cfg=cfg,
+        keep_last=keep_last,
+    )
 
 
 def test_no_checkpoint_of_non_finite_weights_or_during_a_skip_streak(tmp_path):
     saver = _checkpointer(tmp_path)
     guard = guard_of(saver)
-    step = TrainStep(saver.model, saver.components["optimizer"].optimizer, guard, accumulation=1,
-                     device=torch.device("cpu"), world_size=1, timing_sync=False, data_wait=lambda: 0.0)
+    step = TrainStep(
+        saver.model,
+        saver.components["optimizer"].optimizer,
+        guard,
+        accumulation=1,
+        device=torch.device("cpu"),
+        world_size=1,
+        timing_sync=False,
+        data_wait=lambda: 0.0,
+    )
     guard.check(0, 4.0, 1.0)
     assert step.unsafe_to_save(lambda: 4.1) is None
     assert "fail the spike guard" in step.unsafe_to_save(lambda: float("nan"))

@@ -61,12 +61,12 @@ def test_each_document_matches_running_alone(backend, attention_backend):
         packed = model(tokens, positions=positions, segment_ids=segment_ids)
         start = 0
         for n in LENGTHS:
-            alone = model(tokens[:, start:start + n])
-            torch.testing.assert_close(packed[:, start:start + n], alone, rtol=1e-5, atol=1e-5)
+            alone = model(tokens[:, start : start + n])
+            torch.testing.assert_close(packed[:, start : start + n], alone, rtol=1e-5, atol=1e-5)
             start += n
         # without the mask the later documents do see the earlier ones: the test can fail
         unmasked = model(tokens)
-    assert (unmasked[:, LENGTHS[0]:] - packed[:, LENGTHS[0]:]).abs().max() > 1e-2
+    assert (unmasked[:, LENGTHS[0] :] - packed[:, LENGTHS[0] :]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("backend", _backends())
@@ -83,10 +83,10 @@ def test_no_gradient_crosses_documents(backend, attention_backend):
         handle.remove()
     bounds = torch.tensor((0,) + LENGTHS).cumsum(0).tolist()
     chosen = 1  # the loss of document 1 alone
-    logits[:, bounds[chosen]:bounds[chosen + 1]].float().logsumexp(-1).sum().backward()
+    logits[:, bounds[chosen] : bounds[chosen + 1]].float().logsumexp(-1).sum().backward()
     grad = captured["x"].grad[0]
     for d in range(len(LENGTHS)):
-        rows = grad[bounds[d]:bounds[d + 1]]
+        rows = grad[bounds[d] : bounds[d + 1]]
         if d == chosen:
             assert rows.abs().sum() > 0
         else:
@@ -95,11 +95,9 @@ def test_no_gradient_crosses_documents(backend, attention_backend):
 
 def test_document_mask_is_block_causal():
     mask = document_mask(torch.tensor([[0, 0, 1, 1, 1]]))[0, 0]
-    expected = torch.tensor([[1, 0, 0, 0, 0],
-                             [1, 1, 0, 0, 0],
-                             [0, 0, 1, 0, 0],
-                             [0, 0, 1, 1, 0],
-                             [0, 0, 1, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor(
+        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool
+    )
     assert torch.equal(mask, expected)
 
 
@@ -107,7 +105,9 @@ def test_one_document_is_plain_causal_attention():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 6, 4, 8, dtype=torch.float64, generator=g) for _ in range(3))
     whole = torch.zeros(2, 6, dtype=torch.int64)
-    torch.testing.assert_close(attention_reference(q, k, v, True, segment_ids=whole), attention_reference(q, k, v, True))
+    torch.testing.assert_close(
+        attention_reference(q, k, v, True, segment_ids=whole), attention_reference(q, k, v, True)
+    )
 
 
 def test_cu_seqlens_flattens_documents_in_order():

@@ -36,9 +36,14 @@ def setup(tmp_path_factory):
     train.data.tokenizer, train.data.blend = data["tokenizer"], f"1 {data['prefix']}"
     identity = load_tokenizer(data["tokenizer"]).identity()
     save_dir = str(root / "ckpt")
-    save_checkpoint(save_dir, 1, rank=0, rank_state={}, model_state=model.state_dict(),
-                    meta={"model_config": dataclasses.asdict(cfg), "tokenizer": identity,
-                          "train_config": train.to_dict()})
+    save_checkpoint(
+        save_dir,
+        1,
+        rank=0,
+        rank_state={},
+        model_state=model.state_dict(),
+        meta={"model_config": dataclasses.asdict(cfg), "tokenizer": identity, "train_config": train.to_dict()},
+    )
     return {**data, "checkpoint": save_dir, "root": root, "cache": str(root / "cache")}
 
 
@@ -49,9 +54,18 @@ def sections(prefix):
 
 def reference_loss(model, prefix, samples, cache_dir, document_filter=None, split="valid"):
     """Token-weighted mean cross-entropy of the group's first `samples` samples, from logits."""
-    ds = GPTDataset(GPTDatasetConfig(prefix=prefix, split=split, split_fractions=FRACTIONS, seq_length=SEQ,
-                                     seed=SEED, num_samples=samples, document_filter=document_filter,
-                                     cache_dir=cache_dir))
+    ds = GPTDataset(
+        GPTDatasetConfig(
+            prefix=prefix,
+            split=split,
+            split_fractions=FRACTIONS,
+            seq_length=SEQ,
+            seed=SEED,
+            num_samples=samples,
+            document_filter=document_filter,
+            cache_dir=cache_dir,
+        )
+    )
     tokens = torch.from_numpy(np.stack([ds[i] for i in range(samples)]))
     with torch.no_grad():
         logits = model(tokens[:, :-1]).double()
@@ -60,8 +74,9 @@ def reference_loss(model, prefix, samples, cache_dir, document_filter=None, spli
 
 
 def test_losses_match_a_hand_computation(setup, tmp_path):
-    report = evaluate_perplexity(setup["checkpoint"], [setup["prefix"]], by="section", max_samples=12,
-                                 batch_size=5, cache_dir=setup["cache"])
+    report = evaluate_perplexity(
+        setup["checkpoint"], [setup["prefix"]], by="section", max_samples=12, batch_size=5, cache_dir=setup["cache"]
+    )
     model, _ = load_model(setup["checkpoint"])
     model.eval()
     rows = {g["name"]: g for g in report["groups"]}
@@ -71,8 +86,9 @@ def test_losses_match_a_hand_computation(setup, tmp_path):
     assert source["loss"] == pytest.approx(expected, abs=1e-5)
     assert report["overall"]["loss"] == pytest.approx(expected, abs=1e-5)  # one prefix: overall = it
     abstract = rows["arxiv_text_document[section=abstract]"]
-    expected, ds = reference_loss(model, setup["prefix"], abstract["samples"], str(tmp_path / "ref"),
-                                  {"section": {"abstract"}})
+    expected, ds = reference_loss(
+        model, setup["prefix"], abstract["samples"], str(tmp_path / "ref"), {"section": {"abstract"}}
+    )
     assert abstract["loss"] == pytest.approx(expected, abs=1e-5)
     labels = sections(setup["prefix"])
     assert all(labels[d] == "abstract" for d in ds.split_documents)
@@ -81,8 +97,9 @@ def test_losses_match_a_hand_computation(setup, tmp_path):
 
 
 def test_label_groups_partition_the_held_out_documents(setup):
-    report = evaluate_perplexity(setup["checkpoint"], [setup["prefix"]], by="section", max_samples=2,
-                                 cache_dir=setup["cache"])
+    report = evaluate_perplexity(
+        setup["checkpoint"], [setup["prefix"]], by="section", max_samples=2, cache_dir=setup["cache"]
+    )
     prefix = setup["prefix"]
     valid = split_documents(IndexedDataset(prefix).num_documents, FRACTIONS, SEED)["valid"]
     labels = sections(prefix)
@@ -103,8 +120,17 @@ def test_valid_split_is_what_training_left_out(setup):
     documents = IndexedDataset(prefix).num_documents
     assert group.documents.tolist() == split_documents(documents, FRACTIONS, SEED)["valid"].tolist()
     assert GPTDataset(group.config).split_documents.tolist() == group.documents.tolist()  # what is sampled
-    trained = GPTDataset(GPTDatasetConfig(prefix=prefix, split="train", split_fractions=FRACTIONS, seq_length=SEQ,
-                                          seed=SEED, num_samples=1, cache_dir=setup["cache"])).split_documents
+    trained = GPTDataset(
+        GPTDatasetConfig(
+            prefix=prefix,
+            split="train",
+            split_fractions=FRACTIONS,
+            seq_length=SEQ,
+            seed=SEED,
+            num_samples=1,
+            cache_dir=setup["cache"],
+        )
+    ).split_documents
     assert not set(trained.tolist()) & set(group.documents.tolist())
     [everything] = plan_groups([prefix], "all", fractions, seed, seq_length, cache_dir=setup["cache"])
     assert everything.documents.tolist() == list(range(documents))
@@ -114,8 +140,22 @@ def test_valid_split_is_what_training_left_out(setup):
 
 def test_cli_prints_the_table_and_writes_json(setup, tmp_path, capsys, run_tool):
     out = tmp_path / "ppl.json"
-    args = ["--checkpoint", setup["checkpoint"], "--data", setup["prefix"], "--by", "section", "--max-samples", "3",
-            "--split", "all", "--cache-dir", setup["cache"], "--json-out", str(out)]
+    args = [
+        "--checkpoint",
+        setup["checkpoint"],
+        "--data",
+        setup["prefix"],
+        "--by",
+        "section",
+        "--max-samples",
+        "3",
+        "--split",
+        "all",
+        "--cache-dir",
+        setup["cache"],
+        "--json-out",
+        str(out),
+    ]
     assert run_tool("eval_ppl.py", args) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -125,8 +165,9 @@ def test_cli_prints_the_table_and_writes_json(setup, tmp_path, capsys, run_tool)
     overall = next(line for line in printed.splitlines() if line.startswith("overall"))
     assert f"{report['overall']['perplexity']:.3f}" in overall
     assert report["overall"]["documents"] == IndexedDataset(setup["prefix"]).num_documents
-    direct = evaluate_perplexity(setup["checkpoint"], [setup["prefix"]], split="all", by="section", max_samples=3,
-                                 cache_dir=setup["cache"])
+    direct = evaluate_perplexity(
+        setup["checkpoint"], [setup["prefix"]], split="all", by="section", max_samples=3, cache_dir=setup["cache"]
+    )
     assert report["overall"]["loss"] == pytest.approx(direct["overall"]["loss"], abs=1e-12)
 
 
@@ -153,18 +194,26 @@ def test_foreign_and_too_small_datasets_fail_naming_the_file(setup, tmp_path):
     with pytest.raises(ValueError, match=f"{small}.bin: the all split .* 2 documents and 5 tokens"):
         evaluate_perplexity(setup["checkpoint"], [small], split="all", cache_dir=setup["cache"])
     with pytest.raises(FileNotFoundError, match="small.docs.jsonl"):
-        evaluate_perplexity(setup["checkpoint"], [small], split="all", by="section", seq_length=2,
-                            cache_dir=setup["cache"])
+        evaluate_perplexity(
+            setup["checkpoint"], [small], split="all", by="section", seq_length=2, cache_dir=setup["cache"]
+        )
 
 
 def test_checkpoint_without_training_config_needs_split_all(setup, tmp_path):
     model, meta = load_model(setup["checkpoint"])
-    save_checkpoint(str(tmp_path / "bare"), 1, rank=0, rank_state={}, model_state=model.state_dict(),
-                    meta={"model_config": meta["model_config"]})
+    save_checkpoint(
+        str(tmp_path / "bare"),
+        1,
+        rank=0,
+        rank_state={},
+        model_state=model.state_dict(),
+        meta={"model_config": meta["model_config"]},
+    )
     with pytest.raises(ValueError, match="records no training config"):
         evaluate_perplexity(str(tmp_path / "bare"), [setup["prefix"]], seq_length=SEQ)
-    report = evaluate_perplexity(str(tmp_path / "bare"), [setup["prefix"]], split="all", seq_length=SEQ,
-                                 max_samples=1, cache_dir=setup["cache"])
+    report = evaluate_perplexity(
+        str(tmp_path / "bare"), [setup["prefix"]], split="all", seq_length=SEQ, max_samples=1, cache_dir=setup["cache"]
+    )
     assert report["groups"][0]["samples"] == 1
 
 
@@ -177,8 +226,14 @@ def test_tokenizer_mismatch_warns_from_the_preprocessing_report(setup, tmp_path)
     report_path = tmp_path / "corpus_preprocess.json"
 
     def record(tokenizer_model):
-        report_path.write_text(json.dumps({"config": {"tokenizer_model": tokenizer_model},
-                                           "summary": {"outputs": {"text": prefix}, "vocab_size": 99}}))
+        report_path.write_text(
+            json.dumps(
+                {
+                    "config": {"tokenizer_model": tokenizer_model},
+                    "summary": {"outputs": {"text": prefix}, "vocab_size": 99},
+                }
+            )
+        )
 
     record(setup["tokenizer"])
     assert tokenizer_warnings(prefix, identity) == []
@@ -191,8 +246,9 @@ def test_tokenizer_mismatch_warns_from_the_preprocessing_report(setup, tmp_path)
     [warning] = tokenizer_warnings(prefix, identity)
     assert "vocab_size 99" in warning
     warned = []
-    evaluate_perplexity(setup["checkpoint"], [prefix], split="all", max_samples=1, cache_dir=setup["cache"],
-                        warn=warned.append)
+    evaluate_perplexity(
+        setup["checkpoint"], [prefix], split="all", max_samples=1, cache_dir=setup["cache"], warn=warned.append
+    )
     assert any("vocab_size 99" in w for w in warned)
     warned = []
     evaluate_perplexity(setup["checkpoint"], [prefix], max_samples=1, cache_dir=setup["cache"], warn=warned.append)

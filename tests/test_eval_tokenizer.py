@@ -60,6 +60,7 @@ class CharTokenizer(Tokenizer):
 
 # --- fragment extraction ---------------------------------------------------------------------------
 
+
 def test_escaped_dollars_are_not_delimiters():
     found = extract_fragments(r"costs \$5 and \$6, while $a+b$ is math and $\$ 7$ is too")
     assert found.inline_math == ["$a+b$", r"$\$ 7$"]
@@ -116,7 +117,8 @@ def test_blank_lines_comments_and_line_breaks():
 
 DOCS = [
     r"Let $x$ be \emph{new}.",  # 22 chars; \emph (5); $x$ (3)
-    "\\[ \\alpha \\]\nCost \\$5 for \\emph{caf\u00e9} $x$",  # 41 chars; \alpha (6), \emph (5); $x$ (3); \[ \alpha \] (12); 1 unknown
+    # 41 chars; \alpha (6), \emph (5); $x$ (3); \[ \alpha \] (12); 1 unknown
+    "\\[ \\alpha \\]\nCost \\$5 for \\emph{caf\u00e9} $x$",
 ]
 
 
@@ -137,7 +139,7 @@ def test_each_distinct_fragment_is_encoded_once_and_missing_ones_give_none():
     tokenizer = CharTokenizer()
     documents = [r"\emph{a} $x$ \emph{b}", r"$x$ \emph{c}"]
     (stats,) = evaluate_tokenizers([tokenizer], documents)
-    fragment_calls = tokenizer.encoded[len(documents):]
+    fragment_calls = tokenizer.encoded[len(documents) :]
     assert sorted(fragment_calls) == sorted([r"\emph", "$x$"])
     assert stats.commands == 3 and stats.inline_math_spans == 2
     assert stats.tokens_per_display_math is None and stats.display_math_spans == 0
@@ -170,6 +172,7 @@ def test_format_table_is_aligned_with_one_column_per_tokenizer():
 
 # --- CLI with trained SentencePiece models ---------------------------------------------------------
 
+
 def latex_corpus(count: int, seed: int) -> list[str]:
     """Pseudo-words plus inline and display math: varied enough for a few hundred learned pieces."""
     rng = random.Random(seed)
@@ -198,7 +201,9 @@ def models(tmp_path_factory):
     paths = {}
     for label, vocab_size in (("small", 350), ("large", 700)):
         paths[label] = str(root / f"{label}.model")
-        train_sentencepiece(corpus, paths[label], SentencePieceTrainConfig(vocab_size=vocab_size, num_threads=1, mined_commands=10))
+        train_sentencepiece(
+            corpus, paths[label], SentencePieceTrainConfig(vocab_size=vocab_size, num_threads=1, mined_commands=10)
+        )
     return paths
 
 
@@ -214,8 +219,9 @@ def eval_jsonl(tmp_path_factory):
 
 def test_cli_larger_vocabulary_needs_fewer_tokens(models, eval_jsonl, tmp_path, capsys):
     out_json = tmp_path / "stats.json"
-    rc = load_tool().main(["--tokenizers", models["small"], models["large"], "--input", eval_jsonl,
-                           "--output-json", str(out_json)])
+    rc = load_tool().main(
+        ["--tokenizers", models["small"], models["large"], "--input", eval_jsonl, "--output-json", str(out_json)]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "small.model" in table and "large.model" in table and "tokens / display math" in table
@@ -236,8 +242,18 @@ def test_cli_max_documents_and_same_named_tokenizers(models, eval_jsonl, tmp_pat
         shutil.copy(models["small"], directory / "tokenizer.model")
         directories.append(str(directory))
     out_json = tmp_path / "stats.json"
-    rc = load_tool().main(["--tokenizers", *directories, "--input", os.path.join(os.path.dirname(eval_jsonl), "*.jsonl"),
-                           "--max-documents", "5", "--output-json", str(out_json)])
+    rc = load_tool().main(
+        [
+            "--tokenizers",
+            *directories,
+            "--input",
+            os.path.join(os.path.dirname(eval_jsonl), "*.jsonl"),
+            "--max-documents",
+            "5",
+            "--output-json",
+            str(out_json),
+        ]
+    )
     assert rc == 0
     rows = json.loads(out_json.read_text())
     assert [row["name"] for row in rows] == directories  # identical file names fall back to the paths given

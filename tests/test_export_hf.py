@@ -11,8 +11,15 @@ from safetensors import safe_open
 
 from megasci.corpus.synthetic import generate_papers
 from megasci.export.verify import LOGIT_RTOL, _check_logits
-from megasci.export_hf import (ExportError, Report, export_checkpoint, literal_text_caveats,
-                               sentencepiece_to_tokenizers, verify_export, write_tokenizer_files)
+from megasci.export_hf import (
+    ExportError,
+    Report,
+    export_checkpoint,
+    literal_text_caveats,
+    sentencepiece_to_tokenizers,
+    verify_export,
+    write_tokenizer_files,
+)
 from megasci.model import build_model, get_config, hf_config_dict, to_hf_state_dict
 from megasci.tokenizer import SentencePieceTokenizer, SentencePieceTrainConfig, train_sentencepiece
 from megasci.training.checkpoint import save_checkpoint
@@ -20,8 +27,10 @@ from megasci.training.checkpoint import save_checkpoint
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 1200
-TEXT = ("\\begin{align}\n\t\\sum_{i=1}^{42} x_i^2 &\\le 3.14 \\\\\n\\end{align}\n\n\n"
-        "Ünïcödé ∂Ω 中文 😀  two  spaces, a literal </s> and <0x41>, 2024\n")
+TEXT = (
+    "\\begin{align}\n\t\\sum_{i=1}^{42} x_i^2 &\\le 3.14 \\\\\n\\end{align}\n\n\n"
+    "Ünïcödé ∂Ω 中文 😀  two  spaces, a literal </s> and <0x41>, 2024\n"
+)
 
 
 def _train(path, seed, papers=40):
@@ -43,8 +52,7 @@ def _checkpoint(save_dir, tok, **overrides):
     torch.manual_seed(0)
     model = build_model(cfg, dtype=torch.float32)
     meta = {"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()}
-    save_checkpoint(str(save_dir), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                    tokenizer=tok)
+    save_checkpoint(str(save_dir), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta, tokenizer=tok)
     return model.eval()
 
 
@@ -82,9 +90,15 @@ def _greedy(model, prompt, steps):
 def test_export_writes_a_transformers_directory(exported):
     out, model, report = exported
     hf_dir = out / "hf"
-    assert sorted(os.listdir(hf_dir)) == ["config.json", "generation_config.json", "model.safetensors",
-                                          "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-                                          "tokenizer_config.json"]
+    assert sorted(os.listdir(hf_dir)) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
     assert not [p for p in os.listdir(out) if ".tmp-" in p or p.endswith(".failed")]
     config = json.load(open(hf_dir / "config.json"))
     assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
@@ -109,8 +123,14 @@ def test_transformers_reload_gives_our_logits_and_greedy_continuation(exported, 
     assert ours.abs().max() > 1.0  # far from uniform, so the comparison means something
     assert (ours - theirs).abs().max().item() < 1e-5
     prompt = tokens[:1, :20]
-    generated = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, do_sample=False,
-                            eos_token_id=None, pad_token_id=3)
+    generated = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=3,
+    )
     assert torch.equal(generated, _greedy(model, prompt, 24))
 
 
@@ -190,12 +210,15 @@ def test_wrong_vocab_size_is_caught(exported, tmp_path):
         verify_export(str(hf_dir), ckpt)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "mistral"}, "model_type is 'mistral', expected 'llama'"),
-    ({"tie_word_embeddings": True}, "tie_word_embeddings is True, expected False"),
-    ({"eos_token_id": 3}, "eos_token_id is 3, expected 2 \\(the training tokenizer's EOS id\\)"),
-    ({"rope_theta": 500000.0}, "rope_theta is 500000.0, expected 10000.0"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "mistral"}, "model_type is 'mistral', expected 'llama'"),
+        ({"tie_word_embeddings": True}, "tie_word_embeddings is True, expected False"),
+        ({"eos_token_id": 3}, "eos_token_id is 3, expected 2 \\(the training tokenizer's EOS id\\)"),
+        ({"rope_theta": 500000.0}, "rope_theta is 500000.0, expected 10000.0"),
+    ],
+)
 def test_wrong_config_fields_are_caught(exported, tmp_path, change, message):
     hf_dir, ckpt = _tampered(exported, tmp_path)
     _edit_json(hf_dir / "config.json", **change)
@@ -258,8 +281,11 @@ def chat_export(tmp_path_factory):
     """A checkpoint whose tokenizer has the megasci-v1 chat template, and its export."""
     out = tmp_path_factory.mktemp("chat")
     docs = [p["text"] for p in generate_papers(40, seed=0)]
-    train_sentencepiece(docs, str(out / "chat.model"), SentencePieceTrainConfig(
-        vocab_size=VOCAB, num_threads=2, mined_commands=100, chat_template="megasci-v1"))
+    train_sentencepiece(
+        docs,
+        str(out / "chat.model"),
+        SentencePieceTrainConfig(vocab_size=VOCAB, num_threads=2, mined_commands=100, chat_template="megasci-v1"),
+    )
     tok = SentencePieceTokenizer(str(out / "chat.model"))
     _checkpoint(out / "ckpt", tok)
     export_checkpoint(str(out / "ckpt"), str(out / "hf"))
@@ -273,10 +299,18 @@ def test_chat_template_is_exported_and_gives_our_ids(chat_export):
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out / "hf"))
     encoder = tok.chat_template.bind(tok)
     conversations = [
-        [{"role": "user", "content": "Is $x^2 \\ge 0$?"}, {"role": "assistant", "content": "Yes, for real x."},
-         {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "A square is never negative."}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."},
-         {"role": "assistant", "content": "Seven."}, {"role": "user", "content": "Another one."}],
+        [
+            {"role": "user", "content": "Is $x^2 \\ge 0$?"},
+            {"role": "assistant", "content": "Yes, for real x."},
+            {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "A square is never negative."},
+        ],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Name a prime."},
+            {"role": "assistant", "content": "Seven."},
+            {"role": "user", "content": "Another one."},
+        ],
     ]
     for messages in conversations:
         prompt = messages[-1]["role"] == "user"
@@ -285,11 +319,15 @@ def test_chat_template_is_exported_and_gives_our_ids(chat_export):
         assert theirs == encoder.encode(messages, add_generation_prompt=prompt)[0].tolist()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda jinja: jinja.replace("<|end|>", "\n<|end|>"), "apply_chat_template ids differ"),
-    (lambda jinja: jinja.replace("'<|system|>'", "'<|user|>'"), "apply_chat_template ids differ"),
-    (lambda jinja: None, "no chat_template"),
-], ids=["newline-before-end", "system-as-user", "removed"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda jinja: jinja.replace("<|end|>", "\n<|end|>"), "apply_chat_template ids differ"),
+        (lambda jinja: jinja.replace("'<|system|>'", "'<|user|>'"), "apply_chat_template ids differ"),
+        (lambda jinja: None, "no chat_template"),
+    ],
+    ids=["newline-before-end", "system-as-user", "removed"],
+)
 def test_a_tampered_chat_template_is_caught(chat_export, tmp_path, change, message):
     out, _ = chat_export
     shutil.copytree(out / "hf", tmp_path / "hf")

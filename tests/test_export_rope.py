@@ -23,8 +23,13 @@ SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 4.0},
     "dynamic": {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": ORIGINAL},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL, "beta_fast": 16.0},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": ORIGINAL},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": ORIGINAL,
+    },
 }
 
 
@@ -37,13 +42,15 @@ def tokenizer(tmp_path_factory):
 
 
 def _export(tmp_path, tok, scaling, rope_theta=10_000.0):
-    cfg = get_config("tiny", vocab_size=tok.vocab_size, init_std=0.1, max_seq_len=LENGTH, rope_theta=rope_theta,
-                     rope_scaling=scaling)
+    cfg = get_config(
+        "tiny", vocab_size=tok.vocab_size, init_std=0.1, max_seq_len=LENGTH, rope_theta=rope_theta, rope_scaling=scaling
+    )
     torch.manual_seed(0)
     model = build_model(cfg, dtype=torch.float32).eval()
     meta = {"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()}
-    save_checkpoint(str(tmp_path / "ckpt"), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                    tokenizer=tok)
+    save_checkpoint(
+        str(tmp_path / "ckpt"), 10, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta, tokenizer=tok
+    )
     report = export_checkpoint(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
     return model, report
 
@@ -87,8 +94,15 @@ def test_a_warning_would_be_seen():
     logger = logging.getLogger("transformers")
     logger.addHandler(records)
     try:
-        transformers.LlamaConfig(max_position_embeddings=3 * ORIGINAL, rope_parameters={
-            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL, "rope_theta": 1e4})
+        transformers.LlamaConfig(
+            max_position_embeddings=3 * ORIGINAL,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": ORIGINAL,
+                "rope_theta": 1e4,
+            },
+        )
     finally:
         logger.removeHandler(records)
     assert any("factor" in m for m in records.messages)

@@ -44,8 +44,9 @@ def _greedy_by_full_forward(model, tokens, n):
 
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_GQA], ids=["mha", "gqa"])
-@pytest.mark.parametrize("chunks", [[9] + [1] * 15, [1] * 24, [5, 4, 1, 1, 7, 6], [24]],
-                         ids=["prefill+steps", "steps", "chunked", "prefill"])
+@pytest.mark.parametrize(
+    "chunks", [[9] + [1] * 15, [1] * 24, [5, 4, 1, 1, 7, 6], [24]], ids=["prefill+steps", "steps", "chunked", "prefill"]
+)
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_cached_logits_equal_full_forward(cfg, chunks, backend, attention_backend):
     """Every position's logits, whether from a prefill, a one-token step or a chunk after a cached
@@ -57,7 +58,7 @@ def test_cached_logits_equal_full_forward(cfg, chunks, backend, attention_backen
         full = model(tokens)
         pieces, start = [], 0
         for n in chunks:
-            pieces.append(model.decode(tokens[:, start:start + n], cache))
+            pieces.append(model.decode(tokens[:, start : start + n], cache))
             start += n
         cached = torch.cat(pieces, dim=1)
     assert cache.length == 24 and cached.shape == full.shape
@@ -107,8 +108,9 @@ def test_greedy_equals_transformers_generate(cfg):
     eos = hf_cfg.eos_token_id
     ours = generate(model, prompt, 30, temperature=0, eos_id=eos)
     with torch.no_grad():  # HF pads a finished sequence with pad_token_id; ours with EOS
-        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=30,
-                             pad_token_id=eos)
+        theirs = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=30, pad_token_id=eos
+        )
     assert torch.equal(ours, theirs)
     assert ours.shape[1] > 30  # most of the 30 steps were compared
 
@@ -136,9 +138,9 @@ def _stop_at_eos(greedy, prompt_len, eos_id):
     for row in out:
         hits = (row[prompt_len:] == eos_id).nonzero().flatten().tolist()
         if hits:
-            row[prompt_len + hits[0]:] = eos_id
+            row[prompt_len + hits[0] :] = eos_id
         ends.append(prompt_len + hits[0] if hits else len(row) - 1)
-    return out[:, :max(ends) + 1]
+    return out[:, : max(ends) + 1]
 
 
 def test_eos_stops_each_sequence():
@@ -201,8 +203,9 @@ def test_sampling_is_reproducible_with_a_seed():
     model, prompt = _tiny(TINY), _tokens(TINY, seq=5)
 
     def run(seed):
-        return generate(model, prompt, 30, temperature=1.0, top_p=0.9, top_k=50,
-                        generator=torch.Generator().manual_seed(seed))
+        return generate(
+            model, prompt, 30, temperature=1.0, top_p=0.9, top_k=50, generator=torch.Generator().manual_seed(seed)
+        )
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -226,14 +229,21 @@ def checkpoint(tmp_path_factory):
     """A tiny model with a 512-token LaTeX tokenizer, saved as training saves it."""
     out = tmp_path_factory.mktemp("gen")
     docs = [p["text"] for p in generate_papers(30, seed=0)]
-    train_sentencepiece(docs, str(out / "latex.model"),
-                        SentencePieceTrainConfig(vocab_size=512, num_threads=2, mined_commands=50))
+    train_sentencepiece(
+        docs, str(out / "latex.model"), SentencePieceTrainConfig(vocab_size=512, num_threads=2, mined_commands=50)
+    )
     tok = load_tokenizer(str(out / "latex.model"))
     cfg = replace(TINY, vocab_size=tok.vocab_size)
     model = _tiny(cfg)
-    save_checkpoint(str(out / "ckpt"), 10, rank=0, rank_state={}, model_state=model.state_dict(),
-                    meta={"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()},
-                    tokenizer=tok)
+    save_checkpoint(
+        str(out / "ckpt"),
+        10,
+        rank=0,
+        rank_state={},
+        model_state=model.state_dict(),
+        meta={"model_config": dataclasses.asdict(cfg), "tokenizer": tok.identity()},
+        tokenizer=tok,
+    )
     return out / "ckpt", model, tok
 
 
@@ -246,19 +256,32 @@ def _run_tool(argv, capsys):
 def test_generate_tool_prints_prompt_and_continuation(checkpoint, capsys, tmp_path):
     save_dir, model, tok = checkpoint
     prompt = "\\begin{abstract}\nWe study"
-    code, out, err = _run_tool(["--checkpoint", str(save_dir), "--prompt", prompt, "--max-new-tokens", "20",
-                                "--temperature", "0"], capsys)
+    code, out, err = _run_tool(
+        ["--checkpoint", str(save_dir), "--prompt", prompt, "--max-new-tokens", "20", "--temperature", "0"], capsys
+    )
     assert code == 0, err
     ids = [tok.eod_id] + tok.encode(prompt)
-    new = generate(model, ids, 20, temperature=0, eos_id=tok.eos_id)[0, len(ids):].tolist()
+    new = generate(model, ids, 20, temperature=0, eos_id=tok.eos_id)[0, len(ids) :].tolist()
     new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
     assert len(new) > 0 and out == tok.decode(ids[1:] + new) + "\n"
     assert out.startswith(prompt) and len(out) > len(prompt) + 1
     assert "tokens/s on cpu" in err
     # Sampling, a prompt file, two prompts, the save directory's latest checkpoint.
     (tmp_path / "p.txt").write_text("\\section{Introduction}\n", encoding="utf-8")
-    args = ["--checkpoint", str(save_dir), "--prompt", "Let", "--prompt-file", str(tmp_path / "p.txt"),
-            "--max-new-tokens", "15", "--top-p", "0.9", "--seed", "3"]
+    args = [
+        "--checkpoint",
+        str(save_dir),
+        "--prompt",
+        "Let",
+        "--prompt-file",
+        str(tmp_path / "p.txt"),
+        "--max-new-tokens",
+        "15",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]
     code, out, err = _run_tool(args, capsys)
     assert code == 0, err
     assert out.startswith("Let") and "-" * 80 + "\n\\section{Introduction}\n" in out

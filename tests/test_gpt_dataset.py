@@ -45,7 +45,7 @@ def reference_samples(ds):
     stream = np.concatenate([reader.get_document(int(d)) for d in ds.document_order] + [np.zeros(0, np.uint16)])
     length = ds.config.seq_length
     extra = 1 if ds.config.add_extra_token else 0
-    return [stream[s * length: s * length + length + extra].astype(np.int64) for s in ds.shuffle_index]
+    return [stream[s * length : s * length + length + extra].astype(np.int64) for s in ds.shuffle_index]
 
 
 def assert_matches_reference(ds):
@@ -65,8 +65,9 @@ def corpus(tmp_path):
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
 @pytest.mark.parametrize("seq_length,num_samples", [(16, 50), (7, 300), (64, 1)])
 def test_every_sample_matches_reference(corpus, split, seq_length, num_samples):
-    config = GPTDatasetConfig(corpus, split=split, split_fractions=(0.8, 0.1, 0.1), seq_length=seq_length,
-                              num_samples=num_samples, seed=3)
+    config = GPTDatasetConfig(
+        corpus, split=split, split_fractions=(0.8, 0.1, 0.1), seq_length=seq_length, num_samples=num_samples, seed=3
+    )
     assert_matches_reference(GPTDataset(config))
 
 
@@ -142,8 +143,9 @@ def test_cache_is_reused_memory_mapped_and_described(corpus):
     np.testing.assert_array_equal(first.shuffle_index, second.shuffle_index)
     assert os.path.dirname(first._cache_path(".json")) == corpus + "_cache"
     names = sorted(os.listdir(corpus + "_cache"))
-    assert names == sorted(f"{first.hash}{suffix}" for suffix in
-                           ("-doc_idx.npy", "-sample_idx.npy", "-shuffle_idx.npy", ".json"))
+    assert names == sorted(
+        f"{first.hash}{suffix}" for suffix in ("-doc_idx.npy", "-sample_idx.npy", "-shuffle_idx.npy", ".json")
+    )
     with open(first._cache_path(".json")) as f:
         described = json.load(f)
     assert described["num_samples"] == 64 and described["prefix"] == os.path.abspath(corpus)
@@ -174,16 +176,16 @@ def test_document_filter_selects_labelled_documents(tmp_path):
     labels = ["abstract", "introduction", "method", "proof", "conclusion"] * 40
     prefix = write_dataset(str(tmp_path / "sections"), random_docs(3, 200), labels=labels)
     allowed = {"abstract", "introduction"}
-    config = GPTDatasetConfig(prefix, split_fractions=(0.9, 0.05, 0.05), seq_length=16, num_samples=80,
-                              document_filter={"section": allowed})
+    config = GPTDatasetConfig(
+        prefix, split_fractions=(0.9, 0.05, 0.05), seq_length=16, num_samples=80, document_filter={"section": allowed}
+    )
     ds = GPTDataset(config)
     train = split_documents(200, (0.9, 0.05, 0.05), 1234)["train"]
     expected = [d for d in train if labels[d] in allowed]
     np.testing.assert_array_equal(ds.split_documents, expected)
     assert set(np.asarray(ds.document_order).tolist()) <= set(expected)
     assert_matches_reference(ds)
-    unfiltered = GPTDataset(GPTDatasetConfig(prefix, split_fractions=(0.9, 0.05, 0.05), seq_length=16,
-                                             num_samples=80))
+    unfiltered = GPTDataset(GPTDatasetConfig(prefix, split_fractions=(0.9, 0.05, 0.05), seq_length=16, num_samples=80))
     assert unfiltered.hash != ds.hash
 
 
@@ -213,7 +215,7 @@ def reference_pieces(ds):
     reader = IndexedDataset(ds.config.prefix)
     owner = np.concatenate([np.full(len(reader.get_document(int(d))), k) for k, d in enumerate(ds.document_order)])
     length = ds.config.seq_length
-    return [owner[s * length: s * length + length + 1] for s in ds.shuffle_index]
+    return [owner[s * length : s * length + length + 1] for s in ds.shuffle_index]
 
 
 def test_sample_pieces_are_where_documents_start(corpus):

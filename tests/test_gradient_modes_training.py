@@ -5,8 +5,11 @@ import pytest
 
 from training_fixtures import make_training_data, training_overrides
 
-MODES = {"reference": ["optim.fp32_grad_accumulation=false"], "fp32_accumulation": [],
-         "shard_gradients": ["optim.shard_gradients=true"]}
+MODES = {
+    "reference": ["optim.fp32_grad_accumulation=false"],
+    "fp32_accumulation": [],
+    "shard_gradients": ["optim.shard_gradients=true"],
+}
 
 
 def test_every_gradient_mode_trains_like_the_reference_path(tmp_path):
@@ -16,9 +19,12 @@ def test_every_gradient_mode_trains_like_the_reference_path(tmp_path):
     data = make_training_data(str(tmp_path / "data"), papers=30)
     losses = {}
     for mode, extra in MODES.items():
-        overrides = training_overrides(data, str(tmp_path / mode), **{
-            "train.train_steps": 4, "train.eval_interval": 0, "train.save_interval": 0})
-        overrides = [o for o in overrides if not o.startswith("data.curriculum")] + [f"data.blend=[1, {data['prefix']}]"]
+        overrides = training_overrides(
+            data, str(tmp_path / mode), **{"train.train_steps": 4, "train.eval_interval": 0, "train.save_interval": 0}
+        )
+        overrides = [o for o in overrides if not o.startswith("data.curriculum")] + [
+            f"data.blend=[1, {data['prefix']}]"
+        ]
         losses[mode] = pretrain(load_config(None, overrides + extra)).losses
     assert len(losses["reference"]) == 4
     assert losses["reference"][4] < losses["reference"][1]  # it trains, so later losses depend on the updates

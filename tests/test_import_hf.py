@@ -23,10 +23,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "import_hf.py")
 import_hf = runpy.run_path(TOOL)["import_hf"]
 # The config.json fields that define the model; an import followed by an export must give them back.
-MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
-                "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "attention_bias", "mlp_bias",
-                "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id")
+MODEL_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 CASES = {
     "mha": dict(num_attention_heads=4, num_key_value_heads=4),
     "gqa": dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=500_000.0, vocab_extra=7),
@@ -39,19 +56,28 @@ CASES = {
 def tokenizer(tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
     docs = [p["text"] for p in generate_papers(30, seed=0)]
-    train_sentencepiece(docs, str(out / "sp.model"), SentencePieceTrainConfig(vocab_size=512, num_threads=2,
-                                                                               mined_commands=50))
+    train_sentencepiece(
+        docs, str(out / "sp.model"), SentencePieceTrainConfig(vocab_size=512, num_threads=2, mined_commands=50)
+    )
     return SentencePieceTokenizer(str(out / "sp.model"))
 
 
 def _hf_model(path, tok, seed=0, vocab_extra=0, rope_theta=10_000.0, max_shard_size=None, **overrides):
     """A random LlamaForCausalLM saved by transformers (norm gains perturbed too), with our tokenizer's files."""
     cfg = transformers.LlamaConfig(
-        vocab_size=tok.vocab_size + vocab_extra, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        max_position_embeddings=128, rms_norm_eps=1e-5,
+        vocab_size=tok.vocab_size + vocab_extra,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        initializer_range=0.2, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-        **overrides)
+        initializer_range=0.2,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+        **overrides,
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(cfg).float().eval()
     with torch.no_grad():
@@ -112,8 +138,13 @@ def test_import_gives_transformers_logits_and_exports_back(case, tokenizer, tmp_
 
 
 def test_llama3_rope_scaling_imports(tokenizer, tmp_path):
-    scaling = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 32,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "original_max_position_embeddings": 32,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    }
     hf = _hf_model(tmp_path / "hf", tokenizer, num_attention_heads=4, num_key_value_heads=2)
     config = json.load(open(tmp_path / "hf" / "config.json"))
     config["rope_parameters"] = {**scaling, "rope_theta": 500_000.0}
@@ -136,15 +167,20 @@ def test_sharded_safetensors_import_and_a_missing_shard_is_named(tokenizer, tmp_
     assert not (tmp_path / "other").exists()
 
 
-@pytest.mark.parametrize("changes, keys", [
-    ({"attention_bias": True}, ["attention_bias"]),
-    ({"mlp_bias": True}, ["mlp_bias"]),
-    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 4096},
-     ["model_type", "architectures", "sliding_window"]),
-    ({"hidden_act": "gelu"}, ["hidden_act"]),
-    ({"num_local_experts": 8}, ["num_local_experts"]),
-    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["rope_type"]),
-])
+@pytest.mark.parametrize(
+    "changes, keys",
+    [
+        ({"attention_bias": True}, ["attention_bias"]),
+        ({"mlp_bias": True}, ["mlp_bias"]),
+        (
+            {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 4096},
+            ["model_type", "architectures", "sliding_window"],
+        ),
+        ({"hidden_act": "gelu"}, ["hidden_act"]),
+        ({"num_local_experts": 8}, ["num_local_experts"]),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["rope_type"]),
+    ],
+)
 def test_unsupported_config_is_refused_before_writing(changes, keys, tokenizer, tmp_path):
     _hf_model(tmp_path / "hf", tokenizer, num_attention_heads=4, num_key_value_heads=4)
     config = json.load(open(tmp_path / "hf" / "config.json"))
@@ -167,12 +203,28 @@ def test_tokenizer_json_directory_carries_its_tokenizer(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     (tmp_path / "hf").mkdir()
     tok.save(str(tmp_path / "hf" / "tokenizer.json"))
-    json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-               "tokenizer_class": "PreTrainedTokenizerFast"}, open(tmp_path / "hf" / "tokenizer_config.json", "w"))
+    json.dump(
+        {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+        open(tmp_path / "hf" / "tokenizer_config.json", "w"),
+    )
     ours_tok = load_tokenizer(str(tmp_path / "hf" / "tokenizer.json"))
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                   initializer_range=0.3, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     hf.save_pretrained(str(tmp_path / "hf"))

@@ -28,11 +28,15 @@ def data(tmp_path_factory):
 def paper_task(path, n: int = 12) -> str:
     """Sentences of synthetic papers with the next sentence among three others: text the model trains on
     the kind of, so its log-likelihoods are far from uniform after a few steps."""
-    sentences = [s.strip() + "." for p in generate_papers(30, seed=11) for s in p["text"].split(". ")
-                 if 20 < len(s) < 120 and "\\" not in s]
+    sentences = [
+        s.strip() + "."
+        for p in generate_papers(30, seed=11)
+        for s in p["text"].split(". ")
+        if 20 < len(s) < 120 and "\\" not in s
+    ]
     rows = []
     for i in range(n):
-        context, *choices = sentences[5 * i:5 * i + 5]
+        context, *choices = sentences[5 * i : 5 * i + 5]
         rows.append({"id": f"p{i}", "context": context, "choices": [" " + c for c in choices], "gold": i % 4})
     return write_task(path, rows)
 
@@ -61,19 +65,40 @@ def test_in_loop_scores_of_a_two_rank_run_equal_the_offline_tools(data, tasks, t
     rows = read_metrics(os.path.join(save_dir, "tensorboard"))
     assert sorted(s for s, r in rows.items() if "eval/macro/acc" in r) == [0, 4, 8]
     for step in (4, 8):
-        in_loop = [json.loads(line) for line in
-                   open(os.path.join(save_dir, "downstream", f"step_{step:08d}.jsonl"), encoding="utf-8")]
+        in_loop = [
+            json.loads(line)
+            for line in open(os.path.join(save_dir, "downstream", f"step_{step:08d}.jsonl"), encoding="utf-8")
+        ]
         per_example = tmp_path / f"offline_{step}.jsonl"
-        assert run_tool("eval_tasks.py", ["--checkpoint", os.path.join(save_dir, f"step_{step:08d}"),
-                                          "--tasks", *tasks, "--device", "cpu", "--batch-size", "3",
-                                          "--per-example", str(per_example)]) == 0
+        assert (
+            run_tool(
+                "eval_tasks.py",
+                [
+                    "--checkpoint",
+                    os.path.join(save_dir, f"step_{step:08d}"),
+                    "--tasks",
+                    *tasks,
+                    "--device",
+                    "cpu",
+                    "--batch-size",
+                    "3",
+                    "--per-example",
+                    str(per_example),
+                ],
+            )
+            == 0
+        )
         capsys.readouterr()
         offline = [json.loads(line) for line in per_example.read_text().splitlines()]
         assert [(r["task"], r["id"]) for r in in_loop] == [(r["task"], r["id"]) for r in offline]
         assert len(in_loop) == len(EXAMPLES) + 12
         for a, b in zip(in_loop, offline):
-            assert (a["acc"], a["acc_norm"], a["tokens"], a["greedy"]) == (b["acc"], b["acc_norm"], b["tokens"],
-                                                                           b["greedy"]), (a, b)
+            assert (a["acc"], a["acc_norm"], a["tokens"], a["greedy"]) == (
+                b["acc"],
+                b["acc_norm"],
+                b["tokens"],
+                b["greedy"],
+            ), (a, b)
             for x, y in zip(a["loglikelihoods"], b["loglikelihoods"]):
                 assert abs(x - y) <= 1e-6 * max(1.0, abs(x)), (a["task"], a["id"], x, y)
         for name in ("sci", "papers"):  # the logged task means are the offline rows' means
@@ -82,13 +107,15 @@ def test_in_loop_scores_of_a_two_rank_run_equal_the_offline_tools(data, tasks, t
                 expected = sum(r[metric] for r in mine) / len(mine)
                 assert rows[step][f"eval/{name}/{metric}"] == pytest.approx(expected, abs=1e-9)
         assert rows[step]["eval/macro/acc"] == pytest.approx(
-            (rows[step]["eval/sci/acc"] + rows[step]["eval/papers/acc"]) / 2, abs=1e-12)
+            (rows[step]["eval/sci/acc"] + rows[step]["eval/papers/acc"]) / 2, abs=1e-12
+        )
     assert rows[8]["eval/papers/bpb"] < rows[0]["eval/papers/bpb"]  # the model learnt something of the papers
 
 
 def _single_rank(data, save_dir, **extra):
-    overrides = training_overrides(data, save_dir, **{"train.train_steps": 6, "train.eval_interval": 3,
-                                                      "train.save_interval": 0, **extra})
+    overrides = training_overrides(
+        data, save_dir, **{"train.train_steps": 6, "train.eval_interval": 3, "train.save_interval": 0, **extra}
+    )
     return load_config(None, overrides)
 
 
@@ -101,9 +128,16 @@ def test_the_run_summary_holds_the_scores_and_evaluating_changes_no_training_num
     rows = read_metrics(os.path.join(save_dir, "tensorboard"))
     for step, values in evaluated.downstream.items():
         assert {k: v for k, v in rows[step].items() if k.startswith("eval/")} == {
-            k: v for k, v in values.items() if k.startswith("eval/")}
-        assert set(values) >= {"eval/sci/acc", "eval/sci/acc_stderr", "eval/papers/bpb", "eval/macro/acc_norm",
-                               "eval/macro/bpb_stderr", "time/downstream_eval_s"}
+            k: v for k, v in values.items() if k.startswith("eval/")
+        }
+        assert set(values) >= {
+            "eval/sci/acc",
+            "eval/sci/acc_stderr",
+            "eval/papers/bpb",
+            "eval/macro/acc_norm",
+            "eval/macro/bpb_stderr",
+            "time/downstream_eval_s",
+        }
     assert "time/downstream_eval_share" not in evaluated.downstream[0]  # no training step before step 0
     assert 0 < evaluated.downstream[3]["time/downstream_eval_share"]
     assert not os.path.isdir(os.path.join(save_dir, "downstream"))  # per-example rows only when asked
@@ -119,9 +153,11 @@ def test_a_bad_task_fails_at_set_up_naming_the_file_and_line(data, tmp_path):
 
 
 def test_scalars_macro_average_and_its_stderr():
-    results = [TaskResult("a", "mc", 10, None, {"acc": (0.5, 0.1), "acc_norm": (0.4, 0.1), "bpb": (2.0, 0.3)}),
-               TaskResult("b", "mc", 10, None, {"acc": (0.3, 0.2), "acc_norm": (0.2, 0.1), "bpb": (1.0, 0.4)}),
-               TaskResult("g", "bpb", 10, None, {"bpb": (3.0, 0.0)})]
+    results = [
+        TaskResult("a", "mc", 10, None, {"acc": (0.5, 0.1), "acc_norm": (0.4, 0.1), "bpb": (2.0, 0.3)}),
+        TaskResult("b", "mc", 10, None, {"acc": (0.3, 0.2), "acc_norm": (0.2, 0.1), "bpb": (1.0, 0.4)}),
+        TaskResult("g", "bpb", 10, None, {"bpb": (3.0, 0.0)}),
+    ]
     values = scalars(results)
     assert values["eval/a/acc"] == 0.5 and values["eval/b/acc_stderr"] == 0.2 and values["eval/g/bpb"] == 3.0
     assert values["eval/macro/acc"] == pytest.approx(0.4)  # over the tasks that have acc: a and b
@@ -134,8 +170,10 @@ def test_cadence_and_duplicate_task_names(tasks, tmp_path):
     task = load_tasks(tasks[:1], None)
     every_4 = DownstreamEval(None, task, None, None, device=None, rank=0, world_size=1, interval=4)
     assert [s for s in range(1, 13) if every_4.due(s)] == [4, 8, 12]
-    assert not any(DownstreamEval(None, task, None, None, device=None, rank=0, world_size=1, interval=0).due(s)
-                   for s in range(1, 13))
+    assert not any(
+        DownstreamEval(None, task, None, None, device=None, rank=0, world_size=1, interval=0).due(s)
+        for s in range(1, 13)
+    )
     assert not DownstreamEval(None, [], None, None, device=None, rank=0, world_size=1, interval=4)
     other = tmp_path / "x"
     other.mkdir()
@@ -149,9 +187,16 @@ def test_eval_section_defaults_and_checks():
     cfg = load_config(None, [])  # a config without an eval section: no tasks, nothing evaluated
     assert cfg.eval == EvalSection() and cfg.eval.tasks == [] and "eval:" in cfg.to_yaml()
     assert load_config(None, ["eval.tasks=[a.jsonl, sciq_rc_0shot]", "eval.limit=50"]).eval.tasks == [
-        "a.jsonl", "sciq_rc_0shot"]
-    for override, message in (("eval.interval=-1", "eval.interval"), ("eval.limit=0", "eval.limit"),
-                              ("eval.batch_size=0", "eval.batch_size"), ("eval.tasks=[3]", "eval.tasks[0]"),
-                              ("eval.tasks=sciq", "eval.tasks"), ("eval.task=[x]", "eval.task")):
+        "a.jsonl",
+        "sciq_rc_0shot",
+    ]
+    for override, message in (
+        ("eval.interval=-1", "eval.interval"),
+        ("eval.limit=0", "eval.limit"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("eval.tasks=[3]", "eval.tasks[0]"),
+        ("eval.tasks=sciq", "eval.tasks"),
+        ("eval.task=[x]", "eval.task"),
+    ):
         with pytest.raises(ValueError, match=message.replace("[", r"\[")):
             load_config(None, [override])

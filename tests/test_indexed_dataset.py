@@ -15,8 +15,16 @@ from megasci.data.indexed_dataset import (
 )
 
 # Megatron-LM's codes, restated here rather than imported so the test is independent.
-MEGATRON_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
-                  np.uint16: 8}
+MEGATRON_CODES = {
+    np.uint8: 1,
+    np.int8: 2,
+    np.int16: 3,
+    np.int32: 4,
+    np.int64: 5,
+    np.float64: 6,
+    np.float32: 7,
+    np.uint16: 8,
+}
 
 
 def numpy_read(prefix):
@@ -24,10 +32,10 @@ def numpy_read(prefix):
     with open(prefix + ".idx", "rb") as f:
         raw = f.read()
     assert raw[:9] == b"MMIDIDX\x00\x00"
-    version, = struct.unpack_from("<Q", raw, 9)
-    code, = struct.unpack_from("<B", raw, 17)
-    n_seq, = struct.unpack_from("<Q", raw, 18)
-    n_doc, = struct.unpack_from("<Q", raw, 26)
+    (version,) = struct.unpack_from("<Q", raw, 9)
+    (code,) = struct.unpack_from("<B", raw, 17)
+    (n_seq,) = struct.unpack_from("<Q", raw, 18)
+    (n_doc,) = struct.unpack_from("<Q", raw, 26)
     pos = 34
     sizes = np.frombuffer(raw, np.int32, n_seq, pos)
     pos += 4 * n_seq

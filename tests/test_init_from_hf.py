@@ -45,9 +45,19 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("init_hf")
     tok = _train_tokenizer(root / "sp.model")
     cfg = transformers.LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.2,
-        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        initializer_range=0.2,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     hf_dir = root / "TinyRandomLlama"
@@ -56,21 +66,55 @@ def setup(tmp_path_factory):
     papers = root / "papers.jsonl"
     records = generate_papers(60, seed=7)
     papers.write_text("".join(json.dumps({"id": p["id"], "text": p["text"]}) + "\n" for p in records))
-    assert _tool("preprocess_data.py")(["--input", str(papers), "--output-prefix", str(root / "arxiv"),
-                                        "--tokenizer-model", str(hf_dir), "--append-eod", "--workers", "0",
-                                        "--no-progress"]) == 0
-    return {"root": root, "hf_dir": str(hf_dir), "hf": hf, "prefix": str(root / "arxiv_text_document"),
-            "papers": str(papers)}
+    assert (
+        _tool("preprocess_data.py")(
+            [
+                "--input",
+                str(papers),
+                "--output-prefix",
+                str(root / "arxiv"),
+                "--tokenizer-model",
+                str(hf_dir),
+                "--append-eod",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    return {
+        "root": root,
+        "hf_dir": str(hf_dir),
+        "hf": hf,
+        "prefix": str(root / "arxiv_text_document"),
+        "papers": str(papers),
+    }
 
 
 def _overrides(setup, save_dir, **extra):
     values = {
-        "model.preset": setup["hf_dir"], "data.tokenizer": setup["hf_dir"], "train.init_from": setup["hf_dir"],
-        "data.blend": f"[1.0, {setup['prefix']}]", "data.seq_length": 32, "data.split": "[0.9, 0.1, 0.0]",
-        "data.eval_samples": 8, "data.prefetch": 2, "optim.lr": 3e-3, "optim.min_lr": 3e-4,
-        "optim.warmup_steps": 2, "optim.bucket_numel": 20000, "train.micro_batch_size": 2,
-        "train.global_batch_size": 8, "train.train_steps": 6, "train.device": "cpu", "train.save_dir": save_dir,
-        "train.save_interval": 6, "train.eval_interval": 6, "train.log_interval": 2, "train.peak_tflops": 1.0,
+        "model.preset": setup["hf_dir"],
+        "data.tokenizer": setup["hf_dir"],
+        "train.init_from": setup["hf_dir"],
+        "data.blend": f"[1.0, {setup['prefix']}]",
+        "data.seq_length": 32,
+        "data.split": "[0.9, 0.1, 0.0]",
+        "data.eval_samples": 8,
+        "data.prefetch": 2,
+        "optim.lr": 3e-3,
+        "optim.min_lr": 3e-4,
+        "optim.warmup_steps": 2,
+        "optim.bucket_numel": 20000,
+        "train.micro_batch_size": 2,
+        "train.global_batch_size": 8,
+        "train.train_steps": 6,
+        "train.device": "cpu",
+        "train.save_dir": save_dir,
+        "train.save_interval": 6,
+        "train.eval_interval": 6,
+        "train.log_interval": 2,
+        "train.peak_tflops": 1.0,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -89,8 +133,10 @@ def test_the_run_starts_from_the_directory_and_exports_the_original_model(setup,
     assert trainer.initialized_from == setup["hf_dir"]
     step0 = trainer.checkpointer.save(0)  # the state the first step would start from
     trainer.close()
-    assert json.load(open(os.path.join(step0, "meta.json")))["tokenizer"]["sha256"] == \
-        SentencePieceTokenizer(os.path.join(setup["hf_dir"], "tokenizer.model")).identity()["sha256"]
+    assert (
+        json.load(open(os.path.join(step0, "meta.json")))["tokenizer"]["sha256"]
+        == SentencePieceTokenizer(os.path.join(setup["hf_dir"], "tokenizer.model")).identity()["sha256"]
+    )
     export_checkpoint(step0, str(tmp_path / "export"))
     original, exported = _tensors(setup["hf_dir"]), _tensors(tmp_path / "export")
     assert sorted(original) == sorted(exported)
@@ -116,12 +162,32 @@ def test_two_rank_run_from_the_directory_lowers_the_loss(setup):
 
 def test_data_of_another_tokenizer_fails_before_training_naming_the_file(setup, tmp_path):
     other = _train_tokenizer(tmp_path / "other.model", seed=5)
-    assert _tool("preprocess_data.py")(["--input", setup["papers"], "--output-prefix", str(tmp_path / "other"),
-                                        "--tokenizer-model", other.path, "--append-eod", "--workers", "0",
-                                        "--no-progress"]) == 0
+    assert (
+        _tool("preprocess_data.py")(
+            [
+                "--input",
+                setup["papers"],
+                "--output-prefix",
+                str(tmp_path / "other"),
+                "--tokenizer-model",
+                other.path,
+                "--append-eod",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ValueError) as raised:
-        Trainer(load_config(None, _overrides(setup, str(tmp_path / "run"), **{
-            "data.blend": f"[1.0, {tmp_path / 'other_text_document'}]"})))
+        Trainer(
+            load_config(
+                None,
+                _overrides(
+                    setup, str(tmp_path / "run"), **{"data.blend": f"[1.0, {tmp_path / 'other_text_document'}]"}
+                ),
+            )
+        )
     message = str(raised.value)
     assert f"data.tokenizer {setup['hf_dir']} is not the tokenizer the data was written with" in message
     assert str(tmp_path / "other_text_document") in message and "sha256" in message
@@ -130,11 +196,33 @@ def test_data_of_another_tokenizer_fails_before_training_naming_the_file(setup, 
 def test_a_tokenizer_that_is_not_the_models_is_refused_before_the_first_step(setup, tmp_path):
     """data.tokenizer (and the data) of another tokenizer than the directory's: refused at the start, naming both."""
     other = _train_tokenizer(tmp_path / "other.model", seed=5)
-    assert _tool("preprocess_data.py")(["--input", setup["papers"], "--output-prefix", str(tmp_path / "other"),
-                                        "--tokenizer-model", other.path, "--append-eod", "--workers", "0",
-                                        "--no-progress"]) == 0
-    trainer = Trainer(load_config(None, _overrides(setup, str(tmp_path / "run"), **{
-        "data.tokenizer": other.path, "data.blend": f"[1.0, {tmp_path / 'other_text_document'}]"})))
+    assert (
+        _tool("preprocess_data.py")(
+            [
+                "--input",
+                setup["papers"],
+                "--output-prefix",
+                str(tmp_path / "other"),
+                "--tokenizer-model",
+                other.path,
+                "--append-eod",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    trainer = Trainer(
+        load_config(
+            None,
+            _overrides(
+                setup,
+                str(tmp_path / "run"),
+                **{"data.tokenizer": other.path, "data.blend": f"[1.0, {tmp_path / 'other_text_document'}]"},
+            ),
+        )
+    )
     with pytest.raises(ValueError) as raised:
         trainer.train()
     message = str(raised.value)
@@ -161,8 +249,16 @@ def test_unsupported_config_and_missing_shard_fail_before_training(setup, tmp_pa
             os.symlink(os.path.join(setup["hf_dir"], name), sharded / name)
     shard = sorted(n for n in os.listdir(sharded) if n.startswith("model-"))[1]
     os.remove(sharded / shard)
-    trainer = Trainer(load_config(None, _overrides(setup, str(tmp_path / "run2"), **{
-        "model.preset": str(sharded), "train.init_from": str(sharded), "data.tokenizer": str(sharded)})))
+    trainer = Trainer(
+        load_config(
+            None,
+            _overrides(
+                setup,
+                str(tmp_path / "run2"),
+                **{"model.preset": str(sharded), "train.init_from": str(sharded), "data.tokenizer": str(sharded)},
+            ),
+        )
+    )
     with pytest.raises((HFImportError, CheckpointError), match=rf"{shard}: missing; .*model\.safetensors\.index"):
         trainer.train()
     assert not os.path.exists(tmp_path / "run2" / "step_00000001")
@@ -171,11 +267,43 @@ def test_unsupported_config_and_missing_shard_fail_before_training(setup, tmp_pa
 def test_the_tools_take_the_directory(setup, tmp_path, capsys):
     """generate.py, eval_ppl.py and export_hf.py read the directory as they read a checkpoint."""
     hf_dir = setup["hf_dir"]
-    assert _tool("generate.py")(["--checkpoint", hf_dir, "--prompt", "We prove", "--temperature", "0",
-                                 "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert (
+        _tool("generate.py")(
+            [
+                "--checkpoint",
+                hf_dir,
+                "--prompt",
+                "We prove",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("We prove")
-    assert _tool("eval_ppl.py")(["--checkpoint", hf_dir, "--data", setup["prefix"], "--split", "all",
-                                 "--seq-length", "32", "--max-samples", "4", "--device", "cpu"]) == 0
+    assert (
+        _tool("eval_ppl.py")(
+            [
+                "--checkpoint",
+                hf_dir,
+                "--data",
+                setup["prefix"],
+                "--split",
+                "all",
+                "--seq-length",
+                "32",
+                "--max-samples",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "arxiv_text_document" in capsys.readouterr().out
     assert _tool("export_hf.py")(["--checkpoint", hf_dir, "--output", str(tmp_path / "export")]) == 0
     original, exported = _tensors(hf_dir), _tensors(tmp_path / "export")

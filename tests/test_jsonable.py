@@ -20,8 +20,12 @@ class Config:
 
 
 def test_dataclasses_become_plain_data_with_lists_for_tuples_and_sorted_lists_for_sets():
-    expected = {"name": "x", "tags": ["a", "b"], "limits": {"sizes": [1, 2]},
-                "nested": {"pairs": [[1, 2], [3, 4]], "none": None}}
+    expected = {
+        "name": "x",
+        "tags": ["a", "b"],
+        "limits": {"sizes": [1, 2]},
+        "nested": {"pairs": [[1, 2], [3, 4]], "none": None},
+    }
     assert jsonable(Config("x")) == expected
     assert json.loads(json.dumps(jsonable(Config("x")))) == expected  # already plain: JSON changes nothing
     assert jsonable(Config("x", tags=frozenset({"c", "a", "b"})))["tags"] == ["a", "b", "c"]

@@ -53,7 +53,9 @@ def layer_of(module: str, layers: list[Layer]) -> Layer | None:
     for layer in layers:
         for path in layer.paths:
             prefix = module_name(path.rstrip("/"))
-            if (module == prefix or (path.endswith("/") and module.startswith(prefix + "."))) and len(prefix) > best_len:
+            if (module == prefix or (path.endswith("/") and module.startswith(prefix + "."))) and len(
+                prefix
+            ) > best_len:
                 best, best_len = layer, len(prefix)
     return best
 
@@ -64,8 +66,9 @@ def _is_module(module: str) -> bool:
     if os.path.isdir(base) or os.path.isfile(base + ".py"):
         return True
     folder, stem = os.path.split(base)
-    return os.path.isdir(folder) and any(n.startswith(stem + ".") and n.endswith((".so", ".pyd"))
-                                         for n in os.listdir(folder))
+    return os.path.isdir(folder) and any(
+        n.startswith(stem + ".") and n.endswith((".so", ".pyd")) for n in os.listdir(folder)
+    )
 
 
 def _private(name: str) -> bool:
@@ -106,8 +109,10 @@ def violations(path: str, source: str, layers: list[Layer]) -> list[str]:
         if layer is None:
             problems.append(f"{path}:{line}: imports {target}, which belongs to no layer")
         elif layer.name != own.name and layer.name not in own.may_import:
-            problems.append(f"{path}:{line}: layer {own.name} imports {target} from layer {layer.name}, "
-                            f"which it may not (it may import: {', '.join(sorted(own.may_import)) or 'nothing'})")
+            problems.append(
+                f"{path}:{line}: layer {own.name} imports {target} from layer {layer.name}, "
+                f"which it may not (it may import: {', '.join(sorted(own.may_import)) or 'nothing'})"
+            )
         if target != module and name is not None:
             if _private(name):
                 problems.append(f"{path}:{line}: imports the private name {name} of {target}")
@@ -142,11 +147,21 @@ def layers() -> list[Layer]:
 
 
 def test_the_table_names_every_layer_of_the_declared_order(layers):
-    assert [l.name for l in layers] == ["utils", "corpus", "tokenizer", "data", "ops", "model", "distributed",
-                                        "training", "evaluation/export", "tools"]
-    names = {l.name for l in layers}
+    assert [layer.name for layer in layers] == [
+        "utils",
+        "corpus",
+        "tokenizer",
+        "data",
+        "ops",
+        "model",
+        "distributed",
+        "training",
+        "evaluation/export",
+        "tools",
+    ]
+    names = {layer.name for layer in layers}
     for i, layer in enumerate(layers):  # a row may name only layers above it in the table: the order is one way
-        assert layer.may_import <= {l.name for l in layers[:i]}, layer
+        assert layer.may_import <= {other.name for other in layers[:i]}, layer
         assert layer.may_import <= names
 
 
@@ -160,19 +175,36 @@ def test_every_module_imports_only_downward(layers):
 
 # The imports issue 14 found, each as it was written; the check must refuse every one of them.
 FOUND_BEFORE = [
-    ("megasci/training/trainer.py", "from megasci.evaluation import evaluate, tokenizer_warnings\n",
-     "layer training imports megasci.evaluation from layer evaluation/export"),
-    ("megasci/export_hf.py", "def _probe_texts():\n    from megasci.corpus.synthetic import generate_papers\n",
-     "layer evaluation/export imports megasci.corpus.synthetic from layer corpus"),
-    ("megasci/training/trainer.py",
-     "from megasci.data.blended_dataset import BlendedDataset\n\nn = BlendedDataset._split_tokens(config)\n",
-     "uses BlendedDataset._split_tokens, a private name of megasci.data.blended_dataset"),
-    ("megasci/model/llama.py", "from megasci.training.parallelize import checkpoint\n",
-     "layer model imports megasci.training.parallelize from layer training"),
-    ("megasci/data/gpt_dataset.py", "import megasci.distributed.env as env\n",
-     "layer data imports megasci.distributed.env from layer distributed"),
-    ("megasci/corpus/builder.py", "from ..data.preprocess import _jsonable\n",
-     "imports the private name _jsonable of megasci.data.preprocess"),
+    (
+        "megasci/training/trainer.py",
+        "from megasci.evaluation import evaluate, tokenizer_warnings\n",
+        "layer training imports megasci.evaluation from layer evaluation/export",
+    ),
+    (
+        "megasci/export_hf.py",
+        "def _probe_texts():\n    from megasci.corpus.synthetic import generate_papers\n",
+        "layer evaluation/export imports megasci.corpus.synthetic from layer corpus",
+    ),
+    (
+        "megasci/training/trainer.py",
+        "from megasci.data.blended_dataset import BlendedDataset\n\nn = BlendedDataset._split_tokens(config)\n",
+        "uses BlendedDataset._split_tokens, a private name of megasci.data.blended_dataset",
+    ),
+    (
+        "megasci/model/llama.py",
+        "from megasci.training.parallelize import checkpoint\n",
+        "layer model imports megasci.training.parallelize from layer training",
+    ),
+    (
+        "megasci/data/gpt_dataset.py",
+        "import megasci.distributed.env as env\n",
+        "layer data imports megasci.distributed.env from layer distributed",
+    ),
+    (
+        "megasci/corpus/builder.py",
+        "from ..data.preprocess import _jsonable\n",
+        "imports the private name _jsonable of megasci.data.preprocess",
+    ),
 ]
 
 
@@ -184,10 +216,13 @@ def test_the_check_refuses_the_imports_issue_14_found(layers, path, source, expe
 
 def test_relative_imports_and_packages_resolve(layers):
     assert imports_of("megasci.training.trainer", "from .config import TrainConfig\n") == [
-        (1, "megasci.training.config", "TrainConfig")]
+        (1, "megasci.training.config", "TrainConfig")
+    ]
     assert imports_of("megasci.model", "from .llama import Transformer\n", is_package=True) == [
-        (1, "megasci.model.llama", "Transformer")]
+        (1, "megasci.model.llama", "Transformer")
+    ]
     assert imports_of("megasci.model.llama", "from megasci import ops\n") == [(1, "megasci.ops", None)]
-    assert violations("megasci/model/llama.py", "from megasci import ops\nfrom .config import ModelConfig\n",
-                      layers) == []
+    assert (
+        violations("megasci/model/llama.py", "from megasci import ops\nfrom .config import ModelConfig\n", layers) == []
+    )
     assert violations("megasci/newpackage/thing.py", "", layers)[0].endswith("add it to the table")

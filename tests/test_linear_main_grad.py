@@ -106,7 +106,9 @@ def test_main_grads_under_every_checkpointing_mode_give_the_same_gradients():
     grads = {}
     for mode in ("none", "selective", "full"):
         torch.manual_seed(0)
-        model = apply_fp32_grad_accumulation(apply_activation_checkpointing(build_model(cfg, dtype=torch.float64), mode))
+        model = apply_fp32_grad_accumulation(
+            apply_activation_checkpointing(build_model(cfg, dtype=torch.float64), mode)
+        )
         opt = ZeroAdamW(model, AdamWConfig(), bucket_numel=3000, main_grads=True)
         for micro in range(2):
             opt.prepare_backward(last_micro_batch=micro == 1)

@@ -70,15 +70,27 @@ def test_batches_hold_shifted_tokens_and_ids():
 def test_two_ranks_split_the_one_rank_stream(prefetch):
     dataset = ArangeDataset(100)
     micro, accumulation = 2, 3
-    one_rank = collect(DataLoader(dataset, micro_batch_size=micro, global_batch_size=micro * accumulation * 2,
-                                  prefetch=prefetch))
-    ranks = [collect(DataLoader(dataset, micro_batch_size=micro, global_batch_size=micro * accumulation * 2,
-                                dp_rank=r, dp_size=2, prefetch=prefetch)) for r in range(2)]
+    one_rank = collect(
+        DataLoader(dataset, micro_batch_size=micro, global_batch_size=micro * accumulation * 2, prefetch=prefetch)
+    )
+    ranks = [
+        collect(
+            DataLoader(
+                dataset,
+                micro_batch_size=micro,
+                global_batch_size=micro * accumulation * 2,
+                dp_rank=r,
+                dp_size=2,
+                prefetch=prefetch,
+            )
+        )
+        for r in range(2)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == 8 * accumulation  # 100 // 12 = 8 steps, 4 samples dropped
     interleaved = []
     for step in range(8):
         for rank in ranks:
-            interleaved += rank[step * accumulation:(step + 1) * accumulation]
+            interleaved += rank[step * accumulation : (step + 1) * accumulation]
     assert len(interleaved) == len(one_rank)
     for got, want in zip(interleaved, one_rank):
         for name in ("tokens", "labels"):
@@ -129,18 +141,20 @@ def test_iteration_stops_at_the_end_and_drops_the_partial_batch():
     assert loader.num_steps == 2
     batches = collect(loader)
     assert torch.cat([b["indices"] for b in batches]).tolist() == list(range(20))
-    assert collect(DataLoader(ArangeDataset(23), micro_batch_size=2, global_batch_size=10,
-                              consumed_samples=20)) == []
+    assert collect(DataLoader(ArangeDataset(23), micro_batch_size=2, global_batch_size=10, consumed_samples=20)) == []
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(micro_batch_size=2, global_batch_size=10, dp_size=4), "not divisible by micro_batch_size 2 x dp_size 4"),
-    (dict(micro_batch_size=3, global_batch_size=8), "not divisible"),
-    (dict(micro_batch_size=0, global_batch_size=8), "must be >= 1"),
-    (dict(micro_batch_size=2, global_batch_size=8, dp_rank=2, dp_size=2), "dp_rank"),
-    (dict(micro_batch_size=2, global_batch_size=8, consumed_samples=12), "multiple of global_batch_size 8"),
-    (dict(micro_batch_size=2, global_batch_size=8, prefetch=-1), "prefetch"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(micro_batch_size=2, global_batch_size=10, dp_size=4), "not divisible by micro_batch_size 2 x dp_size 4"),
+        (dict(micro_batch_size=3, global_batch_size=8), "not divisible"),
+        (dict(micro_batch_size=0, global_batch_size=8), "must be >= 1"),
+        (dict(micro_batch_size=2, global_batch_size=8, dp_rank=2, dp_size=2), "dp_rank"),
+        (dict(micro_batch_size=2, global_batch_size=8, consumed_samples=12), "multiple of global_batch_size 8"),
+        (dict(micro_batch_size=2, global_batch_size=8, prefetch=-1), "prefetch"),
+    ],
+)
 def test_invalid_geometry_is_rejected(fields, message):
     with pytest.raises(ValueError, match=message):
         DataLoader(ArangeDataset(10), **fields)
@@ -189,10 +203,14 @@ def test_device_copy_and_real_gpt_dataset(tmp_path):
     lengths = rng.integers(1, 300, size=50)
     with IndexedDatasetWriter(tmp_path / "corpus", dtype=np.uint16) as writer:
         writer.add_documents_flat(rng.integers(0, 5000, size=int(lengths.sum())), lengths)
-    dataset = GPTDataset(GPTDatasetConfig(str(tmp_path / "corpus"), seq_length=16, num_samples=64,
-                                          split_fractions=(1, 0, 0)))
-    batches = collect(DataLoader(dataset, micro_batch_size=4, global_batch_size=16, dp_rank=1, dp_size=2,
-                                 device="cpu", pin_memory=False))
+    dataset = GPTDataset(
+        GPTDatasetConfig(str(tmp_path / "corpus"), seq_length=16, num_samples=64, split_fractions=(1, 0, 0))
+    )
+    batches = collect(
+        DataLoader(
+            dataset, micro_batch_size=4, global_batch_size=16, dp_rank=1, dp_size=2, device="cpu", pin_memory=False
+        )
+    )
     assert len(batches) == 4 * 2
     for batch in batches:
         for row, g in enumerate(batch["indices"].tolist()):

@@ -26,8 +26,19 @@ def corpus(tmp_path_factory):
 
 
 def _make(run_tool, root, out, seed=0):
-    return run_tool("make_arxiv_tasks.py", ["--input", str(root / "heldout.jsonl"), "--training",
-                                            str(root / "train.jsonl"), "--out-dir", str(out), "--seed", str(seed)])
+    return run_tool(
+        "make_arxiv_tasks.py",
+        [
+            "--input",
+            str(root / "heldout.jsonl"),
+            "--training",
+            str(root / "train.jsonl"),
+            "--out-dir",
+            str(out),
+            "--seed",
+            str(seed),
+        ],
+    )
 
 
 def test_items_are_answerable_from_their_paper_and_refuse_trained_papers(corpus, tmp_path, run_tool, capsys):
@@ -46,12 +57,14 @@ def test_items_are_answerable_from_their_paper_and_refuse_trained_papers(corpus,
             # ceiling: the gold is the paper's own continuation of the context; no distractor is
             assert (example.context + example.choices[example.gold]) in paper["text"]
             assert len(set(example.choices)) == 4
-            assert all(example.context + c not in paper["text"] for i, c in enumerate(example.choices)
-                       if i != example.gold)
+            assert all(
+                example.context + c not in paper["text"] for i, c in enumerate(example.choices) if i != example.gold
+            )
         # chance: a scorer that ignores the text scores 1/4: a uniform one (equal log-likelihoods, so
         # argmax picks choice 0) or any that always picks one position
-        uniform = [example_metrics(e.choices, e.gold, [Score(-1.0, 1, 1, 1, False, False)] * 4)["acc"]
-                   for e in task.examples]
+        uniform = [
+            example_metrics(e.choices, e.gold, [Score(-1.0, 1, 1, 1, False, False)] * 4)["acc"] for e in task.examples
+        ]
         assert abs(sum(uniform) / len(uniform) - 0.25) <= 1 / len(uniform)
         assert max(golds.count(k) for k in range(4)) - min(golds.count(k) for k in range(4)) <= 1
 
@@ -68,6 +81,18 @@ def test_the_same_seed_gives_the_same_files(corpus, tmp_path, run_tool):
 def test_training_data_without_ids_is_an_error(corpus, tmp_path, run_tool, capsys):
     root, _ = corpus
     (tmp_path / "noid.jsonl").write_text('{"text": "a paper"}\n')
-    assert run_tool("make_arxiv_tasks.py", ["--input", str(root / "heldout.jsonl"), "--training",
-                                            str(tmp_path / "noid.jsonl"), "--out-dir", str(tmp_path / "x")]) == 1
+    assert (
+        run_tool(
+            "make_arxiv_tasks.py",
+            [
+                "--input",
+                str(root / "heldout.jsonl"),
+                "--training",
+                str(tmp_path / "noid.jsonl"),
+                "--out-dir",
+                str(tmp_path / "x"),
+            ],
+        )
+        == 1
+    )
     assert f"{tmp_path / 'noid.jsonl'}:1: no id" in capsys.readouterr().err

@@ -87,10 +87,18 @@ def test_flops_per_token_1p36b():
 
 
 def test_model_info_tool():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "model_info.py")], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
-    for number in ("1,633,781,760", "1,214,351,360", "209,715,200", "1,423,966,208",
-                   "8,996,782,080", "10,959,716,352", "1,345,423,360"):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "model_info.py")], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    for number in (
+        "1,633,781,760",
+        "1,214,351,360",
+        "209,715,200",
+        "1,423,966,208",
+        "8,996,782,080",
+        "10,959,716,352",
+        "1,345,423,360",
+    ):
         assert number in out
 
 
@@ -180,8 +188,9 @@ def test_loss_equals_cross_entropy_of_logits():
     loss = model(tokens, labels)
     assert loss.shape == () and torch.allclose(loss, expected, rtol=1e-6, atol=1e-6)
     g_loss = torch.autograd.grad(loss, model.output.weight)[0]
-    g_ref = torch.autograd.grad(F.cross_entropy(model(tokens).reshape(-1, TINY_GQA.vocab_size),
-                                                labels.reshape(-1)), model.output.weight)[0]
+    g_ref = torch.autograd.grad(
+        F.cross_entropy(model(tokens).reshape(-1, TINY_GQA.vocab_size), labels.reshape(-1)), model.output.weight
+    )[0]
     assert torch.allclose(g_loss, g_ref, atol=1e-6)
 
 
@@ -208,8 +217,16 @@ def test_sequence_longer_than_context_is_rejected():
 
 
 def test_init_std_follows_documented_scheme():
-    cfg = replace(PRESETS["1p36b"], vocab_size=4096, hidden_size=512, n_layers=8, n_heads=8,
-                  n_kv_heads=4, ffn_hidden_size=1376, name="mid")
+    cfg = replace(
+        PRESETS["1p36b"],
+        vocab_size=4096,
+        hidden_size=512,
+        n_layers=8,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_hidden_size=1376,
+        name="mid",
+    )
     torch.manual_seed(0)
     model = build_model(cfg, device="cpu", dtype=torch.float32)
     residual_std = 0.02 / math.sqrt(2 * cfg.n_layers)

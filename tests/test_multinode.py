@@ -10,9 +10,8 @@ import socket
 import subprocess
 import sys
 
-from training_fixtures import REPO, make_training_data, run_pretrain, training_overrides
-
 from megasci.training.metrics import read_metrics
+from training_fixtures import REPO, make_training_data, run_pretrain, training_overrides
 
 
 def _free_port() -> int:
@@ -22,27 +21,54 @@ def _free_port() -> int:
 
 
 def _losses(save_dir) -> dict[int, float]:
-    return {step: values["train/loss"] for step, values in read_metrics(os.path.join(save_dir, "tensorboard")).items()
-            if "train/loss" in values}
+    return {
+        step: values["train/loss"]
+        for step, values in read_metrics(os.path.join(save_dir, "tensorboard")).items()
+        if "train/loss" in values
+    }
 
 
 def test_two_nodes_give_the_losses_of_one_node_with_the_same_world_size(tmp_path):
     data = make_training_data(tmp_path / "data", papers=40)
     single = tmp_path / "single"
-    run_pretrain(2, training_overrides(data, str(single), **{"train.train_steps": 6, "train.save_interval": 0,
-                                                             "train.eval_interval": 0}))
+    run_pretrain(
+        2,
+        training_overrides(
+            data, str(single), **{"train.train_steps": 6, "train.save_interval": 0, "train.eval_interval": 0}
+        ),
+    )
     multi = tmp_path / "multi"
-    overrides = training_overrides(data, str(multi), **{"train.train_steps": 6, "train.save_interval": 0,
-                                                        "train.eval_interval": 0})
+    overrides = training_overrides(
+        data, str(multi), **{"train.train_steps": 6, "train.save_interval": 0, "train.eval_interval": 0}
+    )
     endpoint = f"127.0.0.1:{_free_port()}"
     agents = []
     for node_rank in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
-               "--rdzv_id=megasci-two-nodes", f"--rdzv_conf=is_host={1 if node_rank == 0 else 0}",
-               "--local_addr=127.0.0.1", os.path.join(REPO, "tools", "pretrain.py"), *overrides]
-        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                       env=dict(os.environ, OMP_NUM_THREADS="1")))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}",
+            "--rdzv_id=megasci-two-nodes",
+            f"--rdzv_conf=is_host={1 if node_rank == 0 else 0}",
+            "--local_addr=127.0.0.1",
+            os.path.join(REPO, "tools", "pretrain.py"),
+            *overrides,
+        ]
+        agents.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+            )
+        )
     outputs = []
     for agent in agents:
         try:

@@ -37,6 +37,7 @@ def gen(seed=0):
 
 # ---------------------------------------------------------------- rms_norm
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rms_norm_matches_hf_exactly(dtype):
     g = gen(1)
@@ -71,6 +72,7 @@ def test_rms_norm_gradcheck():
 
 # ---------------------------------------------------------------- swiglu
 
+
 def test_swiglu_value_and_gradcheck():
     g = gen(4)
     gate = torch.randn(3, 8, dtype=torch.float64, generator=g, requires_grad=True)
@@ -80,6 +82,7 @@ def test_swiglu_value_and_gradcheck():
 
 
 # ---------------------------------------------------------------- attention
+
 
 def naive_attention(q, k, v, causal):
     """softmax(QK^T / sqrt(d) + mask) V in float64, heads repeated for GQA."""
@@ -128,8 +131,9 @@ def test_attention_matches_hf_eager():
     s = q.shape[1]
     mask = torch.full((s, s), float("-inf")).triu(1)[None, None]
     module = SimpleNamespace(num_key_value_groups=2, training=False)
-    expected, _ = hf.eager_attention_forward(module, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             mask, scaling=16 ** -0.5)
+    expected, _ = hf.eager_attention_forward(
+        module, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scaling=16**-0.5
+    )
     for backend in ("reference", "sdpa"):
         ops.set_backend("attention", backend)
         torch.testing.assert_close(ops.attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
@@ -170,9 +174,15 @@ def test_cached_attention_is_the_last_rows_of_full_causal_attention(start, new, 
 
 # ---------------------------------------------------------------- rotary
 
+
 def hf_rotary(seq_len, head_dim, theta, dtype):
-    config = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
-                         max_position_embeddings=seq_len, rope_theta=theta)
+    config = LlamaConfig(
+        hidden_size=4 * head_dim,
+        num_attention_heads=4,
+        head_dim=head_dim,
+        max_position_embeddings=seq_len,
+        rope_theta=theta,
+    )
     module = hf.LlamaRotaryEmbedding(config)
     x = torch.zeros(1, dtype=dtype)
     return module(x, torch.arange(seq_len)[None])
@@ -219,6 +229,7 @@ def test_apply_rotary_is_a_rotation_and_gradchecks():
 
 
 # ---------------------------------------------------------------- cross-entropy
+
 
 def ce_inputs(n=37, h=16, v=50, dtype=torch.float32, ignore=(), seed=8):
     g = gen(seed)
@@ -322,6 +333,7 @@ def test_cross_entropy_does_not_save_logits():
 
 # ---------------------------------------------------------------- registry
 
+
 def test_registry_defaults_and_auto_choices_on_cpu():
     x = torch.randn(2, 8)
     for op in OPS:
@@ -412,6 +424,7 @@ def test_cross_entropy_under_autocast():
 
 # ---------------------------------------------------------------- fused cross-entropy: z-loss, main_grad, memory
 
+
 def hand_loss(hidden, weight, labels, z_loss, ignore_index=-100):
     """The loss written out in float64: mean over scored tokens of lse - logit[label] + z_loss * lse**2."""
     logits = hidden.double() @ weight.double().T
@@ -420,7 +433,7 @@ def hand_loss(hidden, weight, labels, z_loss, ignore_index=-100):
         if label == ignore_index:
             continue
         lse = row.max() + torch.log(torch.exp(row - row.max()).sum())
-        total = total + (lse - row[label]) + z_loss * lse ** 2
+        total = total + (lse - row[label]) + z_loss * lse**2
         count += 1
     return total / count
 
@@ -430,10 +443,12 @@ def hand_loss(hidden, weight, labels, z_loss, ignore_index=-100):
 def test_cross_entropy_z_loss_matches_hand_computation(backend, z_loss):
     hidden, weight, labels = ce_inputs(n=19, h=8, v=30, ignore=(1, 7), seed=11)
     ops.set_backend("cross_entropy_loss", backend)
-    loss, gh, gw = loss_and_grads(ops.cross_entropy_loss, hidden.double(), weight.double(), labels,
-                                  chunk_size=4, z_loss=z_loss)
-    want, want_gh, want_gw = loss_and_grads(lambda a, b, c: hand_loss(a, b, c, z_loss), hidden.double(),
-                                            weight.double(), labels)
+    loss, gh, gw = loss_and_grads(
+        ops.cross_entropy_loss, hidden.double(), weight.double(), labels, chunk_size=4, z_loss=z_loss
+    )
+    want, want_gh, want_gw = loss_and_grads(
+        lambda a, b, c: hand_loss(a, b, c, z_loss), hidden.double(), weight.double(), labels
+    )
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gh, want_gh, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gw, want_gw, rtol=1e-10, atol=1e-12)

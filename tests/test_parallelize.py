@@ -6,11 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from benchmark_modules import load_benchmark
 from megasci.model import PRESETS, build_model
 from megasci.training.config import load_config
 from megasci.training.parallelize import apply_activation_checkpointing, apply_compile, recomputed_modules
-
-from benchmark_modules import load_benchmark
 
 TINY = replace(PRESETS["tiny"], init_std=0.1)
 TINY_GQA = replace(TINY, n_kv_heads=2)
@@ -52,8 +51,12 @@ def test_checkpointing_from_config_wraps_the_modules_it_names():
     model = _tiny(cfg)
     names = {id(m): n for n, m in model.named_modules()}
     before = model.state_dict().keys()
-    apply_activation_checkpointing(model, load_config(None, ["train.activation_checkpointing=selective",
-                                                            "optim.warmup_steps=1"]).train.activation_checkpointing)
+    apply_activation_checkpointing(
+        model,
+        load_config(
+            None, ["train.activation_checkpointing=selective", "optim.warmup_steps=1"]
+        ).train.activation_checkpointing,
+    )
     assert [names[id(m)] for m in recomputed_modules(model)] == ["layers.0", "layers.1", "layers.2"]
     apply_activation_checkpointing(model, "full")
     assert [names[id(m)] for m in recomputed_modules(model)] == ["layers.0", "layers.1", "layers.2"]

@@ -58,8 +58,7 @@ def constant_model(tokens: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-CONFIG = passkey.PasskeyConfig(lengths=(60, 120), depths=(0.0, 0.5, 1.0), per_cell=3, seed=3, digits=4,
-                               distractors=3)
+CONFIG = passkey.PasskeyConfig(lengths=(60, 120), depths=(0.0, 0.5, 1.0), per_cell=3, seed=3, digits=4, distractors=3)
 
 
 def test_generation_is_seeded_and_the_needle_sits_at_its_depth():
@@ -72,9 +71,9 @@ def test_generation_is_seeded_and_the_needle_sits_at_its_depth():
     for ex in a:
         assert len(ex.context) + len(ex.answer) == ex.length
         assert ex.answer == tuple(encode(" " + ex.key)) and len(ex.key) == 4
-        assert list(ex.context[:len(intro)]) == intro and list(ex.context[-len(question):]) == question
+        assert list(ex.context[: len(intro)]) == intro and list(ex.context[-len(question) :]) == question
         needle = encode(f" The pass key is {ex.key}.")
-        start = next(i for i in range(len(ex.context)) if list(ex.context[i:i + len(needle)]) == needle)
+        start = next(i for i in range(len(ex.context)) if list(ex.context[i : i + len(needle)]) == needle)
         filler_len = len(ex.context) - len(intro) - len(question) - len(encode(passkey._needle(None, ex.key)))
         assert start - len(intro) == round(ex.depth * filler_len)
         assert all(w != ex.answer and len(w) == len(ex.answer) for w in ex.wrong)
@@ -86,9 +85,14 @@ def test_the_oracle_scores_100_percent_and_models_that_cannot_retrieve_score_0()
     perfect = passkey.summarize(passkey.score_examples(copying_oracle, examples))
     assert perfect["overall"]["greedy_acc"] == 1.0 and perfect["overall"]["ll_acc"] == 1.0
     assert perfect["overall"]["greedy_stderr"] == 0.0 and perfect["overall"]["n"] == 18
-    assert perfect["table"]["0.5"]["120"] == {"n": 3, "greedy_acc": 1.0, "greedy_stderr": 0.0, "ll_acc": 1.0,
-                                              "ll_stderr": 0.0, "mean_logprob": pytest.approx(
-                                                  perfect["table"]["0.5"]["120"]["mean_logprob"])}
+    assert perfect["table"]["0.5"]["120"] == {
+        "n": 3,
+        "greedy_acc": 1.0,
+        "greedy_stderr": 0.0,
+        "ll_acc": 1.0,
+        "ll_stderr": 0.0,
+        "mean_logprob": pytest.approx(perfect["table"]["0.5"]["120"]["mean_logprob"]),
+    }
     blind = passkey.summarize(passkey.score_examples(constant_model, examples))
     assert blind["overall"]["greedy_acc"] == 0.0 and blind["overall"]["ll_acc"] == 0.0  # ties are not wins
     table = passkey.format_table(perfect)
@@ -109,9 +113,14 @@ def test_multi_key_asks_for_one_of_several_named_keys():
         for b in range(tokens.shape[0]):
             row = tokens[b].tolist()
             is_id = encode("is")[0]
-            first = next(i for i in range(len(row) - 1) if row[i] == is_id and row[i + 1] >= 0 and
-                         any(row[i + 1] == e.answer[0] or row[i + 1] in (w[0] for w in e.wrong) for e in examples)
-                         or (row[i] == is_id and i > 0 and row[i - 1] in [encode(n)[0] for n in passkey.NAMES]))
+            first = next(
+                i
+                for i in range(len(row) - 1)
+                if row[i] == is_id
+                and row[i + 1] >= 0
+                and any(row[i + 1] == e.answer[0] or row[i + 1] in (w[0] for w in e.wrong) for e in examples)
+                or (row[i] == is_id and i > 0 and row[i - 1] in [encode(n)[0] for n in passkey.NAMES])
+            )
             logits[b, :, :] = 0
             logits[b, :, row[first + 1]] = 1.0
         return logits
@@ -122,8 +131,9 @@ def test_multi_key_asks_for_one_of_several_named_keys():
 
 def test_stderr_and_heatmap(tmp_path):
     assert passkey.stderr(0.5, 4) == 0.25 and passkey.stderr(0.0, 10) == 0.0
-    summary = passkey.summarize(passkey.score_examples(constant_model, passkey.make_examples(
-        WordEncoder(), FILLER, CONFIG)))
+    summary = passkey.summarize(
+        passkey.score_examples(constant_model, passkey.make_examples(WordEncoder(), FILLER, CONFIG))
+    )
     passkey.plot_heatmap(summary, str(tmp_path / "h.png"))
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="too short"):
@@ -133,17 +143,46 @@ def test_stderr_and_heatmap(tmp_path):
 def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
     from tools.eval_passkey import main
     from training_fixtures import make_training_data
+
     data = make_training_data(str(tmp_path / "data"), papers=20)
     cfg = get_config("tiny", vocab_size=data["vocab_size"])
     torch.manual_seed(0)
     train = TrainConfig()
     train.data.seq_length, train.data.split, train.data.tokenizer = 32, (0.5, 0.5, 0.0), data["tokenizer"]
-    save_checkpoint(str(tmp_path / "ckpt"), 7, rank=0, rank_state={}, model_state=build_model(cfg).state_dict(),
-                    meta={"model_config": dataclasses.asdict(cfg), "train_config": train.to_dict(),
-                          "tokenizer": load_tokenizer(data["tokenizer"]).identity()})
+    save_checkpoint(
+        str(tmp_path / "ckpt"),
+        7,
+        rank=0,
+        rank_state={},
+        model_state=build_model(cfg).state_dict(),
+        meta={
+            "model_config": dataclasses.asdict(cfg),
+            "train_config": train.to_dict(),
+            "tokenizer": load_tokenizer(data["tokenizer"]).identity(),
+        },
+    )
     out = str(tmp_path / "out")
-    assert main(["--checkpoint", str(tmp_path / "ckpt"), "--data", data["prefix"], "--min-length", "64",
-                 "--depths", "0", "1", "--per-cell", "2", "--compact", "--out-dir", out]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                data["prefix"],
+                "--min-length",
+                "64",
+                "--depths",
+                "0",
+                "1",
+                "--per-cell",
+                "2",
+                "--compact",
+                "--out-dir",
+                out,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "depth \\ length" in printed and "128" in printed  # 64 and the model's maximum, 128
     report = json.load(open(os.path.join(out, "passkey.json")))

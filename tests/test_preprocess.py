@@ -16,12 +16,14 @@ from megasci.data.sidecar import read_sidecar
 from megasci.tokenizer import SentencePieceTrainConfig, train_sentencepiece
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer_model(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tok") / "t.model")
-    train_sentencepiece((p["text"] for p in generate_papers(40, seed=11)), path,
-                        SentencePieceTrainConfig(vocab_size=1000, num_threads=2))
+    train_sentencepiece(
+        (p["text"] for p in generate_papers(40, seed=11)),
+        path,
+        SentencePieceTrainConfig(vocab_size=1000, num_threads=2),
+    )
     return path
 
 
@@ -30,8 +32,14 @@ def records():
     out = []
     for p in generate_papers(60, seed=12):
         abstract = next(s for s in p["sections"] if s["label"] == "abstract")
-        out.append({"id": p["id"], "source": "synthetic", "text": p["text"],
-                    "abstract": p["text"][abstract["start"]:abstract["end"]]})
+        out.append(
+            {
+                "id": p["id"],
+                "source": "synthetic",
+                "text": p["text"],
+                "abstract": p["text"][abstract["start"] : abstract["end"]],
+            }
+        )
     return out
 
 
@@ -59,8 +67,14 @@ def read_docs(prefix):
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_matches_direct_encoding_in_order(tmp_path, tokenizer_model, records, workers):
     path = write_jsonl(str(tmp_path / "in.jsonl"), [json.dumps(r) for r in records])
-    cfg = PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model,
-                           workers=workers, append_eod=True, block_bytes=20_000)  # many blocks, out-of-order risk
+    cfg = PreprocessConfig(
+        inputs=[path],
+        output_prefix=str(tmp_path / "out"),
+        tokenizer_model=tokenizer_model,
+        workers=workers,
+        append_eod=True,
+        block_bytes=20_000,
+    )  # many blocks, out-of-order risk
     summary = preprocess(cfg, progress=False)
     prefix = str(tmp_path / "out_text_document")
     assert read_docs(prefix) == expected_docs(tokenizer_model, [r["text"] for r in records], eod=2)
@@ -74,12 +88,18 @@ def test_several_keys_compressed_inputs_and_globs(tmp_path, tokenizer_model, rec
     lines = [json.dumps(r) for r in records]
     write_jsonl(str(tmp_path / "a.jsonl.gz"), lines[:25])
     write_jsonl(str(tmp_path / "b.jsonl.zst"), lines[25:])
-    cfg = PreprocessConfig(inputs=[str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.jsonl.*")],
-                           output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model,
-                           json_keys=("text", "abstract"), workers=2)
+    cfg = PreprocessConfig(
+        inputs=[str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.jsonl.*")],
+        output_prefix=str(tmp_path / "out"),
+        tokenizer_model=tokenizer_model,
+        json_keys=("text", "abstract"),
+        workers=2,
+    )
     preprocess(cfg, progress=False)
     for key in ("text", "abstract"):
-        assert read_docs(str(tmp_path / f"out_{key}_document")) == expected_docs(tokenizer_model, [r[key] for r in records])
+        assert read_docs(str(tmp_path / f"out_{key}_document")) == expected_docs(
+            tokenizer_model, [r[key] for r in records]
+        )
     summary = json.load(open(tmp_path / "out_preprocess.json"))["summary"]
     assert summary["documents"] == {"text": 60, "abstract": 60}
 
@@ -99,8 +119,9 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path, tokeniz
     if name.endswith(".jsonl"):
         with open(path, "wb") as f:
             f.write(data.rstrip(b"\n"))
-    cfg = PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model,
-                           workers=1, block_bytes=100)
+    cfg = PreprocessConfig(
+        inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model, workers=1, block_bytes=100
+    )
     logged = []
     summary = preprocess(cfg, progress=False, log=logged.append)
     assert summary.errors == {"bad_json": 2, "not_an_object": 1, "missing_key": 1}
@@ -110,13 +131,16 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path, tokeniz
     assert any(f"{path}:6: no key 'text'" in m for m in logged)
     assert any(f"{path}:11: not valid JSON" in m for m in logged)
     assert summary.lines == 11
-    assert read_docs(str(tmp_path / "out_text_document")) == expected_docs(tokenizer_model, [r["text"] for r in records[:5]])
+    assert read_docs(str(tmp_path / "out_text_document")) == expected_docs(
+        tokenizer_model, [r["text"] for r in records[:5]]
+    )
 
 
 def test_strict_stops_and_writes_nothing(tmp_path, tokenizer_model, records):
     path = write_jsonl(str(tmp_path / "in.jsonl"), [json.dumps(records[0]), "not json"])
-    cfg = PreprocessConfig(inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model,
-                           workers=1, strict=True)
+    cfg = PreprocessConfig(
+        inputs=[path], output_prefix=str(tmp_path / "out"), tokenizer_model=tokenizer_model, workers=1, strict=True
+    )
     with pytest.raises(PreprocessError, match=r"in\.jsonl:2: not valid JSON"):
         preprocess(cfg, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
@@ -124,8 +148,18 @@ def test_strict_stops_and_writes_nothing(tmp_path, tokenizer_model, records):
 
 def test_tool_interface_and_exit_codes(tmp_path, tokenizer_model, records, run_tool, capsys):
     path = write_jsonl(str(tmp_path / "in.jsonl"), [json.dumps(r) for r in records[:10]])
-    args = ["--input", path, "--output-prefix", str(tmp_path / "o"), "--tokenizer-model",
-            tokenizer_model, "--workers", "2", "--append-eod", "--no-progress"]
+    args = [
+        "--input",
+        path,
+        "--output-prefix",
+        str(tmp_path / "o"),
+        "--tokenizer-model",
+        tokenizer_model,
+        "--workers",
+        "2",
+        "--append-eod",
+        "--no-progress",
+    ]
     assert run_tool("preprocess_data.py", args) == 0
     assert "10 documents" in capsys.readouterr().out
     assert IndexedDataset(str(tmp_path / "o_text_document")).num_documents == 10

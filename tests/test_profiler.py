@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from megasci.training.profiler import StepProfiler
-
 from training_fixtures import make_training_data, training_overrides
 
 
@@ -50,9 +49,14 @@ def test_a_training_run_writes_the_trace_of_its_steps(tmp_path):
 
     data = make_training_data(str(tmp_path / "data"), papers=30)
     save_dir = tmp_path / "run"
-    overrides = training_overrides(data, str(save_dir), **{
-        "train.train_steps": 3, "train.eval_interval": 0, "train.save_interval": 0, "train.profile_steps": "[2, 3]"})
-    cfg = load_config(None, [o for o in overrides if not o.startswith("data.curriculum")] + [f"data.blend=[1, {data['prefix']}]"])
+    overrides = training_overrides(
+        data,
+        str(save_dir),
+        **{"train.train_steps": 3, "train.eval_interval": 0, "train.save_interval": 0, "train.profile_steps": "[2, 3]"},
+    )
+    cfg = load_config(
+        None, [o for o in overrides if not o.startswith("data.curriculum")] + [f"data.blend=[1, {data['prefix']}]"]
+    )
     assert cfg.train.profile_steps == (2, 3)
     pretrain(cfg)
     trace = save_dir / "profile" / "trace_rank00000_steps2-3.json"

@@ -9,8 +9,16 @@ import pytest
 
 from megasci.corpus.synthetic import generate_papers
 from megasci.data.preprocess import PreprocessConfig, preprocess
-from megasci.data.provenance import (common_tokenizer, output_prefix_for, preprocess_report, record_tokenizer,
-                                     recorded_tokenizer, report_path_for, tokenizer_record_path, tokenizer_warnings)
+from megasci.data.provenance import (
+    common_tokenizer,
+    output_prefix_for,
+    preprocess_report,
+    record_tokenizer,
+    recorded_tokenizer,
+    report_path_for,
+    tokenizer_record_path,
+    tokenizer_warnings,
+)
 from megasci.tokenizer import SentencePieceTrainConfig, load_tokenizer, train_sentencepiece
 
 
@@ -30,8 +38,13 @@ def preprocessed(tmp_path_factory):
     jsonl = root / "in.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t[:500], "full_text": t}) + "\n" for t in texts))
     out = str(root / "my_corpus")
-    preprocess(PreprocessConfig(inputs=[str(jsonl)], output_prefix=out, tokenizer_model=model,
-                                json_keys=("text", "full_text"), workers=0), progress=False, log=lambda *a: None)
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(jsonl)], output_prefix=out, tokenizer_model=model, json_keys=("text", "full_text"), workers=0
+        ),
+        progress=False,
+        log=lambda *a: None,
+    )
     return {"out": out, "tokenizer": load_tokenizer(model)}
 
 

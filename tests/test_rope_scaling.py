@@ -28,12 +28,29 @@ SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 4.0},
     "dynamic": {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": ORIGINAL},
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL},
-    "yarn-options": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
-                     "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 1.0, "mscale_all_dim": 0.5, "truncate": False},
-    "yarn-attention-factor": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIGINAL,
-                              "attention_factor": 1.3},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": ORIGINAL},
+    "yarn-options": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": ORIGINAL,
+        "beta_fast": 16.0,
+        "beta_slow": 2.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.5,
+        "truncate": False,
+    },
+    "yarn-attention-factor": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": ORIGINAL,
+        "attention_factor": 1.3,
+    },
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": ORIGINAL,
+    },
 }
 RTOL = 1e-5
 
@@ -146,7 +163,7 @@ def test_packed_documents_equal_each_document_alone(name, attention_backend):
         packed = ours(tokens, positions=positions, segment_ids=segments)
         start = 0
         for n in lengths:
-            _assert_equal_logits(packed[:, start:start + n], ours(tokens[:, start:start + n]))
+            _assert_equal_logits(packed[:, start : start + n], ours(tokens[:, start : start + n]))
             start += n
 
 
@@ -180,7 +197,8 @@ def test_fused_triton_rope_reads_the_same_tables():
         "    from megasci.ops.rotary import apply_rotary_triton\n"
         "    ops.register_backend('apply_rotary', 'interpreted', apply_rotary_triton)\n"
         "    ops.set_backend('apply_rotary', 'interpreted'); fused = model(tokens)\n"
-        "print((ref - fused).abs().max().item() / ref.abs().max().item())\n")
+        "print((ref - fused).abs().max().item() / ref.abs().max().item())\n"
+    )
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -201,28 +219,50 @@ def test_config_round_trips_through_a_checkpoint_dict():
 
 
 def test_config_normalises_numbers_as_transformers_types_them():
-    cfg = replace(BASE, rope_scaling={"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 32.0,
-                                      "attention_factor": 1})
-    assert cfg.rope_scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
-                                "attention_factor": 1.0}
+    cfg = replace(
+        BASE,
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 4,
+            "original_max_position_embeddings": 32.0,
+            "attention_factor": 1,
+        },
+    )
+    assert cfg.rope_scaling == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "attention_factor": 1.0,
+    }
     assert isinstance(cfg.rope_scaling["factor"], float) and isinstance(cfg.rope_scaling["attention_factor"], float)
 
 
-@pytest.mark.parametrize("scaling,message", [
-    ({"type": "linear", "factor": 2.0}, "rope_type"),
-    ({"rope_type": "longrope", "factor": 2.0}, "rope_type must be one of"),
-    ({"rope_type": "linear"}, "missing \\['factor'\\]"),
-    ({"rope_type": "linear", "factor": 2.0, "beta_fast": 3}, "unknown \\['beta_fast'\\]"),
-    ({"rope_type": "linear", "factor": 0.5}, "at least 1"),
-    ({"rope_type": "linear", "factor": "2"}, "positive number"),
-    ({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}, "must equal max_seq_len"),
-    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 1.0}, "beta_fast"),
-    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "truncate": 1}, "true or false"),
-    ({"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 128}, "below max_seq_len"),
-    ({"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 31.5}, "integer"),
-    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
-      "original_max_position_embeddings": 32}, "high_freq_factor"),
-])
+@pytest.mark.parametrize(
+    "scaling,message",
+    [
+        ({"type": "linear", "factor": 2.0}, "rope_type"),
+        ({"rope_type": "longrope", "factor": 2.0}, "rope_type must be one of"),
+        ({"rope_type": "linear"}, "missing \\['factor'\\]"),
+        ({"rope_type": "linear", "factor": 2.0, "beta_fast": 3}, "unknown \\['beta_fast'\\]"),
+        ({"rope_type": "linear", "factor": 0.5}, "at least 1"),
+        ({"rope_type": "linear", "factor": "2"}, "positive number"),
+        ({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}, "must equal max_seq_len"),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 1.0}, "beta_fast"),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "truncate": 1}, "true or false"),
+        ({"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 128}, "below max_seq_len"),
+        ({"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 31.5}, "integer"),
+        (
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 4.0,
+                "high_freq_factor": 1.0,
+                "original_max_position_embeddings": 32,
+            },
+            "high_freq_factor",
+        ),
+    ],
+)
 def test_config_rejects_what_transformers_would_warn_about(scaling, message):
     with pytest.raises(ValueError, match=message):
         replace(BASE, rope_scaling=scaling)

@@ -53,9 +53,9 @@ def _reference(hf, hf_tok, requests):
     out = []
     for context, continuation in requests:
         ctx, cont = encode_pair(context, continuation, as_encoder(hf_tok))
-        inp = torch.tensor([(ctx + cont)[-(window + 1):][:-1]])
+        inp = torch.tensor([(ctx + cont)[-(window + 1) :][:-1]])
         with torch.no_grad():
-            logprobs = F.log_softmax(hf(inp).logits[0, -len(cont):], dim=-1)
+            logprobs = F.log_softmax(hf(inp).logits[0, -len(cont) :], dim=-1)
         target = torch.tensor(cont)
         out.append((logprobs.gather(1, target[:, None]).sum().item(), bool((logprobs.argmax(-1) == target).all())))
     return out
@@ -88,8 +88,8 @@ def test_a_greedy_continuation_is_recognised(setup):
     with torch.no_grad():
         for _ in range(4):
             ids.append(int(s["model"](torch.tensor([ids]))[0, -1].argmax()))
-    greedy = TokenRequest(tuple(ctx), tuple(ids[len(ctx):]))
-    other = TokenRequest(tuple(ctx), tuple(ids[len(ctx):-1]) + ((ids[-1] + 1) % 1200,))
+    greedy = TokenRequest(tuple(ctx), tuple(ids[len(ctx) :]))
+    other = TokenRequest(tuple(ctx), tuple(ids[len(ctx) : -1]) + ((ids[-1] + 1) % 1200,))
     a, b = score(s["model"], [greedy, other])
     assert a.greedy and not b.greedy and a.tokens == 4 and a.chars is None
 
@@ -99,25 +99,45 @@ def test_batching_does_not_change_scores(setup):
     reqs = encode_requests(s["requests"], s["tok"])
     one = score(s["model"], reqs, batch_size=1)
     for batch_size in (2, 5, 64):
-        assert all(_close(a.loglikelihood, b.loglikelihood, 1e-6) for a, b in
-                   zip(one, score(s["model"], reqs, batch_size=batch_size)))
+        assert all(
+            _close(a.loglikelihood, b.loglikelihood, 1e-6)
+            for a, b in zip(one, score(s["model"], reqs, batch_size=batch_size))
+        )
 
 
 def test_two_gloo_ranks_each_score_a_share_and_agree_with_one_process(setup, tmp_path):
     """tools/eval_tasks.py under torchrun: the gathered per-example scores equal a single process's."""
     s = setup
     task = write_task(tmp_path / "sci.jsonl")
-    common = [os.path.join(ROOT, "tools", "eval_tasks.py"), "--checkpoint", str(s["root"] / "ckpt"), "--tasks", task,
-              "--device", "cpu", "--batch-size", "2"]
+    common = [
+        os.path.join(ROOT, "tools", "eval_tasks.py"),
+        "--checkpoint",
+        str(s["root"] / "ckpt"),
+        "--tasks",
+        task,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for nproc, out in ((2, "dp2.jsonl"), (1, "dp1.jsonl")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone", *common,
-               "--per-example", str(tmp_path / out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--standalone",
+            *common,
+            "--per-example",
+            str(tmp_path / out),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count("value ± stderr") == 1  # rank 0 alone prints
-    dp2, dp1 = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
-                for name in ("dp2.jsonl", "dp1.jsonl"))
+    dp2, dp1 = (
+        [json.loads(line) for line in (tmp_path / name).read_text().splitlines()] for name in ("dp2.jsonl", "dp1.jsonl")
+    )
     assert [r["id"] for r in dp2] == [r["id"] for r in dp1] and len(dp1) == len(EXAMPLES)
     for a, b in zip(dp2, dp1):
         assert all(_close(x, y, 1e-6) for x, y in zip(a["loglikelihoods"], b["loglikelihoods"]))
@@ -149,12 +169,21 @@ def test_lm_eval_task_gives_the_same_acc_and_acc_norm_per_example(setup, tmp_pat
 
     s = setup
     path = write_task(tmp_path / "mc.jsonl", [{k: v for k, v in e.items() if k != "id"} for e in EXAMPLES])
-    task = ConfigurableTask(config={
-        "task": "megasci_mc", "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": path}, "cache_dir": str(tmp_path / "hf_cache")},
-        "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "context", "doc_to_choice": "choices",
-        "doc_to_target": "gold", "target_delimiter": "", "num_fewshot": 0,
-        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]})
+    task = ConfigurableTask(
+        config={
+            "task": "megasci_mc",
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": path}, "cache_dir": str(tmp_path / "hf_cache")},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "context",
+            "doc_to_choice": "choices",
+            "doc_to_target": "gold",
+            "target_delimiter": "",
+            "num_fewshot": 0,
+            "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        }
+    )
     lm = HFLM(pretrained=s["hf"], tokenizer=s["hf_tok"], batch_size=4, device="cpu")
     out = evaluator.evaluate(lm, {"megasci_mc": task}, log_samples=True, bootstrap_iters=0)
     samples = sorted(out["samples"]["megasci_mc"], key=lambda x: x["doc_id"])
@@ -168,7 +197,8 @@ def test_lm_eval_task_gives_the_same_acc_and_acc_norm_per_example(setup, tmp_pat
     # comparison above could not tell the two apart
     assert any(r["acc"] != r["acc_norm"] for r in result.per_example) or any(
         np.argmax(r["loglikelihoods"]) != np.argmax(np.array(r["loglikelihoods"]) / [len(c) for c in e.choices])
-        for r, e in zip(result.per_example, s["task"].examples))
+        for r, e in zip(result.per_example, s["task"].examples)
+    )
 
 
 def test_example_metrics_by_hand():

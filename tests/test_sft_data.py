@@ -22,8 +22,11 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "post_tra
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("sft_tok") / "chat.model")
-    train_sentencepiece((p["text"] for p in generate_papers(30, seed=41)), path,
-                        SentencePieceTrainConfig(vocab_size=900, num_threads=2, chat_template="megasci-v1"))
+    train_sentencepiece(
+        (p["text"] for p in generate_papers(30, seed=41)),
+        path,
+        SentencePieceTrainConfig(vocab_size=900, num_threads=2, chat_template="megasci-v1"),
+    )
     return path
 
 
@@ -59,16 +62,35 @@ def check_aligned_and_rendered(prefix, tokenizer, conversations):
 
 GOOD_CHATS = [
     [{"role": "user", "content": "What is $\\int_0^1 x\\,dx$?"}, {"role": "assistant", "content": "It is $\\frac12$."}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Schrödinger?"},
-     {"role": "assistant", "content": "An equation."}, {"role": "user", "content": "More?"},
-     {"role": "assistant", "content": "$i\\hbar\\partial_t\\psi = H\\psi$"}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Schrödinger?"},
+        {"role": "assistant", "content": "An equation."},
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "$i\\hbar\\partial_t\\psi = H\\psi$"},
+    ],
 ]
 BAD_CHAT_LINES = {  # line text -> (reason, message fragment)
-    json.dumps({"messages": [{"content": "no role"}, {"role": "assistant", "content": "a"}]}): ("missing_role", "no role"),
-    json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}): ("empty_turn", "is empty"),
-    json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]}): ("non_string_content", "is a int"),
-    json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}): ("unknown_role", "'robot'"),
-    json.dumps({"messages": [{"role": "user", "content": "only a question"}]}): ("no_assistant_turn", "no assistant turn"),
+    json.dumps({"messages": [{"content": "no role"}, {"role": "assistant", "content": "a"}]}): (
+        "missing_role",
+        "no role",
+    ),
+    json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}): (
+        "empty_turn",
+        "is empty",
+    ),
+    json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]}): (
+        "non_string_content",
+        "is a int",
+    ),
+    json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}): (
+        "unknown_role",
+        "'robot'",
+    ),
+    json.dumps({"messages": [{"role": "user", "content": "only a question"}]}): (
+        "no_assistant_turn",
+        "no assistant turn",
+    ),
     json.dumps({"text": "pretraining text"}): ("unknown_format", "neither 'messages'"),
     '{"messages": [': ("bad_json", "not valid JSON"),
     json.dumps({"instruction": "Solve $x+1=2$.", "output": ["x", "=", "1"]}): ("non_string_content", "is a list"),
@@ -105,9 +127,15 @@ def test_chat_and_instruction_records_with_bad_ones_reported_by_line(tmp_path, c
     assert any(m.startswith(f"skipped {path}:2: ") for m in logged)
     name = "mixed"
     assert summary.sources[name].conversations == 3 and summary.sources["data/CoT/aqua_rat.json"].conversations == 1
-    assert report["summary"]["skipped"] == {"missing_role": 1, "empty_turn": 1, "non_string_content": 2,
-                                            "unknown_role": 1, "no_assistant_turn": 1, "unknown_format": 1,
-                                            "bad_json": 1}
+    assert report["summary"]["skipped"] == {
+        "missing_role": 1,
+        "empty_turn": 1,
+        "non_string_content": 2,
+        "unknown_role": 1,
+        "no_assistant_turn": 1,
+        "unknown_format": 1,
+        "bad_json": 1,
+    }
     sidecar = read_sidecar(str(tmp_path / "out" / "sft_text_document"))
     assert [r["source"] for r in sidecar] == [name, name, "data/CoT/aqua_rat.json", name]
     assert sidecar[0]["id"] == "p0" and sidecar[1]["id"] == f"{path}:{len(BAD_CHAT_LINES) + 2}"
@@ -124,19 +152,23 @@ def test_parquet_records_equal_jsonl_records(tmp_path, chat_model):
     run(tmp_path / "a", chat_model, [str(tmp_path / "chat.parquet")])
     run(tmp_path / "b", chat_model, [str(tmp_path / "chat.jsonl")])
     for name in ("sft_text_document", "sft_loss_mask_document"):
-        assert read_documents(str(tmp_path / "a" / "out" / name))[0] == read_documents(str(tmp_path / "b" / "out" / name))[0]
+        assert (
+            read_documents(str(tmp_path / "a" / "out" / name))[0]
+            == read_documents(str(tmp_path / "b" / "out" / name))[0]
+        )
     check_aligned_and_rendered(str(tmp_path / "a" / "out" / "sft"), load_tokenizer(chat_model), GOOD_CHATS * 3)
     bad = [{"messages": GOOD_CHATS[0]}, {"messages": [{"role": "user", "content": "q"}]}]
     pq.write_table(pa.Table.from_pylist(bad), str(tmp_path / "bad.parquet"))
     _, report, _ = run(tmp_path / "c", chat_model, [str(tmp_path / "bad.parquet")])
-    assert [(s["where"], s["kind"]) for s in report["skipped_records"]] == \
-        [(f"{tmp_path / 'bad.parquet'}:row 2", "no_assistant_turn")]
+    assert [(s["where"], s["kind"]) for s in report["skipped_records"]] == [
+        (f"{tmp_path / 'bad.parquet'}:row 2", "no_assistant_turn")
+    ]
 
 
 def posts_xml(rows, crlf=True):
     """A Stack Exchange dump as the real ones are: BOM, declaration, one <posts> root, no final newline."""
     newline = "\r\n" if crlf else "\n"
-    body = newline.join(["<?xml version=\"1.0\" encoding=\"utf-8\"?>", "<posts>"] + ["  " + r for r in rows] + ["</posts>"])
+    body = newline.join(['<?xml version="1.0" encoding="utf-8"?>', "<posts>"] + ["  " + r for r in rows] + ["</posts>"])
     return "\ufeff".encode() + body.encode()
 
 
@@ -144,12 +176,16 @@ def row(**attrs):
     return "<row " + " ".join(f'{k}="{v}"' for k, v in attrs.items()) + " />"
 
 
-QUESTION_BODY = ("&lt;p&gt;Why is $e^{i\\pi} + 1 = 0$?&lt;/p&gt;&#xA;&#xA;&lt;p&gt;I tried&lt;/p&gt;&#xA;"
-                 "&lt;pre&gt;&lt;code&gt;if a &amp;lt; b:&#xA;    print(&amp;quot;x&amp;quot;)&#xA;&lt;/code&gt;&lt;/pre&gt;&#xA;")
-ANSWER_BODY = ("&lt;p&gt;Because $$e^{i\\theta} = \\cos\\theta + i\\sin\\theta.$$&lt;/p&gt;&#xA;"
-               "&lt;ul&gt;&#xA;&lt;li&gt;use &lt;code&gt;cmath&lt;/code&gt;&lt;/li&gt;&#xA;&lt;li&gt;&lt;em&gt;or&lt;/em&gt; "
-               "&lt;a href=&quot;http://x&quot;&gt;this&lt;/a&gt;&lt;/li&gt;&#xA;&lt;/ul&gt;&#xA;")
-QUESTION_TEXT = "Why is $e^{i\\pi} + 1 = 0$?\n\nI tried\n\n```\nif a < b:\n    print(\"x\")\n```"
+QUESTION_BODY = (
+    "&lt;p&gt;Why is $e^{i\\pi} + 1 = 0$?&lt;/p&gt;&#xA;&#xA;&lt;p&gt;I tried&lt;/p&gt;&#xA;"
+    "&lt;pre&gt;&lt;code&gt;if a &amp;lt; b:&#xA;    print(&amp;quot;x&amp;quot;)&#xA;&lt;/code&gt;&lt;/pre&gt;&#xA;"
+)
+ANSWER_BODY = (
+    "&lt;p&gt;Because $$e^{i\\theta} = \\cos\\theta + i\\sin\\theta.$$&lt;/p&gt;&#xA;"
+    "&lt;ul&gt;&#xA;&lt;li&gt;use &lt;code&gt;cmath&lt;/code&gt;&lt;/li&gt;&#xA;&lt;li&gt;&lt;em&gt;or&lt;/em&gt; "
+    "&lt;a href=&quot;http://x&quot;&gt;this&lt;/a&gt;&lt;/li&gt;&#xA;&lt;/ul&gt;&#xA;"
+)
+QUESTION_TEXT = 'Why is $e^{i\\pi} + 1 = 0$?\n\nI tried\n\n```\nif a < b:\n    print("x")\n```'
 ANSWER_TEXT = "Because $$e^{i\\theta} = \\cos\\theta + i\\sin\\theta.$$\n\n- use `cmath`\n- or this"
 
 
@@ -157,8 +193,15 @@ def stackexchange_rows():
     return [
         # The answer comes before its question (rows are not in Id order).
         row(Id=11, PostTypeId=2, ParentId=10, Score=5, Body=ANSWER_BODY),
-        row(Id=10, PostTypeId=1, AcceptedAnswerId=11, Score=3, Title="Euler &amp; identity", Tags="&lt;complex&gt;&lt;euler&gt;",
-            Body=QUESTION_BODY),
+        row(
+            Id=10,
+            PostTypeId=1,
+            AcceptedAnswerId=11,
+            Score=3,
+            Title="Euler &amp; identity",
+            Tags="&lt;complex&gt;&lt;euler&gt;",
+            Body=QUESTION_BODY,
+        ),
         row(Id=12, PostTypeId=1, Score=1, Title="Unanswered", Tags="|a|", Body="&lt;p&gt;q&lt;/p&gt;"),
         row(Id=13, PostTypeId=1, AcceptedAnswerId=14, Score=0, Title="Low", Tags="|x|y|", Body="&lt;p&gt;q&lt;/p&gt;"),
         row(Id=14, PostTypeId=2, ParentId=13, Score=9, Body="&lt;p&gt;a&lt;/p&gt;"),
@@ -167,8 +210,15 @@ def stackexchange_rows():
         row(Id=17, PostTypeId=1, AcceptedAnswerId=99, Score=4, Title="Lost answer", Body="&lt;p&gt;q&lt;/p&gt;"),
         row(Id=18, PostTypeId=1, AcceptedAnswerId=19, Score=4, Title="Wrong parent", Body="&lt;p&gt;q&lt;/p&gt;"),
         row(Id=19, PostTypeId=2, ParentId=12, Score=4, Body="&lt;p&gt;a&lt;/p&gt;"),
-        row(Id=20, PostTypeId=1, AcceptedAnswerId=21, Score=2, Title="Pipes", Tags="|linear-algebra|matrices|",
-            Body="&lt;p&gt;$A^{-1}$?&lt;/p&gt;"),
+        row(
+            Id=20,
+            PostTypeId=1,
+            AcceptedAnswerId=21,
+            Score=2,
+            Title="Pipes",
+            Tags="|linear-algebra|matrices|",
+            Body="&lt;p&gt;$A^{-1}$?&lt;/p&gt;",
+        ),
         row(Id=21, PostTypeId=2, ParentId=20, Score=2, Body="&lt;p&gt;Invert it.&lt;/p&gt;"),
         row(Id=22, PostTypeId=5, Body=""),
     ]
@@ -181,16 +231,31 @@ def test_stackexchange_pairs_tags_math_and_bad_rows(tmp_path, chat_model):
     path.write_bytes(posts_xml(stackexchange_rows()))
     summary, report, _ = run(tmp_path, chat_model, [str(path)], min_score=1)
     conversations = [
-        [{"role": "user", "content": "Euler & identity\n\n" + QUESTION_TEXT}, {"role": "assistant", "content": ANSWER_TEXT}],
+        [
+            {"role": "user", "content": "Euler & identity\n\n" + QUESTION_TEXT},
+            {"role": "assistant", "content": ANSWER_TEXT},
+        ],
         [{"role": "user", "content": "Pipes\n\n$A^{-1}$?"}, {"role": "assistant", "content": "Invert it."}],
     ]
     check_aligned_and_rendered(str(tmp_path / "out" / "sft"), load_tokenizer(chat_model), conversations)
     sidecar = read_sidecar(str(tmp_path / "out" / "sft_text_document"))
     assert sidecar == [
-        {"source": "stackexchange/math.stackexchange.com", "id": "math.stackexchange.com/10", "answer_id": 11,
-         "tags": ["complex", "euler"], "score": 3, "answer_score": 5},
-        {"source": "stackexchange/math.stackexchange.com", "id": "math.stackexchange.com/20", "answer_id": 21,
-         "tags": ["linear-algebra", "matrices"], "score": 2, "answer_score": 2},
+        {
+            "source": "stackexchange/math.stackexchange.com",
+            "id": "math.stackexchange.com/10",
+            "answer_id": 11,
+            "tags": ["complex", "euler"],
+            "score": 3,
+            "answer_score": 5,
+        },
+        {
+            "source": "stackexchange/math.stackexchange.com",
+            "id": "math.stackexchange.com/20",
+            "answer_id": 21,
+            "tags": ["linear-algebra", "matrices"],
+            "score": 2,
+            "answer_score": 2,
+        },
     ]
     # Line 1 holds the declaration; row k of the list sits on line k + 2.
     skipped = {(s["where"], s["kind"]) for s in report["skipped_records"]}
@@ -205,8 +270,11 @@ def test_stackexchange_pairs_tags_math_and_bad_rows(tmp_path, chat_model):
 
 
 def test_broken_xml_is_reported_by_line_and_the_rows_before_it_kept(tmp_path, chat_model):
-    rows = stackexchange_rows()[:2] + ['<row Id="30" PostTypeId="1" Body="a raw < in an attribute" />'] + \
-        stackexchange_rows()[10:12]
+    rows = (
+        stackexchange_rows()[:2]
+        + ['<row Id="30" PostTypeId="1" Body="a raw < in an attribute" />']
+        + stackexchange_rows()[10:12]
+    )
     path = tmp_path / "Posts.xml"
     path.write_bytes(posts_xml(rows, crlf=False))
     summary, report, _ = run(tmp_path, chat_model, [str(path)])
@@ -219,7 +287,9 @@ def test_broken_xml_is_reported_by_line_and_the_rows_before_it_kept(tmp_path, ch
 
 def test_html_to_text_by_hand():
     assert html_to_text("<p>a &lt; b and $x&lt;y$</p>\n\n<p>two</p>") == "a < b and $x<y$\n\ntwo"
-    assert html_to_text("<blockquote><p>quoted</p><p>more</p></blockquote><p>after</p>") == "> quoted\n\n> more\n\nafter"
+    assert (
+        html_to_text("<blockquote><p>quoted</p><p>more</p></blockquote><p>after</p>") == "> quoted\n\n> more\n\nafter"
+    )
     assert html_to_text("<ol><li>one</li><li>two</li></ol>") == "1. one\n2. two"
     assert html_to_text("<p>line<br>break</p><hr><p>x <code>a&amp;b</code></p>") == "line\nbreak\n\n---\n\nx `a&b`"
     assert html_to_text("<pre><code>  indented\n\n\nkept</code></pre>") == "```\n  indented\n\n\nkept\n```"
@@ -228,7 +298,9 @@ def test_html_to_text_by_hand():
 
 def test_strict_stops_at_the_first_bad_record_and_writes_nothing(tmp_path, chat_model):
     path = tmp_path / "c.jsonl"
-    path.write_text(json.dumps({"messages": GOOD_CHATS[0]}) + "\n" + json.dumps({"messages": [{"role": "user"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": GOOD_CHATS[0]}) + "\n" + json.dumps({"messages": [{"role": "user"}]}) + "\n"
+    )
     with pytest.raises(SFTError, match=r"c\.jsonl:2: message 0 \(user\) has no content"):
         run(tmp_path, chat_model, [str(path)], strict=True)
     assert os.listdir(tmp_path / "out") == []  # no dataset, sidecar, report or temporary file left
@@ -236,8 +308,11 @@ def test_strict_stops_at_the_first_bad_record_and_writes_nothing(tmp_path, chat_
 
 def test_a_tokenizer_without_a_template_is_refused(tmp_path):
     plain = str(tmp_path / "plain.model")
-    train_sentencepiece((p["text"] for p in generate_papers(10, seed=42)), plain,
-                        SentencePieceTrainConfig(vocab_size=400, num_threads=1))
+    train_sentencepiece(
+        (p["text"] for p in generate_papers(10, seed=42)),
+        plain,
+        SentencePieceTrainConfig(vocab_size=400, num_threads=1),
+    )
     (tmp_path / "c.jsonl").write_text(json.dumps({"messages": GOOD_CHATS[0]}) + "\n")
     with pytest.raises(SFTError, match="has no chat template"):
         preprocess_sft(SFTConfig([str(tmp_path / "c.jsonl")], str(tmp_path / "o"), plain), progress=False)
@@ -246,8 +321,16 @@ def test_a_tokenizer_without_a_template_is_refused(tmp_path):
 def test_tool_interface_and_exit_codes(tmp_path, chat_model, run_tool, capsys):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join([json.dumps({"messages": GOOD_CHATS[1]}), "{bad"]))
-    args = ["--input", str(path), "--output-prefix", str(tmp_path / "o"), "--tokenizer-model", chat_model,
-            "--no-progress", "--append-eod"]
+    args = [
+        "--input",
+        str(path),
+        "--output-prefix",
+        str(tmp_path / "o"),
+        "--tokenizer-model",
+        chat_model,
+        "--no-progress",
+        "--append-eod",
+    ]
     assert run_tool("preprocess_sft.py", args) == 0
     out = capsys.readouterr().out
     assert "[c] 1 conversations" in out and "bad_json: 1" in out
@@ -261,7 +344,9 @@ def test_tool_interface_and_exit_codes(tmp_path, chat_model, run_tool, capsys):
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/post_training_sample is not present")
 def test_real_samples_parse(tmp_path, chat_model):
     ultrachat = os.path.join(SHARED, "ultrachat", "mamba-chat_ultrachat_small.jsonl")
-    dumps = [os.path.join(SHARED, "stackexchange", d, "Posts.xml") for d in ("conlang_meta_2020", "datascience_meta_2024")]
+    dumps = [
+        os.path.join(SHARED, "stackexchange", d, "Posts.xml") for d in ("conlang_meta_2020", "datascience_meta_2024")
+    ]
     summary, report, _ = run(tmp_path, chat_model, [ultrachat] + dumps)
     with open(ultrachat, encoding="utf-8") as f:
         chats = [json.loads(line)["messages"] for line in f]

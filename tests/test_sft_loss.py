@@ -31,22 +31,24 @@ def hand_loss_and_grad_norm(tokens, labels):
 def test_one_rank_four_micro_batches_is_the_token_mean():
     tokens, labels = worker.batches()
     model, step = worker.model_and_step(world_size=1, accumulation=4)
-    micro = [{"tokens": tokens[i:i + 2], "labels": labels[i:i + 2]} for i in range(0, 8, 2)]
+    micro = [{"tokens": tokens[i : i + 2], "labels": labels[i : i + 2]} for i in range(0, 8, 2)]
     result = step(iter(micro), 0, lr=1e-3)
     loss, norm = hand_loss_and_grad_norm(tokens, labels)
     assert result.loss == pytest.approx(loss, rel=1e-12)
     assert result.grad_norm == pytest.approx(norm, rel=1e-10)
     # the counts differ per micro-batch, so a mean of the micro-batch means is another number
     with torch.no_grad():
-        means = [F.cross_entropy(model(m["tokens"]).reshape(-1, worker.CFG.vocab_size), m["labels"].reshape(-1))
-                 for m in micro]
+        means = [
+            F.cross_entropy(model(m["tokens"]).reshape(-1, worker.CFG.vocab_size), m["labels"].reshape(-1))
+            for m in micro
+        ]
     assert abs(float(torch.stack(means).mean()) - loss) > 1e-3
 
 
 def test_unscored_targets_contribute_exactly_nothing():
     """A micro-batch with no scored target added to a step changes neither the loss nor the update, bit for bit."""
     tokens, labels = worker.batches()
-    scored_only = [{"tokens": tokens[i:i + 4], "labels": labels[i:i + 4]} for i in (0, 4)]
+    scored_only = [{"tokens": tokens[i : i + 4], "labels": labels[i : i + 4]} for i in (0, 4)]
     unscored = {"tokens": tokens[:4], "labels": torch.full_like(labels[:4], IGNORE_INDEX)}
     outcomes = []
     for micro in (scored_only, scored_only + [unscored]):
@@ -59,8 +61,15 @@ def test_unscored_targets_contribute_exactly_nothing():
 
 def test_two_ranks_several_micro_batches_give_the_hand_computation(tmp_path):
     out = tmp_path / "dp2.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(os.path.dirname(__file__), "sft_loss_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(os.path.dirname(__file__), "sft_loss_worker.py"),
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
@@ -84,7 +93,6 @@ def test_make_batch_masks_labels_and_restarts_positions():
     batch = make_batch(_Packed(), np.array([0, 1]), document_mask=True, eod_mask_id=24)
     assert batch["tokens"].tolist() == [list(range(10, 18)), list(range(20, 28))]
     # label j is token j + 1: scored where the mask of token j + 1 is 1; the EOD id 24 never scored
-    assert batch["labels"].tolist() == [[11, 12, 13, -100, -100, 16, 17, -100],
-                                        [21, 22, 23, -100, 25, 26, 27, 28]]
+    assert batch["labels"].tolist() == [[11, 12, 13, -100, -100, 16, 17, -100], [21, 22, 23, -100, 25, 26, 27, 28]]
     assert batch["segment_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0] * 8]
     assert batch["positions"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3], list(range(8))]

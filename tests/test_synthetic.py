@@ -18,8 +18,22 @@ from megasci.corpus.synthetic import (
 )
 
 RECORD_KEYS = {"id", "title", "text", "sections", "categories", "year", "math_fraction", "source", "encoding"}
-SNAPSHOT_KEYS = {"id", "submitter", "authors", "title", "comments", "journal-ref", "doi", "report-no", "categories",
-                 "license", "abstract", "versions", "update_date", "authors_parsed"}
+SNAPSHOT_KEYS = {
+    "id",
+    "submitter",
+    "authors",
+    "title",
+    "comments",
+    "journal-ref",
+    "doi",
+    "report-no",
+    "categories",
+    "license",
+    "abstract",
+    "versions",
+    "update_date",
+    "authors_parsed",
+}
 NEW_STYLE_ID = re.compile(r"^(\d{2})(\d{2})\.\d{4,5}$")
 OLD_STYLE_ID = re.compile(r"^[a-z-]+/(\d{2})(\d{2})\d{3}$")
 MATH = re.compile(r"\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]|\\begin\{(equation|align)\*?\}.*?\\end\{\1\*?\}", re.S)
@@ -44,7 +58,7 @@ def gzip_header_name(data: bytes):
         position += 2 + int.from_bytes(data[10:12], "little")
     if not flags & 0x08:
         return None
-    return data[position:data.index(b"\x00", position)].decode("latin-1")
+    return data[position : data.index(b"\x00", position)].decode("latin-1")
 
 
 def test_labels_are_canonical():
@@ -106,10 +120,35 @@ def test_categories_include_some_to_filter(papers):
 
 def test_text_looks_like_latex(papers):
     corpus = "\n".join(paper["text"] for paper in papers)
-    for marker in ("\\begin{abstract}", "\\section{Introduction}", "\\subsection{", "\\begin{theorem}",
-                   "\\begin{proof}", "\\begin{equation}", "\\label{eq:", "\\begin{align", "\\[", "\\(", "\\cite{",
-                   "\\ref{", "\\emph{", "\\begin{itemize}", "\\frac{", "\\sum", "\\int", "\\mathbb{",
-                   "\\mathcal{", "\\operatorname{", "\\left(", "\\sqrt{", "\\langle", "\\nabla", "–", "ö", "ő"):
+    for marker in (
+        "\\begin{abstract}",
+        "\\section{Introduction}",
+        "\\subsection{",
+        "\\begin{theorem}",
+        "\\begin{proof}",
+        "\\begin{equation}",
+        "\\label{eq:",
+        "\\begin{align",
+        "\\[",
+        "\\(",
+        "\\cite{",
+        "\\ref{",
+        "\\emph{",
+        "\\begin{itemize}",
+        "\\frac{",
+        "\\sum",
+        "\\int",
+        "\\mathbb{",
+        "\\mathcal{",
+        "\\operatorname{",
+        "\\left(",
+        "\\sqrt{",
+        "\\langle",
+        "\\nabla",
+        "–",
+        "ö",
+        "ő",
+    ):
         assert marker in corpus, marker
     assert len(set(re.findall(r"[a-z]{4,}", corpus))) > 2500
     assert all("\n\n" in paper["text"] and "\n\n\n" not in paper["text"] for paper in papers)
@@ -159,9 +198,11 @@ def test_source_packages_are_deterministic(papers, packages, tmp_path):
 
 def expand_inputs(files: dict, main: str) -> str:
     """Replace each \\input/\\include line of the main file by the file it names, as LaTeX would."""
+
     def load(match):
         name = match.group(1) if match.group(1).endswith(".tex") else match.group(1) + ".tex"
         return files[name]
+
     return re.sub(r"\\(?:input|include)\{([^}]*)\}\n", load, main)
 
 

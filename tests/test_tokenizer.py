@@ -73,8 +73,9 @@ def test_frequent_commands_are_whole_pieces(trained):
 def test_short_command_does_not_break_a_longer_one(tmp_path):
     """`\\in` mined as a piece must not cut `\\input` the way a user-defined symbol would."""
     docs = [f"Let $x \\in A_{i}$ and $y \\in B$.\n\\input{{part{i}}}\n\\int_0^1 f\n" * 3 for i in range(300)]
-    train_sentencepiece(docs, str(tmp_path / "t.model"), SentencePieceTrainConfig(vocab_size=300, num_threads=1,
-                                                                                  mined_commands=10))
+    train_sentencepiece(
+        docs, str(tmp_path / "t.model"), SentencePieceTrainConfig(vocab_size=300, num_threads=1, mined_commands=10)
+    )
     tok = load_tokenizer(str(tmp_path / "t.model"))
     assert tok.pieces("\\input") == ["\\input"]
     assert tok.pieces("\\int") == ["\\int"]
@@ -93,8 +94,9 @@ def test_special_ids_are_explicit_and_saved(trained, tmp_path):
 
 def test_bpe_model_type_round_trips(tmp_path):
     docs = [p["text"] for p in generate_papers(40, seed=3)]
-    report = train_sentencepiece(docs, str(tmp_path / "bpe.model"),
-                                 SentencePieceTrainConfig(vocab_size=1500, model_type="bpe", num_threads=2))
+    report = train_sentencepiece(
+        docs, str(tmp_path / "bpe.model"), SentencePieceTrainConfig(vocab_size=1500, model_type="bpe", num_threads=2)
+    )
     tok = load_tokenizer(report.model_path)
     assert tok.decode(tok.encode(UNUSUAL)) == UNUSUAL
     text = next(generate_papers(1, seed=4))["text"]
@@ -105,12 +107,14 @@ def test_loads_a_foreign_sentencepiece_model_without_meta(tmp_path):
     """A LLaMA-style model trained elsewhere: special ids come from the model, -1 means none."""
     text = tmp_path / "c.txt"
     text.write_text("\n".join(line for p in generate_papers(20, seed=5) for line in p["text"].splitlines() if line))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "foreign"), vocab_size=500,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "foreign"), vocab_size=500, minloglevel=2
+    )
     tok = SentencePieceTokenizer(str(tmp_path / "foreign.model"))
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, None)
     assert tok.encode("hello world") == spm.SentencePieceProcessor(model_file=str(tmp_path / "foreign.model")).encode(
-        "hello world")
+        "hello world"
+    )
 
 
 def test_loads_a_huggingface_tokenizer_json(tmp_path):

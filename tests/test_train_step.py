@@ -24,8 +24,16 @@ def make_step(guard):
     model = build_model(CFG)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=1e-2, weight_decay=0.0, max_grad_norm=None), bucket_numel=1 << 30)
     clock = iter(range(100))
-    return model, TrainStep(model, optimizer, guard, accumulation=ACCUMULATION, device=torch.device("cpu"),
-                            world_size=1, timing_sync=False, data_wait=lambda: 0.25 * next(clock))
+    return model, TrainStep(
+        model,
+        optimizer,
+        guard,
+        accumulation=ACCUMULATION,
+        device=torch.device("cpu"),
+        world_size=1,
+        timing_sync=False,
+        data_wait=lambda: 0.25 * next(clock),
+    )
 
 
 def test_a_step_is_the_full_batch_loss_norm_and_adamw_update():

@@ -44,8 +44,14 @@ def runs(tmp_path_factory):
     shutil.copytree(resumed, one_rank)
     second = run_pretrain(2, training_overrides(data, resumed, **{"train.exit_interval": 4}))
     third = run_pretrain(1, training_overrides(data, one_rank))
-    return {"data": data, "root": root, "straight": straight, "resumed": resumed, "one_rank": one_rank,
-            "logs": [first.stdout, second.stdout, third.stdout]}
+    return {
+        "data": data,
+        "root": root,
+        "straight": straight,
+        "resumed": resumed,
+        "one_rank": one_rank,
+        "logs": [first.stdout, second.stdout, third.stdout],
+    }
 
 
 def test_loss_falls_and_validation_improves(runs):
@@ -104,13 +110,29 @@ def test_tensorboard_event_files_hold_the_scalars(runs):
     events = EventAccumulator(os.path.join(runs["straight"], "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    wanted = {"train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "val/loss/all", "val/ppl/all",
-              "perf/tokens_per_s", "perf/tflops_per_device", "perf/mfu", "time/step_s", "time/data_wait_s",
-              "time/forward_backward_s", "time/optimizer_comm_s", "data/stage", "data/consumed_samples"}
+    wanted = {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/skipped_steps",
+        "val/loss/all",
+        "val/ppl/all",
+        "perf/tokens_per_s",
+        "perf/tflops_per_device",
+        "perf/mfu",
+        "time/step_s",
+        "time/data_wait_s",
+        "time/forward_backward_s",
+        "time/optimizer_comm_s",
+        "data/stage",
+        "data/consumed_samples",
+    }
     assert wanted <= tags, wanted - tags
     assert any(t.startswith("val/ppl/arxiv_text_document[section=") for t in tags)
     assert {t for t in tags if t.startswith("data/samples/")} == {
-        "data/samples/arxiv_text_document", "data/samples/arxiv_text_document[section=abstract,conclusion,introduction]"}
+        "data/samples/arxiv_text_document",
+        "data/samples/arxiv_text_document[section=abstract,conclusion,introduction]",
+    }
     stages = {e.step: e.value for e in events.Scalars("data/stage")}
     assert stages[4] == 0 and stages[8] == 1  # the curriculum switched at sample 32 = step 4
     lrs = [e.value for e in events.Scalars("train/lr")]
@@ -133,8 +155,11 @@ def test_checkpoint_layout_and_keep_last(runs):
 
 def test_sigterm_saves_and_the_run_resumes(runs, tmp_path):
     save_dir = str(tmp_path / "sigterm")
-    overrides = training_overrides(runs["data"], save_dir, **{"train.train_steps": 2000, "train.save_interval": 0,
-                                                               "train.eval_interval": 0, "train.log_interval": 1})
+    overrides = training_overrides(
+        runs["data"],
+        save_dir,
+        **{"train.train_steps": 2000, "train.save_interval": 0, "train.eval_interval": 0, "train.log_interval": 1},
+    )
     cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain.py"), *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines = []
@@ -148,8 +173,16 @@ def test_sigterm_saves_and_the_run_resumes(runs, tmp_path):
     assert "stopping at step" in out and "(SIGTERM)" in out
     step = ckpt.read_meta(save_dir)["step"]
     assert 3 <= step < 2000
-    resumed = run_pretrain(1, overrides[:-4] + ["train.train_steps=" + str(step + 2), "train.save_interval=0",
-                                                "train.eval_interval=0", "train.log_interval=1"])
+    resumed = run_pretrain(
+        1,
+        overrides[:-4]
+        + [
+            "train.train_steps=" + str(step + 2),
+            "train.save_interval=0",
+            "train.eval_interval=0",
+            "train.log_interval=1",
+        ],
+    )
     assert f"step {step}" in resumed.stdout and ckpt.read_meta(save_dir)["step"] == step + 2
 
 
@@ -172,8 +205,10 @@ def test_an_old_config_with_checkpointing_in_the_model_still_loads(tmp_path, cap
     assert cfg.train.activation_checkpointing == "selective" and "checkpointing" not in cfg.model.overrides
     assert "read as train.activation_checkpointing: selective" in capsys.readouterr().out
     with pytest.raises(ValueError, match="disagree"):
-        load_config(None, ["model.overrides={checkpointing: full}", "train.activation_checkpointing=none",
-                           "optim.warmup_steps=2"])
+        load_config(
+            None,
+            ["model.overrides={checkpointing: full}", "train.activation_checkpointing=none", "optim.warmup_steps=2"],
+        )
     old = {"model_config": {**dataclasses.asdict(get_config("tiny")), "checkpointing": "full"}}
     assert ckpt.model_config_from_meta(old) == get_config("tiny")
     with pytest.raises(ValueError, match="train.train_steps: expected an integer"):
@@ -182,8 +217,11 @@ def test_an_old_config_with_checkpointing_in_the_model_still_loads(tmp_path, cap
     cfg2 = load_config(None, ["optim.bucket_numel=4e7", "train.keep_last=null", "model.overrides={rope_theta: 5e5}"])
     assert cfg2.optim.bucket_numel == 40_000_000 and cfg2.train.keep_last is None
     assert cfg2.model.build().rope_theta == 500_000.0
-    for bad, message in ((["optim.lr=.nan"], "finite"), (["model.overrides={rope_thetaa: 1}"], "rope_thetaa"),
-                         (["optim.bucket_numel=4.5"], "integer")):
+    for bad, message in (
+        (["optim.lr=.nan"], "finite"),
+        (["model.overrides={rope_thetaa: 1}"], "rope_thetaa"),
+        (["optim.bucket_numel=4.5"], "integer"),
+    ):
         with pytest.raises(ValueError, match=message):
             load_config(None, bad)
     round_trip = tmp_path / "r.yaml"
@@ -233,16 +271,25 @@ def test_z_loss_reaches_the_step_by_hand(count_scored_tokens):
     torch.manual_seed(0)
     model = build_model(cfg, dtype=torch.float64)
     optimizer = ZeroAdamW(model, AdamWConfig(lr=0.0, weight_decay=0.0, max_grad_norm=None), bucket_numel=1 << 30)
-    step = TrainStep(model, optimizer, SpikeGuard(0.0, 0, 5), accumulation=2, device=torch.device("cpu"), world_size=1,
-                     timing_sync=False, data_wait=lambda: 0.0, count_scored_tokens=count_scored_tokens,
-                     loss_options={"z_loss": z})
+    step = TrainStep(
+        model,
+        optimizer,
+        SpikeGuard(0.0, 0, 5),
+        accumulation=2,
+        device=torch.device("cpu"),
+        world_size=1,
+        timing_sync=False,
+        data_wait=lambda: 0.0,
+        count_scored_tokens=count_scored_tokens,
+        loss_options={"z_loss": z},
+    )
     with torch.no_grad():
         logits = model(tokens)
     keep = labels != -100
     lse = logits[keep].logsumexp(-1)
     ce = (lse - logits[keep].gather(-1, labels[keep][:, None])[:, 0]).mean()
-    expected = float(ce + z * (lse ** 2).mean())
-    result = step(iter([{"tokens": tokens[i:i + 2], "labels": labels[i:i + 2]} for i in (0, 2)]), 0, lr=0.0)
+    expected = float(ce + z * (lse**2).mean())
+    result = step(iter([{"tokens": tokens[i : i + 2], "labels": labels[i : i + 2]} for i in (0, 2)]), 0, lr=0.0)
     # the mean of micro-batch means is summed in float32 (as it always was); the scored-token path in float64
     assert result.loss == pytest.approx(expected, rel=1e-10 if count_scored_tokens else 1e-6)
     with pytest.raises(ValueError, match="no bogus"):
@@ -251,8 +298,11 @@ def test_z_loss_reaches_the_step_by_hand(count_scored_tokens):
 
 def test_schedule_and_z_loss_fields_are_checked(tmp_path):
     assert load_config(None, ["optim.schedule=wsd", "optim.decay_fraction=0.2"]).optim.schedule == "wsd"
-    for bad, match in (("optim.schedule=linear", "optim.schedule"), ("optim.decay_fraction=1.5", "decay_fraction"),
-                       ("optim.z_loss=-1", "z_loss")):
+    for bad, match in (
+        ("optim.schedule=linear", "optim.schedule"),
+        ("optim.decay_fraction=1.5", "decay_fraction"),
+        ("optim.z_loss=-1", "z_loss"),
+    ):
         with pytest.raises(ValueError, match=match):
             load_config(None, [bad])
 
@@ -265,10 +315,23 @@ def test_compiled_blocks_train_like_eager(runs, tmp_path):
 
     losses = {}
     for backend in (None, "aot_eager"):
-        overrides = training_overrides(runs["data"], str(tmp_path / str(backend)), **{
-            "train.train_steps": 3, "train.eval_interval": 0, "train.save_interval": 0, "train.compile": "null" if backend is None else backend})
-        losses[backend] = pretrain(load(None, [o for o in overrides if not o.startswith("data.curriculum")]
-                                        + [f"data.blend=[1, {runs['data']['prefix']}]"])).losses
+        overrides = training_overrides(
+            runs["data"],
+            str(tmp_path / str(backend)),
+            **{
+                "train.train_steps": 3,
+                "train.eval_interval": 0,
+                "train.save_interval": 0,
+                "train.compile": "null" if backend is None else backend,
+            },
+        )
+        losses[backend] = pretrain(
+            load(
+                None,
+                [o for o in overrides if not o.startswith("data.curriculum")]
+                + [f"data.blend=[1, {runs['data']['prefix']}]"],
+            )
+        ).losses
     assert losses["aot_eager"] == pytest.approx(losses[None], abs=1e-5)
     assert len(losses[None]) == 3
 
@@ -281,8 +344,14 @@ def test_training_refuses_data_written_with_another_tokenizer(runs, tmp_path):
     prefix = runs["data"]["prefix"]
     report = prefix[: -len("_text_document")] + "_preprocess.json"
     with open(report, "w") as f:
-        json.dump({"config": {}, "summary": {"outputs": {"text": prefix}},
-                          "tokenizer": {"sha256": "0" * 64, "vocab_size": 512}}, f)
+        json.dump(
+            {
+                "config": {},
+                "summary": {"outputs": {"text": prefix}},
+                "tokenizer": {"sha256": "0" * 64, "vocab_size": 512},
+            },
+            f,
+        )
     try:
         overrides = training_overrides(runs["data"], str(tmp_path / "run"))
         with pytest.raises(ValueError, match="not the tokenizer the data was written with"):

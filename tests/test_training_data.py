@@ -23,13 +23,15 @@ def _distributed_worker(rank, world_size, rendezvous, prefix, out_dir):
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
+
         def slow_build(config, dataset):
             time.sleep(0.5)  # rank 1 would find no cache if it did not wait at the barrier
             return build_indices(config, dataset)
 
         config = GPTDatasetConfig(prefix, seq_length=16, num_samples=50)
-        ds = built_on_rank0(lambda may_build: GPTDataset(config, builder=slow_build, may_build=may_build),
-                            rank, world_size)
+        ds = built_on_rank0(
+            lambda may_build: GPTDataset(config, builder=slow_build, may_build=may_build), rank, world_size
+        )
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.stack([ds[i] for i in range(len(ds))]))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"built": ds.built, "hash": ds.hash}, f)
@@ -54,13 +56,15 @@ def _failing_worker(rank, world_size, rendezvous, prefix, out_dir):
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
+
         def broken_build(config, dataset):
             raise OSError("disk full")
 
         config = GPTDatasetConfig(prefix, seq_length=16, num_samples=50)
         try:
-            built_on_rank0(lambda may_build: GPTDataset(config, builder=broken_build, may_build=may_build),
-                           rank, world_size)
+            built_on_rank0(
+                lambda may_build: GPTDataset(config, builder=broken_build, may_build=may_build), rank, world_size
+            )
         except (OSError, RuntimeError) as error:
             with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
                 f.write(f"{type(error).__name__}: {error}")

@@ -19,8 +19,7 @@ from types import SimpleNamespace  # noqa: E402
 import pytest  # noqa: E402
 
 if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed; the triton backends are not registered as available",
-                allow_module_level=True)
+    pytest.skip("triton is not installed; the triton backends are not registered as available", allow_module_level=True)
 
 pytestmark = pytest.mark.gpu
 
@@ -34,8 +33,10 @@ from megasci.ops.rotary import apply_rotary_reference, rotary_tables  # noqa: E4
 from megasci.ops.swiglu import swiglu_reference  # noqa: E402
 
 if not tk.INTERPRETED and not torch.cuda.is_available():
-    pytest.skip("megasci.ops.triton_kernels was imported before TRITON_INTERPRET=1 was set and there is "
-                "no GPU", allow_module_level=True)
+    pytest.skip(
+        "megasci.ops.triton_kernels was imported before TRITON_INTERPRET=1 was set and there is no GPU",
+        allow_module_level=True,
+    )
 
 # The package re-exports functions under the module names, so fetch the modules themselves.
 rmsnorm = importlib.import_module("megasci.ops.rmsnorm")
@@ -78,6 +79,7 @@ def outputs_and_grads(fn, inputs, dy_seed=99):
 
 
 # ---------------------------------------------------------------- rms_norm
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(64, 48), (7, 100), (2, 5, 256), (3, 4, 3)])
@@ -123,6 +125,7 @@ def test_rms_norm_rejects_unsupported_inputs():
 
 # ---------------------------------------------------------------- swiglu
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(64, 48), (3, 7, 100), (2, 1100)])
 def test_swiglu_matches_reference(dtype, shape):
@@ -140,6 +143,7 @@ def test_swiglu_rejects_broadcasting():
 
 
 # ---------------------------------------------------------------- registry
+
 
 def test_triton_is_not_available_without_a_gpu():
     if torch.cuda.is_available():
@@ -196,17 +200,22 @@ def test_forced_triton_backend_runs_the_kernels(monkeypatch):
     assert rq.grad_fn.name().endswith("_RotaryFunctionBackward")
     hidden, weight = randn(6, 8, seed=13), randn(10, 8, seed=14)
     labels = torch.arange(6, device=DEVICE)
-    torch.testing.assert_close(ops.cross_entropy_loss(hidden, weight, labels, chunk_size=4),
-                               cross_entropy_reference(hidden, weight, labels), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ops.cross_entropy_loss(hidden, weight, labels, chunk_size=4),
+        cross_entropy_reference(hidden, weight, labels),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------- rotary
+
 
 def ulps_apart(got, want):
     """Largest distance in units in the last place of ``want``'s dtype, at ``want``'s magnitude."""
     mantissa_bits = {torch.bfloat16: 7, torch.float16: 10}[want.dtype]
     w = want.double()
-    ulp = torch.exp2(torch.floor(torch.log2(w.abs().clamp_min(2.0 ** -14))) - mantissa_bits)
+    ulp = torch.exp2(torch.floor(torch.log2(w.abs().clamp_min(2.0**-14))) - mantissa_bits)
     return ((got.double() - w).abs() / ulp).max().item()
 
 
@@ -279,6 +288,7 @@ def test_rotary_rejects_mismatched_tables():
 
 # ---------------------------------------------------------------- fused cross-entropy
 
+
 def ce_case(dtype, n=24, h=32, v=300, ignore=(2, 9), seed=30):
     hidden, weight = randn(n, h, dtype=dtype, seed=seed), randn(v, h, dtype=dtype, scale=0.5, seed=seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
@@ -334,7 +344,7 @@ def test_chunk_kernel_writes_the_gradient_in_place():
     lse = torch.logsumexp(expected_logits, -1)
     valid = labels != -100
     safe = labels.clamp_min(0)
-    want_loss = torch.where(valid, lse - expected_logits.gather(1, safe[:, None])[:, 0] + 0.01 * lse ** 2, 0.0)
+    want_loss = torch.where(valid, lse - expected_logits.gather(1, safe[:, None])[:, 0] + 0.01 * lse**2, 0.0)
     torch.testing.assert_close(token_loss, want_loss, rtol=1e-6, atol=1e-6)
     want = torch.softmax(expected_logits, -1) * (1 + 0.02 * lse[:, None])
     want[torch.arange(5, device=DEVICE), safe] -= 1

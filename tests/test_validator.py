@@ -68,6 +68,8 @@ def test_validator_logs_prints_and_restores_training_mode(model, tmp_path, capsy
     for name in ("a", "b", "all"):
         assert row[f"val/loss/{name}"] == losses[name]
         assert row[f"val/ppl/{name}"] == pytest.approx(math.exp(losses[name]))
-    assert capsys.readouterr().out == (f"validation at step 7: loss {losses['all']:.4f}, perplexity "
-                                       f"{math.exp(losses['all']):.2f} (a {math.exp(losses['a']):.2f}, "
-                                       f"b {math.exp(losses['b']):.2f})\n")
+    assert capsys.readouterr().out == (
+        f"validation at step 7: loss {losses['all']:.4f}, perplexity "
+        f"{math.exp(losses['all']):.2f} (a {math.exp(losses['a']):.2f}, "
+        f"b {math.exp(losses['b']):.2f})\n"
+    )

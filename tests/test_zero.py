@@ -19,11 +19,10 @@ import sys
 import pytest
 import torch
 
+import zero_worker
 from megasci.distributed import AdamWConfig, ZeroAdamW, default_decay
 from megasci.distributed.zero import MAX_IN_FLIGHT, SHARD_ALIGN
 from megasci.model import build_model, get_config
-
-import zero_worker
 from tolerances import reordered_sum_atol, unit_roundoff
 
 GRADIENT_MODES = ("main_grads", "shard_gradients")
@@ -55,8 +54,10 @@ def reference_run(steps=zero_worker.STEPS, dtype=torch.float32):
     model = build_model(cfg, dtype=dtype)
     c = zero_worker.CONFIG
     named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if default_decay(n, p)], "weight_decay": c.weight_decay},
-              {"params": [p for n, p in named if not default_decay(n, p)], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for n, p in named if default_decay(n, p)], "weight_decay": c.weight_decay},
+        {"params": [p for n, p in named if not default_decay(n, p)], "weight_decay": 0.0},
+    ]
     opt = torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps, foreach=False)
     data = zero_worker.batches(cfg)
     params, norms, bounds = [], [], ParamBounds(dtype)
@@ -70,8 +71,11 @@ def reference_run(steps=zero_worker.STEPS, dtype=torch.float32):
         opt.step()
         opt.zero_grad()
         correction = 1 - c.betas[1] ** (step + 1)
-        bounds.add_step(zero_worker.lr_at(step), largest,
-                        {n: (opt.state[p]["exp_avg_sq"].double() / correction).sqrt() + c.eps for n, p in named})
+        bounds.add_step(
+            zero_worker.lr_at(step),
+            largest,
+            {n: (opt.state[p]["exp_avg_sq"].double() / correction).sqrt() + c.eps for n, p in named},
+        )
         params.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     bounds.reference = params
     return model, opt, params, norms, bounds
@@ -92,8 +96,10 @@ def zero_runs(tmp_path_factory):
     worker = os.path.join(os.path.dirname(__file__), "zero_worker.py")
     torchrun(2, worker, str(out / "dp2"), "3000")
     torchrun(1, worker, str(out / "dp1"), "3000")
+
     def load(name, rank, dtype="float32"):
         return torch.load(out / f"{name}.{dtype}.rank{rank}", weights_only=False)
+
     runs = {"dp2": [load("dp2", 0), load("dp2", 1)], "dp1": [load("dp1", 0)]}
     runs["dp2_float64"] = [load("dp2", 0, "float64"), load("dp2", 1, "float64")]
     runs["skipped"] = [torch.load(out / f"dp2.skipped.rank{r}", weights_only=False) for r in range(2)]
@@ -106,7 +112,9 @@ def zero_runs(tmp_path_factory):
 def test_reductions_pair_up_when_buckets_complete_in_different_orders(zero_runs):
     for rank, result in enumerate(zero_runs["skipped"]):
         assert torch.allclose(result["grad_shard"], result["expected"]), rank
-        assert result["differed_before"] and result["rank0_weights_after"], "every rank must start from rank 0's weights"
+        assert result["differed_before"] and result["rank0_weights_after"], (
+            "every rank must start from rank 0's weights"
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -160,7 +168,7 @@ def test_sharded_state_reassembles_to_adamw_state(zero_runs):
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {}
     for bucket in opt.buckets:
-        for index, name, a, b in bucket.segments():
+        for _index, name, a, b in bucket.segments():
             by_name[name] = (bucket.master[a:b], bucket.exp_avg[a:b], bucket.exp_avg_sq[a:b])
     ref_by_name = {name: ref_opt.state[p] for name, p in ref_model.named_parameters()}
     assert set(by_name) == set(names.values())
@@ -243,11 +251,15 @@ def test_gradient_modes_match_the_default_mode(zero_runs, mode, dtype):
         for step in range(zero_worker.STEPS):
             largest = max(float(shard.abs().max()) for shard in want["grad_shards"][step])
             atol = reordered_sum_atol(torch_dtype, tokens, largest)
-            grad_diff = max((a - b).abs().max().item() for a, b in zip(got["grad_shards"][step], want["grad_shards"][step]))
+            grad_diff = max(
+                (a - b).abs().max().item() for a, b in zip(got["grad_shards"][step], want["grad_shards"][step])
+            )
             assert grad_diff <= atol, (rank, step, grad_diff, atol)
             bounds.check(got["params"][step], step, mode)
         assert got["norms"] == pytest.approx(ref_norms, rel=1e-5)
-    assert all(shard.abs().max() > 0 for shard in default[0]["grad_shards"][0]), "the gradients compared must not be zero"
+    assert all(shard.abs().max() > 0 for shard in default[0]["grad_shards"][0]), (
+        "the gradients compared must not be zero"
+    )
 
 
 def test_main_grads_leave_no_matmul_weight_gradient_to_autograd(zero_runs):
@@ -260,7 +272,8 @@ def test_main_grads_leave_no_matmul_weight_gradient_to_autograd(zero_runs):
 
 
 def test_shard_gradients_keeps_half_of_the_gradient_buffer_on_two_ranks(zero_runs):
-    """Default: the full fp32 accumulator on each rank; shard_gradients: its half plus a few bucket-sized staging buffers."""
+    """Default: the full fp32 accumulator on each rank; shard_gradients: its half plus a few bucket-sized
+    staging buffers."""
     for default, sharded in zip(zero_runs["dp2"], zero_runs["dp2_shard_gradients_float32"]):
         staging = sharded["gradient_bytes"] - default["gradient_bytes"] // 2
         buffers = staging / sharded["largest_bucket_bytes"]

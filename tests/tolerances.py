@@ -28,4 +28,3 @@ def reordered_sum_atol(dtype: torch.dtype, n_terms: int, magnitude: float) -> fl
     nu = n_terms * unit_roundoff(dtype)
     gamma = nu / (1 - nu)
     return 2 * gamma * math.sqrt(n_terms) * magnitude
-

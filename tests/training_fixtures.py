@@ -22,15 +22,18 @@ def make_training_data(root, papers: int = 80, vocab_size: int = 512) -> dict:
     os.makedirs(root, exist_ok=True)
     records = list(generate_papers(papers, seed=7))
     model = os.path.join(root, "tok.model")
-    train_sentencepiece((r["text"] for r in records), model,
-                        SentencePieceTrainConfig(vocab_size=vocab_size, num_threads=2, mined_commands=50))
+    train_sentencepiece(
+        (r["text"] for r in records),
+        model,
+        SentencePieceTrainConfig(vocab_size=vocab_size, num_threads=2, mined_commands=50),
+    )
     tokenizer = load_tokenizer(model)
     prefix = os.path.join(root, "arxiv_text_document")
     sidecar = SidecarWriter(prefix)
     with IndexedDatasetWriter(prefix, dtype=np.uint16) as writer:
         for record in records:
             for span in record["sections"]:
-                ids = tokenizer.encode(record["text"][span["start"]:span["end"]])
+                ids = tokenizer.encode(record["text"][span["start"] : span["end"]])
                 if ids:
                     writer.add_document(np.array(ids + [tokenizer.eod_id], dtype=np.uint16))
                     sidecar.add({"id": record["id"], "section": span["label"]})
@@ -45,26 +48,45 @@ def training_overrides(data: dict, save_dir: str, **extra) -> list[str]:
         "model.overrides": f"{{vocab_size: {data['vocab_size']}}}",
         "data.tokenizer": data["tokenizer"],
         "data.seq_length": 32,
-        "data.curriculum": (f"[{{name: prose, end_samples: 32, blend: [{{prefix: {data['prefix']}, weight: 1, "
-                            f"filter: {{section: [{', '.join(PROSE)}]}}}}]}}, "
-                            f"{{name: all, blend: [{{prefix: {data['prefix']}, weight: 1}}]}}]"),
+        "data.curriculum": (
+            f"[{{name: prose, end_samples: 32, blend: [{{prefix: {data['prefix']}, weight: 1, "
+            f"filter: {{section: [{', '.join(PROSE)}]}}}}]}}, "
+            f"{{name: all, blend: [{{prefix: {data['prefix']}, weight: 1}}]}}]"
+        ),
         "data.split": "[0.9, 0.1, 0.0]",
         "data.eval_samples": 8,
         "data.prefetch": 2,
-        "optim.lr": 3e-3, "optim.min_lr": 3e-4, "optim.warmup_steps": 2, "optim.bucket_numel": 20000,
-        "train.micro_batch_size": 2, "train.global_batch_size": 8, "train.train_steps": 8,
-        "train.device": "cpu", "train.save_dir": save_dir, "train.save_interval": 4, "train.log_interval": 2,
-        "train.eval_interval": 4, "train.peak_tflops": 1.0,
+        "optim.lr": 3e-3,
+        "optim.min_lr": 3e-4,
+        "optim.warmup_steps": 2,
+        "optim.bucket_numel": 20000,
+        "train.micro_batch_size": 2,
+        "train.global_batch_size": 8,
+        "train.train_steps": 8,
+        "train.device": "cpu",
+        "train.save_dir": save_dir,
+        "train.save_interval": 4,
+        "train.log_interval": 2,
+        "train.eval_interval": 4,
+        "train.peak_tflops": 1.0,
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
 
 
 def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.join(REPO, "tools", "pretrain.py"),
+        *overrides,
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO
+    )
     if check:
         assert result.returncode == 0, f"pretrain failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return result
@@ -72,6 +94,7 @@ def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bo
 
 def kill_tree(pid: int) -> None:
     """SIGKILL to `pid` and every descendant (torchrun starts its workers in their own sessions)."""
+
     def descendants(p):
         try:
             with open(f"/proc/{p}/task/{p}/children") as f:
@@ -79,6 +102,7 @@ def kill_tree(pid: int) -> None:
         except OSError:
             return []
         return [c for child in children for c in [child, *descendants(child)]]
+
     for victim in [pid, *descendants(pid)]:
         try:
             os.kill(victim, signal.SIGKILL)
@@ -89,10 +113,23 @@ def kill_tree(pid: int) -> None:
 def pretrain_killed_after_save(nproc: int, overrides: list[str], step: int) -> None:
     """Runs tools/pretrain.py under torchrun and SIGKILLs the whole tree as soon as it reports the
     checkpoint of `step` saved, as a node failure would."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, "tools", "pretrain.py"), *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.join(REPO, "tools", "pretrain.py"),
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -33,7 +33,7 @@ def lr_at(step):
 def main(out_path, bucket_numel):
     env = init_distributed("cpu")
     for dtype in (torch.float32, torch.float64):
-        name = str(dtype).split('.')[-1]
+        name = str(dtype).split(".")[-1]
         train(env, f"{out_path}.{name}", bucket_numel, dtype)
         if env.world_size > 1:
             for mode in ("main_grads", "shard_gradients"):
@@ -48,10 +48,12 @@ def skipped_layer(env, out_path):
     torch.manual_seed(env.rank)  # different initialisations on purpose
     first, last = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
     model = nn.ModuleDict({"first": first, "last": last})
+
     def gathered():
         weights = [torch.zeros_like(first.weight) for _ in range(env.world_size)]
         dist.all_gather(weights, first.weight.detach().contiguous())
         return weights
+
     before = gathered()
     opt = ZeroAdamW(model, AdamWConfig(), bucket_numel=16)  # bucket 0 = [last.weight], bucket 1 = [first.weight]
     after = gathered()
@@ -66,10 +68,16 @@ def skipped_layer(env, out_path):
     bucket = opt.buckets[1]
     expected = (sum(grads) / env.world_size).reshape(-1)
     padded = torch.zeros(bucket.grad_buffer.numel())
-    padded[:expected.numel()] = expected
-    torch.save({"grad_shard": bucket.grad_shard.clone(), "expected": padded[bucket.shard].clone(),
-                "differed_before": not torch.equal(before[0], before[1]),
-                "rank0_weights_after": all(torch.equal(before[0], w) for w in after)}, f"{out_path}.rank{env.rank}")
+    padded[: expected.numel()] = expected
+    torch.save(
+        {
+            "grad_shard": bucket.grad_shard.clone(),
+            "expected": padded[bucket.shard].clone(),
+            "differed_before": not torch.equal(before[0], before[1]),
+            "rank0_weights_after": all(torch.equal(before[0], w) for w in after),
+        },
+        f"{out_path}.rank{env.rank}",
+    )
 
 
 def train(env, out_path, bucket_numel, dtype, mode="default"):
@@ -79,9 +87,11 @@ def train(env, out_path, bucket_numel, dtype, mode="default"):
     apply_fp32_grad_accumulation(model, enabled=mode == "main_grads")
     linear_weights = [m.weight for block in model.layers for m in block.modules() if isinstance(m, nn.Linear)]
     grads_through_autograd = []  # one entry per .grad autograd materialises for a block's matmul weight
+
     def count_materialised(param):
         if param.grad is not None:
             grads_through_autograd.append(param.shape)
+
     for weight in linear_weights:  # registered before the optimizer's hooks, which free the .grad
         weight.register_post_accumulate_grad_hook(count_materialised)
     opt = ZeroAdamW(model, CONFIG, bucket_numel=bucket_numel, **MODES[mode])
@@ -90,10 +100,10 @@ def train(env, out_path, bucket_numel, dtype, mode="default"):
     accumulation = per_rank // MICRO
     params, norms, losses, grad_shards = [], [], [], []
     for step in range(STEPS):
-        mine = data[step, env.rank * per_rank:(env.rank + 1) * per_rank]
+        mine = data[step, env.rank * per_rank : (env.rank + 1) * per_rank]
         loss_sum = 0.0
         for micro in range(accumulation):
-            sample = mine[micro * MICRO:(micro + 1) * MICRO]
+            sample = mine[micro * MICRO : (micro + 1) * MICRO]
             opt.prepare_backward(last_micro_batch=micro == accumulation - 1)
             loss = model(sample[:, :-1], sample[:, 1:]) / accumulation
             loss.backward()
@@ -104,11 +114,21 @@ def train(env, out_path, bucket_numel, dtype, mode="default"):
         norms.append(float(norm))
         losses.append(loss_sum)
         params.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    torch.save({"params": params, "norms": norms, "losses": losses, "grad_shards": grad_shards,
-                "optimizer": opt.state_dict(), "state_bytes": opt.state_bytes(),
-                "gradient_bytes": opt.gradient_bytes(), "linear_grads_through_autograd": len(grads_through_autograd),
-                "largest_bucket_bytes": max(b.padded for b in opt.buckets) * opt.buckets[0].grad_shard.element_size(),
-                "buckets": len(opt.buckets)}, f"{out_path}.rank{env.rank}")
+    torch.save(
+        {
+            "params": params,
+            "norms": norms,
+            "losses": losses,
+            "grad_shards": grad_shards,
+            "optimizer": opt.state_dict(),
+            "state_bytes": opt.state_bytes(),
+            "gradient_bytes": opt.gradient_bytes(),
+            "linear_grads_through_autograd": len(grads_through_autograd),
+            "largest_bucket_bytes": max(b.padded for b in opt.buckets) * opt.buckets[0].grad_shard.element_size(),
+            "buckets": len(opt.buckets),
+        },
+        f"{out_path}.rank{env.rank}",
+    )
     dist.barrier()
 
 

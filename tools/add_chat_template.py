@@ -21,11 +21,18 @@ from megasci.tokenizer import CHAT_TEMPLATES
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True,
-                   help="a tokenizer.json, a SentencePiece .model, or a directory holding one (e.g. a HF model)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="a tokenizer.json, a SentencePiece .model, or a directory holding one (e.g. a HF model)",
+    )
     p.add_argument("--output", required=True, help="a new directory for the extended tokenizer")
-    p.add_argument("--chat-template", default="megasci-v1", choices=sorted(CHAT_TEMPLATES),
-                   help="the template whose markers to add (default: megasci-v1)")
+    p.add_argument(
+        "--chat-template",
+        default="megasci-v1",
+        choices=sorted(CHAT_TEMPLATES),
+        help="the template whose markers to add (default: megasci-v1)",
+    )
     args = p.parse_args(argv)
     try:
         result = add_chat_markers(args.tokenizer, args.output, args.chat_template)

@@ -39,8 +39,12 @@ def expand(patterns):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", required=True, help="task names or JSONL task files")
-    p.add_argument("--corpus", nargs="+", required=True,
-                   help="JSONL shards (.jsonl/.gz/.zst, globs allowed) and/or .bin/.idx dataset prefixes")
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        required=True,
+        help="JSONL shards (.jsonl/.gz/.zst, globs allowed) and/or .bin/.idx dataset prefixes",
+    )
     p.add_argument("--tokenizer", help="decodes .bin/.idx datasets (SentencePiece .model or tokenizer.json)")
     p.add_argument("--text-key", default="text", help="the JSONL field holding a document's text")
     p.add_argument("--ngram", type=int, default=NGRAM, help=f"n-gram length in words (default {NGRAM}, as lm-eval)")
@@ -74,8 +78,15 @@ def main(argv=None) -> int:
         if len(r.contaminated) > 5:
             print(f"    ... {len(r.contaminated) - 5} more")
     if args.out:
-        write_json_atomic(args.out, {"ngram": args.ngram, "corpus": corpus, "documents": documents,
-                                     "tasks": {r.task: r.to_dict() for r in reports}})
+        write_json_atomic(
+            args.out,
+            {
+                "ngram": args.ngram,
+                "corpus": corpus,
+                "documents": documents,
+                "tasks": {r.task: r.to_dict() for r in reports},
+            },
+        )
     return 0
 
 

@@ -71,13 +71,17 @@ def exclude(tasks, path: str, warn):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", metavar="RUN_OR_STEP",
-                       help="a checkpoint directory, a save directory (its latest), or a HF model directory")
+    which.add_argument(
+        "--checkpoint",
+        metavar="RUN_OR_STEP",
+        help="a checkpoint directory, a save directory (its latest), or a HF model directory",
+    )
     which.add_argument("--hf-model", metavar="DIR", help="a transformers model directory (e.g. our HF export)")
     p.add_argument("--tasks", nargs="+", required=True, help="task names or JSONL task files")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
-    p.add_argument("--exclude-contaminated", metavar="FILE",
-                   help="leave out the examples this tools/decontaminate.py report names")
+    p.add_argument(
+        "--exclude-contaminated", metavar="FILE", help="leave out the examples this tools/decontaminate.py report names"
+    )
     p.add_argument("--tokenizer", help="with --checkpoint: a tokenizer other than the checkpoint's copy")
     p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,8 +114,16 @@ def main(argv=None) -> int:
             model, tokenizer, source = load_megasci(args.checkpoint, args.tokenizer, device, dtype)
         else:
             model, tokenizer, source = load_hf(args.hf_model, device, dtype)
-        results = evaluate_tasks(model, tasks, tokenizer, device=device, batch_size=args.batch_size,
-                                 rank=rank, world_size=world_size, excluded=excluded)
+        results = evaluate_tasks(
+            model,
+            tasks,
+            tokenizer,
+            device=device,
+            batch_size=args.batch_size,
+            rank=rank,
+            world_size=world_size,
+            excluded=excluded,
+        )
     except (TaskError, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -129,9 +141,15 @@ def main(argv=None) -> int:
     if any(row["truncated"] for r in results for row in r.per_example):
         print("note: some contexts were longer than the model's window and were cut on the left")
     if args.json_out:
-        write_json_atomic(args.json_out, {**source, "limit": args.limit,
-                                          "exclude_contaminated": args.exclude_contaminated,
-                                          "tasks": [r.to_dict() for r in results]})
+        write_json_atomic(
+            args.json_out,
+            {
+                **source,
+                "limit": args.limit,
+                "exclude_contaminated": args.exclude_contaminated,
+                "tasks": [r.to_dict() for r in results],
+            },
+        )
     if args.per_example:
         with open(args.per_example, "w", encoding="utf-8") as f:
             for r in results:

@@ -18,8 +18,12 @@ from megasci.utils.io import expand_inputs, iter_jsonl_field, write_json_atomic
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizers", nargs="+", required=True,
-                   help="SentencePiece .model, HuggingFace tokenizer.json, or a directory holding either")
+    p.add_argument(
+        "--tokenizers",
+        nargs="+",
+        required=True,
+        help="SentencePiece .model, HuggingFace tokenizer.json, or a directory holding either",
+    )
     p.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl/.gz/.zst) or globs")
     p.add_argument("--json-key", default="text")
     p.add_argument("--max-documents", type=int, default=1000, help="evaluate on the first N documents")
@@ -33,7 +37,9 @@ def main(argv=None) -> int:
         if len(set(names)) < len(names):  # e.g. two directories that both hold tokenizer.model
             for tokenizer, path in zip(tokenizers, args.tokenizers):
                 tokenizer.name = path
-        documents = list(itertools.islice(iter_jsonl_field(expand_inputs(args.input), args.json_key), args.max_documents))
+        documents = list(
+            itertools.islice(iter_jsonl_field(expand_inputs(args.input), args.json_key), args.max_documents)
+        )
         stats = evaluate_tokenizers(tokenizers, documents)
         if args.output_json:
             write_json_atomic(args.output_json, [asdict(row) for row in stats])

@@ -36,8 +36,10 @@ from megasci.training.checkpoint import checkpoint_tokenizer_path, load_model, r
 def chat_prompt_ids(tok, messages: list[dict], eod_prefix: bool = True) -> list[int]:
     """The conversation's ids as the SFT data has them, then the assistant marker to answer after."""
     if tok.chat_template is None:
-        raise ValueError(f"the tokenizer {getattr(tok, 'path', '')} has no chat template; --chat needs one "
-                         f"(train it with tools/train_tokenizer.py --chat-template megasci-v1)")
+        raise ValueError(
+            f"the tokenizer {getattr(tok, 'path', '')} has no chat template; --chat needs one "
+            f"(train it with tools/train_tokenizer.py --chat-template megasci-v1)"
+        )
     ids, _ = tok.chat_template.bind(tok).encode(messages, add_generation_prompt=True)
     return ([tok.eod_id] if eod_prefix else []) + ids.tolist()
 
@@ -61,8 +63,11 @@ def read_conversations(path: str) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="a checkpoint directory, a save directory (its latest), or a HuggingFace model directory")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint directory, a save directory (its latest), or a HuggingFace model directory",
+    )
     p.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for several prompts")
     p.add_argument("--prompt-file", action="append", default=[], help="a file whose whole text is one prompt")
     p.add_argument("--tokenizer", default=None, help="default: the tokenizer saved in the checkpoint")
@@ -107,13 +112,24 @@ def main(argv=None) -> int:
             stop_ids.insert(0, tok.chat_template.bind(tok).end_id)
         for i, prompt in enumerate(records if chat else prompts):
             prefix = [] if args.no_eod_prefix else [tok.eod_id]
-            ids = (chat_prompt_ids(tok, prompt["messages"], not args.no_eod_prefix) if chat
-                   else prefix + tok.encode(prompt))
+            ids = (
+                chat_prompt_ids(tok, prompt["messages"], not args.no_eod_prefix)
+                if chat
+                else prefix + tok.encode(prompt)
+            )
             start = time.perf_counter()
-            out = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, eos_id=stop_ids[0], generator=generator)[0].tolist()
+            out = generate(
+                model,
+                ids,
+                args.max_new_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                top_k=args.top_k,
+                eos_id=stop_ids[0],
+                generator=generator,
+            )[0].tolist()
             seconds = time.perf_counter() - start
-            new = out[len(ids):]
+            new = out[len(ids) :]
             speed = len(new) / seconds  # the stop token counts: it was generated too
             stops = [new.index(s) for s in stop_ids if s in new]
             if stops:
@@ -126,9 +142,11 @@ def main(argv=None) -> int:
             else:
                 if i:
                     print("\n" + "-" * 80)
-                print(tok.decode(out[len(prefix): len(ids)] + new))
-            print(f"[{len(ids)} prompt tokens, {len(new)} new in {seconds:.2f} s: "
-                  f"{speed:.1f} tokens/s on {args.device}]", file=sys.stderr)
+                print(tok.decode(out[len(prefix) : len(ids)] + new))
+            print(
+                f"[{len(ids)} prompt tokens, {len(new)} new in {seconds:.2f} s: {speed:.1f} tokens/s on {args.device}]",
+                file=sys.stderr,
+            )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,16 +31,25 @@ def import_hf(hf_dir: str, output: str) -> str:
     model, meta = load_hf_model(hf_dir)  # the loading path train.init_from and the tools take too
     meta = {k: v for k, v in meta.items() if k != "step"}  # save_checkpoint writes the step
     os.makedirs(output, exist_ok=True)
-    return save_checkpoint(output, 0, rank=0, rank_state={}, model_state=model.state_dict(), meta=meta,
-                           tokenizer=load_tokenizer(tokenizer_file(hf_dir)))
+    return save_checkpoint(
+        output,
+        0,
+        rank=0,
+        rank_state={},
+        model_state=model.state_dict(),
+        meta=meta,
+        tokenizer=load_tokenizer(tokenizer_file(hf_dir)),
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hf-model", required=True,
-                   help="a HuggingFace model directory (config.json, safetensors, tokenizer)")
-    p.add_argument("--output", required=True,
-                   help="the save directory to write step_00000000 into (must hold no checkpoint)")
+    p.add_argument(
+        "--hf-model", required=True, help="a HuggingFace model directory (config.json, safetensors, tokenizer)"
+    )
+    p.add_argument(
+        "--output", required=True, help="the save directory to write step_00000000 into (must hold no checkpoint)"
+    )
     args = p.parse_args(argv)
     try:
         path = import_hf(args.hf_model, args.output)

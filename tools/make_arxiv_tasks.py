@@ -36,8 +36,11 @@ from megasci.data.records import BadRecord, iter_records
 from megasci.utils.io import atomic_text_output, write_json_atomic
 
 CHOICES = 4
-DISPLAY = re.compile(r"\\begin\{(equation|align|gather|multline|eqnarray|displaymath)(\*?)\}.*?\\end\{\1\2\}"
-                     r"|\\\[.*?\\\]|\$\$.*?\$\$", re.S)
+DISPLAY = re.compile(
+    r"\\begin\{(equation|align|gather|multline|eqnarray|displaymath)(\*?)\}.*?\\end\{\1\2\}"
+    r"|\\\[.*?\\\]|\$\$.*?\$\$",
+    re.S,
+)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\\$])")
 WORD = re.compile(r"[a-z]{3,}")
 
@@ -100,11 +103,15 @@ def _start_of_line(text: str, start: int, chars: int) -> int:
     return begin
 
 
-def next_equation_items(paper: dict, rng: random.Random, golds: GoldPositions, per_paper: int,
-                        context_chars: int, max_equation_chars: int) -> list[dict]:
+def next_equation_items(
+    paper: dict, rng: random.Random, golds: GoldPositions, per_paper: int, context_chars: int, max_equation_chars: int
+) -> list[dict]:
     text = paper["text"]
-    found = [(m.start(), m.end(), m.group(0), m.group(1) or m.group(0)[:2]) for m in DISPLAY.finditer(text)
-             if len(m.group(0)) <= max_equation_chars]
+    found = [
+        (m.start(), m.end(), m.group(0), m.group(1) or m.group(0)[:2])
+        for m in DISPLAY.finditer(text)
+        if len(m.group(0)) <= max_equation_chars
+    ]
     distinct = {eq for _, _, eq, _ in found}
     if len(distinct) < CHOICES:
         return []
@@ -114,10 +121,10 @@ def next_equation_items(paper: dict, rng: random.Random, golds: GoldPositions, p
         others = sorted(distinct - {true})
         rng.shuffle(others)
         others.sort(key=lambda eq: next(e for _, _, q, e in found if q == eq) != env)  # same environment first
-        choices = others[:CHOICES - 1]
+        choices = others[: CHOICES - 1]
         gold = golds.next()
         choices.insert(gold, true)
-        context = text[_start_of_line(text, start, context_chars):start]
+        context = text[_start_of_line(text, start, context_chars) : start]
         items.append({"id": f"{paper['key']}#eq{k}", "context": context, "choices": choices, "gold": gold})
     return items
 
@@ -127,10 +134,10 @@ def abstract_of(paper: dict) -> tuple[int, str] | None:
     text = paper["text"]
     for s in paper.get("sections") or []:
         if s.get("label") == "abstract":
-            body = text[s["start"]:s["end"]]
+            body = text[s["start"] : s["end"]]
             opener = re.match(r"\s*(\\begin\{abstract\}\s*)?", body)  # always matches (all optional)
             start = s["start"] + (opener.end() if opener else 0)
-            words = re.sub(r"\\end\{abstract\}.*", "", text[start:s["end"]], flags=re.S).strip()
+            words = re.sub(r"\\end\{abstract\}.*", "", text[start : s["end"]], flags=re.S).strip()
             first = SENTENCE_END.split(words, maxsplit=1)[0].strip()
             return (start, first) if len(first.split()) >= 5 else None
     return None
@@ -145,12 +152,15 @@ def abstract_sentence_items(papers: list[dict], golds: GoldPositions, context_ch
     found = [(p, a) for p in papers if (a := abstract_of(p)) is not None]
     if len(found) < CHOICES:
         return []
-    vectors = [_vector(p["text"][a[0]:a[0] + 2000]) for p, a in found]
+    vectors = [_vector(p["text"][a[0] : a[0] + 2000]) for p, a in found]
     items = []
     for i, (paper, (start, first)) in enumerate(found):
         ci, ni = vectors[i]
-        near = sorted((-sum(ci[w] * cj[w] for w in ci) / (ni * nj), found[j][0]["key"], j)
-                      for j, (cj, nj) in enumerate(vectors) if j != i and found[j][1][1] != first)
+        near = sorted(
+            (-sum(ci[w] * cj[w] for w in ci) / (ni * nj), found[j][0]["key"], j)
+            for j, (cj, nj) in enumerate(vectors)
+            if j != i and found[j][1][1] != first
+        )
         choices = []
         for _, _, j in near:
             if found[j][1][1] not in choices:
@@ -162,7 +172,7 @@ def abstract_sentence_items(papers: list[dict], golds: GoldPositions, context_ch
         gold = golds.next()
         choices.insert(gold, first)
         text = paper["text"]
-        context = text[_start_of_line(text, start, context_chars):start]
+        context = text[_start_of_line(text, start, context_chars) : start]
         items.append({"id": f"{paper['key']}#abstract0", "context": context, "choices": choices, "gold": gold})
     return items
 
@@ -170,14 +180,22 @@ def abstract_sentence_items(papers: list[dict], golds: GoldPositions, context_ch
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="held-out corpus records (JSONL, .gz, .zst)")
-    p.add_argument("--training", nargs="+", required=True,
-                   help="the training data: JSONL shards with 'id', or dataset prefixes with a .docs.jsonl sidecar")
+    p.add_argument(
+        "--training",
+        nargs="+",
+        required=True,
+        help="the training data: JSONL shards with 'id', or dataset prefixes with a .docs.jsonl sidecar",
+    )
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-paper", type=int, default=2, help="next-equation items per paper at most")
     p.add_argument("--context-chars", type=int, default=1500, help="characters of text before the answer")
-    p.add_argument("--max-equation-chars", type=int, default=400,
-                   help="longer display equations are neither asked nor offered as choices")
+    p.add_argument(
+        "--max-equation-chars",
+        type=int,
+        default=400,
+        help="longer display equations are neither asked nor offered as choices",
+    )
     args = p.parse_args(argv)
     if min(args.per_paper, args.context_chars, args.max_equation_chars) < 1:
         p.error("--per-paper, --context-chars and --max-equation-chars must be positive")
@@ -199,18 +217,33 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     equation_golds = GoldPositions(random.Random(rng.random()))
     abstract_golds = GoldPositions(random.Random(rng.random()))
-    tasks = {"arxiv_next_equation": [item for paper in kept for item in next_equation_items(
-                 paper, rng, equation_golds, args.per_paper, args.context_chars, args.max_equation_chars)],
-             "arxiv_abstract_sentence": abstract_sentence_items(kept, abstract_golds, args.context_chars)}
+    tasks = {
+        "arxiv_next_equation": [
+            item
+            for paper in kept
+            for item in next_equation_items(
+                paper, rng, equation_golds, args.per_paper, args.context_chars, args.max_equation_chars
+            )
+        ],
+        "arxiv_abstract_sentence": abstract_sentence_items(kept, abstract_golds, args.context_chars),
+    }
     os.makedirs(args.out_dir, exist_ok=True)
     for name, items in tasks.items():
         with atomic_text_output(os.path.join(args.out_dir, f"{name}.jsonl")) as f:
             for item in items:
                 f.write(json.dumps(item, ensure_ascii=False) + "\n")
-    write_json_atomic(os.path.join(args.out_dir, "manifest.json"), {
-        "seed": args.seed, "input": args.input, "training": args.training, "papers_read": len(papers),
-        "papers_used": len(kept), "refused_in_training": sorted(set(refused)),
-        "items": {name: len(items) for name, items in tasks.items()}})
+    write_json_atomic(
+        os.path.join(args.out_dir, "manifest.json"),
+        {
+            "seed": args.seed,
+            "input": args.input,
+            "training": args.training,
+            "papers_read": len(papers),
+            "papers_used": len(kept),
+            "refused_in_training": sorted(set(refused)),
+            "items": {name: len(items) for name, items in tasks.items()},
+        },
+    )
     print(f"{len(papers)} papers read, {len(set(refused))} refused (in the training data), {len(kept)} used")
     for name, items in tasks.items():
         print(f"{name}: {len(items)} items -> {os.path.join(args.out_dir, name + '.jsonl')}")

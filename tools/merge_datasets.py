@@ -14,8 +14,12 @@ from megasci.data.provenance import common_tokenizer
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--input", nargs="+", required=True,
-                   help="dataset prefixes (without .bin/.idx), or directories whose datasets are merged in name order")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="dataset prefixes (without .bin/.idx), or directories whose datasets are merged in name order",
+    )
     p.add_argument("--output-prefix", required=True)
     args = p.parse_args(argv)
     prefixes = []
@@ -31,12 +35,20 @@ def main(argv=None) -> int:
     except (IndexedDatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"merged {len(prefixes)} datasets -> {args.output_prefix}.bin/.idx: "
-          f"{merged.num_documents:,} documents, {merged.num_tokens:,} tokens ({merged.dtype})"
-          + (f", sidecar {sidecar_path(args.output_prefix)}" if with_sidecar
-             else ", no sidecar (not every input has one)")
-          + (f", tokenizer {tokenizer_record_path(args.output_prefix)}" if tokenizer is not None
-             else ", no tokenizer record (not every input has one)"))
+    print(
+        f"merged {len(prefixes)} datasets -> {args.output_prefix}.bin/.idx: "
+        f"{merged.num_documents:,} documents, {merged.num_tokens:,} tokens ({merged.dtype})"
+        + (
+            f", sidecar {sidecar_path(args.output_prefix)}"
+            if with_sidecar
+            else ", no sidecar (not every input has one)"
+        )
+        + (
+            f", tokenizer {tokenizer_record_path(args.output_prefix)}"
+            if tokenizer is not None
+            else ", no tokenizer record (not every input has one)"
+        )
+    )
     return 0
 
 

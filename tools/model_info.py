@@ -12,8 +12,7 @@ import json
 import sys
 from dataclasses import replace
 
-from megasci.model.config import (PRESETS, flops_per_token, num_matmul_parameters, num_parameters,
-                                  parameter_breakdown)
+from megasci.model.config import PRESETS, flops_per_token, num_matmul_parameters, num_parameters, parameter_breakdown
 
 
 def _meta_count(cfg) -> int:
@@ -32,9 +31,11 @@ def _vocab_note(cfg) -> list[str]:
         lines.append(f"  vocab {v:>7,}: {n:>13,} parameters ({n / 1e9:.3f}B)")
     tied = body + cfg.vocab_size * cfg.hidden_size
     exact = (1.36e9 - body) / per_token
-    lines += [f"  vocab {cfg.vocab_size:,} with tied embeddings: {tied:,} ({tied / 1e9:.3f}B)",
-              f"  1.36B exactly would need a vocabulary of ~{exact:,.0f} (untied).",
-              "  So 1.36B matches a ~32k vocabulary (1.345-1.349B, loosely rounded), not 102,400."]
+    lines += [
+        f"  vocab {cfg.vocab_size:,} with tied embeddings: {tied:,} ({tied / 1e9:.3f}B)",
+        f"  1.36B exactly would need a vocabulary of ~{exact:,.0f} (untied).",
+        "  So 1.36B matches a ~32k vocabulary (1.345-1.349B, loosely rounded), not 102,400.",
+    ]
     return lines
 
 
@@ -45,10 +46,13 @@ def report(cfg, seq_lens) -> dict:
     if meta != total:
         raise AssertionError(f"analytic count {total:,} != meta-device model {meta:,}")
     return {
-        "preset": cfg.name, "parameters": total,
+        "preset": cfg.name,
+        "parameters": total,
         "non_embedding_parameters": num_parameters(cfg, embeddings=False),
-        "input_embedding": b["input_embedding"], "output_embedding": b["output_embedding"],
-        "norm_parameters": b["norms"], "n_matmul": num_matmul_parameters(cfg),
+        "input_embedding": b["input_embedding"],
+        "output_embedding": b["output_embedding"],
+        "norm_parameters": b["norms"],
+        "n_matmul": num_matmul_parameters(cfg),
         "flops_per_token": {str(s): flops_per_token(cfg, s) for s in seq_lens},
     }
 
@@ -64,16 +68,19 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"preset {cfg.name}: hidden {cfg.hidden_size}, {cfg.n_layers} layers, {cfg.n_heads} heads "
-          f"({cfg.n_kv_heads} KV), FFN {cfg.ffn_hidden_size}, vocab {cfg.vocab_size:,}, "
-          f"context {cfg.max_seq_len}, RoPE theta {cfg.rope_theta:g}, {cfg.dtype}")
-    print(f"parameters            {r['parameters']:>15,}  ({r['parameters'] / 1e9:.3f}B, "
-          "checked on the meta device)")
+    print(
+        f"preset {cfg.name}: hidden {cfg.hidden_size}, {cfg.n_layers} layers, {cfg.n_heads} heads "
+        f"({cfg.n_kv_heads} KV), FFN {cfg.ffn_hidden_size}, vocab {cfg.vocab_size:,}, "
+        f"context {cfg.max_seq_len}, RoPE theta {cfg.rope_theta:g}, {cfg.dtype}"
+    )
+    print(f"parameters            {r['parameters']:>15,}  ({r['parameters'] / 1e9:.3f}B, checked on the meta device)")
     print(f"  non-embedding       {r['non_embedding_parameters']:>15,}  (blocks + norms)")
     print(f"  input embedding     {r['input_embedding']:>15,}")
     print(f"  output embedding    {r['output_embedding']:>15,}  (untied)")
-    print(f"N_matmul              {r['n_matmul']:>15,}  (all matmul weights incl. the output projection;\n"
-          f"{'':22}excluding the input embedding lookup and the {r['norm_parameters']:,} norm gains)")
+    print(
+        f"N_matmul              {r['n_matmul']:>15,}  (all matmul weights incl. the output projection;\n"
+        f"{'':22}excluding the input embedding lookup and the {r['norm_parameters']:,} norm gains)"
+    )
     print("FLOPs per token, 6*N_matmul + 12*L*h*s (training, no causal discount):")
     for s, f in r["flops_per_token"].items():
         print(f"  s = {s:>5}           {f:>15,}  ({f / 1e9:.3f} GFLOP)")

@@ -32,8 +32,12 @@ def main(argv=None) -> int:
     p.add_argument("--manifest", required=True, help="arXiv_src_manifest.xml from the bucket")
     p.add_argument("--metadata", nargs="*", default=[], help="snapshot, OAI-PMH files, .abs files or directories")
     p.add_argument("--categories", nargs="+", default=list(MetadataFilterConfig().categories))
-    p.add_argument("--years", type=_years, default=(MetadataFilterConfig().min_first_version_year, 2025),
-                   help="first-version years, YYYY-YYYY")
+    p.add_argument(
+        "--years",
+        type=_years,
+        default=(MetadataFilterConfig().min_first_version_year, 2025),
+        help="first-version years, YYYY-YYYY",
+    )
     p.add_argument("--yield", dest="yield_path", help="a measured yield.json (else the stated default funnel)")
     p.add_argument("--tokenizer", help="measure characters per token with this model (else the stated default)")
     p.add_argument("--gpus", type=int, default=1)
@@ -45,8 +49,17 @@ def main(argv=None) -> int:
     if args.gpus < 1 or args.tokens_per_s <= 0:
         p.error("--gpus and --tokens-per-s must be positive")
     try:
-        plan = plan_run(args.manifest, args.metadata, tuple(args.categories), args.years, args.yield_path,
-                        args.tokenizer, args.gpus, args.tokens_per_s, args.train_tokens)
+        plan = plan_run(
+            args.manifest,
+            args.metadata,
+            tuple(args.categories),
+            args.years,
+            args.yield_path,
+            args.tokenizer,
+            args.gpus,
+            args.tokens_per_s,
+            args.train_tokens,
+        )
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,18 +19,35 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="JSONL, Parquet or Posts.xml files, or globs")
     p.add_argument("--output-prefix", required=True)
-    p.add_argument("--tokenizer-model", required=True,
-                   help="a tokenizer with a chat template (tools/add_chat_template.py adds one), or its dir")
-    p.add_argument("--source", default=None,
-                   help="source name for records without a 'source' field (default: the input file's name)")
-    p.add_argument("--min-score", type=int, default=None,
-                   help="Stack Exchange: keep pairs whose question and answer both score at least this")
+    p.add_argument(
+        "--tokenizer-model",
+        required=True,
+        help="a tokenizer with a chat template (tools/add_chat_template.py adds one), or its dir",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="source name for records without a 'source' field (default: the input file's name)",
+    )
+    p.add_argument(
+        "--min-score",
+        type=int,
+        default=None,
+        help="Stack Exchange: keep pairs whose question and answer both score at least this",
+    )
     p.add_argument("--append-eod", action="store_true", help="end each conversation with EOS (not scored)")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of skipping it")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    cfg = SFTConfig(inputs=args.input, output_prefix=args.output_prefix, tokenizer_model=args.tokenizer_model,
-                    source=args.source, min_score=args.min_score, append_eod=args.append_eod, strict=args.strict)
+    cfg = SFTConfig(
+        inputs=args.input,
+        output_prefix=args.output_prefix,
+        tokenizer_model=args.tokenizer_model,
+        source=args.source,
+        min_score=args.min_score,
+        append_eod=args.append_eod,
+        strict=args.strict,
+    )
     try:
         summary = preprocess_sft(cfg, progress=not args.no_progress)
     except (SFTError, FileNotFoundError, ValueError) as e:

@@ -2,8 +2,9 @@
 """Cut corpus records into one record per labelled section, for section-level datasets.
 
     python tools/split_sections.py --input 'corpus/shards/*.jsonl.zst' --output corpus_sections/arxiv_sections.jsonl.zst
-    python tools/preprocess_data.py --input corpus_sections/arxiv_sections.jsonl.zst --output-prefix data/arxiv_sections \\
-        --tokenizer-model tokenizer/arxiv.model --append-eod --metadata-keys id section
+    python tools/preprocess_data.py --input corpus_sections/arxiv_sections.jsonl.zst \\
+        --output-prefix data/arxiv_sections --tokenizer-model tokenizer/arxiv.model --append-eod \\
+        --metadata-keys id section
 
 Each output line is `{"id", "section", "text"}` from a record's `sections` spans (the corpus
 builder's tags); preprocessing then records `section` in the dataset's sidecar, where curriculum

@@ -38,8 +38,8 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from megasci.corpus.latex import BEGIN_DOCUMENT, DOCUMENT_CLASS, TEX_SUFFIXES
 from megasci.corpus.package import Rejected, SourcePackage, is_encrypted
@@ -163,7 +163,7 @@ def _gunzip(data: bytes, cap: int) -> bytes:
                 if inflater.unconsumed_tail:
                     pending = inflater.unconsumed_tail
                 elif pos < len(rest):
-                    pending, pos = rest[pos:pos + _CHUNK], pos + _CHUNK
+                    pending, pos = rest[pos : pos + _CHUNK], pos + _CHUNK
                 else:
                     pending = b""
                 piece = inflater.decompress(pending, _CHUNK)
@@ -175,7 +175,7 @@ def _gunzip(data: bytes, cap: int) -> bytes:
                 chunks.append(piece)
         except zlib.error as error:
             raise Rejected("corrupt_gzip", str(error)) from None
-        rest = rest[min(pos, len(rest)) - len(inflater.unused_data):]
+        rest = rest[min(pos, len(rest)) - len(inflater.unused_data) :]
     return b"".join(chunks)
 
 
@@ -261,7 +261,7 @@ def _read_tar(data: bytes, into: _Collector, prefix: str, depth: int) -> None:
             into.add(member.name, prefix, tar.extractfile(member).read(), depth)
     except (tarfile.TarError, EOFError, ValueError, OverflowError) as error:
         raise Rejected("truncated_tar" if "unexpected end" in str(error) else "corrupt_tar", str(error)) from None
-    trailing = data[tar.offset:tar.offset + 512]
+    trailing = data[tar.offset : tar.offset + 512]
     if any(trailing):
         reason = "truncated_tar" if len(trailing) < 512 else "corrupt_tar"
         raise Rejected(reason, f"unreadable tar header at byte {tar.offset}")
@@ -296,8 +296,16 @@ def _read_zip(data: bytes, into: _Collector, prefix: str, depth: int) -> None:
             if len(content) != info.file_size:
                 raise Rejected("corrupt_zip", f"{info.filename!r} is not the size its header says")
             into.add(info.filename, prefix, content, depth)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, OSError,
-            zlib.error, RuntimeError) as error:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        EOFError,
+        ValueError,
+        OSError,
+        zlib.error,
+        RuntimeError,
+    ) as error:
         raise Rejected("corrupt_zip", str(error)) from None
 
 
@@ -317,8 +325,15 @@ def _unpack_container(data: bytes, into: _Collector, prefix: str, depth: int) ->
         raise Rejected("not_source", f"expected an archive, found {kind}")
 
 
-_KIND_REJECTIONS = {"pdf": "pdf_only", "rar": "rar", "html": "html", "postscript": "postscript_only",
-                    "unknown": "not_source", "empty": "empty", "nul": "empty"}
+_KIND_REJECTIONS = {
+    "pdf": "pdf_only",
+    "rar": "rar",
+    "html": "html",
+    "postscript": "postscript_only",
+    "unknown": "not_source",
+    "empty": "empty",
+    "nul": "empty",
+}
 
 
 def _strip_compression_suffix(name: str) -> str:
@@ -355,7 +370,7 @@ def _paper_id(name: str) -> str:
     stem = posixpath.basename(name.replace("\\", "/"))
     for suffix in (".tar.gz", ".tgz", ".gz", ".pdf", ".tar", ".zip", ".tex"):
         if stem.lower().endswith(suffix):
-            return stem[:-len(suffix)]
+            return stem[: -len(suffix)]
     return stem
 
 
@@ -400,8 +415,10 @@ def _reject_without_tex(files: dict[str, bytes], skipped: list[tuple[str, str]])
     detail = "; ".join(f"skipped {name!r} ({reason})" for name, reason in skipped)
     if not files and not skipped:
         raise Rejected("empty", "no members")
-    if any(posixpath.basename(name).lower() == "withdrawn" or data.strip() == b"%auto-ignore"
-           for name, data in files.items()):
+    if any(
+        posixpath.basename(name).lower() == "withdrawn" or data.strip() == b"%auto-ignore"
+        for name, data in files.items()
+    ):
         raise Rejected("withdrawn_stub", f"placeholder only: {sorted(files)}")
     kinds = {sniff(data) for data in files.values()}
     if kinds in ({"pdf"}, {"postscript"}):
@@ -409,8 +426,9 @@ def _reject_without_tex(files: dict[str, bytes], skipped: list[tuple[str, str]])
     raise Rejected("no_tex", f"files {sorted(files)}" + (f"; {detail}" if detail else ""), skipped_members=skipped)
 
 
-def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,
-                 source: str | None = None) -> SourcePackage:
+def read_package(
+    name: str, data: bytes, limits: ArchiveLimits | None = None, source: str | None = None
+) -> SourcePackage:
     """One per-paper object as arXiv serves or receives it → its files, or `Rejected` with a reason."""
     limits = limits or ArchiveLimits()
     if is_encrypted(name):
@@ -435,8 +453,9 @@ def read_package(name: str, data: bytes, limits: ArchiveLimits | None = None,
     else:
         raise Rejected(_KIND_REJECTIONS.get(kind, "not_source"), f"{name!r} is {kind}")
     _reject_without_tex(collector.files, collector.skipped)
-    return SourcePackage(paper_id=_paper_id(name), source=source or name, files=collector.files,
-                         skipped_members=collector.skipped)
+    return SourcePackage(
+        paper_id=_paper_id(name), source=source or name, files=collector.files, skipped_members=collector.skipped
+    )
 
 
 def _tar_listing(path: str) -> list[str] | None:
@@ -477,10 +496,15 @@ def _not_a_paper(listing: list[str], rejected: Rejected) -> Rejected:
     by_category: dict[str, list[str]] = {}
     for name in listing:
         by_category.setdefault(_content_category(name), []).append(name)
-    detail = "; ".join(f"{len(names)} {category} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                       for category, names in sorted(by_category.items()))
-    return Rejected("tar_of_" + "+".join(sorted(by_category)), f"neither a paper nor a bulk tar of papers: {detail}",
-                    skipped_members=rejected.skipped_members)
+    detail = "; ".join(
+        f"{len(names)} {category} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for category, names in sorted(by_category.items())
+    )
+    return Rejected(
+        "tar_of_" + "+".join(sorted(by_category)),
+        f"neither a paper nor a bulk tar of papers: {detail}",
+        skipped_members=rejected.skipped_members,
+    )
 
 
 @dataclass(frozen=True)
@@ -547,8 +571,9 @@ def _iter_file(path: str, limits: ArchiveLimits) -> Iterator[tuple[str, PendingI
         yield path, PendingInput(os.path.basename(path), handle.read(), path, tuple(listing) if listing else None)
 
 
-def iter_pending_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
-                        ) -> Iterator[tuple[str, PendingInput | Rejected]]:
+def iter_pending_inputs(
+    paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
+) -> Iterator[tuple[str, PendingInput | Rejected]]:
     """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, object
     read but not opened, or what already rejects it: a bulk tar's broken or special members)."""
     limits = limits or ArchiveLimits()
@@ -563,8 +588,9 @@ def iter_pending_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimit
                     yield from _iter_file(os.path.join(root, name), limits)
 
 
-def iter_source_inputs(paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
-                       ) -> Iterator[tuple[str, SourcePackage | Rejected]]:
+def iter_source_inputs(
+    paths: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None
+) -> Iterator[tuple[str, SourcePackage | Rejected]]:
     """Every input (bulk-tar member, file in a directory, single file) → exactly one (source, outcome)."""
     limits = limits or ArchiveLimits()
     for source, item in iter_pending_inputs(paths, limits):

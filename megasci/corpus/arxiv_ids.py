@@ -16,10 +16,40 @@ from __future__ import annotations
 import re
 
 OLD_STYLE_ARCHIVES = (
-    "acc-phys", "adap-org", "alg-geom", "ao-sci", "astro-ph", "atom-ph", "bayes-an", "chao-dyn",
-    "chem-ph", "cmp-lg", "comp-gas", "cond-mat", "cs", "dg-ga", "funct-an", "gr-qc", "hep-ex",
-    "hep-lat", "hep-ph", "hep-th", "math", "math-ph", "mtrl-th", "nlin", "nucl-ex", "nucl-th",
-    "patt-sol", "physics", "plasm-ph", "q-alg", "q-bio", "quant-ph", "solv-int", "supr-con",
+    "acc-phys",
+    "adap-org",
+    "alg-geom",
+    "ao-sci",
+    "astro-ph",
+    "atom-ph",
+    "bayes-an",
+    "chao-dyn",
+    "chem-ph",
+    "cmp-lg",
+    "comp-gas",
+    "cond-mat",
+    "cs",
+    "dg-ga",
+    "funct-an",
+    "gr-qc",
+    "hep-ex",
+    "hep-lat",
+    "hep-ph",
+    "hep-th",
+    "math",
+    "math-ph",
+    "mtrl-th",
+    "nlin",
+    "nucl-ex",
+    "nucl-th",
+    "patt-sol",
+    "physics",
+    "plasm-ph",
+    "q-alg",
+    "q-bio",
+    "quant-ph",
+    "solv-int",
+    "supr-con",
 )
 """Every archive that issued old-style ids; bulk-tar member names glue these to the number
 (``math-ph0303004``), so splitting them back needs the list rather than a guess at where letters end."""
@@ -67,8 +97,10 @@ def _canonical_name(text: str, name: str, default_archive: str | None) -> str:
         return _check_old_style(text, m["archive"], m["number"])
     if _BARE_OLD_NUMBER.fullmatch(name):
         if default_archive is None:
-            raise ValueError(f"{text!r}: an old-style number without its archive is ambiguous "
-                             "(pass default_archive when the context names it)")
+            raise ValueError(
+                f"{text!r}: an old-style number without its archive is ambiguous "
+                "(pass default_archive when the context names it)"
+            )
         if default_archive not in OLD_STYLE_ARCHIVES:
             raise ValueError(f"{text!r}: default_archive {default_archive!r} is not an old-style archive")
         return _check_old_style(text, default_archive, name)

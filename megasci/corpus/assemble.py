@@ -28,9 +28,39 @@ MIN_DETECTION_EVIDENCE = 32
 
 # Files that may mention \documentclass but are never the paper itself.
 NEVER_MAIN_SUFFIXES = {
-    ".sty", ".cls", ".clo", ".cfg", ".def", ".fd", ".bst", ".bbl", ".bib", ".dtx", ".ins", ".aux",
-    ".log", ".toc", ".eps", ".ps", ".pdf", ".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".svg",
-    ".fig", ".xxx", ".json", ".yml", ".yaml", ".toml", ".txt", ".md", ".html",
+    ".sty",
+    ".cls",
+    ".clo",
+    ".cfg",
+    ".def",
+    ".fd",
+    ".bst",
+    ".bbl",
+    ".bib",
+    ".dtx",
+    ".ins",
+    ".aux",
+    ".log",
+    ".toc",
+    ".eps",
+    ".ps",
+    ".pdf",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".svg",
+    ".fig",
+    ".xxx",
+    ".json",
+    ".yml",
+    ".yaml",
+    ".toml",
+    ".txt",
+    ".md",
+    ".html",
 }
 # Ladder order: a later rung is a weaker guess, and the paper reports its weakest.
 ENCODING_RANK = {"utf-8": 0, "detected": 1, "cp1252": 2, "latin-1": 3}
@@ -202,9 +232,7 @@ class _Assembler:
                 return "\n".join(out_lines)
         return "\n".join(out_lines + lines[kept:])
 
-    def expand_line(
-        self, line: str, code: str, base_dir: str, file_dir: str, ancestors: tuple[str, ...]
-    ) -> str | None:
+    def expand_line(self, line: str, code: str, base_dir: str, file_dir: str, ancestors: tuple[str, ...]) -> str | None:
         """The line with its inclusions replaced; None when dropped commands leave it blank."""
         pieces, last, dropped_any = [], 0, False
         for match in INCLUSION_RE.finditer(code):
@@ -295,8 +323,10 @@ class _Assembler:
             return toplevel
         usable = [p for p in sorted(self.files) if p not in ignored and not _is_binary(self.files[p])]
         candidates = [
-            p for p in usable
-            if _suffix(p) not in NEVER_MAIN_SUFFIXES and b"\\document" in self.files[p]
+            p
+            for p in usable
+            if _suffix(p) not in NEVER_MAIN_SUFFIXES
+            and b"\\document" in self.files[p]
             and any(DOCUMENT_CLASS.search(code_part(line)) for line in self.text_of(p).split("\n"))
         ]
         if candidates:
@@ -368,8 +398,11 @@ def assemble(package: SourcePackage) -> AssembledPaper:
         if main != mains[0]:
             assembler.inputs_followed.append(main)
         texts.append(assembler.expand(main, main_dir, (main,)))
-    file_encodings = {path: encoding for path, (_, encoding) in assembler.decoded.items()
-                      if path in mains or path in assembler.inputs_followed}
+    file_encodings = {
+        path: encoding
+        for path, (_, encoding) in assembler.decoded.items()
+        if path in mains or path in assembler.inputs_followed
+    }
     assembler.issues["decoding_fallback"] = sum(enc != "utf-8" for enc in file_encodings.values())
     issues = +assembler.issues
     return AssembledPaper(

@@ -33,9 +33,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from megasci.corpus.latex import (BEGIN_DOCUMENT, END_DOCUMENT, ESCAPED_PAIR, LINE_COMMENT, MATH_CLOSE,
-                                  MATH_ENVIRONMENT_PATTERN, MATH_ENVIRONMENTS, MATH_OPEN, PLACEHOLDER_CHARS,
-                                  PROTECT_CLOSE, PROTECT_OPEN, braced, bracketed, closing_brace, skip_space)
+from megasci.corpus.latex import (
+    BEGIN_DOCUMENT,
+    END_DOCUMENT,
+    ESCAPED_PAIR,
+    LINE_COMMENT,
+    MATH_CLOSE,
+    MATH_ENVIRONMENT_PATTERN,
+    MATH_ENVIRONMENTS,
+    MATH_OPEN,
+    PLACEHOLDER_CHARS,
+    PROTECT_CLOSE,
+    PROTECT_OPEN,
+    braced,
+    bracketed,
+    closing_brace,
+    skip_space,
+)
 from megasci.corpus.macros import expand_macros, harvest_definitions
 
 _PROTECTED_TOKEN = re.compile(f"{PROTECT_OPEN}(\\d+){PROTECT_CLOSE}")
@@ -54,13 +68,19 @@ class CleanedPaper:
 # ----------------------------------------------------------------------------- protect + comments
 # TeX's escape rule and comment rule (latex.py) plus the spans that hide a `%` from them. Every
 # top-level branch starts with a literal so that the regex engine can skip ahead quickly.
-_LEX = re.compile(ESCAPED_PAIR + r"""
+_LEX = re.compile(
+    ESCAPED_PAIR
+    + r"""
 | \\(?:(?P<verbatim>begin\{(?P<vname>verbatim\*?|Verbatim\*?|lstlisting|minted|alltt)\}(?s:.*?)\\end\{(?P=vname)\})
      | (?P<comment_env>begin\{comment\}(?s:.*?)\\end\{comment\})
      | (?P<verb>verb\*?(?P<delim>[^a-zA-Z\s*]).*?(?P=delim))
      | (?P<url>url\s*\{[^{}\n]*\}|href\s*\{[^{}\n]*\}))
-| """ + LINE_COMMENT + r"""(?P<newline>\n[ \t]*)?
-""", re.X)
+| """
+    + LINE_COMMENT
+    + r"""(?P<newline>\n[ \t]*)?
+""",
+    re.X,
+)
 
 
 def strip_comments_and_protect(text: str, protected: list[str], stats: Counter) -> str:
@@ -84,7 +104,7 @@ def strip_comments_and_protect(text: str, protected: list[str], stats: Counter) 
             newline = m.group("newline")
             stats["comments_removed"] += 1
             if not text[line_start:start].strip(" \t"):
-                out.append(text[last:max(last, line_start)])
+                out.append(text[last : max(last, line_start)])
                 last = m.start("newline") + 1 if newline else m.end()
                 continue
             out.append(text[last:start])
@@ -118,7 +138,7 @@ def drop_iffalse(text: str, stats: Counter) -> str:
     for m in _IF_TOKEN.finditer(text):
         if depth == 0:
             if m.group(1):
-                out.append(text[last:m.start()])
+                out.append(text[last : m.start()])
                 depth, block_start, in_else, last = 1, m.start(), False, m.end()
             continue
         if m.group(1) or m.group(2):
@@ -129,7 +149,7 @@ def drop_iffalse(text: str, stats: Counter) -> str:
             depth -= 1
             if depth == 0:
                 if in_else:
-                    out.append(text[last:m.start()])
+                    out.append(text[last : m.start()])
                 last = m.end()
                 stats["iffalse_removed"] += 1
     out.append(text[block_start:] if depth else text[last:])
@@ -146,16 +166,54 @@ def _plain_name(printed: str) -> str:
 # Names and addresses are not paper text. Each command with the braced arguments it takes (REVTeX,
 # elsarticle, IEEEtran, AMS, LLNCS, AASTeX, ICML, svjour forms).
 _FRONT_MATTER_ARGS = {
-    "title": 1, "author": 1, "address": 1, "affiliation": 1, "affil": 1, "institute": 1, "institution": 1,
-    "email": 1, "date": 1, "thanks": 1, "curraddr": 1, "urladdr": 1, "homepage": 1, "orcid": 1, "ead": 1,
-    "dedicatory": 1, "collaboration": 1, "altaffiltext": 2, "tnotetext": 1, "fntext": 1,
-    "cortext": 1, "IEEEauthorblockN": 1, "IEEEauthorblockA": 1, "icmlauthor": 2, "icmlaffiliation": 2,
-    "icmlcorrespondingauthor": 2, "correspondingauthor": 1, "authorinfo": 3, "titlerunning": 1,
-    "authorrunning": 1, "shorttitle": 1, "shortauthors": 1, "markboth": 2, "preprint": 1, "pacs": 1, "PACS": 1,
-    "subjclass": 1, "received": 1, "accepted": 1, "revised": 1, "published": 1, "journal": 1, "catchline": 5,
+    "title": 1,
+    "author": 1,
+    "address": 1,
+    "affiliation": 1,
+    "affil": 1,
+    "institute": 1,
+    "institution": 1,
+    "email": 1,
+    "date": 1,
+    "thanks": 1,
+    "curraddr": 1,
+    "urladdr": 1,
+    "homepage": 1,
+    "orcid": 1,
+    "ead": 1,
+    "dedicatory": 1,
+    "collaboration": 1,
+    "altaffiltext": 2,
+    "tnotetext": 1,
+    "fntext": 1,
+    "cortext": 1,
+    "IEEEauthorblockN": 1,
+    "IEEEauthorblockA": 1,
+    "icmlauthor": 2,
+    "icmlaffiliation": 2,
+    "icmlcorrespondingauthor": 2,
+    "correspondingauthor": 1,
+    "authorinfo": 3,
+    "titlerunning": 1,
+    "authorrunning": 1,
+    "shorttitle": 1,
+    "shortauthors": 1,
+    "markboth": 2,
+    "preprint": 1,
+    "pacs": 1,
+    "PACS": 1,
+    "subjclass": 1,
+    "received": 1,
+    "accepted": 1,
+    "revised": 1,
+    "published": 1,
+    "journal": 1,
+    "catchline": 5,
 }
-_FRONT_MATTER = re.compile(r"\\(" + "|".join(sorted(_FRONT_MATTER_ARGS, key=len, reverse=True)) + r")"
-                           r"(?![a-zA-Z])\*?\s*(?:\[[^\]]*\]\s*)?(?=\{)")
+_FRONT_MATTER = re.compile(
+    r"\\(" + "|".join(sorted(_FRONT_MATTER_ARGS, key=len, reverse=True)) + r")"
+    r"(?![a-zA-Z])\*?\s*(?:\[[^\]]*\]\s*)?(?=\{)"
+)
 _ABSTRACT_ENV = re.compile(r"\\begin\{abstract\}(?s:(.*?))\\end\{abstract\}")
 _ABSTRACT_CMD = re.compile(r"\\abstract\s*(?=\{)")
 _THANKS = re.compile(r"\\thanks\s*\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\}")  # braces nest two deep
@@ -183,7 +241,7 @@ def extract_front_matter(text: str, stats: Counter) -> tuple[str, str | None, st
             end = group[1]
         if not groups:
             continue
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         last = end
         if text.startswith(",", last):
             last += 1
@@ -193,19 +251,21 @@ def extract_front_matter(text: str, stats: Counter) -> tuple[str, str | None, st
     text = "".join(out)
     m = _ABSTRACT_ENV.search(text)
     if m:
-        abstract, text = m.group(1), text[:m.start()] + text[m.end():]
+        abstract, text = m.group(1), text[: m.start()] + text[m.end() :]
     else:
         m = _ABSTRACT_CMD.search(text)
         group = m and braced(text, m.end())
         if group:
-            abstract, text = group[0], text[:m.start()] + text[group[1]:]
+            abstract, text = group[0], text[: m.start()] + text[group[1] :]
     stats["title_found"] += title is not None
     stats["abstract_found"] += abstract is not None
     return text, title, abstract
 
 
-_HEURISTIC_TITLE = re.compile(r"\{\s*(?:\\(?:large|Large|LARGE|huge|Huge|bf|bfseries)(?![a-zA-Z])\s*)+"
-                              r"([^{}\\$]{4,300}?)\s*(?:\\\\|\\break)?\s*\}")
+_HEURISTIC_TITLE = re.compile(
+    r"\{\s*(?:\\(?:large|Large|LARGE|huge|Huge|bf|bfseries)(?![a-zA-Z])\s*)+"
+    r"([^{}\\$]{4,300}?)\s*(?:\\\\|\\break)?\s*\}"
+)
 
 
 def guess_title(body: str) -> str | None:
@@ -215,18 +275,24 @@ def guess_title(body: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- prose transforms
-_MATH = re.compile(r"""
+_MATH = re.compile(
+    r"""
   \\(?:\\ | \$
      | (?P<paren>\((?s:.*?)\\\))
      | (?P<bracket>\[(?s:.*?)\\\])
-     | (?P<env>begin\{(?P<name>(?:""" + MATH_ENVIRONMENT_PATTERN + r""")\*?)\}(?s:.*?)\\end\{(?P=name)\}))
+     | (?P<env>begin\{(?P<name>(?:"""
+    + MATH_ENVIRONMENT_PATTERN
+    + r""")\*?)\}(?s:.*?)\\end\{(?P=name)\}))
 | \$\$(?s:.+?)\$\$
 | \$[^$\\]*(?s:\\.[^$\\]*)*\$
-""", re.X)
+""",
+    re.X,
+)
 
 
 def hide_math(text: str, store: list[str], stats: Counter) -> str:
     """Replace every math span by a placeholder so that no prose rule can touch it."""
+
     def hide(m: re.Match) -> str:
         span = m.group()
         if span[0] != "$" and m.lastgroup not in ("paren", "bracket", "env"):
@@ -239,31 +305,36 @@ def hide_math(text: str, store: list[str], stats: Counter) -> str:
     return hidden
 
 
-_FLOAT = re.compile(r"\\begin\{(?P<env>(?:figure|table|wrapfigure|wraptable|sidewaysfigure|sidewaystable|SCfigure"
-                    r"|picture)\*?)\}(?s:.*?)\\end\{(?P=env)\}")
+_FLOAT = re.compile(
+    r"\\begin\{(?P<env>(?:figure|table|wrapfigure|wraptable|sidewaysfigure|sidewaystable|SCfigure"
+    r"|picture)\*?)\}(?s:.*?)\\end\{(?P=env)\}"
+)
 _CAPTION = re.compile(r"\\caption\*?\s*(?:\[[^\]]*\]\s*)?(?=\{)")
 
 
 def drop_floats(text: str, stats: Counter, keep_captions: bool = True) -> str:
     """Drop figures and tables; each ``\\caption{…}`` becomes a paragraph of its own."""
+
     def replace(m: re.Match) -> str:
         stats["floats_dropped"] += 1
         if not keep_captions:
             return "\n"
-        captions = [group[0].strip() for c in _CAPTION.finditer(m.group())
-                    if (group := braced(m.group(), c.end()))]
+        captions = [group[0].strip() for c in _CAPTION.finditer(m.group()) if (group := braced(m.group(), c.end()))]
         stats["captions_kept"] += len(captions)
         return "".join(f"\n\n{caption}\n\n" for caption in captions) or "\n"
 
     return _FLOAT.sub(replace, text)
 
 
-_REFERENCE = re.compile(r"\\(?:(?P<cite>[cC]ite[a-zA-Z]*)|(?P<ref>ref|eqref|autoref|Autoref|cref|Cref|pageref"
-                        r"|vref|nameref)|(?P<gone>label|nocite))\*?\s*(?:\[[^\]]*\]\s*){0,2}\{[^{}]*\}")
+_REFERENCE = re.compile(
+    r"\\(?:(?P<cite>[cC]ite[a-zA-Z]*)|(?P<ref>ref|eqref|autoref|Autoref|cref|Cref|pageref"
+    r"|vref|nameref)|(?P<gone>label|nocite))\*?\s*(?:\[[^\]]*\]\s*){0,2}\{[^{}]*\}"
+)
 
 
 def replace_references(text: str, stats: Counter) -> str:
     """``\\cite…`` → ``[CITATION]``, ``\\ref``-likes → ``[REF]``, ``\\label``/``\\nocite`` removed."""
+
     def replace(m: re.Match) -> str:
         kind = m.lastgroup
         stats[f"{kind}_replaced"] += 1
@@ -287,19 +358,23 @@ def normalise_sections(text: str, stats: Counter) -> str:
         group = braced(text, skip_space(text, short[1]) if short else i)
         if group is None:
             continue
-        out.append(f"{text[last:m.start()]}\\{m.group(1)}{{{group[0].strip()}}}")
+        out.append(f"{text[last : m.start()]}\\{m.group(1)}{{{group[0].strip()}}}")
         last = group[1]
         stats["headings"] += 1
     out.append(text[last:])
     return "".join(out)
 
 
-_DECLARATIONS = ("bf|it|em|sc|sl|rm|sf|tt|bfseries|itshape|mdseries|upshape|scshape|slshape|rmfamily|sffamily"
-                 "|ttfamily|normalfont|boldmath|unboldmath|tiny|scriptsize|footnotesize|small|normalsize|large|Large"
-                 "|LARGE|huge|Huge")
-_UNWRAP = re.compile(r"\\(?:textbf|textit|emph|underline|textsc|textrm|textsf|texttt|textsl|textup|textmd"
-                     r"|textnormal|mbox|hbox|text|uline|fbox)\s*\{"
-                     r"|\{(?:\s*\\(?:" + _DECLARATIONS + r")(?![a-zA-Z]))+\s*")
+_DECLARATIONS = (
+    "bf|it|em|sc|sl|rm|sf|tt|bfseries|itshape|mdseries|upshape|scshape|slshape|rmfamily|sffamily"
+    "|ttfamily|normalfont|boldmath|unboldmath|tiny|scriptsize|footnotesize|small|normalsize|large|Large"
+    "|LARGE|huge|Huge"
+)
+_UNWRAP = re.compile(
+    r"\\(?:textbf|textit|emph|underline|textsc|textrm|textsf|texttt|textsl|textup|textmd"
+    r"|textnormal|mbox|hbox|text|uline|fbox)\s*\{"
+    r"|\{(?:\s*\\(?:" + _DECLARATIONS + r")(?![a-zA-Z]))+\s*"
+)
 _DECLARATION = re.compile(r"\\(?:" + _DECLARATIONS + r")(?![a-zA-Z])[ \t]*")
 # A heading command (with its star and [short title]) whose argument the group is: the heading keeps its braces.
 _ARGUMENT_BEFORE = re.compile(r"\\(?:" + _HEADING_COMMANDS + r")\*?\s*(?:\[[^\]]*\])?\s*$")
@@ -321,7 +396,7 @@ def unwrap_formatting(text: str, stats: Counter) -> str:
         cuts.sort()
         out, last = [], 0
         for start, end in cuts:
-            out.append(text[last:max(start, last)])
+            out.append(text[last : max(start, last)])
             last = max(end, last)
         out.append(text[last:])
         text = "".join(out)
@@ -331,24 +406,34 @@ def unwrap_formatting(text: str, stats: Counter) -> str:
 
 # Bibliography and graphics commands, and TeX's own spacing with a bare dimension: nothing here is paper text.
 _UNIT = r"(?:true)?(?:pt|cm|mm|in|em|ex|bp|pc|sp|dd|cc|mu)"
-_DIMEN = r"-?(?:[\d.]+\s*" + _UNIT + r"|[\d.]*\s*\\[a-zA-Z@]+)(?:\s+plus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?" \
-         r"(?:\s+minus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?"
+_DIMEN = (
+    r"-?(?:[\d.]+\s*" + _UNIT + r"|[\d.]*\s*\\[a-zA-Z@]+)(?:\s+plus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?"
+    r"(?:\s+minus\s*-?[\d.]+\s*(?:" + _UNIT + r"|fil+))?"
+)
 # Length and count registers papers set in their body (plain TeX style: `\baselineskip=18pt`).
-_REGISTERS = ("baselineskip|baselinestretch|parindent|parskip|hsize|vsize|hoffset|voffset|textwidth|textheight"
-              "|topmargin|oddsidemargin|evensidemargin|headheight|headsep|footskip|columnsep|tabcolsep|arraycolsep"
-              "|arraystretch|jot|abovedisplayskip|belowdisplayskip|abovecaptionskip|belowcaptionskip|overfullrule"
-              "|unitlength|epsfxsize|epsfysize|linewidth|leftmargin|itemsep|topsep|labelsep|footnotesep|mathsurround"
-              "|magnification|tolerance|emergencystretch|hbadness|vbadness|hfuzz|vfuzz|pretolerance|clubpenalty"
-              "|widowpenalty|displaywidowpenalty|interlinepenalty")
-_NON_TEXT = re.compile(r"\\begin\{thebibliography\}(?s:.*?)(?:\\end\{thebibliography\}|$)"
-                       r"|\\(?:bibliography|bibliographystyle|addbibresource|includegraphics|epsfig|psfig|epsffile"
-                       r"|epsfbox)\*?\s*(?:\[[^\]]*\])?\s*\{[^{}]*\}|\\printbibliography(?:\[[^\]]*\])?"
-                       r"|\\(?:vskip|hskip|kern|vspace|hspace|mskip|moveleft|moveright|raise|lower)\*?\s*" + _DIMEN +
-                       r"|\\(?:" + _REGISTERS + r")(?![a-zA-Z])\s*=?\s*(?:\\magstep\s*\d|\d+(?![\d.]*\s*[a-z\\])|"
-                       + _DIMEN + r")"
-                       r"|\\(?:newdimen|newcount|newskip|newbox|newtoks|newlength|newfam)\s*\{?\s*\\[a-zA-Z@]+\s*\}?"
-                       r"|\\(?:textfont|scriptfont|scriptscriptfont)\s*\\?\w+\s*=\s*\\[a-zA-Z@]+"
-                       r"|\\font\s*\\[a-zA-Z@]+\s*=?\s*[\w-]+(?:\s+(?:at\s*[\d.]+\s*" + _UNIT + r"|scaled\s*\\?\w+))?")
+_REGISTERS = (
+    "baselineskip|baselinestretch|parindent|parskip|hsize|vsize|hoffset|voffset|textwidth|textheight"
+    "|topmargin|oddsidemargin|evensidemargin|headheight|headsep|footskip|columnsep|tabcolsep|arraycolsep"
+    "|arraystretch|jot|abovedisplayskip|belowdisplayskip|abovecaptionskip|belowcaptionskip|overfullrule"
+    "|unitlength|epsfxsize|epsfysize|linewidth|leftmargin|itemsep|topsep|labelsep|footnotesep|mathsurround"
+    "|magnification|tolerance|emergencystretch|hbadness|vbadness|hfuzz|vfuzz|pretolerance|clubpenalty"
+    "|widowpenalty|displaywidowpenalty|interlinepenalty"
+)
+_NON_TEXT = re.compile(
+    r"\\begin\{thebibliography\}(?s:.*?)(?:\\end\{thebibliography\}|$)"
+    r"|\\(?:bibliography|bibliographystyle|addbibresource|includegraphics|epsfig|psfig|epsffile"
+    r"|epsfbox)\*?\s*(?:\[[^\]]*\])?\s*\{[^{}]*\}|\\printbibliography(?:\[[^\]]*\])?"
+    r"|\\(?:vskip|hskip|kern|vspace|hspace|mskip|moveleft|moveright|raise|lower)\*?\s*"
+    + _DIMEN
+    + r"|\\(?:"
+    + _REGISTERS
+    + r")(?![a-zA-Z])\s*=?\s*(?:\\magstep\s*\d|\d+(?![\d.]*\s*[a-z\\])|"
+    + _DIMEN
+    + r")"
+    r"|\\(?:newdimen|newcount|newskip|newbox|newtoks|newlength|newfam)\s*\{?\s*\\[a-zA-Z@]+\s*\}?"
+    r"|\\(?:textfont|scriptfont|scriptscriptfont)\s*\\?\w+\s*=\s*\\[a-zA-Z@]+"
+    r"|\\font\s*\\[a-zA-Z@]+\s*=?\s*[\w-]+(?:\s+(?:at\s*[\d.]+\s*" + _UNIT + r"|scaled\s*\\?\w+))?"
+)
 
 
 def drop_non_text(text: str, stats: Counter) -> str:
@@ -363,48 +448,220 @@ def drop_non_text(text: str, stats: Counter) -> str:
 # ``\centerline{x}`` → ``x``). A bare command also takes a following ``{}`` with it (``\today{}``).
 # Inside math these are the math's business (``\hspace`` in ``$…$``, ``\quad``): math is hidden first.
 LAYOUT_COMMANDS = {
-    **dict.fromkeys(("xspace", "today", "maketitle", "par", "indent", "noindent", "newpage", "clearpage",
-                     "cleardoublepage", "pagebreak", "nopagebreak", "linebreak", "nolinebreak", "newline", "break",
-                     "allowbreak", "medskip", "smallskip", "bigskip", "vfill", "hfill", "vfil", "hfil", "hss",
-                     "vss", "centering", "raggedright", "raggedleft", "sloppy", "fussy", "protect", "relax",
-                     "tableofcontents", "listoffigures", "listoftables", "makeatletter", "makeatother",
-                     "onecolumn", "twocolumn", "selectfont", "frenchspacing",
-                     "nonfrenchspacing", "and", "AND", "And", "noaffiliation", "leavevmode", "null", "strut",
-                     "nobreak", "quad", "qquad", "enspace", "thinspace", "negthinspace", "displaystyle",
-                     "flushbottom", "raggedbottom", "singlespacing", "onehalfspacing", "doublespacing",
-                     "normalbaselines", "offinterlineskip", "bye", "eject", "supereject", "acknowledgments",
-                     "acknowledgements", "justifying", "mainmatter", "frontmatter", "backmatter", "narrower",
-                     "obeylines", "singlespace", "doublespace", "flushleft", "flushright"), ""),
-    **dict.fromkeys(("vspace", "hspace", "addvspace", "thispagestyle", "pagestyle", "enlargethispage", "phantom",
-                     "hphantom", "vphantom", "newcounter", "stepcounter", "refstepcounter", "pagenumbering",
-                     "altaffilmark", "inst", "IEEEauthorrefmark", "thanksref", "corref", "fnref", "tnoteref",
-                     "footnotetext", "color", "linespread", "setstretch", "fontsize", "usefont", "fontfamily",
-                     "fontseries", "fontshape", "DeclareGraphicsExtensions", "graphicspath", "hypersetup",
-                     "special", "linethickness", "setcitestyle", "initfloatingfigs"), "m"),
-    **dict.fromkeys(("setcounter", "addtocounter", "setlength", "addtolength", "settowidth", "settoheight",
-                     "settodepth"), "mm"),
+    **dict.fromkeys(
+        (
+            "xspace",
+            "today",
+            "maketitle",
+            "par",
+            "indent",
+            "noindent",
+            "newpage",
+            "clearpage",
+            "cleardoublepage",
+            "pagebreak",
+            "nopagebreak",
+            "linebreak",
+            "nolinebreak",
+            "newline",
+            "break",
+            "allowbreak",
+            "medskip",
+            "smallskip",
+            "bigskip",
+            "vfill",
+            "hfill",
+            "vfil",
+            "hfil",
+            "hss",
+            "vss",
+            "centering",
+            "raggedright",
+            "raggedleft",
+            "sloppy",
+            "fussy",
+            "protect",
+            "relax",
+            "tableofcontents",
+            "listoffigures",
+            "listoftables",
+            "makeatletter",
+            "makeatother",
+            "onecolumn",
+            "twocolumn",
+            "selectfont",
+            "frenchspacing",
+            "nonfrenchspacing",
+            "and",
+            "AND",
+            "And",
+            "noaffiliation",
+            "leavevmode",
+            "null",
+            "strut",
+            "nobreak",
+            "quad",
+            "qquad",
+            "enspace",
+            "thinspace",
+            "negthinspace",
+            "displaystyle",
+            "flushbottom",
+            "raggedbottom",
+            "singlespacing",
+            "onehalfspacing",
+            "doublespacing",
+            "normalbaselines",
+            "offinterlineskip",
+            "bye",
+            "eject",
+            "supereject",
+            "acknowledgments",
+            "acknowledgements",
+            "justifying",
+            "mainmatter",
+            "frontmatter",
+            "backmatter",
+            "narrower",
+            "obeylines",
+            "singlespace",
+            "doublespace",
+            "flushleft",
+            "flushright",
+        ),
+        "",
+    ),
+    **dict.fromkeys(
+        (
+            "vspace",
+            "hspace",
+            "addvspace",
+            "thispagestyle",
+            "pagestyle",
+            "enlargethispage",
+            "phantom",
+            "hphantom",
+            "vphantom",
+            "newcounter",
+            "stepcounter",
+            "refstepcounter",
+            "pagenumbering",
+            "altaffilmark",
+            "inst",
+            "IEEEauthorrefmark",
+            "thanksref",
+            "corref",
+            "fnref",
+            "tnoteref",
+            "footnotetext",
+            "color",
+            "linespread",
+            "setstretch",
+            "fontsize",
+            "usefont",
+            "fontfamily",
+            "fontseries",
+            "fontshape",
+            "DeclareGraphicsExtensions",
+            "graphicspath",
+            "hypersetup",
+            "special",
+            "linethickness",
+            "setcitestyle",
+            "initfloatingfigs",
+        ),
+        "m",
+    ),
+    **dict.fromkeys(
+        ("setcounter", "addtocounter", "setlength", "addtolength", "settowidth", "settoheight", "settodepth"), "mm"
+    ),
     **dict.fromkeys(("footnotemark", "hyphenation"), "o"),
-    **dict.fromkeys(("textsuperscript", "textsubscript", "centerline", "leftline", "rightline", "uppercase",
-                     "lowercase", "MakeUppercase", "MakeLowercase", "nolinkurl", "ensuremath", "underbar",
-                     "vbox"), "k"),
+    **dict.fromkeys(
+        (
+            "textsuperscript",
+            "textsubscript",
+            "centerline",
+            "leftline",
+            "rightline",
+            "uppercase",
+            "lowercase",
+            "MakeUppercase",
+            "MakeLowercase",
+            "nolinkurl",
+            "ensuremath",
+            "underbar",
+            "vbox",
+        ),
+        "k",
+    ),
     **dict.fromkeys(("makebox", "framebox"), "ook"),
-    "parbox": "ooomk", "raisebox": "mook", "textcolor": "mk", "colorbox": "mk", "fcolorbox": "mmk",
-    "scalebox": "mok", "resizebox": "mmk", "rotatebox": "omk", "hyperlink": "mk", "hypertarget": "mk",
-    "rule": "omm", "hrule": "", "vrule": "", "smash": "ok", "adjustbox": "mk", "IEEEPARstart": "kk",
+    "parbox": "ooomk",
+    "raisebox": "mook",
+    "textcolor": "mk",
+    "colorbox": "mk",
+    "fcolorbox": "mmk",
+    "scalebox": "mok",
+    "resizebox": "mmk",
+    "rotatebox": "omk",
+    "hyperlink": "mk",
+    "hypertarget": "mk",
+    "rule": "omm",
+    "hrule": "",
+    "vrule": "",
+    "smash": "ok",
+    "adjustbox": "mk",
+    "IEEEPARstart": "kk",
 }
 _LAYOUT_COMMAND = re.compile(r"\\(" + "|".join(sorted(LAYOUT_COMMANDS, key=len, reverse=True)) + r")(?![a-zA-Z@])\*?")
 # Environments that only place their content: unwrapped, their text kept (``center`` keeps its lines),
 # with the width or options they take (`minipage` has ``[pos]{width}``).
 LAYOUT_ENVIRONMENTS = {
-    **dict.fromkeys(("center", "flushleft", "flushright", "titlepage", "singlespace", "doublespace",
-                     "onehalfspace", "raggedright", "raggedleft", "small", "footnotesize", "scriptsize", "tiny",
-                     "large", "Large", "normalsize", "frontmatter", "centering", "sloppypar", "landscape",
-                     "samepage", "minipage", "spacing", "multicols", "adjustwidth", "addmargin", "narrow",
-                     "fullwidth", "widetext", "linenumbers", "strip", "bottomstuff"), ""),
-    "minipage": "oom", "spacing": "m", "multicols": "mo", "adjustwidth": "mm", "addmargin": "om",
+    **dict.fromkeys(
+        (
+            "center",
+            "flushleft",
+            "flushright",
+            "titlepage",
+            "singlespace",
+            "doublespace",
+            "onehalfspace",
+            "raggedright",
+            "raggedleft",
+            "small",
+            "footnotesize",
+            "scriptsize",
+            "tiny",
+            "large",
+            "Large",
+            "normalsize",
+            "frontmatter",
+            "centering",
+            "sloppypar",
+            "landscape",
+            "samepage",
+            "minipage",
+            "spacing",
+            "multicols",
+            "adjustwidth",
+            "addmargin",
+            "narrow",
+            "fullwidth",
+            "widetext",
+            "linenumbers",
+            "strip",
+            "bottomstuff",
+        ),
+        "",
+    ),
+    "minipage": "oom",
+    "spacing": "m",
+    "multicols": "mo",
+    "adjustwidth": "mm",
+    "addmargin": "om",
 }
-_LAYOUT_ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{(" + "|".join(sorted(LAYOUT_ENVIRONMENTS, key=len,
-                                                                            reverse=True)) + r")\*?\}")
+_LAYOUT_ENVIRONMENT = re.compile(
+    r"\\(?:begin|end)\s*\{(" + "|".join(sorted(LAYOUT_ENVIRONMENTS, key=len, reverse=True)) + r")\*?\}"
+)
 
 
 def _arguments(text: str, i: int, spec: str) -> tuple[list[str], int]:
@@ -435,7 +692,7 @@ def _drop_layout_commands(text: str, stats: Counter) -> str:
             end += 2
         elif not spec:
             end = _TRAILING_BLANKS.match(text, end).end()
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         out.append(_drop_layout_commands("".join(kept), stats) if kept else "")
         last = end
         stats["layout_commands_removed"] += 1
@@ -454,7 +711,7 @@ def drop_layout(text: str, stats: Counter) -> str:
         end = m.end()
         if text[m.start() + 1] == "b":
             end = _arguments(text, end, LAYOUT_ENVIRONMENTS[m.group(1)])[1]
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         last = end
         stats["layout_environments_unwrapped"] += text[m.start() + 1] == "b"
     out.append(text[last:])
@@ -464,8 +721,10 @@ def drop_layout(text: str, stats: Counter) -> str:
 _TRAILING_BLANKS = re.compile(r"[ \t]*")
 # An e-mail address (also `{a,b}@host` and a label before it: "E-mail:", "email address:"); a paper's
 # authors are not its text, and addresses are personal data wherever they appear.
-_EMAIL = re.compile(r"(?:(?i:\b(?:e-?mails?|electronic\s+(?:mail|address))(?:\s+address(?:es)?)?)\s*[:.]?\s*)?"
-                    r"(?:\\?\{[\w.,\s+-]+\\?\}|(?<![\w.+-])[\w.+-]+)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_EMAIL = re.compile(
+    r"(?:(?i:\b(?:e-?mails?|electronic\s+(?:mail|address))(?:\s+address(?:es)?)?)\s*[:.]?\s*)?"
+    r"(?:\\?\{[\w.,\s+-]+\\?\}|(?<![\w.+-])[\w.+-]+)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 
 
 # Every character an `_EMAIL` match can consume. No match crosses any other character, and its
@@ -492,9 +751,11 @@ def remove_emails(text: str, stats: Counter) -> str:
     return "".join(out)
 
 
-_ACCENTED = (r"\\(?:['\"`^~=.]\s*(?:\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|\\[ij](?![a-zA-Z])|[a-zA-Z])"
-             r"|[uvHckdr](?:\s*\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|[ \t]+[a-zA-Z](?![a-zA-Z]))"
-             r"|(?:ss|o|O|aa|AA|ae|AE|oe|OE|l|L|i|j)(?![a-zA-Z])(?:\{\})?)")
+_ACCENTED = (
+    r"\\(?:['\"`^~=.]\s*(?:\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|\\[ij](?![a-zA-Z])|[a-zA-Z])"
+    r"|[uvHckdr](?:\s*\{\s*(?:\\[ij]|[a-zA-Z])\s*\}|[ \t]+[a-zA-Z](?![a-zA-Z]))"
+    r"|(?:ss|o|O|aa|AA|ae|AE|oe|OE|l|L|i|j)(?![a-zA-Z])(?:\{\})?)"
+)
 # The bare form is not wrapped in a group: a branch that starts with `(` instead of a literal costs the
 # scan its first-character skip and made the pass three times slower.
 _ACCENT = re.compile(r"\{(" + _ACCENTED + r")\}|" + _ACCENTED)
@@ -510,6 +771,7 @@ def _accent_to_unicode(snippet: str) -> str:
 
 def accents_to_unicode(text: str, stats: Counter) -> str:
     """``\\"o``, ``{\\"u}``, ``\\'{e}``, ``\\v c``, ``\\ss``, ``\\o`` … → ö, ü, é, č, ß, ø (prose only)."""
+
     def replace(m: re.Match) -> str:
         stats["accents_converted"] += 1
         return _accent_to_unicode(m.group(1) or m.group())
@@ -535,8 +797,11 @@ def theorem_environment_name(printed: str) -> str:
 
 def rename_theorems(text: str, theorem_names: dict[str, str], stats: Counter) -> str:
     """``\\begin{thm}`` → ``\\begin{theorem}`` when ``\\newtheorem{thm}{Theorem}``; arguments stay."""
-    renames = {env: name for env, printed in theorem_names.items()
-               if (name := theorem_environment_name(printed)) and name != env and name not in _RESERVED_ENVS}
+    renames = {
+        env: name
+        for env, printed in theorem_names.items()
+        if (name := theorem_environment_name(printed)) and name != env and name not in _RESERVED_ENVS
+    }
     if not renames:
         return text
     pattern = re.compile(r"\\(begin|end)\{(" + "|".join(map(re.escape, renames)) + r")\}")
@@ -594,9 +859,9 @@ def clean_latex(source: str, keep_captions: bool = True) -> CleanedPaper:
     theorems = {env: _plain_name(printed) for env, printed in printed_theorems.items()}
     text, title, abstract = extract_front_matter(text, stats)
     begin = BEGIN_DOCUMENT.search(text)
-    body = text[begin.end():] if begin else text
+    body = text[begin.end() :] if begin else text
     end = END_DOCUMENT.search(body)
-    body = body[:end.start()] if end else body
+    body = body[: end.start()] if end else body
     stats["has_begin_document"] += begin is not None
     if title is None and (title := guess_title(body)) is not None:
         stats["title_guessed"] += 1

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -69,7 +70,7 @@ def shingles(text: str, width: int) -> set[bytes]:
     words = text.lower().split()
     if len(words) <= width:
         return {" ".join(words).encode("utf-8")}
-    return {" ".join(words[i:i + width]).encode("utf-8") for i in range(len(words) - width + 1)}
+    return {" ".join(words[i : i + width]).encode("utf-8") for i in range(len(words) - width + 1)}
 
 
 # A shingle's hash is defined word by word so that a paper's shingles hash in a few numpy passes
@@ -131,7 +132,7 @@ def shingle_hashes(text: str, width: int) -> np.ndarray:
     value = word_hashes[:count].copy()
     for offset in range(1, width):
         value *= np.uint64(_FOLD)
-        value += word_hashes[offset:offset + count]
+        value += word_hashes[offset : offset + count]
     return (_xorshift_multiply(value, _MIX) >> np.uint64(32)).astype(np.uint32)
 
 
@@ -143,7 +144,7 @@ def affine32_minhash(values: np.ndarray, permutations: tuple[np.ndarray, np.ndar
     a, b = (np.asarray(p, dtype=np.uint32) for p in permutations)
     result = np.full(len(a), np.iinfo(np.uint32).max, dtype=np.uint32)
     for start in range(0, len(h), _BLOCK):
-        block = h[start:start + _BLOCK, None] * a
+        block = h[start : start + _BLOCK, None] * a
         block += b
         np.minimum(result, block.min(axis=0), out=result)
     return result
@@ -176,8 +177,12 @@ class NearDuplicateIndex:
         if doc_id in self._minhashes:
             raise ValueError(f"duplicate document id {doc_id!r}")
         # The template's permutations, shared: made afresh they cost ~0.3 ms and 1 KiB a paper.
-        sketch = MinHash(seed=self._template.seed, hashvalues=np.asarray(signature, dtype=np.uint32),
-                         permutations=self._template.permutations, scheme=self._template.scheme)
+        sketch = MinHash(
+            seed=self._template.seed,
+            hashvalues=np.asarray(signature, dtype=np.uint32),
+            permutations=self._template.permutations,
+            scheme=self._template.scheme,
+        )
         self._parent[doc_id] = doc_id
         for other in self._lsh.query(sketch):
             if sketch.jaccard(self._minhashes[other]) >= self.threshold:

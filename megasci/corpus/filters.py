@@ -159,7 +159,7 @@ def _word_rows(word: str, space_after: bool, known: dict[str, int]) -> list[int]
         if chars[end].isupper() and chars[end - 1].isupper():
             continue
         for n in range(1, min(end + 1, NGram.N_GRAM) + 1):
-            gram = chars[end - n + 1:end + 1]
+            gram = chars[end - n + 1 : end + 1]
             if gram != " " and gram in known:
                 rows.append(known[gram])
     return rows
@@ -190,8 +190,9 @@ def prose_for_detection(title: str | None, abstract: str | None, body: str | Non
     return re.sub(r"\s+", " ", _CONTROL_WORD.sub(" ", mask_math(text)))[:DETECTION_CHARS]
 
 
-def detect_language(title: str | None, abstract: str | None, body: str | None, seed: int = 0,
-                    min_chars: int = LanguageConfig.min_chars) -> str:
+def detect_language(
+    title: str | None, abstract: str | None, body: str | None, seed: int = 0, min_chars: int = LanguageConfig.min_chars
+) -> str:
     """ISO 639-1 code of the paper's prose (math masked), or "unknown"."""
     return _detect(prose_for_detection(title, abstract, body), seed, min_chars)
 
@@ -201,8 +202,9 @@ def detect_language_raw(text: str, seed: int = 0, min_chars: int = LanguageConfi
     return _detect(text[:DETECTION_CHARS], seed, min_chars)
 
 
-def check_language(title: str | None, abstract: str | None, body: str | None,
-                   config: LanguageConfig = LanguageConfig()) -> tuple[str, bool]:
+def check_language(
+    title: str | None, abstract: str | None, body: str | None, config: LanguageConfig = LanguageConfig()
+) -> tuple[str, bool]:
     """(detected language, whether the paper passes); the builder records the former for its report."""
     language = detect_language(title, abstract, body, config.seed, config.min_chars)
     return language, language == config.expected

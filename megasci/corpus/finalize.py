@@ -102,17 +102,24 @@ def finalize(cfg: BuildConfig) -> YieldReport:
             for result in iter_unit_results(unit_dir, [key]):
                 tally.add_input(result)
                 if result.rejection:
-                    rejected.add(result.id, result.source, result.rejection.stage, result.rejection.reason,
-                                 result.excerpt)
+                    rejected.add(
+                        result.id, result.source, result.rejection.stage, result.rejection.reason, result.excerpt
+                    )
                 else:
                     assert result.id is not None and result.encoding is not None, "a candidate has both"
-                    candidates[result.source] = Candidate(result.id, result.exact_key,
-                                                          np.array(result.minhash, dtype=np.uint32),
-                                                          (result.year or 0, result.text_chars))
+                    candidates[result.source] = Candidate(
+                        result.id,
+                        result.exact_key,
+                        np.array(result.minhash, dtype=np.uint32),
+                        (result.year or 0, result.text_chars),
+                    )
                     unit_candidates[key].append((result.source, result.encoding))
         outcome = drop_duplicates(candidates, cfg.near_dup_threshold)
-        for stage, reason in ((EXACT_DEDUP, "duplicate_id"), (EXACT_DEDUP, "exact_duplicate"),
-                              (NEAR_DEDUP, "near_duplicate")):
+        for stage, reason in (
+            (EXACT_DEDUP, "duplicate_id"),
+            (EXACT_DEDUP, "exact_duplicate"),
+            (NEAR_DEDUP, "near_duplicate"),
+        ):
             dropped = sum(drop.stage == stage and drop.reason == reason for drop in outcome.drops.values())
             if dropped:
                 tally.reject(stage, reason, dropped)
@@ -120,17 +127,21 @@ def finalize(cfg: BuildConfig) -> YieldReport:
             tally.survivors(stage, len(survivors), sum(candidates[s].priority[1] for s in survivors))
         report = tally.report
         report.near_duplicate_clusters = [[candidates[s].id for s in cluster] for cluster in outcome.near_clusters]
-        report.written, report.encodings = _write_shards(cfg, unit_dir, unit_candidates, outcome, candidates,
-                                                         rejected)
+        report.written, report.encodings = _write_shards(cfg, unit_dir, unit_candidates, outcome, candidates, rejected)
     report = tally.finish()
     write_json_atomic(os.path.join(cfg.output, "yield.json"), {"config": cfg.reported(), **jsonable(report)})
     plot_funnel(report, os.path.join(cfg.output, "yield.png"))
     return report
 
 
-def _write_shards(cfg: BuildConfig, unit_dir: str, unit_candidates: dict[str, list[tuple[str, str]]],
-                  outcome: DedupOutcome, candidates: dict[str, Candidate], rejected: RejectedLog
-                  ) -> tuple[int, dict[str, int]]:
+def _write_shards(
+    cfg: BuildConfig,
+    unit_dir: str,
+    unit_candidates: dict[str, list[tuple[str, str]]],
+    outcome: DedupOutcome,
+    candidates: dict[str, Candidate],
+    rejected: RejectedLog,
+) -> tuple[int, dict[str, int]]:
     """Kept records in unit order, `records_per_shard` to a file; a failure leaves no partial shard.
     Returns (records written, their encodings)."""
     shard_dir = os.path.join(cfg.output, "shards")
@@ -148,8 +159,14 @@ def _write_shards(cfg: BuildConfig, unit_dir: str, unit_candidates: dict[str, li
     return written, dict(encodings)
 
 
-def _kept_record_lines(unit_dir: str, unit_candidates: dict[str, list[tuple[str, str]]], outcome: DedupOutcome,
-                       candidates: dict[str, Candidate], encodings: Counter, rejected: RejectedLog) -> Iterator[str]:
+def _kept_record_lines(
+    unit_dir: str,
+    unit_candidates: dict[str, list[tuple[str, str]]],
+    outcome: DedupOutcome,
+    candidates: dict[str, Candidate],
+    encodings: Counter,
+    rejected: RejectedLog,
+) -> Iterator[str]:
     """The records-file lines of the kept candidates, as the workers wrote them; counts their encodings
     and logs the dropped ones. `unit_candidates`: each unit's candidates in order, as finalize's one
     pass over the results saw them."""
@@ -164,8 +181,16 @@ def _kept_record_lines(unit_dir: str, unit_candidates: dict[str, list[tuple[str,
                 yield line.decode("utf-8")
             elif rejected.active:
                 drop = outcome.drops[source]
-                rejected.add(candidates[source].id, source, drop.stage, drop.reason,
-                             json.loads(line)["text"][:EXCERPT_CHARS], kept=drop.kept)
+                rejected.add(
+                    candidates[source].id,
+                    source,
+                    drop.stage,
+                    drop.reason,
+                    json.loads(line)["text"][:EXCERPT_CHARS],
+                    kept=drop.kept,
+                )
         if matched != len(unit) or next(records, None) is not None:
-            raise ValueError(f"{path}: its records do not match the {len(unit)} candidates of its results; "
-                             "delete that unit's .done.json so phase 1 redoes it")
+            raise ValueError(
+                f"{path}: its records do not match the {len(unit)} candidates of its results; "
+                "delete that unit's .done.json so phase 1 redoes it"
+            )

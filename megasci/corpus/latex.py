@@ -23,8 +23,18 @@ BEGIN_DOCUMENT = re.compile(r"\\begin\s*\{document\}")
 END_DOCUMENT = re.compile(r"\\end\s*\{document\}")
 
 # Display and inline math environments (each also starred). `dmath` is breqn's display equation.
-MATH_ENVIRONMENTS = ("equation", "align", "alignat", "gather", "multline", "eqnarray", "flalign", "displaymath",
-                     "math", "dmath")
+MATH_ENVIRONMENTS = (
+    "equation",
+    "align",
+    "alignat",
+    "gather",
+    "multline",
+    "eqnarray",
+    "flalign",
+    "displaymath",
+    "math",
+    "dmath",
+)
 MATH_ENVIRONMENT_PATTERN = "|".join(MATH_ENVIRONMENTS)
 
 # The cleaner hides verbatim and math spans behind these private-use characters, "\ue000<n>\ue001"
@@ -71,7 +81,7 @@ def braced(text: str, i: int) -> tuple[str, int] | None:
     if i >= len(text) or text[i] != "{":
         return None
     close = closing_brace(text, i)
-    return None if close < 0 else (text[i + 1:close], close + 1)
+    return None if close < 0 else (text[i + 1 : close], close + 1)
 
 
 def bracketed(text: str, i: int) -> tuple[str, int] | None:
@@ -86,7 +96,7 @@ def bracketed(text: str, i: int) -> tuple[str, int] | None:
         elif char == "}":
             depth -= 1
         elif char == "]" and depth <= 0:
-            return text[i + 1:k], k + 1
+            return text[i + 1 : k], k + 1
     return None
 
 

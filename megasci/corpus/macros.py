@@ -13,8 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from megasci.corpus.latex import (CONTROL_SEQUENCE, MATH_OPEN, PROTECT_OPEN, braced, bracketed, csname,
-                                  skip_space)
+from megasci.corpus.latex import CONTROL_SEQUENCE, MATH_OPEN, PROTECT_OPEN, braced, bracketed, csname, skip_space
 
 MAX_EXPANSION_ROUNDS = 10
 MAX_EXPANDED_CHARS = 5_000_000
@@ -29,34 +28,43 @@ class Macro:
     parts: tuple  # literal strings at even positions, 1-based argument numbers at odd positions
 
     @classmethod
-    def from_body(cls, body: str, nargs: int = 0, default: str | None = None) -> "Macro":
+    def from_body(cls, body: str, nargs: int = 0, default: str | None = None) -> Macro:
         pieces = re.split(r"#(\d)", body)
         return cls(nargs, default, tuple(p if k % 2 == 0 else int(p) for k, p in enumerate(pieces)))
 
     def render(self, args: list[str]) -> str:
         if len(self.parts) == 1:  # a body without parameters, the common case: no join per call
             return self.parts[0]
-        return "".join(p if k % 2 == 0 else (args[p - 1] if p <= len(args) else "")
-                       for k, p in enumerate(self.parts))
+        return "".join(p if k % 2 == 0 else (args[p - 1] if p <= len(args) else "") for k, p in enumerate(self.parts))
 
 
-_DEFINERS = ("newcommand|renewcommand|providecommand|DeclareRobustCommand|DeclareMathOperator|[gex]?def|let"
-             "|newtheorem|newenvironment|renewenvironment")
+_DEFINERS = (
+    "newcommand|renewcommand|providecommand|DeclareRobustCommand|DeclareMathOperator|[gex]?def|let"
+    "|newtheorem|newenvironment|renewenvironment"
+)
 # ``\newcommand{\nc}{\newcommand}`` then ``\nc{\R}{…}``: shorthands for definers are definers too.
-_DEFINER_SHORTHAND = re.compile(r"\\(?:newcommand|renewcommand|providecommand|[gex]?def|let)\s*\{?\s*\\([a-zA-Z]+)"
-                                r"\s*\}?\s*=?\s*\{?\s*\\(" + _DEFINERS + r")(?![a-zA-Z])\s*(?:\}|(?=\s))")
+_DEFINER_SHORTHAND = re.compile(
+    r"\\(?:newcommand|renewcommand|providecommand|[gex]?def|let)\s*\{?\s*\\([a-zA-Z]+)"
+    r"\s*\}?\s*=?\s*\{?\s*\\(" + _DEFINERS + r")(?![a-zA-Z])\s*(?:\}|(?=\s))"
+)
 
 
 @lru_cache(maxsize=64)
 def _definer_pattern(shorthands: tuple[str, ...]) -> re.Pattern:
     names = "|".join((_DEFINERS, *shorthands))
     return re.compile(r"\\(" + names + r")(?![a-zA-Z])(\*?)")
+
+
 _SIMPLE_PARAMS = re.compile(r"\s*(?:#\d\s*)*")
 # User redefinitions of these would break later passes (or are internals): they are never expanded.
-_NEVER_EXPAND = frozenset(("begin end item label ref eqref cite caption title author abstract footnote "
-                           "maketitle par includegraphics verb url href input include document part chapter "
-                           "section subsection subsubsection paragraph subparagraph newcommand renewcommand "
-                           "def let").split())
+_NEVER_EXPAND = frozenset(
+    (
+        "begin end item label ref eqref cite caption title author abstract footnote "
+        "maketitle par includegraphics verb url href input include document part chapter "
+        "section subsection subsubsection paragraph subparagraph newcommand renewcommand "
+        "def let"
+    ).split()
+)
 
 
 def _parse_definition(text: str, m: re.Match, kind: str) -> tuple[int, str | None, object] | None:
@@ -154,7 +162,7 @@ def harvest_definitions(text: str, stats: Counter) -> tuple[str, dict[str, Macro
             stats["definitions_unparsed"] += 1
             continue
         end, name, value = parsed
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         last = end
         if isinstance(value, tuple) and value[0] == "theorem":
             theorems[name] = value[1]
@@ -209,7 +217,7 @@ def _macro_args(text: str, i: int, macro: Macro) -> tuple[list[str], int] | None
             i = token.end()
         elif char in (PROTECT_OPEN, MATH_OPEN):
             close = text.find(chr(ord(char) + 1), j)
-            args.append(text[j:close + 1])
+            args.append(text[j : close + 1])
             i = close + 1
         else:
             args.append(char)
@@ -252,7 +260,7 @@ def _expand_once(text: str, macros: dict[str, Macro], cap: int, stats: Counter) 
         replacement = macro.render(args)
         if end < len(text) and text[end].isalpha() and _ENDS_IN_CONTROL_WORD.search(replacement):
             replacement += " "
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         out.append(replacement)
         last, count = end, count + 1
         rescan = rescan or any(m.group(1) for m in calls.finditer(replacement))

@@ -100,13 +100,16 @@ def check_pipeline(pipeline: Sequence[Step]) -> None:
     the last step must be `EXACT_DEDUP`, whose keys (`paper.exact_key`, `paper.minhash`) finalize compares."""
     names = [step.name for step in pipeline]
     if not names or names[-1] != EXACT_DEDUP:
-        raise ValueError(f"the pipeline {names} must end with the {EXACT_DEDUP!r} step (steps.dedup_keys or a "
-                         "step of that name filling paper.exact_key and paper.minhash): finalize compares its keys")
+        raise ValueError(
+            f"the pipeline {names} must end with the {EXACT_DEDUP!r} step (steps.dedup_keys or a "
+            "step of that name filling paper.exact_key and paper.minhash): finalize compares its keys"
+        )
     fixed = {INPUTS_ROW, *INPUT_STAGES, NEAR_DEDUP}
     clashes = sorted({name for name in names if name in fixed or names.count(name) > 1})
     if clashes:
-        raise ValueError(f"the pipeline {names} repeats or reuses fixed stage names {clashes}: each step needs "
-                         "its own funnel row")
+        raise ValueError(
+            f"the pipeline {names} repeats or reuses fixed stage names {clashes}: each step needs its own funnel row"
+        )
 
 
 def funnel_stages(pipeline: Sequence[Step]) -> tuple[str, ...]:

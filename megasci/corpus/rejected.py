@@ -34,12 +34,18 @@ class RejectedLog:
     def active(self) -> bool:
         return self.out is not None
 
-    def add(self, paper_id: str | None, source: str, stage: str, reason: str, excerpt: str = "",
-            kept: str | None = None) -> None:
+    def add(
+        self, paper_id: str | None, source: str, stage: str, reason: str, excerpt: str = "", kept: str | None = None
+    ) -> None:
         if self.out is None:
             return
-        self.out.write(json.dumps({"id": paper_id, "source": source, "stage": stage, "reason": reason, "kept": kept,
-                                   "excerpt": excerpt}, ensure_ascii=False) + "\n")
+        self.out.write(
+            json.dumps(
+                {"id": paper_id, "source": source, "stage": stage, "reason": reason, "kept": kept, "excerpt": excerpt},
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
 
 def open_rejected_log(rejected_dir: str | None) -> AbstractContextManager[TextIO | None]:

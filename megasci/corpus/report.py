@@ -34,18 +34,26 @@ class YieldReport:
         for row in self.funnel:
             reasons = self.rejections.get(row["stage"], {})
             chars = f"{row['chars']:,}" if row["stage"] not in (INPUTS_ROW, *INPUT_STAGES) else "-"
-            lines.append(f"{row['stage']:<12} {row['papers']:>12,} {chars:>15}  "
-                         + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
-        lines.append(f"{self.written:,} of {self.inputs:,} inputs written; language detection changed for "
-                     f"{self.language_flips:,} papers when math was masked; "
-                     f"{self.emails_removed:,} e-mail addresses removed")
+            lines.append(
+                f"{row['stage']:<12} {row['papers']:>12,} {chars:>15}  "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            )
+        lines.append(
+            f"{self.written:,} of {self.inputs:,} inputs written; language detection changed for "
+            f"{self.language_flips:,} papers when math was masked; "
+            f"{self.emails_removed:,} e-mail addresses removed"
+        )
         if self.metadata_lines:
-            lines.append(f"metadata: {sum(self.metadata_lines.values()):,} snapshot lines, "
-                         f"{self.metadata_lines.get('kept', 0):,} in scope; sources with metadata "
-                         f"{self.sources_with_metadata:,}, without {self.sources_without_metadata:,}")
+            lines.append(
+                f"metadata: {sum(self.metadata_lines.values()):,} snapshot lines, "
+                f"{self.metadata_lines.get('kept', 0):,} in scope; sources with metadata "
+                f"{self.sources_with_metadata:,}, without {self.sources_without_metadata:,}"
+            )
         if self.skipped_members:
-            lines.append("members skipped inside packages: "
-                         + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_members.items())))
+            lines.append(
+                "members skipped inside packages: "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_members.items()))
+            )
         return "\n".join(lines)
 
 
@@ -87,7 +95,8 @@ class FunnelTally:
         report = self.report
         report.funnel = [{"stage": INPUTS_ROW, "papers": report.inputs, "chars": 0}] + [
             {"stage": stage, "papers": self.left_after[stage], "chars": self.chars_after[stage]}
-            for stage in self.stages]
+            for stage in self.stages
+        ]
         report.rejections = {stage: dict(counter) for stage, counter in self.rejections.items()}
         report.skipped_members = dict(self.skipped)
         return report

@@ -18,16 +18,19 @@ from megasci.corpus.latex import MATH_ENVIRONMENT_PATTERN, closing_brace
 # Tokens that can open or close math, found in one left-to-right regex scan. Escaped \$ and \\ are
 # tokens too, so that \$5 is a dollar sign and \\[2pt] a line break, never math delimiters.
 # The backslash tokens share one branch, tried once per backslash instead of once per form.
-MATH_TOKEN = re.compile(r"""
+MATH_TOKEN = re.compile(
+    r"""
   \\(?: begin\{(?:ENVS)\*?\} | end\{(?:ENVS)\*?\} | [()\[\]] | [\\$] )
 | \$\$? | \n[ \t]*\n
-""".replace("ENVS", MATH_ENVIRONMENT_PATTERN), re.X)
+""".replace("ENVS", MATH_ENVIRONMENT_PATTERN),
+    re.X,
+)
 _CLOSER = {"\\(": "\\)", "\\[": "\\]", "$$": "$$", "$": "$"}
 
 
 def _closer(token: str) -> str | None:
     if token.startswith("\\begin"):
-        return "\\end" + token[len("\\begin"):]
+        return "\\end" + token[len("\\begin") :]
     return _CLOSER.get(token)
 
 
@@ -78,14 +81,41 @@ def mask_math(text: str, replacement: str = " ") -> str:
 # Keys are lowercase word tuples, matched against the heading's words with math masked.
 HEADING_KEYWORDS: dict[tuple[str, ...], str] = {
     **{(w,): "introduction" for w in ("introduction", "intro", "overview", "motivation")},
-    **{(w,): "background" for w in ("background", "preliminaries", "preliminary", "notation",
-                                    "notations", "setup", "setting")},
+    **{
+        (w,): "background"
+        for w in ("background", "preliminaries", "preliminary", "notation", "notations", "setup", "setting")
+    },
     ("related", "work"): "background",
     ("related", "works"): "background",
-    **{(w,): "method" for w in ("method", "methods", "methodology", "approach", "model", "models",
-                                "construction", "algorithm", "algorithms")},
-    **{(w,): "results" for w in ("result", "results", "experiment", "experiments", "experimental",
-                                 "evaluation", "numerical", "simulations", "analysis", "estimates")},
+    **{
+        (w,): "method"
+        for w in (
+            "method",
+            "methods",
+            "methodology",
+            "approach",
+            "model",
+            "models",
+            "construction",
+            "algorithm",
+            "algorithms",
+        )
+    },
+    **{
+        (w,): "results"
+        for w in (
+            "result",
+            "results",
+            "experiment",
+            "experiments",
+            "experimental",
+            "evaluation",
+            "numerical",
+            "simulations",
+            "analysis",
+            "estimates",
+        )
+    },
     **{(w,): "proof" for w in ("proof", "proofs")},
     **{(w,): "discussion" for w in ("discussion", "remarks")},
     ("open", "problems"): "discussion",
@@ -109,7 +139,7 @@ def heading_label(heading: str) -> str:
     words = _WORD.findall(mask_math(heading).lower())
     for i in range(len(words)):
         for width in range(_LONGEST_KEY, 0, -1):
-            label = HEADING_KEYWORDS.get(tuple(words[i:i + width]))
+            label = HEADING_KEYWORDS.get(tuple(words[i : i + width]))
             if label:
                 return label
     return "other"
@@ -122,7 +152,7 @@ def _body_cuts(body: str) -> list[tuple[int, str]]:
     cuts = [(0, "other")]
     for m in _SECTION_HEADING.finditer(body, 0, appendix_at):
         close = closing_brace(body, m.end() - 1)
-        heading = body[m.end():close if close >= 0 else len(body)]
+        heading = body[m.end() : close if close >= 0 else len(body)]
         cuts.append((m.start(), heading_label(heading)))
     if appendix:
         cuts.append((appendix_at, "appendix"))
@@ -169,7 +199,7 @@ def section_documents(paper: dict):
     Preprocessing these gives one document per section with its label in the sidecar, so
     curriculum stages select sections (e.g. prose first) from a single `.bin`."""
     for span in paper["sections"]:
-        text = paper["text"][span["start"]:span["end"]]
+        text = paper["text"][span["start"] : span["end"]]
         if text.strip():
             yield {"id": paper["id"], "section": span["label"], "text": text}
 
@@ -187,8 +217,10 @@ def write_section_records(corpus_paths: list[str], out_path: str) -> tuple[int, 
         for path in corpus_paths:
             for paper in iter_json_records(path):
                 if "sections" not in paper or "text" not in paper:
-                    raise ValueError(f"{path}: record {paper.get('id', papers)!r} has no text or sections "
-                                     f"(is it a corpus builder shard?)")
+                    raise ValueError(
+                        f"{path}: record {paper.get('id', papers)!r} has no text or sections "
+                        f"(is it a corpus builder shard?)"
+                    )
                 papers += 1
                 for record in section_documents(paper):
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -54,7 +54,7 @@ def make_units(sources: list[str], files_per_unit: int) -> list[tuple[str, list[
         seen.add(os.path.abspath(source))
         if os.path.isdir(source):
             files = sorted(os.path.join(root, name) for root, _, names in os.walk(source) for name in names)
-            groups = [files[i:i + files_per_unit] for i in range(0, len(files), files_per_unit)]
+            groups = [files[i : i + files_per_unit] for i in range(0, len(files), files_per_unit)]
         else:
             groups = [[source]]
         for group in groups:
@@ -110,8 +110,12 @@ def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> Input
     that rejected it."""
     package, meta, cfg = task
     paper = Paper(package, meta)
-    result = InputResult(source=package.source, id=package.paper_id, has_metadata=meta is not None,
-                         skipped_members=[reason for _, reason in package.skipped_members])
+    result = InputResult(
+        source=package.source,
+        id=package.paper_id,
+        has_metadata=meta is not None,
+        skipped_members=[reason for _, reason in package.skipped_members],
+    )
     step = cfg.pipeline[0]
     previous_handler = signal.signal(signal.SIGALRM, _on_alarm)
     try:
@@ -137,8 +141,11 @@ def process_paper(task: tuple[SourcePackage, dict | None, BuildConfig]) -> Input
     result.emails_removed = paper.cleaned.stats["emails_removed"] if paper.cleaned else 0
     if result.rejection is None:
         result.record, result.exact_key, result.minhash = paper.record(), paper.exact_key, paper.minhash
-        result.year, result.text_chars, result.encoding = (result.record["year"], len(result.record["text"]),
-                                                           result.record["encoding"])
+        result.year, result.text_chars, result.encoding = (
+            result.record["year"],
+            len(result.record["text"]),
+            result.record["encoding"],
+        )
     else:
         result.excerpt = paper.excerpt(EXCERPT_CHARS)
     return result
@@ -152,8 +159,12 @@ def _metadata_for(index: MetadataIndex | None, paper_id: str, cfg: BuildConfig) 
     if outcome == "kept":
         record = index.get(paper_id)
         assert record is not None
-        return {"title": record.title, "abstract": record.abstract, "categories": record.categories,
-                "year": record.year}, None
+        return {
+            "title": record.title,
+            "abstract": record.abstract,
+            "categories": record.categories,
+            "year": record.year,
+        }, None
     if outcome is None:
         return None, None if cfg.keep_without_metadata else "no_metadata"
     return None, f"metadata_{outcome}"
@@ -165,22 +176,29 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
 
     index = load_metadata(cfg.metadata, cfg.metadata_filter) if cfg.metadata else None
     if index is not None:
-        write_json_atomic(os.path.join(cfg.output, "metadata_counts.json"),
-                          {"files": cfg.metadata, "counts": dict(index.counts), "problems": index.problems})
-    units = make_units(cfg.sources, cfg.files_per_unit)[cfg.shard_index::cfg.num_shards]
+        write_json_atomic(
+            os.path.join(cfg.output, "metadata_counts.json"),
+            {"files": cfg.metadata, "counts": dict(index.counts), "problems": index.problems},
+        )
+    units = make_units(cfg.sources, cfg.files_per_unit)[cfg.shard_index :: cfg.num_shards]
     unit_dir = os.path.join(cfg.output, "units")
     os.makedirs(unit_dir, exist_ok=True)
     todo = [(key, files) for key, files in units if not os.path.exists(os.path.join(unit_dir, f"{key}.done.json"))]
     load_language_profiles()  # once here; forked workers inherit them
     _set_worker_config(cfg)
-    pool = (mp.get_context("fork").Pool(cfg.workers, initializer=_set_worker_config, initargs=(cfg,))
-            if cfg.workers > 1 else None)
+    pool = (
+        mp.get_context("fork").Pool(cfg.workers, initializer=_set_worker_config, initargs=(cfg,))
+        if cfg.workers > 1
+        else None
+    )
     bar = tqdm(desc="papers", unit=" papers", disable=not progress, dynamic_ncols=True)
     try:
         for key, files in todo:
             counts: collections.Counter[str] = collections.Counter()
-            with (atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out,
-                  atomic_output(os.path.join(unit_dir, f"{key}.records.jsonl.zst"), "wb") as records):
+            with (
+                atomic_text_output(os.path.join(unit_dir, f"{key}.jsonl.zst")) as out,
+                atomic_output(os.path.join(unit_dir, f"{key}.records.jsonl.zst"), "wb") as records,
+            ):
                 for count_key, line, record_frame in _unit_lines(files, index, cfg, pool):
                     counts["inputs"] += 1
                     counts[count_key] += 1
@@ -188,9 +206,10 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
                     if record_frame is not None:
                         records.write(record_frame)
                     bar.update(1)
-            write_json_atomic(os.path.join(unit_dir, f"{key}.done.json"),
-                              {"files": files, "counts": counts, "unit_format": UNIT_FORMAT,
-                               "minhash_scheme": SIGNATURE_SCHEME})
+            write_json_atomic(
+                os.path.join(unit_dir, f"{key}.done.json"),
+                {"files": files, "counts": counts, "unit_format": UNIT_FORMAT, "minhash_scheme": SIGNATURE_SCHEME},
+            )
     finally:
         bar.close()
         if pool is not None:
@@ -198,12 +217,14 @@ def process_units(cfg: BuildConfig, progress: bool = True) -> list[str]:
     return [key for key, _ in todo]
 
 
-def _unit_lines(files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
-                ) -> Iterator[tuple[str, str, bytes | None]]:
+def _unit_lines(
+    files: list[str], index: MetadataIndex | None, cfg: BuildConfig, pool
+) -> Iterator[tuple[str, str, bytes | None]]:
     """(funnel count key, result line, record line as a zstd frame or None) per input of the unit, in
     input order. This process reads the inputs, looks up their metadata and writes; `pool` opens each
     object (decompression and unpacking, most of the archive stage), runs the pipeline and
     serialises and compresses the record."""
+
     def tasks():
         for source, item in iter_pending_inputs(files, cfg.limits):
             if isinstance(item, Rejected):
@@ -224,8 +245,11 @@ def _set_worker_config(cfg: BuildConfig) -> None:
 
 
 def _archive_rejection(source: str, rejected: Rejected) -> InputResult:
-    return InputResult(source=source, skipped_members=[reason for _, reason in rejected.skipped_members],
-                       rejection=Rejection(ARCHIVE, rejected.reason))
+    return InputResult(
+        source=source,
+        skipped_members=[reason for _, reason in rejected.skipped_members],
+        rejection=Rejection(ARCHIVE, rejected.reason),
+    )
 
 
 def _open_and_process(pending: PendingInput, meta: dict | None, metadata_rejection: str | None) -> InputResult:
@@ -238,9 +262,12 @@ def _open_and_process(pending: PendingInput, meta: dict | None, metadata_rejecti
     if isinstance(outcome, Rejected):
         result = _archive_rejection(pending.source, outcome)
     elif metadata_rejection:
-        result = InputResult(source=pending.source, id=outcome.paper_id,
-                             skipped_members=[reason for _, reason in outcome.skipped_members],
-                             rejection=Rejection(METADATA, metadata_rejection))
+        result = InputResult(
+            source=pending.source,
+            id=outcome.paper_id,
+            skipped_members=[reason for _, reason in outcome.skipped_members],
+            rejection=Rejection(METADATA, metadata_rejection),
+        )
     else:
         result = process_paper((outcome, meta, _worker_cfg))
     result.seconds = {**opened, **result.seconds}
@@ -268,11 +295,15 @@ def check_units(unit_dir: str, keys: list[str]) -> None:
         path = os.path.join(unit_dir, f"{key}.done.json")
         with open(path, encoding="utf-8") as f:
             done = json.load(f)
-        for name, have, want in (("unit format", done.get("unit_format", 1), UNIT_FORMAT),
-                                 ("MinHash scheme", done.get("minhash_scheme"), SIGNATURE_SCHEME)):
+        for name, have, want in (
+            ("unit format", done.get("unit_format", 1), UNIT_FORMAT),
+            ("MinHash scheme", done.get("minhash_scheme"), SIGNATURE_SCHEME),
+        ):
             if have != want:
-                raise ValueError(f"{path}: written with {name} {have!r}, this builder uses {want!r}; delete "
-                                 "that unit's .done.json so phase 1 redoes it")
+                raise ValueError(
+                    f"{path}: written with {name} {have!r}, this builder uses {want!r}; delete "
+                    "that unit's .done.json so phase 1 redoes it"
+                )
 
 
 def iter_unit_results(unit_dir: str, keys: list[str]) -> Iterator[InputResult]:

@@ -76,8 +76,14 @@ class SourceSpec:
         if self.name is None:
             self.name = os.path.basename(os.fspath(self.prefix))
             if self.document_filter:
-                self.name += "[" + ";".join(f"{key}={','.join(sorted(map(str, allowed)))}"
-                                            for key, allowed in sorted(self.document_filter.items())) + "]"
+                self.name += (
+                    "["
+                    + ";".join(
+                        f"{key}={','.join(sorted(map(str, allowed)))}"
+                        for key, allowed in sorted(self.document_filter.items())
+                    )
+                    + "]"
+                )
             if self.min_doc_tokens:
                 self.name += f"[tokens>={self.min_doc_tokens}]"
 
@@ -88,9 +94,17 @@ class SourceSpec:
     @property
     def key(self) -> tuple[str, str | None, int]:
         """What makes two specs the same dataset: the prefix and the filters."""
-        canonical = None if self.document_filter is None else json.dumps(
-            {key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
-             for key, allowed in self.document_filter.items()}, sort_keys=True)
+        canonical = (
+            None
+            if self.document_filter is None
+            else json.dumps(
+                {
+                    key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
+                    for key, allowed in self.document_filter.items()
+                },
+                sort_keys=True,
+            )
+        )
         return os.path.abspath(os.fspath(self.prefix)), canonical, self.min_doc_tokens
 
 
@@ -104,8 +118,9 @@ def parse_weight(text) -> tuple[float, str]:
     try:
         return float(text), kind
     except (TypeError, ValueError):
-        raise ValueError(f"bad blend weight {text!r}: expected a share like 0.7 "
-                         f"or an epoch multiplier like 2.0x") from None
+        raise ValueError(
+            f"bad blend weight {text!r}: expected a share like 0.7 or an epoch multiplier like 2.0x"
+        ) from None
 
 
 def parse_blend(blend) -> list[SourceSpec]:
@@ -119,22 +134,32 @@ def parse_blend(blend) -> list[SourceSpec]:
         specs = []
         for item in blend:
             weight, kind = parse_weight(item.get("weight", 1.0))
-            specs.append(SourceSpec(prefix=item.get("prefix", item.get("path")), weight=weight, weight_kind=kind,
-                                    name=item.get("name"),
-                                    document_filter=item.get("filter", item.get("document_filter")),
-                                    min_doc_tokens=int(item.get("min_doc_tokens", 0))))
+            specs.append(
+                SourceSpec(
+                    prefix=item.get("prefix", item.get("path")),
+                    weight=weight,
+                    weight_kind=kind,
+                    name=item.get("name"),
+                    document_filter=item.get("filter", item.get("document_filter")),
+                    min_doc_tokens=int(item.get("min_doc_tokens", 0)),
+                )
+            )
     else:
         if len(blend) % 2:
             raise ValueError(f"a blend list is `weight path` pairs, but it has {len(blend)} items: {blend}")
-        specs = [SourceSpec(prefix=str(path), weight=weight, weight_kind=kind)
-                 for weight, kind, path in ((*parse_weight(w), p) for w, p in zip(blend[::2], blend[1::2]))]
+        specs = [
+            SourceSpec(prefix=str(path), weight=weight, weight_kind=kind)
+            for weight, kind, path in ((*parse_weight(w), p) for w, p in zip(blend[::2], blend[1::2]))
+        ]
     if not specs:
         raise ValueError("a blend needs at least one source")
     kinds = {spec.weight_kind for spec in specs}
     if len(kinds) > 1:
         given = ", ".join(f"{s.name}: {s.weight_text}" for s in specs)
-        raise ValueError(f"a blend mixes shares and epoch multipliers ({given}); write all weights as shares "
-                         f"(like 0.7) or all as epoch multipliers (like 2.0x)")
+        raise ValueError(
+            f"a blend mixes shares and epoch multipliers ({given}); write all weights as shares "
+            f"(like 0.7) or all as epoch multipliers (like 2.0x)"
+        )
     return specs
 
 
@@ -179,11 +204,20 @@ def parse_curriculum(config: list[dict]) -> list[CurriculumStage]:
     for k, item in enumerate(config):
         unknown = sorted(set(item) - known)
         if unknown:
-            raise ValueError(f"curriculum stage {item.get('name', k + 1)!r}: unknown key(s) {', '.join(unknown)}; "
-                             f"a stage has {', '.join(sorted(known))}")
-        stages.append(CurriculumStage(name=item.get("name", f"stage{k + 1}"), blend=item["blend"],
-                                      end_samples=item.get("end_samples"), end_tokens=item.get("end_tokens"),
-                                      seq_length=item.get("seq_length"), micro_batch_size=item.get("micro_batch_size")))
+            raise ValueError(
+                f"curriculum stage {item.get('name', k + 1)!r}: unknown key(s) {', '.join(unknown)}; "
+                f"a stage has {', '.join(sorted(known))}"
+            )
+        stages.append(
+            CurriculumStage(
+                name=item.get("name", f"stage{k + 1}"),
+                blend=item["blend"],
+                end_samples=item.get("end_samples"),
+                end_tokens=item.get("end_tokens"),
+                seq_length=item.get("seq_length"),
+                micro_batch_size=item.get("micro_batch_size"),
+            )
+        )
     return stages
 
 
@@ -194,9 +228,17 @@ class BlendedDataset:
     indices; a vocabulary size makes a token id outside it an error naming the source's dataset.
     """
 
-    def __init__(self, stages: list[CurriculumStage], seq_length: int, seed: int = 1234, split: str = "train",
-                 cache_dir: str | None = None, split_fractions=(0.98, 0.01, 0.01), may_build: bool = True,
-                 vocab_size: int | None = None):
+    def __init__(
+        self,
+        stages: list[CurriculumStage],
+        seq_length: int,
+        seed: int = 1234,
+        split: str = "train",
+        cache_dir: str | None = None,
+        split_fractions=(0.98, 0.01, 0.01),
+        may_build: bool = True,
+        vocab_size: int | None = None,
+    ):
         if not stages:
             raise ValueError("a blended dataset needs at least one stage")
         self.stages, self.seq_length = list(stages), seq_length  # seq_length: the run's, for stages without one
@@ -213,15 +255,25 @@ class BlendedDataset:
                     continue
                 if any(s.name == spec.name and s.key != spec.key for s in self.sources):
                     raise ValueError(f"two different sources are both named {spec.name!r}; name them apart")
-                renamed = spec if not any(s.key == spec.key for s in self.sources) else \
-                    dataclasses.replace(spec, name=f"{spec.name}@{length}")
+                renamed = (
+                    spec
+                    if not any(s.key == spec.key for s in self.sources)
+                    else dataclasses.replace(spec, name=f"{spec.name}@{length}")
+                )
                 position[(spec.key, length)] = len(self.sources)
                 self.sources.append(renamed)
                 self.source_seq_lengths.append(length)
                 self.base_names.append(spec.name)
-        configs = [GPTDatasetConfig(prefix=s.prefix, document_filter=s.document_filter,
-                                    min_document_tokens=s.min_doc_tokens, seq_length=length, **base)
-                   for s, length in zip(self.sources, self.source_seq_lengths)]
+        configs = [
+            GPTDatasetConfig(
+                prefix=s.prefix,
+                document_filter=s.document_filter,
+                min_document_tokens=s.min_doc_tokens,
+                seq_length=length,
+                **base,
+            )
+            for s, length in zip(self.sources, self.source_seq_lengths)
+        ]
         self.samples_per_epoch = np.array([split_tokens(c) // c.seq_length for c in configs], dtype=np.int64)
 
         weights = np.zeros((len(self.stages), len(self.sources)))
@@ -243,12 +295,14 @@ class BlendedDataset:
             previous_tokens += (end - previous) * length
             previous = end
         self.stage_ends = np.array(ends, dtype=np.int64)
-        self.source_index, self.source_sample_index, self.stage_index = \
-            helpers.build_curriculum_blending_indices(self.stage_ends, weights)
+        self.source_index, self.source_sample_index, self.stage_index = helpers.build_curriculum_blending_indices(
+            self.stage_ends, weights
+        )
         self.samples_per_source = np.bincount(self.source_index, minlength=len(self.sources))
-        self.datasets = [GPTDataset(dataclasses.replace(c, num_samples=int(n)), may_build=may_build,
-                                    vocab_size=vocab_size)
-                         for c, n in zip(configs, self.samples_per_source)]
+        self.datasets = [
+            GPTDataset(dataclasses.replace(c, num_samples=int(n)), may_build=may_build, vocab_size=vocab_size)
+            for c, n in zip(configs, self.samples_per_source)
+        ]
 
     def __len__(self) -> int:
         return int(self.stage_ends[-1])
@@ -299,6 +353,7 @@ class BlendedDataset:
 
     def describe(self) -> str:
         """The realised blend, from the built indices: per stage and source, and totals per source."""
+
         def epochs(samples, j):
             return f"{samples / self.samples_per_epoch[j]:.3f}" if self.samples_per_epoch[j] else "-"
 
@@ -307,21 +362,40 @@ class BlendedDataset:
         for k, (stage, end) in enumerate(zip(self.stages, self.stage_ends)):
             counts = np.bincount(self.source_index[start:end], minlength=len(self.sources))
             given = {(spec.key, self.stage_seq_lengths[k]): spec.weight_text for spec in stage.blend}
-            label = stage.name if len(set(self.stage_seq_lengths)) == 1 else \
-                f"{stage.name} ({self.stage_seq_lengths[k]})"
+            label = (
+                stage.name if len(set(self.stage_seq_lengths)) == 1 else f"{stage.name} ({self.stage_seq_lengths[k]})"
+            )
             for j, source in enumerate(self.sources):
                 here = (source.key, self.source_seq_lengths[j])
                 if here in given or counts[j]:
-                    rows.append((label, source.name, given.get(here, "-"),
-                                 f"{counts[j] / (end - start):.4f}", str(counts[j]), epochs(counts[j], j)))
+                    rows.append(
+                        (
+                            label,
+                            source.name,
+                            given.get(here, "-"),
+                            f"{counts[j] / (end - start):.4f}",
+                            str(counts[j]),
+                            epochs(counts[j], j),
+                        )
+                    )
             start = end
         for j, source in enumerate(self.sources):
-            rows.append(("total", source.name, "-", f"{self.samples_per_source[j] / len(self):.4f}",
-                         str(self.samples_per_source[j]), epochs(self.samples_per_source[j], j)))
+            rows.append(
+                (
+                    "total",
+                    source.name,
+                    "-",
+                    f"{self.samples_per_source[j] / len(self):.4f}",
+                    str(self.samples_per_source[j]),
+                    epochs(self.samples_per_source[j], j),
+                )
+            )
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lengths = sorted(set(self.stage_seq_lengths))
-        lines.append(f"{len(self)} samples of {'/'.join(map(str, lengths))} tokens = "
-                     f"{self.tokens_before(len(self))} tokens, "
-                     f"{len(self.stages)} stage(s), {len(self.sources)} source(s)")
+        lines.append(
+            f"{len(self)} samples of {'/'.join(map(str, lengths))} tokens = "
+            f"{self.tokens_before(len(self))} tokens, "
+            f"{len(self.stages)} stage(s), {len(self.sources)} source(s)"
+        )
         return "\n".join(lines)

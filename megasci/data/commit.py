@@ -59,7 +59,7 @@ def new_write_id() -> str:
 def _suffix(prefix: str, path: str) -> str:
     if not path.startswith(prefix):
         raise ValueError(f"{path} is not a file of dataset {prefix}")
-    return path[len(prefix):]
+    return path[len(prefix) :]
 
 
 def _sync_directories(paths: Sequence[str]) -> None:
@@ -106,8 +106,14 @@ def commit_datasets(writers: Sequence[Committable], links: dict[str, dict] | Non
         bin_sha256 = facts.pop("bin_sha256", None)
         if bin_sha256 is not None and ".bin" in files:
             files[".bin"]["sha256"] = bin_sha256
-        records[writer.prefix] = {"format": COMMIT_FORMAT, "state": "committed", "write_id": write_id,
-                                  "files": files, **facts, **(links or {}).get(writer.prefix, {})}
+        records[writer.prefix] = {
+            "format": COMMIT_FORMAT,
+            "state": "committed",
+            "write_id": write_id,
+            "files": files,
+            **facts,
+            **(links or {}).get(writer.prefix, {}),
+        }
     for writer in writers:
         _write_record(writer.prefix, {"format": COMMIT_FORMAT, "state": "writing", "write_id": write_id})
     _sync_directories([w.prefix for w in writers])
@@ -149,20 +155,23 @@ def verify_commit(prefix: str, data: bool = False) -> dict | None:
     if record["state"] != "committed":
         raise DatasetCommitError(
             f"{path}: write {record['write_id']} of dataset {prefix} did not finish (state {record['state']!r}): "
-            "its files may come from two different writes; write the dataset again")
+            "its files may come from two different writes; write the dataset again"
+        )
     for suffix, expected in (record.get("files") or {}).items():
         file = prefix + suffix
         if not os.path.isfile(file):
             raise DatasetCommitError(f"{file}: missing, but {path} records it as part of the dataset")
         size = os.path.getsize(file)
         if size != expected.get("bytes"):
-            raise DatasetCommitError(f"{file}: {size} bytes, but {path} records {expected.get('bytes')}: the file "
-                                     "was replaced, truncated or mixed with another write")
+            raise DatasetCommitError(
+                f"{file}: {size} bytes, but {path} records {expected.get('bytes')}: the file "
+                "was replaced, truncated or mixed with another write"
+            )
         if "sha256" in expected and (suffix in _HASHED_AT_OPEN or data):
             digest = file_sha256(file)
             if digest != expected["sha256"]:
                 raise DatasetCommitError(
                     f"{file}: sha256 {digest[:16]}... differs from the {expected['sha256'][:16]}... that {path} "
-                    "records: the file was changed or damaged after the write")
+                    "records: the file was changed or damaged after the write"
+                )
     return record
-

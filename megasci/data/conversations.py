@@ -49,8 +49,14 @@ def source_of_file(path: str) -> str:
 def example_from_record(record: dict, where: str, default_source: str) -> Example | Skip:
     """A chat or instruction record as a conversation; anything else is a Skip naming why."""
     source = record.get("source") if isinstance(record.get("source"), str) else default_source
-    conversation_id = next((record[k] for k in ("id", "prompt_id", "conversation_id")
-                            if isinstance(record.get(k), (str, int)) and not isinstance(record.get(k), bool)), where)
+    conversation_id = next(
+        (
+            record[k]
+            for k in ("id", "prompt_id", "conversation_id")
+            if isinstance(record.get(k), (str, int)) and not isinstance(record.get(k), bool)
+        ),
+        where,
+    )
     if "messages" in record:
         messages = record["messages"]
     elif "instruction" in record or "output" in record:
@@ -62,6 +68,9 @@ def example_from_record(record: dict, where: str, default_source: str) -> Exampl
             if message["content"] is None:
                 del message["content"]
     else:
-        return Skip(where, "unknown_format", f"neither 'messages' nor 'instruction'/'output' (keys: "
-                                             f"{', '.join(sorted(record))[:120]})")
+        return Skip(
+            where,
+            "unknown_format",
+            f"neither 'messages' nor 'instruction'/'output' (keys: {', '.join(sorted(record))[:120]})",
+        )
     return Example(where, messages, {"source": source, "id": conversation_id})

@@ -141,7 +141,8 @@ def loss_mask_prefix(prefix: str) -> str | None:
         said_by = "its commit record" if record else sft_report_path(out)
         raise FileNotFoundError(
             f"{index_file_path(candidate)}: the loss mask of SFT dataset {prefix} is missing ({said_by} says it "
-            "was written with one); without it every token would be scored. Restore it or preprocess again")
+            "was written with one); without it every token would be scored. Restore it or preprocess again"
+        )
     return None
 
 
@@ -151,13 +152,14 @@ def split_documents(num_documents: int, fractions, seed: int) -> dict[str, np.nd
     bounds = np.round(np.cumsum(fractions) / fractions.sum() * num_documents).astype(np.int64)
     bounds = np.concatenate([[0], bounds[:-1], [num_documents]])
     order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(num_documents)
-    return {name: np.sort(order[bounds[k]:bounds[k + 1]]) for k, name in enumerate(SPLITS)}
+    return {name: np.sort(order[bounds[k] : bounds[k + 1]]) for k, name in enumerate(SPLITS)}
 
 
 def filter_documents(prefix: str, documents: np.ndarray, document_filter: dict[str, set]) -> np.ndarray:
     records = read_sidecar(prefix)
-    keep = [d for d in documents.tolist()
-            if all(records[d].get(key) in allowed for key, allowed in document_filter.items())]
+    keep = [
+        d for d in documents.tolist() if all(records[d].get(key) in allowed for key, allowed in document_filter.items())
+    ]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -176,8 +178,10 @@ def cache_description(config: GPTDatasetConfig) -> dict[str, Any]:
     document_filter = None
     if config.document_filter is not None:
         files["sidecar"] = _file_identity(sidecar_path(prefix))
-        document_filter = {key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
-                           for key, allowed in sorted(config.document_filter.items())}
+        document_filter = {
+            key: sorted(json.dumps(v, sort_keys=True) for v in allowed)
+            for key, allowed in sorted(config.document_filter.items())
+        }
     description = {
         "format_version": CACHE_FORMAT_VERSION,
         "prefix": prefix,
@@ -217,12 +221,16 @@ def select_documents(config: GPTDatasetConfig, dataset: IndexedDataset | None = 
     if dataset is None:
         dataset = IndexedDataset(config.prefix)
     filtered = config.document_filter is not None or config.min_document_tokens > 0
-    path = (os.path.join(config.cache_dir, cache_hash(_selection_description(config)) + "-documents.npy")
-            if filtered else None)
+    path = (
+        os.path.join(config.cache_dir, cache_hash(_selection_description(config)) + "-documents.npy")
+        if filtered
+        else None
+    )
     if path is not None and os.path.isfile(path):
         return np.load(path)
-    documents = split_documents(dataset.num_documents, config.split_fractions,
-                                config.effective_split_seed)[config.split]
+    documents = split_documents(dataset.num_documents, config.split_fractions, config.effective_split_seed)[
+        config.split
+    ]
     if config.document_filter is not None:
         documents = filter_documents(config.prefix, documents, config.document_filter)
     if config.min_document_tokens:
@@ -245,17 +253,27 @@ def build_indices(config: GPTDatasetConfig, dataset: IndexedDataset) -> tuple[di
     if config.num_samples == 0:
         num_epochs = 1
     elif tokens_per_epoch == 0:
-        raise ValueError(f"{config.prefix}: the {config.split} split has no tokens "
-                         f"({len(documents)} documents after filtering); cannot draw {config.num_samples} samples")
+        raise ValueError(
+            f"{config.prefix}: the {config.split} split has no tokens "
+            f"({len(documents)} documents after filtering); cannot draw {config.num_samples} samples"
+        )
     else:
         num_epochs = -(-tokens_needed // tokens_per_epoch)
-    doc_idx = np.concatenate([np.random.default_rng([config.seed, _DOCUMENT_STREAM, epoch]).permutation(documents)
-                              for epoch in range(num_epochs)]).astype(np.int64)
+    doc_idx = np.concatenate(
+        [
+            np.random.default_rng([config.seed, _DOCUMENT_STREAM, epoch]).permutation(documents)
+            for epoch in range(num_epochs)
+        ]
+    ).astype(np.int64)
     sample_idx = helpers.build_sample_idx(lengths.astype(np.int32), doc_idx, config.seq_length, config.num_samples)
     shuffle_dtype = np.int32 if config.num_samples < 2**31 else np.int64
     shuffle_idx = np.random.default_rng([config.seed, _SAMPLE_STREAM]).permutation(config.num_samples)
-    facts = {"num_epochs": num_epochs, "tokens_per_epoch": tokens_per_epoch,
-             "split_documents": len(documents), "dataset_documents": dataset.num_documents}
+    facts = {
+        "num_epochs": num_epochs,
+        "tokens_per_epoch": tokens_per_epoch,
+        "split_documents": len(documents),
+        "dataset_documents": dataset.num_documents,
+    }
     return {"doc_idx": doc_idx, "sample_idx": sample_idx, "shuffle_idx": shuffle_idx.astype(shuffle_dtype)}, facts
 
 
@@ -273,8 +291,10 @@ def check_loss_mask(tokens: IndexedDataset, mask: IndexedDataset) -> None:
     written_with = (tokens.commit or {}).get("loss_mask") and tokens.commit["write_id"]
     mask_write = (mask.commit or {}).get("write_id")
     if written_with and mask_write != written_with:
-        raise ValueError(f"{mask.prefix}: the loss mask comes from write {mask_write}, its tokens {tokens.prefix} "
-                         f"from write {written_with}: they are not one SFT run's output")
+        raise ValueError(
+            f"{mask.prefix}: the loss mask comes from write {mask_write}, its tokens {tokens.prefix} "
+            f"from write {written_with}: they are not one SFT run's output"
+        )
 
 
 def _piece_spans(pieces) -> Iterator[tuple[int, int, int]]:
@@ -294,8 +314,13 @@ class GPTDataset:
     embedding: at once when the commit record shows one, else in the first sample that holds one.
     """
 
-    def __init__(self, config: GPTDatasetConfig, builder: Callable = build_indices, may_build: bool = True,
-                 vocab_size: int | None = None):
+    def __init__(
+        self,
+        config: GPTDatasetConfig,
+        builder: Callable = build_indices,
+        may_build: bool = True,
+        vocab_size: int | None = None,
+    ):
         self.config = config
         self.vocab_size = vocab_size
         self.dataset = IndexedDataset(config.prefix)
@@ -307,10 +332,13 @@ class GPTDataset:
         if may_build and not self._cache_complete():
             self._build_and_save(builder)
         if not self._cache_complete():
-            raise RuntimeError(f"{self.config.cache_dir}: the index cache {self.hash} was not built "
-                               f"(the process that builds it failed, or this directory is not the one it wrote)")
+            raise RuntimeError(
+                f"{self.config.cache_dir}: the index cache {self.hash} was not built "
+                f"(the process that builds it failed, or this directory is not the one it wrote)"
+            )
         self.document_order, self.sample_index, self.shuffle_index = (
-            np.load(self._cache_path(f"-{name}.npy"), mmap_mode="r") for name in _INDEX_NAMES)
+            np.load(self._cache_path(f"-{name}.npy"), mmap_mode="r") for name in _INDEX_NAMES
+        )
         with open(self._cache_path(".json"), encoding="utf-8") as f:
             self.num_epochs = json.load(f)["num_epochs"]
         self._sample_tokens = config.seq_length + (1 if config.add_extra_token else 0)
@@ -323,8 +351,9 @@ class GPTDataset:
         return os.path.join(self.config.cache_dir, self.hash + suffix)
 
     def _cache_complete(self) -> bool:
-        return all(os.path.isfile(self._cache_path(f"-{name}.npy")) for name in _INDEX_NAMES) and \
-            os.path.isfile(self._cache_path(".json"))
+        return all(os.path.isfile(self._cache_path(f"-{name}.npy")) for name in _INDEX_NAMES) and os.path.isfile(
+            self._cache_path(".json")
+        )
 
     def _build_and_save(self, builder: Callable) -> None:
         """Each file is written under a temp name and renamed; the JSON comes last and marks completion."""
@@ -380,9 +409,11 @@ class GPTDataset:
         if self.vocab_size is not None and len(tokens) and (tokens.max() >= self.vocab_size or tokens.min() < 0):
             at = int(np.flatnonzero((tokens >= self.vocab_size) | (tokens < 0))[0])
             document = next(d for d, start, stop in _piece_spans(pieces) if start <= at < stop)
-            raise ValueError(f"{data_file_path(self.config.prefix)}: token id {int(tokens[at])} (sample {i}, "
-                             f"document {document}) is outside the model's vocabulary of {self.vocab_size}; the "
-                             "dataset was tokenized with another tokenizer, or the model's vocab_size is too small")
+            raise ValueError(
+                f"{data_file_path(self.config.prefix)}: token id {int(tokens[at])} (sample {i}, "
+                f"document {document}) is outside the model's vocabulary of {self.vocab_size}; the "
+                "dataset was tokenized with another tokenizer, or the model's vocab_size is too small"
+            )
         return tokens
 
     def __getitem__(self, i: int) -> np.ndarray:

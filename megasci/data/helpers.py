@@ -13,8 +13,9 @@ except ImportError as e:  # pragma: no cover - only when the package was not bui
     ) from None
 
 
-def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, num_samples: int,
-                     dtype=None) -> np.ndarray:
+def build_sample_idx(
+    sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, num_samples: int, dtype=None
+) -> np.ndarray:
     """(num_samples + 1, 2) starts of `seq_length + 1`-token samples over documents in `doc_idx` order.
 
     int32 unless positions or offsets could exceed it (then int64), or as `dtype` says.
@@ -61,12 +62,12 @@ def build_blending_indices(weights, num_samples: int, rule: str = "fair") -> tup
       weights (Megatron lets a zero-weight source win an exact tie at error 0); over-allocation
       is at most 1 - w_s, but under-allocation can exceed one sample once P >= 3.
     """
-    return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples),
-                                     _rule_id(rule))
+    return _C.build_blending_indices(np.ascontiguousarray(weights, dtype=np.float64), int(num_samples), _rule_id(rule))
 
 
-def build_curriculum_blending_indices(stage_ends, stage_weights,
-                                      rule: str = "fair") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build_curriculum_blending_indices(
+    stage_ends, stage_weights, rule: str = "fair"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source_index int16, source_sample_index int64, stage_index int16) for a staged blend.
 
     Stage k covers global samples [stage_ends[k-1], stage_ends[k]) (stage_ends strictly
@@ -77,6 +78,8 @@ def build_curriculum_blending_indices(stage_ends, stage_weights,
     counting per source across stages, so a source returning in a later stage continues where
     it stopped.
     """
-    return _C.build_curriculum_blending_indices(np.ascontiguousarray(stage_ends, dtype=np.int64),
-                                                np.ascontiguousarray(stage_weights, dtype=np.float64),
-                                                _rule_id(rule))
+    return _C.build_curriculum_blending_indices(
+        np.ascontiguousarray(stage_ends, dtype=np.int64),
+        np.ascontiguousarray(stage_weights, dtype=np.float64),
+        _rule_id(rule),
+    )

@@ -34,7 +34,7 @@ import json
 import os
 import struct
 from array import array
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -87,12 +87,12 @@ def _first_bad_pointer(sizes: np.ndarray, pointers: np.ndarray, itemsize: int) -
     before it times `itemsize` (how Megatron writes them), or None when all are."""
     start_bytes = 0
     for start in range(0, len(sizes), _CHECK_CHUNK):
-        chunk = sizes[start:start + _CHECK_CHUNK].astype(np.int64) * itemsize
+        chunk = sizes[start : start + _CHECK_CHUNK].astype(np.int64) * itemsize
         expected = np.empty(len(chunk), np.int64)
         expected[0] = start_bytes
         np.cumsum(chunk[:-1], out=expected[1:])
         expected[1:] += start_bytes
-        bad = np.flatnonzero(pointers[start:start + _CHECK_CHUNK] != expected)
+        bad = np.flatnonzero(pointers[start : start + _CHECK_CHUNK] != expected)
         if len(bad):
             return start + int(bad[0]), int(expected[bad[0]])
         start_bytes = int(expected[-1] + chunk[-1])
@@ -150,13 +150,15 @@ class IndexedDataset:
         if num_seq and int(self.sizes.min()) < 0:
             first = int(np.flatnonzero(self.sizes < 0)[0])
             raise IndexedDatasetError(
-                f"{idx_path}: sequence {first} has a negative length {int(self.sizes[first])} (corrupt)")
+                f"{idx_path}: sequence {first} has a negative length {int(self.sizes[first])} (corrupt)"
+            )
         bad = _first_bad_pointer(self.sizes, self.pointers, itemsize)
         if bad is not None:
             raise IndexedDatasetError(
                 f"{idx_path}: sequence {bad[0]} starts at byte {int(self.pointers[bad[0]])}, but the lengths before it "
                 f"put it at {bad[1]} (pointers are the running sum of the lengths times {itemsize}, the size of "
-                f"{self.dtype}): the index is corrupt")
+                f"{self.dtype}): the index is corrupt"
+            )
         doc = self.document_indices
         if len(doc) == 0 or doc[0] != 0 or doc[-1] != num_seq:
             raise IndexedDatasetError(f"{idx_path}: document indices must run from 0 to the sequence count {num_seq}")
@@ -169,14 +171,19 @@ class IndexedDataset:
         if bin_bytes != need:
             raise IndexedDatasetError(
                 f"{bin_path}: {bin_bytes} bytes, but the {self.num_tokens} tokens of {idx_path} take {need} as "
-                f"{self.dtype}: the .bin belongs to another index, or the index names the wrong dtype")
+                f"{self.dtype}: the .bin belongs to another index, or the index names the wrong dtype"
+            )
         vocab_size = (recorded_tokenizer(self.prefix) or {}).get("vocab_size")
-        if isinstance(vocab_size, int) and np.issubdtype(self.dtype, np.integer) \
-                and vocab_size - 1 > np.iinfo(self.dtype).max:
+        if (
+            isinstance(vocab_size, int)
+            and np.issubdtype(self.dtype, np.integer)
+            and vocab_size - 1 > np.iinfo(self.dtype).max
+        ):
             raise IndexedDatasetError(
                 f"{idx_path}: dtype {self.dtype} cannot hold the ids of the tokenizer that "
                 f"{tokenizer_record_path(self.prefix)} records (vocabulary {vocab_size}): "
-                "the index names the wrong dtype")
+                "the index names the wrong dtype"
+            )
 
     def token_id_range(self) -> tuple[int, int] | None:
         """(smallest, largest) token id as the commit record states them; None when unknown or empty."""
@@ -188,7 +195,7 @@ class IndexedDataset:
         """(document, token id) of the first token id outside [0, vocab_size), scanning `.bin` in order."""
         ends = np.cumsum(self.document_lengths())
         for start in range(0, len(self._bin), _CHECK_CHUNK):
-            chunk = np.asarray(self._bin[start:start + _CHECK_CHUNK])
+            chunk = np.asarray(self._bin[start : start + _CHECK_CHUNK])
             bad = np.flatnonzero((chunk >= vocab_size) | (chunk < 0))
             if len(bad):
                 position = start + int(bad[0])
@@ -205,7 +212,8 @@ class IndexedDataset:
         document, token = found if found is not None else (None, id_range[1])
         raise IndexedDatasetError(
             f"{data_file_path(self.prefix)}: token id {token} (document {document}) is outside the vocabulary "
-            f"of {vocab_size}; the dataset was written with another tokenizer, or the model's vocab_size is too small")
+            f"of {vocab_size}; the dataset was written with another tokenizer, or the model's vocab_size is too small"
+        )
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -339,8 +347,10 @@ class IndexedDatasetWriter:
                 copied.update(block)
         expected = ((other.commit or {}).get("files") or {}).get(".bin", {}).get("sha256")
         if expected is not None and copied.hexdigest() != expected:
-            raise IndexedDatasetError(f"{data_file_path(other_prefix)}: its sha256 differs from the one its commit "
-                                      "record holds: the file was changed or damaged after it was written")
+            raise IndexedDatasetError(
+                f"{data_file_path(other_prefix)}: its sha256 differs from the one its commit "
+                "record holds: the file was changed or damaged after it was written"
+            )
         id_range = other.token_id_range()
         if id_range is None and other.num_tokens and np.issubdtype(other.dtype, np.integer):
             id_range = (int(other._bin.min()), int(other._bin.max()))
@@ -381,8 +391,12 @@ class IndexedDatasetWriter:
         if len(self._doc_idx) == 0 or self._doc_idx[-1] != len(self._sizes):
             self.end_document()  # trailing sequences added with add_item form a last document
         self._idx_target = AtomicFile(index_file_path(self.prefix), "wb")
-        _write_index_to(self._idx_target.file, self.dtype, np.frombuffer(self._sizes, dtype=np.int32),
-                        np.frombuffer(self._doc_idx, dtype=np.int64))
+        _write_index_to(
+            self._idx_target.file,
+            self.dtype,
+            np.frombuffer(self._sizes, dtype=np.int32),
+            np.frombuffer(self._doc_idx, dtype=np.int64),
+        )
 
     def staged_files(self) -> list[AtomicFile]:
         if self._idx_target is None:
@@ -390,9 +404,13 @@ class IndexedDatasetWriter:
         return [self._bin_target, *self._attached, self._idx_target]
 
     def commit_facts(self) -> dict:
-        facts = {"dtype": self.dtype.name, "documents": self.num_documents, "sequences": len(self._sizes),
-                 "tokens": int(np.frombuffer(self._sizes, dtype=np.int32).sum(dtype=np.int64)),
-                 "bin_sha256": self._bin_sha256.hexdigest()}
+        facts = {
+            "dtype": self.dtype.name,
+            "documents": self.num_documents,
+            "sequences": len(self._sizes),
+            "tokens": int(np.frombuffer(self._sizes, dtype=np.int32).sum(dtype=np.int64)),
+            "bin_sha256": self._bin_sha256.hexdigest(),
+        }
         if self._id_range is not None:
             facts["min_token_id"], facts["max_token_id"] = self._id_range
         return facts
@@ -451,8 +469,12 @@ def _write_index_to(f, dtype, sizes: np.ndarray, document_indices: np.ndarray) -
     f.write(document_indices.tobytes())
 
 
-def merge_datasets(prefixes: Sequence[str | os.PathLike], output_prefix: str | os.PathLike,
-                   sidecar: bool = False, tokenizer: dict | None = None) -> IndexedDataset:
+def merge_datasets(
+    prefixes: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    sidecar: bool = False,
+    tokenizer: dict | None = None,
+) -> IndexedDataset:
     """Concatenate datasets of one dtype, in the given order, into `output_prefix`, committed as one
     write with the inputs' sidecars concatenated (`sidecar`: each input must have one) and the
     `tokenizer` record (the identity every input records, `provenance.common_tokenizer`)."""

@@ -70,8 +70,10 @@ class DataLoaderConfig:
 
     def __post_init__(self):
         if self.micro_batch_size < 1 or self.global_batch_size < 1:
-            raise ValueError(f"micro_batch_size and global_batch_size must be >= 1, "
-                             f"got {self.micro_batch_size} and {self.global_batch_size}")
+            raise ValueError(
+                f"micro_batch_size and global_batch_size must be >= 1, "
+                f"got {self.micro_batch_size} and {self.global_batch_size}"
+            )
         if self.dp_size < 1 or not 0 <= self.dp_rank < self.dp_size:
             raise ValueError(f"need dp_size >= 1 and 0 <= dp_rank < dp_size, got rank {self.dp_rank} of {self.dp_size}")
         per_step = self.micro_batch_size * self.dp_size
@@ -79,10 +81,13 @@ class DataLoaderConfig:
             raise ValueError(
                 f"global_batch_size {self.global_batch_size} is not divisible by micro_batch_size "
                 f"{self.micro_batch_size} x dp_size {self.dp_size} = {per_step}; it must equal "
-                f"micro_batch_size x accumulation_steps x dp_size")
+                f"micro_batch_size x accumulation_steps x dp_size"
+            )
         if self.consumed_samples < 0 or self.consumed_samples % self.global_batch_size:
-            raise ValueError(f"consumed_samples {self.consumed_samples} must be a non-negative multiple of "
-                             f"global_batch_size {self.global_batch_size} (it counts whole global steps)")
+            raise ValueError(
+                f"consumed_samples {self.consumed_samples} must be a non-negative multiple of "
+                f"global_batch_size {self.global_batch_size} (it counts whole global steps)"
+            )
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.pin_memory is None:
@@ -106,8 +111,11 @@ def make_batch(dataset, indices: np.ndarray, document_mask: bool = False, eod_ma
     positions and segment_ids; the rule of the module docstring, shared by training and validation."""
     if not needs_samples(dataset, document_mask, eod_mask_id):
         samples = torch.from_numpy(np.stack([np.asarray(dataset[int(g)], dtype=np.int64) for g in indices]))
-        return {"tokens": samples[:, :-1].contiguous(), "labels": samples[:, 1:].contiguous(),
-                "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64))}
+        return {
+            "tokens": samples[:, :-1].contiguous(),
+            "labels": samples[:, 1:].contiguous(),
+            "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+        }
     parts = [dataset.sample(int(g)) for g in indices]
     tokens = np.stack([p.tokens for p in parts])
     labels = tokens[:, 1:].copy()
@@ -118,8 +126,11 @@ def make_batch(dataset, indices: np.ndarray, document_mask: bool = False, eod_ma
     if eod_mask_id is not None:
         scored &= labels != eod_mask_id
     labels[~scored] = IGNORE_INDEX
-    batch = {"tokens": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])), "labels": torch.from_numpy(labels),
-             "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64))}
+    batch = {
+        "tokens": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+        "labels": torch.from_numpy(labels),
+        "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+    }
     if document_mask:
         segments = np.stack([np.repeat(np.arange(len(p.document_lengths)), p.document_lengths)[:-1] for p in parts])
         positions = np.stack([np.concatenate([np.arange(n) for n in p.document_lengths])[:-1] for p in parts])
@@ -153,6 +164,7 @@ def _micro_batches(dataset, config: DataLoaderConfig, stop: threading.Event):
 
 def _produce(batches, stop: threading.Event, out: queue.Queue) -> None:
     """Prefetch thread body: fills `out`, ends with _END or a _ProducerFailure, exits once `stop` is set."""
+
     def put(item) -> bool:
         while not stop.is_set():
             try:
@@ -221,8 +233,10 @@ class DataLoader:
         for stage in getattr(self.dataset, "stages", []):
             size = getattr(stage, "micro_batch_size", None)
             if size and self.config.global_batch_size % (size * self.config.dp_size):
-                raise ValueError(f"stage {stage.name!r}: global_batch_size {self.config.global_batch_size} is not "
-                                 f"divisible by its micro_batch_size {size} x dp_size {self.config.dp_size}")
+                raise ValueError(
+                    f"stage {stage.name!r}: global_batch_size {self.config.global_batch_size} is not "
+                    f"divisible by its micro_batch_size {size} x dp_size {self.config.dp_size}"
+                )
 
     @property
     def num_steps(self) -> int:
@@ -259,8 +273,9 @@ class DataLoader:
             self._stream = batches
         else:
             source = queue.Queue(maxsize=self.config.prefetch)
-            self._thread = threading.Thread(target=_produce, args=(batches, self._stop, source),
-                                            name="megasci-data-prefetch", daemon=True)
+            self._thread = threading.Thread(
+                target=_produce, args=(batches, self._stop, source), name="megasci-data-prefetch", daemon=True
+            )
             self._thread.start()
             self._stream = _from_queue(source, self._stop)
         return self

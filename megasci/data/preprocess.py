@@ -13,8 +13,8 @@ import json
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -60,28 +60,35 @@ class PreprocessSummary:
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     workers: int = 1
-    worker_cpu_seconds: float = 0.0  # time workers spent on blocks: the rest of workers x seconds is start-up and waiting
+    worker_cpu_seconds: float = (
+        0.0  # time workers spent on blocks: the rest of workers x seconds is start-up and waiting
+    )
     vocab_size: int = 0
     dtype: str = ""
 
     def format(self) -> str:
         rows = [
             f"inputs       {len(self.inputs)} file(s), {self.input_bytes / 1e6:.1f} MB, {self.lines:,} lines",
-            f"time         {self.seconds:.2f} s with {self.workers} worker(s), busy {self.worker_cpu_seconds:.2f} CPU-s "
+            f"time         {self.seconds:.2f} s with {self.workers} worker(s), "
+            f"busy {self.worker_cpu_seconds:.2f} CPU-s "
             f"on blocks ({self.worker_cpu_seconds / max(self.seconds * max(self.workers, 1), 1e-9):.0%} of their time)",
         ]
         for key, prefix in self.outputs.items():
             tokens, docs = self.tokens[key], self.documents[key]
             rows.append(
-                f"[{key}] {docs:,} documents, {tokens:,} tokens ({self.dtype}), {self.empty_skipped[key]:,} empty skipped"
+                f"[{key}] {docs:,} documents, {tokens:,} tokens ({self.dtype}), "
+                f"{self.empty_skipped[key]:,} empty skipped"
                 f" -> {prefix}.bin/.idx"
             )
             rows.append(
-                f"[{key}] {docs / max(self.seconds, 1e-9):,.0f} docs/s, {tokens / max(self.seconds, 1e-9):,.0f} tokens/s,"
+                f"[{key}] {docs / max(self.seconds, 1e-9):,.0f} docs/s, "
+                f"{tokens / max(self.seconds, 1e-9):,.0f} tokens/s,"
                 f" {self.input_bytes / 1e6 / max(self.seconds, 1e-9):.1f} MB/s"
             )
         bad = sum(self.errors.values())
-        rows.append("errors       " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) if bad else "none"))
+        rows.append(
+            "errors       " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) if bad else "none")
+        )
         return "\n".join(rows)
 
 
@@ -151,16 +158,25 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     paths = expand_inputs(cfg.inputs)
     tokenizer = load_tokenizer(cfg.tokenizer_model)
     if cfg.append_eod:
-        tokenizer.eod_id  # fail now, not in a worker, if there is no EOS
+        _ = tokenizer.eod_id  # fail now, not in a worker, if there is no EOS
     dtype = best_token_dtype(tokenizer.vocab_size)
     outputs = {key: output_prefix_for(cfg.output_prefix, key) for key in cfg.json_keys}
     summary = PreprocessSummary(
-        inputs=paths, outputs=outputs, workers=cfg.workers, vocab_size=tokenizer.vocab_size,
-        dtype=np.dtype(dtype).name, documents=dict.fromkeys(outputs, 0), tokens=dict.fromkeys(outputs, 0),
+        inputs=paths,
+        outputs=outputs,
+        workers=cfg.workers,
+        vocab_size=tokenizer.vocab_size,
+        dtype=np.dtype(dtype).name,
+        documents=dict.fromkeys(outputs, 0),
+        tokens=dict.fromkeys(outputs, 0),
         empty_skipped=dict.fromkeys(outputs, 0),
     )
-    settings = {"json_keys": list(cfg.json_keys), "metadata_keys": list(cfg.metadata_keys),
-                "dtype": dtype, "append_eod": cfg.append_eod}
+    settings = {
+        "json_keys": list(cfg.json_keys),
+        "metadata_keys": list(cfg.metadata_keys),
+        "dtype": dtype,
+        "append_eod": cfg.append_eod,
+    }
     writers = {key: IndexedDatasetWriter(prefix, dtype=dtype) for key, prefix in outputs.items()}
     sidecars = {key: SidecarWriter(prefix) for key, prefix in outputs.items()}
     for key, prefix in outputs.items():  # committed with their datasets (commit.py), not after them
@@ -175,8 +191,14 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     try:
         # The pool starts before anything here starts a thread (the progress bar does), so fork is safe.
         pool = _start_pool(cfg, settings)
-        bar = tqdm(total=None if compressed else sum(os.path.getsize(p) for p in paths), unit="B",
-                   unit_scale=True, disable=not progress, desc="preprocess", dynamic_ncols=True)
+        bar = tqdm(
+            total=None if compressed else sum(os.path.getsize(p) for p in paths),
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc="preprocess",
+            dynamic_ncols=True,
+        )
         blocks = iter_blocks(paths, cfg.block_bytes)
         for block, result in bounded_imap(pool, encode_block, blocks, in_flight=4 * max(cfg.workers, 1)):
             for kind, line_in_block, message in result["errors"]:
@@ -200,8 +222,10 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(result["bytes"])
             first = cfg.json_keys[0]
-            bar.set_postfix_str(f"{summary.documents[first] / elapsed:,.0f} docs/s "
-                                f"{summary.tokens[first] / elapsed:,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(
+                f"{summary.documents[first] / elapsed:,.0f} docs/s {summary.tokens[first] / elapsed:,.0f} tok/s",
+                refresh=False,
+            )
         finalize_together(list(writers.values()))
     except BaseException:
         for key in outputs:
@@ -216,8 +240,10 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True, log=print) -> Prepr
     summary.errors = dict(errors)
     if reported < sum(errors.values()):
         log(f"... {sum(errors.values()) - reported} more bad lines not shown (counts below)")
-    write_json_atomic(report_path_for(cfg.output_prefix), {"config": jsonable(cfg), "summary": asdict(summary),
-                                                                "tokenizer": tokenizer.identity()})
+    write_json_atomic(
+        report_path_for(cfg.output_prefix),
+        {"config": jsonable(cfg), "summary": asdict(summary), "tokenizer": tokenizer.identity()},
+    )
     return summary
 
 
@@ -227,4 +253,5 @@ def _start_pool(cfg: PreprocessConfig, settings: dict):
         init_worker(cfg.tokenizer_model, settings)
         return None
     return mp.get_context(cfg.start_method).Pool(
-        cfg.workers, initializer=init_worker, initargs=(cfg.tokenizer_model, settings))
+        cfg.workers, initializer=init_worker, initargs=(cfg.tokenizer_model, settings)
+    )

@@ -6,7 +6,8 @@ megasci/data/commit.py; `record_tokenizer` writes one alone); that is the rule,
 and merging keeps it only when every input agrees. Datasets written before that record existed are
 traced through their preprocessing report instead: preprocessing names a run's outputs
 `output_prefix_for(out, key)` = `<out>_<key>_document` and writes one report, `<out>_preprocess.json`,
-whose `summary.outputs[key]` is that prefix and whose `tokenizer` is the identity of the tokenizer used. From a dataset prefix alone `<out>` is ambiguous
+whose `summary.outputs[key]` is that prefix and whose `tokenizer` is the identity of the tokenizer used.
+From a dataset prefix alone `<out>` is ambiguous
 (both `<out>` and the JSON key may contain underscores), so the rule is: the report of a prefix is
 `<out>_preprocess.json` for the longest `<out>` for which the report exists and names this very
 prefix under the key that the rest of the name spells. A report that lists the prefix under another
@@ -45,8 +46,10 @@ def common_tokenizer(prefixes: list[str]) -> dict | None:
     known = [(p, r) for p, r in zip(prefixes, records) if r is not None]
     for prefix, record in known[1:]:
         if _compare_identity(tokenizer_record_path(prefix), record, known[0][1]):
-            raise ValueError(f"{tokenizer_record_path(prefix)} and {tokenizer_record_path(known[0][0])} record "
-                             f"different tokenizers: their token ids do not mean the same thing")
+            raise ValueError(
+                f"{tokenizer_record_path(prefix)} and {tokenizer_record_path(known[0][0])} record "
+                f"different tokenizers: their token ids do not mean the same thing"
+            )
     return known[0][1] if known and len(known) == len(prefixes) else None
 
 
@@ -57,7 +60,7 @@ def preprocess_report(prefix: str) -> str | None:
         return None
     stem = prefix[: -len(DOCUMENT_SUFFIX)]
     for cut in range(len(stem) - 1, 0, -1):
-        out, key = stem[:cut], stem[cut + 1:]
+        out, key = stem[:cut], stem[cut + 1 :]
         if stem[cut] != "_" or not key or output_prefix_for(out, key) != prefix:
             continue
         candidate = report_path_for(out)
@@ -102,7 +105,9 @@ def _compare_identity(where: str, recorded: dict, identity: dict) -> list[str]:
     for key in ("sha256", "vocab_size"):
         if recorded.get(key) is not None and identity.get(key) is not None:
             if recorded[key] != identity[key]:
-                return [f"{where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
-                        f"tokenizer in use ({identity[key]})"]
+                return [
+                    f"{where}: the dataset's tokenizer {key} {recorded[key]} differs from the "
+                    f"tokenizer in use ({identity[key]})"
+                ]
             return []
     return []

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 from megasci.utils.io import COMPRESSED_SUFFIXES, open_binary
 
@@ -95,12 +96,15 @@ def _unicode_problem(raw: bytes, record: dict, columns: Sequence[str] | None) ->
         if key in record:
             where = _surrogate_in(record[key])
             if where is not None:
-                return BadRecord("bad_unicode", f"key {key!r}{where} holds a lone UTF-16 surrogate, "
-                                                "which is not valid Unicode text")
+                return BadRecord(
+                    "bad_unicode", f"key {key!r}{where} holds a lone UTF-16 surrogate, which is not valid Unicode text"
+                )
     return None
 
 
-def read_block(block: RecordBlock, columns: Sequence[str] | None = None) -> tuple[int, list[tuple[int, dict | BadRecord]]]:
+def read_block(
+    block: RecordBlock, columns: Sequence[str] | None = None
+) -> tuple[int, list[tuple[int, dict | BadRecord]]]:
     """(lines or rows in the block, [(0-based index in the block, record or BadRecord)]); blank lines yield nothing.
 
     `columns` limits what Parquet reads (names the file lacks are left out) and which fields of a JSON
@@ -169,8 +173,9 @@ def iter_blocks(paths: Sequence[str], block_bytes: int) -> Iterator[RecordBlock]
                 start = end
 
 
-def iter_records(path: str, block_bytes: int = 1 << 20,
-                 columns: Sequence[str] | None = None) -> Iterator[tuple[str, dict | BadRecord]]:
+def iter_records(
+    path: str, block_bytes: int = 1 << 20, columns: Sequence[str] | None = None
+) -> Iterator[tuple[str, dict | BadRecord]]:
     """(location, record or BadRecord) for every record of one JSONL or Parquet file, in order
     (`columns` as in `read_block`)."""
     before = 0
@@ -185,8 +190,14 @@ class RecordError(ValueError):
     """A bad record under `strict`, named by its place."""
 
 
-def iter_texts(paths: Sequence[str], key: str = "text", strict: bool = False, log=print, max_reported: int = 20,
-               counts: dict | None = None) -> Iterator[str]:
+def iter_texts(
+    paths: Sequence[str],
+    key: str = "text",
+    strict: bool = False,
+    log=print,
+    max_reported: int = 20,
+    counts: dict | None = None,
+) -> Iterator[str]:
     """`record[key]` of every record of `paths`, in order: the input of tokenizer training.
 
     A record that is not a JSON object, lacks a string `key` or holds text that is not valid Unicode
@@ -201,8 +212,11 @@ def iter_texts(paths: Sequence[str], key: str = "text", strict: bool = False, lo
                 if isinstance(value, str):
                     yield value
                     continue
-                record = BadRecord("missing_key", f"no key {key!r}") if value is None else \
-                    BadRecord("not_a_string", f"key {key!r} holds a {type(value).__name__}")
+                record = (
+                    BadRecord("missing_key", f"no key {key!r}")
+                    if value is None
+                    else BadRecord("not_a_string", f"key {key!r} holds a {type(value).__name__}")
+                )
             if strict:
                 raise RecordError(f"{where}: {record.message} (--strict stops at the first bad record)")
             skipped += 1

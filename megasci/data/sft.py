@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -75,10 +75,14 @@ class SFTSummary:
         return sum(c.conversations for c in self.sources.values())
 
     def format(self) -> str:
-        rows = [f"inputs       {len(self.inputs)} file(s), {self.conversations:,} conversations in {self.seconds:.2f} s"]
+        rows = [
+            f"inputs       {len(self.inputs)} file(s), {self.conversations:,} conversations in {self.seconds:.2f} s"
+        ]
         for name, c in sorted(self.sources.items()):
-            rows.append(f"[{name}] {c.conversations:,} conversations, {c.turns:,} turns, {c.tokens:,} tokens "
-                        f"({c.scored_tokens / max(c.tokens, 1):.0%} scored), {c.skipped:,} skipped")
+            rows.append(
+                f"[{name}] {c.conversations:,} conversations, {c.turns:,} turns, {c.tokens:,} tokens "
+                f"({c.scored_tokens / max(c.tokens, 1):.0%} scored), {c.skipped:,} skipped"
+            )
         rows.append("skipped      " + (", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"))
         if self.ignored:
             rows.append("ignored      " + ", ".join(f"{k}: {v}" for k, v in sorted(self.ignored.items())))
@@ -105,8 +109,10 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
     paths = expand_inputs(cfg.inputs)
     tokenizer = load_tokenizer(cfg.tokenizer_model)
     if tokenizer.chat_template is None:
-        raise SFTError(f"{cfg.tokenizer_model}: the tokenizer has no chat template "
-                       f"(train it with tools/train_tokenizer.py --chat-template ...)")
+        raise SFTError(
+            f"{cfg.tokenizer_model}: the tokenizer has no chat template "
+            f"(train it with tools/train_tokenizer.py --chat-template ...)"
+        )
     encoder = tokenizer.chat_template.bind(tokenizer)
     outputs = sft_output_prefixes(cfg.output_prefix)
     summary = SFTSummary(inputs=paths, outputs=outputs)
@@ -132,7 +138,7 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
         contents = tokenizer.encode_batch([content for _, turns in batch for _, content in turns])
         at = 0
         for example, turns in batch:
-            ids, mask = encoder.encode_turns(turns, contents[at: at + len(turns)])
+            ids, mask = encoder.encode_turns(turns, contents[at : at + len(turns)])
             at += len(turns)
             ids, mask = np.concatenate([ids, eod]).astype(np.int64), np.concatenate([mask, [0] * len(eod)])
             tokens_out.add_document(ids)
@@ -169,8 +175,9 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
             flush(batch)
         # One write: the tokens' record names their loss mask, so a reader can tell an SFT dataset whose
         # mask went missing from a pretraining one (gpt_dataset.loss_mask_prefix).
-        finalize_together([tokens_out, mask_out],
-                          links={outputs["tokens"]: {"loss_mask": os.path.basename(outputs["loss_mask"])}})
+        finalize_together(
+            [tokens_out, mask_out], links={outputs["tokens"]: {"loss_mask": os.path.basename(outputs["loss_mask"])}}
+        )
     except BaseException:
         tokens_out.discard()
         mask_out.discard()
@@ -180,8 +187,13 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
     summary.seconds = time.perf_counter() - start
     if len(skips) > cfg.max_logged_skips:
         log(f"... {len(skips) - cfg.max_logged_skips} more skipped records not shown (all are in the report)")
-    write_json_atomic(sft_report_path(cfg.output_prefix), {
-        "config": jsonable(cfg), "tokenizer": tokenizer.identity(), "summary": asdict(summary),
-        "skipped_records": skips,
-    })
+    write_json_atomic(
+        sft_report_path(cfg.output_prefix),
+        {
+            "config": jsonable(cfg),
+            "tokenizer": tokenizer.identity(),
+            "summary": asdict(summary),
+            "skipped_records": skips,
+        },
+    )
     return summary

@@ -57,4 +57,3 @@ def read_sidecar(prefix: str, check_against_dataset: bool = True) -> list[dict]:
         if documents != len(records):
             raise ValueError(f"{path}: {len(records)} metadata lines for {documents} documents in {prefix}.idx")
     return records
-

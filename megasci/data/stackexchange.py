@@ -11,8 +11,8 @@ from __future__ import annotations
 import collections
 import os
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
-from typing import Iterator
 from xml.parsers import expat
 
 from megasci.data.conversations import Example, Ignored, Skip
@@ -186,23 +186,28 @@ def iter_stackexchange(path: str, min_score: int | None = None) -> Iterator[Exam
             post_id, post_type = _row_int(row, "Id"), _row_int(row, "PostTypeId")
             if post_id is None or post_type is None:
                 missing = "Id" if post_id is None else "PostTypeId"
-                yield Skip(_row_where(path, line, row), "bad_row", f"no integer {missing} "
-                                                                   f"({row.get(missing)!r})")
+                yield Skip(_row_where(path, line, row), "bad_row", f"no integer {missing} ({row.get(missing)!r})")
                 continue
             if post_type == 1:
                 answer = _row_int(row, "AcceptedAnswerId")
                 if answer is not None:
                     accepted[answer] = post_id
                 elif "AcceptedAnswerId" in row:
-                    yield Skip(_row_where(path, line, row), "bad_row",
-                               f"AcceptedAnswerId {row['AcceptedAnswerId']!r} is not an integer")
+                    yield Skip(
+                        _row_where(path, line, row),
+                        "bad_row",
+                        f"AcceptedAnswerId {row['AcceptedAnswerId']!r} is not an integer",
+                    )
                 else:
                     ignored["question_without_accepted_answer"] += 1
             elif post_type != 2:
                 ignored[f"post_type_{post_type}"] += 1
     except expat.ExpatError as e:
-        yield Skip(f"{path}:{e.lineno}", "bad_xml", f"not well-formed XML ({expat.ErrorString(e.code)}); "
-                                                    f"the rest of the file is unread")
+        yield Skip(
+            f"{path}:{e.lineno}",
+            "bad_xml",
+            f"not well-formed XML ({expat.ErrorString(e.code)}); the rest of the file is unread",
+        )
     questions_wanted = set(accepted.values())
     held_questions: dict[int, tuple[str, dict]] = {}
     held_answers: dict[int, tuple[str, dict]] = {}
@@ -218,8 +223,9 @@ def iter_stackexchange(path: str, min_score: int | None = None) -> Iterator[Exam
             elif post_type == 2 and post_id in accepted:
                 question = accepted[post_id]
                 if _row_int(row, "ParentId") != question:
-                    yield Skip(where, "bad_row", f"accepted answer of question {question} has ParentId "
-                                                 f"{row.get('ParentId')!r}")
+                    yield Skip(
+                        where, "bad_row", f"accepted answer of question {question} has ParentId {row.get('ParentId')!r}"
+                    )
                     questions_wanted.discard(question)
                     held_questions.pop(question, None)
                 elif question in held_questions:
@@ -228,14 +234,17 @@ def iter_stackexchange(path: str, min_score: int | None = None) -> Iterator[Exam
                     held_answers[question] = (where, row)
     except expat.ExpatError:
         pass  # reported by the first pass, which stopped at the same place
-    for question, (where, row) in held_questions.items():
-        yield Skip(where, "accepted_answer_missing", f"accepted answer {row.get('AcceptedAnswerId')} is not in the file")
+    for _question, (where, row) in held_questions.items():
+        yield Skip(
+            where, "accepted_answer_missing", f"accepted answer {row.get('AcceptedAnswerId')} is not in the file"
+        )
     if ignored:
         yield Ignored(dict(ignored))
 
 
-def _pair(source: str, site: str, question: tuple[str, dict], answer: tuple[str, dict],
-          min_score: int | None) -> Example | Skip:
+def _pair(
+    source: str, site: str, question: tuple[str, dict], answer: tuple[str, dict], min_score: int | None
+) -> Example | Skip:
     (where, q), (answer_where, a) = question, answer
     for post, post_where in ((q, where), (a, answer_where)):
         if _row_int(post, "Score") is None:
@@ -246,11 +255,20 @@ def _pair(source: str, site: str, question: tuple[str, dict], answer: tuple[str,
         return Skip(where, "bad_row", "question has no Title")
     score, answer_score = _row_int(q, "Score"), _row_int(a, "Score")
     if min_score is not None and min(score, answer_score) < min_score:
-        return Skip(where, "score_below_minimum", f"question score {score}, answer score {answer_score} "
-                                                  f"(minimum {min_score})")
+        return Skip(
+            where, "score_below_minimum", f"question score {score}, answer score {answer_score} (minimum {min_score})"
+        )
     question_text = html_to_text(q["Body"])
-    messages = [{"role": "user", "content": f"{q['Title'].strip()}\n\n{question_text}".strip()},
-                {"role": "assistant", "content": html_to_text(a["Body"])}]
-    meta = {"source": source, "id": f"{site}/{q['Id']}", "answer_id": int(a["Id"]),
-            "tags": parse_tags(q.get("Tags")), "score": score, "answer_score": answer_score}
+    messages = [
+        {"role": "user", "content": f"{q['Title'].strip()}\n\n{question_text}".strip()},
+        {"role": "assistant", "content": html_to_text(a["Body"])},
+    ]
+    meta = {
+        "source": source,
+        "id": f"{site}/{q['Id']}",
+        "answer_id": int(a["Id"]),
+        "tags": parse_tags(q.get("Tags")),
+        "score": score,
+        "answer_score": answer_score,
+    }
     return Example(where, messages, meta)

@@ -48,8 +48,10 @@ def format_statistics(stats: dict) -> str:
     ]
     if "doc_tokens" in stats:
         d = stats["doc_tokens"]
-        lines.append(f"doc tokens min {d['min']:,}  mean {d['mean']:,.1f}  median {d['p50']:,.0f}  "
-                     f"p95 {d['p95']:,.0f}  max {d['max']:,}")
+        lines.append(
+            f"doc tokens min {d['min']:,}  mean {d['mean']:,.1f}  median {d['p50']:,.0f}  "
+            f"p95 {d['p95']:,.0f}  max {d['max']:,}"
+        )
     for key, counts in stats.items():
         if key.startswith("documents_by_"):
             lines.append(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))

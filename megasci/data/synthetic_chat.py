@@ -10,7 +10,7 @@ predictable from the prompt. Deterministic for a given seed, in the chat-record 
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 GLOSSARY = {
     "entropy": "a measure of the uncertainty of a random variable",
@@ -21,14 +21,36 @@ GLOSSARY = {
     "an eigenvalue": "a scalar by which a linear map stretches one of its eigenvectors",
 }
 SYSTEM_PROMPT = "You are a concise assistant for questions about mathematics and physics."
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+]
 
 
 def _exchange(rng: random.Random) -> tuple[str, str]:
     if rng.random() < 0.5:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
-        return f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?", f"{NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]}."
+        return (
+            f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?",
+            f"{NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]}.",
+        )
     term = rng.choice(sorted(GLOSSARY))
     return f"What is {term}?", f"In short, {term} is {GLOSSARY[term]}."
 

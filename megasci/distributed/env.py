@@ -99,5 +99,6 @@ def _store_rendezvous(store, key: str, world_size: int, timeout_s: float = 300.0
         store.wait([f"{key}/{generation}/all"], datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, dist.DistError) as error:  # the store's host already gone: every rank had arrived
         if "timeout" in str(error).lower() or "timed out" in str(error).lower():
-            raise RuntimeError(f"leaving the process group: only {arrived} of {world_size} ranks arrived "
-                               f"within {timeout_s:.0f} s") from None
+            raise RuntimeError(
+                f"leaving the process group: only {arrived} of {world_size} ranks arrived within {timeout_s:.0f} s"
+            ) from None

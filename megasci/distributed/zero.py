@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -96,14 +96,15 @@ class _Bucket:
         # default mode: the full accumulator; shard_gradients: only this rank's shard of it, and a
         # staging buffer from the optimizer's pool while a micro-batch's gradients are in flight
         self.grad_buffer = None if shard_gradients else torch.zeros(padded, dtype=state_dtype, device=first.device)
-        self.grad_accumulator = (torch.zeros(self.shard_size, dtype=state_dtype, device=first.device)
-                                 if shard_gradients else None)
+        self.grad_accumulator = (
+            torch.zeros(self.shard_size, dtype=state_dtype, device=first.device) if shard_gradients else None
+        )
         self.staging = None
         self.staging_base = None
         self.reduced = False
         for p, start in zip(self.params, self.offsets):
-            self.param_buffer[start:start + p.numel()].copy_(p.data.reshape(-1))
-            p.data = self.param_buffer[start:start + p.numel()].view_as(p)
+            self.param_buffer[start : start + p.numel()].copy_(p.data.reshape(-1))
+            p.data = self.param_buffer[start : start + p.numel()].view_as(p)
         self.shard_start = dp_rank * self.shard_size
         self.shard = slice(self.shard_start, self.shard_start + self.shard_size)
         self.master = self.param_buffer[self.shard].to(state_dtype).clone()
@@ -137,13 +138,22 @@ class ZeroAdamW:
     a `main_grad` needs the full accumulator to add into.
     """
 
-    def __init__(self, model: nn.Module, config: AdamWConfig = AdamWConfig(), group=None,
-                 bucket_numel: int = 40_000_000, decay: Callable[[str, nn.Parameter], bool] = default_decay,
-                 *, main_grads: bool = False, shard_gradients: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: AdamWConfig | None = None,
+        group=None,
+        bucket_numel: int = 40_000_000,
+        decay: Callable[[str, nn.Parameter], bool] = default_decay,
+        *,
+        main_grads: bool = False,
+        shard_gradients: bool = False,
+    ):
         if main_grads and shard_gradients:
-            raise ValueError("main_grads needs the full fp32 gradient buffer, shard_gradients keeps only a shard: "
-                             "choose one")
-        self.config = config
+            raise ValueError(
+                "main_grads needs the full fp32 gradient buffer, shard_gradients keeps only a shard: choose one"
+            )
+        self.config = config if config is not None else AdamWConfig()
         self.group = group
         self.shard_gradients = shard_gradients
         self._in_flight: list[_Bucket] = []  # shard_gradients: reductions launched, not yet added to the shard
@@ -179,14 +189,16 @@ class ZeroAdamW:
                 bucket.master.copy_(bucket.param_buffer[bucket.shard])
         self._decay = {name: decay(name, p) for name, p in named}
         self._model = model
-        self._homes = {name: (bucket, start) for bucket in self.buckets for name, start in zip(bucket.names, bucket.offsets)}
+        self._homes = {
+            name: (bucket, start) for bucket in self.buckets for name, start in zip(bucket.names, bucket.offsets)
+        }
         self._hooks = []
         for bucket in self.buckets:
             for i, p in enumerate(bucket.params):
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(bucket, i)))
                 if main_grads:
                     start = bucket.offsets[i]
-                    p.main_grad = bucket.grad_buffer[start:start + p.numel()].view_as(p)
+                    p.main_grad = bucket.grad_buffer[start : start + p.numel()].view_as(p)
                     p.main_grad_added = self._make_arrival(bucket, i)
 
     # ---- gradients -------------------------------------------------------------------------
@@ -201,26 +213,31 @@ class ZeroAdamW:
                 return
             self._check_not_reduced(bucket, index)
             target = bucket.grad_buffer if bucket.grad_buffer is not None else self._staging_for(bucket)
-            target[start:start + numel].add_(param.grad.reshape(-1))
+            target[start : start + numel].add_(param.grad.reshape(-1))
             param.grad = None
             arrived()
+
         return hook
 
     def _make_arrival(self, bucket: _Bucket, index: int):
         """Counts parameter `index`'s gradient as in its bucket (once per backward) and launches what is ready."""
+
         def arrived() -> None:
             self._check_not_reduced(bucket, index)
             if not bucket.arrived[index]:
                 bucket.arrived[index] = True
                 bucket.grads_ready += 1
             self._launch_ready_buckets()
+
         return arrived
 
     @staticmethod
     def _check_not_reduced(bucket: _Bucket, index: int) -> None:
         if bucket.reduce_handle is not None or bucket.reduced:
-            raise RuntimeError(f"{bucket.names[index]}: a gradient arrived after its bucket was reduced "
-                               f"(a second backward in the last micro-batch?)")
+            raise RuntimeError(
+                f"{bucket.names[index]}: a gradient arrived after its bucket was reduced "
+                f"(a second backward in the last micro-batch?)"
+            )
 
     def _staging_for(self, bucket: _Bucket) -> torch.Tensor:
         """shard_gradients: the bucket's zeroed fp32 staging buffer for this micro-batch, from the pool."""
@@ -233,7 +250,7 @@ class ZeroAdamW:
                 first = bucket.params[0]
                 base = torch.empty(self._staging_numel, dtype=bucket.state_dtype, device=first.device)
                 self._staging_allocated += 1
-            bucket.staging_base, bucket.staging = base, base[:bucket.padded].zero_()
+            bucket.staging_base, bucket.staging = base, base[: bucket.padded].zero_()
             self._backward_pending = True
         return bucket.staging
 
@@ -261,13 +278,15 @@ class ZeroAdamW:
             if not bucket.reduced:
                 staging = self._staging_for(bucket)  # zeros if none of its parameters had a gradient
                 if self.dp_size > 1:
-                    bucket.reduce_handle = _reduce_scatter(staging[bucket.shard], staging, group=self.group,
-                                                           async_op=True)
+                    bucket.reduce_handle = _reduce_scatter(
+                        staging[bucket.shard], staging, group=self.group, async_op=True
+                    )
                 bucket.reduced = True
                 self._in_flight.append(bucket)
         elif self.dp_size > 1 and bucket.reduce_handle is None:
-            bucket.reduce_handle = _reduce_scatter(bucket.grad_shard, bucket.grad_buffer,
-                                                              group=self.group, async_op=True)
+            bucket.reduce_handle = _reduce_scatter(
+                bucket.grad_shard, bucket.grad_buffer, group=self.group, async_op=True
+            )
 
     def _reduce_micro_batch(self) -> None:
         """shard_gradients: the last backward's remaining buckets reduced in order, every reduction added in."""
@@ -334,13 +353,13 @@ class ZeroAdamW:
         self.step_count += 1
         if cfg.max_grad_norm:
             clip = torch.clamp(cfg.max_grad_norm / (grad_norm + 1e-6), max=1.0)
-        bias1, bias2 = 1 - beta1 ** self.step_count, 1 - beta2 ** self.step_count
+        bias1, bias2 = 1 - beta1**self.step_count, 1 - beta2**self.step_count
         for bucket in reversed(self.buckets):  # forward order: the first layers' parameters gather first
             grad = bucket.grad_shard
             if cfg.max_grad_norm:
                 grad.mul_(clip)
             if cfg.weight_decay:
-                for index, name, a, b in bucket.segments():
+                for _index, name, a, b in bucket.segments():
                     if self._decay[name]:
                         bucket.master[a:b].mul_(1 - lr * cfg.weight_decay)
             bucket.exp_avg.lerp_(grad, 1 - beta1)
@@ -350,7 +369,8 @@ class ZeroAdamW:
             bucket.param_buffer[bucket.shard].copy_(bucket.master)
             if self.dp_size > 1:
                 bucket.gather_handle = _all_gather(
-                    bucket.param_buffer, bucket.param_buffer[bucket.shard], group=self.group, async_op=True)
+                    bucket.param_buffer, bucket.param_buffer[bucket.shard], group=self.group, async_op=True
+                )
         self.zero_grad()
         self.wait_for_parameters()
 
@@ -359,9 +379,11 @@ class ZeroAdamW:
         `load_state_dict(assign=True)`, ...): the step would update a buffer the model no longer reads."""
         for name, p in self._model.named_parameters():
             home = self._homes.get(name)
-            if home is not None and p.data_ptr() != home[0].param_buffer[home[1]:].data_ptr():
-                raise RuntimeError(f"{name} was moved out of ZeroAdamW's buffer after the optimizer was built; "
-                                   f"build the optimizer after moving or re-assigning parameters")
+            if home is not None and p.data_ptr() != home[0].param_buffer[home[1] :].data_ptr():
+                raise RuntimeError(
+                    f"{name} was moved out of ZeroAdamW's buffer after the optimizer was built; "
+                    f"build the optimizer after moving or re-assigning parameters"
+                )
 
     @torch.no_grad()
     def sync_masters_from_params(self) -> None:
@@ -393,10 +415,17 @@ class ZeroAdamW:
 
     def state_dict(self) -> dict:
         """This rank's shard; `load_state_dict` needs every rank's to re-shard."""
-        return {"dp_size": self.dp_size, "dp_rank": self.dp_rank, "step": self.step_count,
-                "config": dataclasses.asdict(self.config), "layout": self._layout(),
-                "shards": [{"master": b.master.cpu(), "exp_avg": b.exp_avg.cpu(), "exp_avg_sq": b.exp_avg_sq.cpu()}
-                           for b in self.buckets]}
+        return {
+            "dp_size": self.dp_size,
+            "dp_rank": self.dp_rank,
+            "step": self.step_count,
+            "config": dataclasses.asdict(self.config),
+            "layout": self._layout(),
+            "shards": [
+                {"master": b.master.cpu(), "exp_avg": b.exp_avg.cpu(), "exp_avg_sq": b.exp_avg_sq.cpu()}
+                for b in self.buckets
+            ],
+        }
 
     @torch.no_grad()
     def load_state_dict(self, load_rank: Callable[[int], dict], saved_dp_size: int) -> None:
@@ -416,12 +445,14 @@ class ZeroAdamW:
             full = _reassemble(saved)
             expected = {name: numel for layout in self._layout() for name, numel in layout}
             if {name: t[0].numel() for name, t in full.items()} != expected:
-                raise ValueError("the saved optimizer state does not belong to this model: parameter names or sizes differ")
+                raise ValueError(
+                    "the saved optimizer state does not belong to this model: parameter names or sizes differ"
+                )
             for bucket in self.buckets:
                 for index, name, a, b in bucket.segments():
                     lo = bucket.shard_start + a - bucket.offsets[index]
                     for key, tensor in zip(("master", "exp_avg", "exp_avg_sq"), full[name]):
-                        getattr(bucket, key)[a:b].copy_(tensor[lo:lo + b - a])
+                        getattr(bucket, key)[a:b].copy_(tensor[lo : lo + b - a])
             step = saved[0]["step"]
         self.step_count = int(step)
         for bucket in self.buckets:
@@ -436,10 +467,9 @@ def _reassemble(states: list[dict]) -> dict[str, tuple[torch.Tensor, torch.Tenso
     full = {}
     for b, params in enumerate(layout):
         numel = sum(n for _, n in params)
-        flat = [torch.cat([s["shards"][b][key] for s in states])[:numel]
-                for key in ("master", "exp_avg", "exp_avg_sq")]
+        flat = [torch.cat([s["shards"][b][key] for s in states])[:numel] for key in ("master", "exp_avg", "exp_avg_sq")]
         offset = 0
         for name, n in params:
-            full[name] = tuple(t[offset:offset + n] for t in flat)
+            full[name] = tuple(t[offset : offset + n] for t in flat)
             offset += n
     return full

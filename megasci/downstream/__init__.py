@@ -8,6 +8,26 @@ from .metrics import TaskResult, bootstrap_stderr, evaluate_tasks, example_metri
 from .scorer import Encoder, Score, TokenRequest, as_encoder, bits_per_byte, encode_pair, encode_requests, score
 from .tasks import BPB, MC, Example, Task, TaskError, known_tasks, load_jsonl, load_task
 
-__all__ = ["BPB", "MC", "Encoder", "Example", "Score", "Task", "TaskError", "TaskResult", "TokenRequest",
-           "as_encoder", "bits_per_byte", "bootstrap_stderr", "encode_pair", "encode_requests", "evaluate_tasks",
-           "example_metrics", "format_table", "known_tasks", "load_jsonl", "load_task", "score"]
+__all__ = [
+    "BPB",
+    "MC",
+    "Encoder",
+    "Example",
+    "Score",
+    "Task",
+    "TaskError",
+    "TaskResult",
+    "TokenRequest",
+    "as_encoder",
+    "bits_per_byte",
+    "bootstrap_stderr",
+    "encode_pair",
+    "encode_requests",
+    "evaluate_tasks",
+    "example_metrics",
+    "format_table",
+    "known_tasks",
+    "load_jsonl",
+    "load_task",
+    "score",
+]

@@ -25,8 +25,7 @@ from megasci.data.records import BadRecord, iter_records
 from .tasks import Task
 
 NGRAM = 13
-_TABLE = str.maketrans(string.ascii_lowercase + string.ascii_uppercase, string.ascii_lowercase * 2,
-                       string.punctuation)
+_TABLE = str.maketrans(string.ascii_lowercase + string.ascii_uppercase, string.ascii_lowercase * 2, string.punctuation)
 
 
 def normalize(text: str) -> str:
@@ -38,14 +37,14 @@ def word_ngrams(text: str, n: int = NGRAM) -> Iterator[str]:
     """The whitespace-word n-grams of already normalised text, joined by one space (lm-eval's word_ngrams)."""
     words = text.split()
     for i in range(len(words) - n + 1):
-        yield " ".join(words[i:i + n])
+        yield " ".join(words[i : i + n])
 
 
 @dataclass
 class TaskContamination:
     task: str
     examples: int
-    contaminated: list[str] = field(default_factory=list)   # example ids, in task order
+    contaminated: list[str] = field(default_factory=list)  # example ids, in task order
     first_seen: dict[str, str] = field(default_factory=dict)  # example id -> corpus document where found
 
     def to_dict(self) -> dict:
@@ -70,7 +69,7 @@ class NgramIndex:
         owners, first = self.owners, self.first_words
         for i in range(len(words) - n + 1):
             if words[i] in first:  # cheap filter before building the n-gram string
-                hit = owners.get(" ".join(words[i:i + n]))
+                hit = owners.get(" ".join(words[i : i + n]))
                 if hit:
                     found.update(hit)
         return found
@@ -82,8 +81,9 @@ def _is_dataset(path: str) -> str | None:
     return prefix if os.path.isfile(prefix + ".idx") and os.path.isfile(prefix + ".bin") else None
 
 
-def iter_documents(paths: Iterable[str], text_key: str = "text", tokenizer=None,
-                   warn=print) -> Iterator[tuple[str, str]]:
+def iter_documents(
+    paths: Iterable[str], text_key: str = "text", tokenizer=None, warn=print
+) -> Iterator[tuple[str, str]]:
     """(where, text) for every document of JSONL shards (plain, .gz, .zst) and .bin/.idx datasets.
 
     A dataset's documents are decoded with `tokenizer` (required for them); a dataset whose recorded
@@ -110,8 +110,9 @@ def iter_documents(paths: Iterable[str], text_key: str = "text", tokenizer=None,
             yield where, text
 
 
-def find_contamination(tasks: Sequence[Task], documents: Iterable[tuple[str, str]],
-                       n: int = NGRAM) -> list[TaskContamination]:
+def find_contamination(
+    tasks: Sequence[Task], documents: Iterable[tuple[str, str]], n: int = NGRAM
+) -> list[TaskContamination]:
     """Per task, the examples sharing an n-gram with any document (streamed once)."""
     index = NgramIndex(tasks, n)
     first: dict[tuple[int, int], str] = {}

@@ -39,7 +39,7 @@ def bootstrap_stderr(values: Sequence[float], iters: int = BOOTSTRAP_ITERS, seed
     chunk = max(1, (1 << 22) // x.size)  # resamples drawn per step: memory stays near 32 MiB of indices
     for start in range(0, iters, chunk):
         n = min(chunk, iters - start)
-        means[start:start + n] = x[rng.integers(0, x.size, size=(n, x.size))].mean(axis=1)
+        means[start : start + n] = x[rng.integers(0, x.size, size=(n, x.size))].mean(axis=1)
     return float(means.std(ddof=1))
 
 
@@ -58,21 +58,36 @@ class TaskResult:
     name: str
     kind: str
     examples: int
-    excluded: int | None                      # contaminated examples left out (None: not checked)
-    metrics: dict[str, tuple[float, float]]   # metric -> (value, bootstrap stderr)
+    excluded: int | None  # contaminated examples left out (None: not checked)
+    metrics: dict[str, tuple[float, float]]  # metric -> (value, bootstrap stderr)
     per_example: list[dict] = field(default_factory=list)
 
     def to_dict(self, with_examples: bool = False) -> dict:
-        out = {"task": self.name, "kind": self.kind, "examples": self.examples, "contaminated_excluded": self.excluded,
-               "metrics": {k: {"value": v, "stderr": s} for k, (v, s) in self.metrics.items()}}
+        out = {
+            "task": self.name,
+            "kind": self.kind,
+            "examples": self.examples,
+            "contaminated_excluded": self.excluded,
+            "metrics": {k: {"value": v, "stderr": s} for k, (v, s) in self.metrics.items()},
+        }
         if with_examples:
             out["per_example"] = self.per_example
         return out
 
 
-def evaluate_tasks(model, tasks: Sequence[Task], tokenizer, *, device="cpu", batch_size: int = 16,
-                   max_length: int | None = None, rank: int = 0, world_size: int = 1, group=None,
-                   excluded: dict[str, int] | None = None) -> list[TaskResult]:
+def evaluate_tasks(
+    model,
+    tasks: Sequence[Task],
+    tokenizer,
+    *,
+    device="cpu",
+    batch_size: int = 16,
+    max_length: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    group=None,
+    excluded: dict[str, int] | None = None,
+) -> list[TaskResult]:
     """Every task's metrics, all tasks' requests scored in one length-sorted pass.
 
     A collective under `world_size > 1` (see `scorer.score`): every rank passes the same tasks and
@@ -91,20 +106,37 @@ def evaluate_tasks(model, tasks: Sequence[Task], tokenizer, *, device="cpu", bat
                 encoded += encode_requests([(example.context, c) for c in example.choices], encoder)
             except ValueError as error:
                 raise ValueError(f"task {task.name}, example {example.id}: {error}") from None
-            for i, request in enumerate(encoded[-len(example.choices):]):
+            for i, request in enumerate(encoded[-len(example.choices) :]):
                 if len(request.continuation) > window:
-                    raise ValueError(f"task {task.name}, example {example.id}: choice {i} is "
-                                     f"{len(request.continuation)} tokens, more than the model's window of {window}")
-    scores = score(model, encoded, device=device, batch_size=batch_size, max_length=window, rank=rank,
-                   world_size=world_size, group=group)
+                    raise ValueError(
+                        f"task {task.name}, example {example.id}: choice {i} is "
+                        f"{len(request.continuation)} tokens, more than the model's window of {window}"
+                    )
+    scores = score(
+        model,
+        encoded,
+        device=device,
+        batch_size=batch_size,
+        max_length=window,
+        rank=rank,
+        world_size=world_size,
+        group=group,
+    )
     per_task: list[list[dict]] = [[] for _ in tasks]
     for t, e, first in where:
         example = tasks[t].examples[e]
-        mine = scores[first:first + len(example.choices)]
-        row = {"task": tasks[t].name, "id": example.id, "gold": example.gold,
-               "loglikelihoods": [s.loglikelihood for s in mine], "tokens": [s.tokens for s in mine],
-               "chars": [s.chars for s in mine], "bytes": [s.bytes for s in mine],
-               "greedy": [s.greedy for s in mine], "truncated": any(s.truncated for s in mine)}
+        mine = scores[first : first + len(example.choices)]
+        row = {
+            "task": tasks[t].name,
+            "id": example.id,
+            "gold": example.gold,
+            "loglikelihoods": [s.loglikelihood for s in mine],
+            "tokens": [s.tokens for s in mine],
+            "chars": [s.chars for s in mine],
+            "bytes": [s.bytes for s in mine],
+            "greedy": [s.greedy for s in mine],
+            "truncated": any(s.truncated for s in mine),
+        }
         row.update(example_metrics(example.choices, example.gold, mine, tasks[t].kind))
         per_task[t].append(row)
     results = []
@@ -123,8 +155,15 @@ def format_table(results: Sequence[TaskResult]) -> str:
     rows = []
     for r in results:
         for metric, (value, err) in r.metrics.items():
-            rows.append((r.name, metric, f"{value:.4f} ± {err:.4f}", str(r.examples),
-                         "-" if r.excluded is None else f"{r.excluded} excluded"))
+            rows.append(
+                (
+                    r.name,
+                    metric,
+                    f"{value:.4f} ± {err:.4f}",
+                    str(r.examples),
+                    "-" if r.excluded is None else f"{r.excluded} excluded",
+                )
+            )
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))

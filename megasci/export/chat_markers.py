@@ -68,8 +68,12 @@ def add_chat_markers(source: str, output: str, template: str = "megasci-v1") -> 
     before = tok.get_vocab_size(with_added_tokens=True)
     special = not config.get("split_special_tokens", False)
     missing = [m for m in chat.markers if tok.token_to_id(m) is None]
-    tok.add_tokens([AddedToken(m, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False)
-                    for m in missing])
+    tok.add_tokens(
+        [
+            AddedToken(m, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False)
+            for m in missing
+        ]
+    )
     ids = {m: tok.token_to_id(m) for m in missing}
     if sorted(ids.values()) != list(range(before, before + len(missing))):
         raise ValueError(f"{path}: the markers got ids {ids}, not the {len(missing)} after its {before} tokens")

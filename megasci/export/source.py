@@ -25,12 +25,16 @@ def training_tokenizer_path(checkpoint: str, tokenizer: str | None, meta: dict) 
     """The training tokenizer: `tokenizer` if given, which must then be the file meta.json names by hash."""
     path = tokenizer or checkpoint_tokenizer_path(checkpoint)
     if path is None:
-        raise ExportError(f"{checkpoint}: holds no tokenizer (tokenizer.model or tokenizer.json); pass the training "
-                          f"tokenizer explicitly")
+        raise ExportError(
+            f"{checkpoint}: holds no tokenizer (tokenizer.model or tokenizer.json); pass the training "
+            f"tokenizer explicitly"
+        )
     want = (meta.get("tokenizer") or {}).get("sha256")
     if want and file_sha256(path) != want:
-        raise ExportError(f"{path}: not the tokenizer this checkpoint was trained with (sha256 differs from "
-                          f"{os.path.join(checkpoint, 'meta.json')})")
+        raise ExportError(
+            f"{path}: not the tokenizer this checkpoint was trained with (sha256 differs from "
+            f"{os.path.join(checkpoint, 'meta.json')})"
+        )
     return path
 
 

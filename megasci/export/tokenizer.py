@@ -27,13 +27,13 @@ def _unmatchable_cuts(proto) -> tuple[dict[str, list[str]], list[str]]:
 
     kind = pb.ModelProto.SentencePiece
     matchable = [p.piece for p in proto.pieces if p.type in (kind.NORMAL, kind.USER_DEFINED)]
-    spanned = {m[i:i + 2] for m in matchable for i in range(len(m) - 1)}
+    spanned = {m[i : i + 2] for m in matchable for i in range(len(m) - 1)}
     cuts: dict[str, list[str]] = {}
     inexact = []
     for p in proto.pieces:
         if p.type in (kind.NORMAL, kind.USER_DEFINED):
             continue
-        k = next((k for k in range(1, len(p.piece)) if p.piece[k - 1:k + 1] not in spanned), None)
+        k = next((k for k in range(1, len(p.piece)) if p.piece[k - 1 : k + 1] not in spanned), None)
         if k is None:
             inexact.append(p.piece)
             k = 1
@@ -67,27 +67,37 @@ def sentencepiece_to_tokenizers(model_path: str):
     proto = _load_proto(model_path)
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.model_type != pb.TrainerSpec.UNIGRAM:
-        raise ExportError(f"{model_path}: only unigram SentencePiece models can be exported, not "
-                          f"{pb.TrainerSpec.ModelType.Name(spec.model_type)}")
-    unsupported = {"normalization rule": norm.name not in ("identity", ""), "dummy prefix": norm.add_dummy_prefix,
-                   "whitespace collapsing": norm.remove_extra_whitespaces,
-                   "whitespace as suffix": spec.treat_whitespace_as_suffix}
+        raise ExportError(
+            f"{model_path}: only unigram SentencePiece models can be exported, not "
+            f"{pb.TrainerSpec.ModelType.Name(spec.model_type)}"
+        )
+    unsupported = {
+        "normalization rule": norm.name not in ("identity", ""),
+        "dummy prefix": norm.add_dummy_prefix,
+        "whitespace collapsing": norm.remove_extra_whitespaces,
+        "whitespace as suffix": spec.treat_whitespace_as_suffix,
+    }
     if any(unsupported.values()):
-        raise ExportError(f"{model_path}: cannot reproduce "
-                          f"{', '.join(k for k, v in unsupported.items() if v)} in tokenizer.json")
+        raise ExportError(
+            f"{model_path}: cannot reproduce {', '.join(k for k, v in unsupported.items() if v)} in tokenizer.json"
+        )
     normal_scores = [p.score for p in proto.pieces if p.type == kind.NORMAL]
     max_score = max(normal_scores)
-    vocab = [(p.piece, len(p.piece) * max_score - 0.1 if p.type == kind.USER_DEFINED else p.score)
-             for p in proto.pieces]
+    vocab = [
+        (p.piece, len(p.piece) * max_score - 0.1 if p.type == kind.USER_DEFINED else p.score) for p in proto.pieces
+    ]
     if min(s for _, s in vocab) < min(normal_scores):  # tokenizers derives its unknown penalty from the minimum
-        raise ExportError(f"{model_path}: a piece scores below every normal piece; tokenizers would penalise "
-                          f"unknown characters differently from SentencePiece")
+        raise ExportError(
+            f"{model_path}: a piece scores below every normal piece; tokenizers would penalise "
+            f"unknown characters differently from SentencePiece"
+        )
     tok = Tokenizer(models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback))
     tok.normalizer = normalizers.Replace(" ", "▁")
     cuts, _ = _unmatchable_cuts(proto)
     if cuts:
-        pattern = "|".join(re.escape(head) + "(?=" + "|".join(re.escape(t) for t in tails) + ")"
-                           for head, tails in cuts.items())
+        pattern = "|".join(
+            re.escape(head) + "(?=" + "|".join(re.escape(t) for t in tails) + ")" for head, tails in cuts.items()
+        )
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="merged_with_previous")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     return tok

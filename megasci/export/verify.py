@@ -49,14 +49,18 @@ _MISSING = "<missing>"
 # Conversations the exported chat template must encode to our ids: multi-turn, with and without a system
 # turn, LaTeX, Unicode and newlines in the content.
 CHAT_PROBES = [
-    [{"role": "user", "content": "What is $\\int_0^1 x^2\\,dx$?"},
-     {"role": "assistant", "content": "It is $\\frac{1}{3}$.\n\nBy the power rule."},
-     {"role": "user", "content": "And Ω ≥ 2?"}],
-    [{"role": "system", "content": "You answer briefly."},
-     {"role": "user", "content": "Define a manifold."},
-     {"role": "assistant", "content": "A space locally like $\\mathbb{R}^n$."},
-     {"role": "user", "content": "Thanks.\tOne more:  two spaces"},
-     {"role": "assistant", "content": "Ask away."}],
+    [
+        {"role": "user", "content": "What is $\\int_0^1 x^2\\,dx$?"},
+        {"role": "assistant", "content": "It is $\\frac{1}{3}$.\n\nBy the power rule."},
+        {"role": "user", "content": "And Ω ≥ 2?"},
+    ],
+    [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Define a manifold."},
+        {"role": "assistant", "content": "A space locally like $\\mathbb{R}^n$."},
+        {"role": "user", "content": "Thanks.\tOne more:  two spaces"},
+        {"role": "assistant", "content": "Ask away."},
+    ],
 ]
 
 
@@ -75,8 +79,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None, model=None,
-                  device: str = "cpu") -> Report:
+def verify_export(
+    export_dir: str, checkpoint: str, tokenizer: str | None = None, model=None, device: str = "cpu"
+) -> Report:
     """Check an export directory against the checkpoint it claims to be; raise ExportError on any difference.
 
     `tokenizer` is the training SentencePiece model (default: the checkpoint's copy); `model` saves
@@ -108,8 +113,10 @@ def verify_export(export_dir: str, checkpoint: str, tokenizer: str | None = None
     report.probe_tokens = _check_tokenizer(export_dir, hf_tok, sp, identity, caveats, hf_kind)
     _check_chat_template(export_dir, hf_tok, sp, identity, hf_kind)
     if caveats:
-        report.notes.append(f"literal {', '.join(map(repr, caveats[:5]))} in text may tokenize differently: "
-                            f"normal pieces span every place to cut them")
+        report.notes.append(
+            f"literal {', '.join(map(repr, caveats[:5]))} in text may tokenize differently: "
+            f"normal pieces span every place to cut them"
+        )
 
     hf, info = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=dtype, output_loading_info=True)
     hf.to(device).eval()
@@ -156,20 +163,24 @@ def _check_weights(path: str, model, dtype: torch.dtype) -> None:
     with safe_open(path, framework="pt") as f:
         names = set(f.keys())
         if names != set(ours):
-            raise ExportError(f"{path}: tensor names differ from the model's: missing {sorted(set(ours) - names)[:5]}, "
-                              f"unexpected {sorted(names - set(ours))[:5]}")
+            raise ExportError(
+                f"{path}: tensor names differ from the model's: missing {sorted(set(ours) - names)[:5]}, "
+                f"unexpected {sorted(names - set(ours))[:5]}"
+            )
         for name in sorted(names):
             theirs, want = f.get_tensor(name), ours[name].detach().to("cpu", dtype)
             if theirs.dtype != dtype or theirs.shape != want.shape:
-                raise ExportError(f"{path}: {name} is {theirs.dtype} {tuple(theirs.shape)}, "
-                                  f"expected {dtype} {tuple(want.shape)}")
+                raise ExportError(
+                    f"{path}: {name} is {theirs.dtype} {tuple(theirs.shape)}, expected {dtype} {tuple(want.shape)}"
+                )
             if not torch.equal(theirs, want):
                 diff = (theirs.float() - want.float()).abs().max().item()
                 raise ExportError(f"{path}: {name} differs from the checkpoint (max |diff| {diff:.3g})")
 
 
-def _check_tokenizer(export_dir: str, hf_tok, sp: Tokenizer, identity: dict, caveats: list[str],
-                     hf_kind: bool = False) -> int:
+def _check_tokenizer(
+    export_dir: str, hf_tok, sp: Tokenizer, identity: dict, caveats: list[str], hf_kind: bool = False
+) -> int:
     """Every piece, the special ids, and the probe texts' ids and decoded text; returns probe tokens seen.
 
     Probe texts holding a `caveats` string are skipped: the exported tokenizer may split it differently. A
@@ -188,8 +199,10 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: Tokenizer, identity: dict, cav
     for name in ("bos", "eos", "pad"):
         theirs, want = getattr(hf_tok, f"{name}_token_id"), identity.get(f"{name}_id")
         if theirs != want:
-            raise ExportError(f"{os.path.join(export_dir, 'tokenizer_config.json')}: {name} id is {theirs}, "
-                              f"the training tokenizer's is {want}")
+            raise ExportError(
+                f"{os.path.join(export_dir, 'tokenizer_config.json')}: {name} id is {theirs}, "
+                f"the training tokenizer's is {want}"
+            )
     seen = 0
     for text in PROBE_TEXTS:
         if any(c in text for c in caveats):
@@ -199,13 +212,17 @@ def _check_tokenizer(export_dir: str, hf_tok, sp: Tokenizer, identity: dict, cav
             i = _first_difference(theirs, want)
             got = repr(theirs[i]) if i < len(theirs) else "end of ids"
             expect = repr(want[i]) if i < len(want) else "end of ids"
-            raise ExportError(f"{where}: tokenizer ids differ at position {i}: exported {got} vs training {expect} "
-                              f"for text {_excerpt(sp, want, i)}")
+            raise ExportError(
+                f"{where}: tokenizer ids differ at position {i}: exported {got} vs training {expect} "
+                f"for text {_excerpt(sp, want, i)}"
+            )
         decoded, want_text = hf_tok.decode(theirs, **decode), sp.decode(want)
         if decoded != want_text:
             i = _first_difference(decoded, want_text)
-            raise ExportError(f"{where}: decoded text differs at character {i}: exported "
-                              f"{decoded[max(0, i - 20):i + 20]!r} vs training {want_text[max(0, i - 20):i + 20]!r}")
+            raise ExportError(
+                f"{where}: decoded text differs at character {i}: exported "
+                f"{decoded[max(0, i - 20) : i + 20]!r} vs training {want_text[max(0, i - 20) : i + 20]!r}"
+            )
         seen += len(want)
     return seen
 
@@ -219,8 +236,9 @@ def _check_chat_template(export_dir: str, hf_tok, sp: Tokenizer, identity: dict,
             raise ExportError(f"{where}: has a chat_template, but the training tokenizer has none")
         return
     if not getattr(hf_tok, "chat_template", None):
-        raise ExportError(f"{where}: no chat_template, but the training tokenizer has "
-                          f"{identity['chat_template']['name']!r}")
+        raise ExportError(
+            f"{where}: no chat_template, but the training tokenizer has {identity['chat_template']['name']!r}"
+        )
     encoder = ChatTemplate.from_meta(identity["chat_template"]).bind(sp)
     for k, conversation in enumerate(CHAT_PROBES):
         for prompt in (False, True):
@@ -233,10 +251,12 @@ def _check_chat_template(export_dir: str, hf_tok, sp: Tokenizer, identity: dict,
             theirs = list(out["input_ids"] if hasattr(out, "keys") else out)
             if theirs != want:
                 i = _first_difference(theirs, want)
-                raise ExportError(f"{where}: apply_chat_template ids differ from ours at position {i} of probe "
-                                  f"conversation {k} (generation prompt {prompt}): exported "
-                                  f"{theirs[i] if i < len(theirs) else 'end of ids'} vs ours "
-                                  f"{want[i] if i < len(want) else 'end of ids'}")
+                raise ExportError(
+                    f"{where}: apply_chat_template ids differ from ours at position {i} of probe "
+                    f"conversation {k} (generation prompt {prompt}): exported "
+                    f"{theirs[i] if i < len(theirs) else 'end of ids'} vs ours "
+                    f"{want[i] if i < len(want) else 'end of ids'}"
+                )
 
 
 def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -> None:
@@ -247,8 +267,9 @@ def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -
     with torch.no_grad():
         ours_h, theirs_h = model.hidden_states(tokens), hf.model(tokens).last_hidden_state
         if theirs_h.shape != ours_h.shape:
-            raise ExportError(f"{where}: transformers' hidden states have shape {tuple(theirs_h.shape)}, "
-                              f"ours {tuple(ours_h.shape)}")
+            raise ExportError(
+                f"{where}: transformers' hidden states have shape {tuple(theirs_h.shape)}, ours {tuple(ours_h.shape)}"
+            )
         diff, largest = 0.0, 0.0
         for start in range(0, tokens.shape[1], LOGIT_SLICE):
             part = slice(start, start + LOGIT_SLICE)
@@ -256,8 +277,10 @@ def _check_logits(where: str, model, hf, tokens: torch.Tensor, report: Report) -
             diff, largest = max(diff, (ours - theirs).abs().max().item()), max(largest, ours.abs().max().item())
     tolerance = LOGIT_RTOL[dtype] * max(1.0, largest)
     if not diff <= tolerance:
-        raise ExportError(f"{where}: logits of the reloaded model differ from ours by up to {diff:.3g} "
-                          f"(tolerance {tolerance:.3g} in {dtype_name(dtype)}) over {tokens.shape[1]} positions")
+        raise ExportError(
+            f"{where}: logits of the reloaded model differ from ours by up to {diff:.3g} "
+            f"(tolerance {tolerance:.3g} in {dtype_name(dtype)}) over {tokens.shape[1]} positions"
+        )
     report.max_logit_diff = max(report.max_logit_diff, diff)
     report.tolerance = max(report.tolerance, tolerance)
     report.logit_positions = max(report.logit_positions, tokens.shape[1])
@@ -289,10 +312,16 @@ def _check_greedy(where: str, model, hf, sp: Tokenizer, cfg: ModelConfig, report
         cache = KVCache(cfg, 1, prompt.shape[1] + steps, prompt.device, model.embed.weight.dtype)
     _forget_dynamic_length(hf, cfg)
     with torch.no_grad():
-        theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps, do_sample=False,
-                             eos_token_id=None, pad_token_id=sp.pad_id)
+        theirs = hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=sp.pad_id,
+        )
         for step in range(steps):
-            logits = (model(ours) if cache is None else model.decode(ours[:, cache.length:], cache))[0, -1].float()
+            logits = (model(ours) if cache is None else model.decode(ours[:, cache.length :], cache))[0, -1].float()
             top2 = logits.topk(2).values
             nxt = logits.argmax()
             if theirs.shape[1] <= ours.shape[1]:
@@ -301,8 +330,10 @@ def _check_greedy(where: str, model, hf, sp: Tokenizer, cfg: ModelConfig, report
                 if (top2[0] - top2[1]).item() <= report.tolerance:
                     report.notes.append(f"greedy step {step}: near-tie in our logits, continuations may diverge")
                     break
-                raise ExportError(f"{where}: greedy continuation differs at new token {step}: exported "
-                                  f"{theirs[0, ours.shape[1]].item()} vs ours {nxt.item()}")
+                raise ExportError(
+                    f"{where}: greedy continuation differs at new token {step}: exported "
+                    f"{theirs[0, ours.shape[1]].item()} vs ours {nxt.item()}"
+                )
             ours = torch.cat([ours, nxt.view(1, 1)], dim=1)
             report.greedy_tokens = step + 1
 
@@ -321,4 +352,4 @@ def _first_difference(a, b) -> int:
 
 
 def _excerpt(sp: Tokenizer, ids: list[int], i: int) -> str:
-    return repr(sp.decode(ids[max(0, i - 8):i + 8]))
+    return repr(sp.decode(ids[max(0, i - 8) : i + 8]))

@@ -18,8 +18,12 @@ from megasci.tokenizer.sp_tokenizer import SentencePieceTokenizer
 
 def expected_config(cfg: ModelConfig, identity: dict, dtype: torch.dtype) -> dict:
     """config.json as we write it: our HF mapping's fields, the tokenizer's special ids, the export dtype."""
-    d = hf_config_dict(cfg, bos_token_id=identity.get("bos_id"), eos_token_id=identity.get("eos_id"),
-                       pad_token_id=identity.get("pad_id"))
+    d = hf_config_dict(
+        cfg,
+        bos_token_id=identity.get("bos_id"),
+        eos_token_id=identity.get("eos_id"),
+        pad_token_id=identity.get("pad_id"),
+    )
     d["torch_dtype"] = d["dtype"] = dtype_name(dtype)
     return d
 
@@ -29,8 +33,10 @@ def write_model_files(out_dir: str, model, identity: dict, dtype: torch.dtype) -
 
     config = expected_config(model.cfg, identity, dtype)
     write_json(os.path.join(out_dir, "config.json"), config)
-    write_json(os.path.join(out_dir, "generation_config.json"),
-                {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    write_json(
+        os.path.join(out_dir, "generation_config.json"),
+        {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
+    )
     hf_sd = to_hf_state_dict(model.state_dict(), model.cfg)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hf_sd.items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -53,19 +59,33 @@ def write_tokenizer_files(out_dir: str, tokenizer_path: str, identity: dict) -> 
     sentencepiece_to_tokenizers(tokenizer_path).save(os.path.join(out_dir, "tokenizer.json"))
     specials, config = sentencepiece_tokenizer_config(SentencePieceTokenizer(tokenizer_path), identity)
     write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
-    write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        **config, **({"chat_template": identity["chat_template"]["jinja"]} if identity.get("chat_template") else {}),
-    })
+    write_json(
+        os.path.join(out_dir, "tokenizer_config.json"),
+        {
+            **config,
+            **({"chat_template": identity["chat_template"]["jinja"]} if identity.get("chat_template") else {}),
+        },
+    )
 
 
 def sentencepiece_tokenizer_config(sp: SentencePieceTokenizer, identity: dict) -> tuple[dict, dict]:
     """(special_tokens_map, tokenizer_config) for a SentencePiece model converted to tokenizer.json: the
     identity's special ids by name, nothing added around the text, special-token text not parsed."""
-    ids = {"bos_token": identity.get("bos_id"), "eos_token": identity.get("eos_id"), "unk_token": sp.unk_id,
-           "pad_token": identity.get("pad_id")}
+    ids = {
+        "bos_token": identity.get("bos_id"),
+        "eos_token": identity.get("eos_id"),
+        "unk_token": sp.unk_id,
+        "pad_token": identity.get("pad_id"),
+    }
     specials = {name: sp.id_to_piece(i) for name, i in ids.items() if i is not None}
-    return specials, {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "add_bos_token": False,
-                      "add_eos_token": False, "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+    return specials, {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+    }
 
 
 def _write_hf_tokenizer_files(out_dir: str, tokenizer_path: str, identity: dict) -> None:

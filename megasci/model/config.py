@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from megasci.ops import check_rope_scaling
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A LLaMA-style decoder: pre-norm RMSNorm, RoPE, SwiGLU, GQA, no biases.
@@ -52,8 +53,17 @@ class ModelConfig:
 
 
 PRESETS = {
-    "tiny": ModelConfig(vocab_size=256, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=4,
-                        ffn_hidden_size=160, max_seq_len=128, dtype="float32", name="tiny"),
+    "tiny": ModelConfig(
+        vocab_size=256,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=4,
+        ffn_hidden_size=160,
+        max_seq_len=128,
+        dtype="float32",
+        name="tiny",
+    ),
     "1p36b": ModelConfig(name="1p36b"),
 }
 

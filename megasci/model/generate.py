@@ -42,8 +42,13 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Next token ids [B] from last-position logits [B, V]; temperature 0 is greedy (argmax)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -54,9 +59,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
 
 
 @torch.inference_mode()
-def generate(model: Transformer, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int | None = None, eos_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model: Transformer,
+    prompt_ids,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Continue prompts and return prompt + continuation, LongTensor [B, S + n] with n <= max_new_tokens.
 
     `prompt_ids` is one prompt (a list of ids), several of equal length (a list of lists) or a
@@ -67,8 +79,9 @@ def generate(model: Transformer, prompt_ids, max_new_tokens: int, temperature: f
     device = next(model.parameters()).device
     ragged = isinstance(prompt_ids, list) and prompt_ids and isinstance(prompt_ids[0], (list, tuple))
     if ragged and len({len(p) for p in prompt_ids}) > 1:
-        raise ValueError("prompts in a batch must have equal lengths (there is no left padding); "
-                         "generate them separately")
+        raise ValueError(
+            "prompts in a batch must have equal lengths (there is no left padding); generate them separately"
+        )
     tokens = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
     if tokens.dim() == 1:
         tokens = tokens[None]
@@ -78,8 +91,10 @@ def generate(model: Transformer, prompt_ids, max_new_tokens: int, temperature: f
     if prompt_len > model.cfg.max_seq_len:
         raise ValueError(f"prompt of {prompt_len} tokens exceeds the model's max_seq_len {model.cfg.max_seq_len}")
     if prompt_len + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt of {prompt_len} tokens plus {max_new_tokens} new ones exceeds the model's "
-                         f"max_seq_len {model.cfg.max_seq_len}")
+        raise ValueError(
+            f"prompt of {prompt_len} tokens plus {max_new_tokens} new ones exceeds the model's "
+            f"max_seq_len {model.cfg.max_seq_len}"
+        )
     if max_new_tokens <= 0:
         return tokens
     # The last new token is never fed back, so the cache needs one position less than the output.

@@ -82,8 +82,9 @@ def _refusals(config: dict) -> list[str]:
     if config.get("sliding_window") is not None and config.get("use_sliding_window") is not False:
         problems.append(f"sliding_window is {config['sliding_window']!r}: our attention is full causal")
     problems += [f"{k} is {config[k]!r}: our attention has no QK-norm" for k in _QK_NORM_KEYS if config.get(k)]
-    problems += [f"{k} is {config[k]!r}: our MLP is dense, not a mixture of experts" for k in _MOE_KEYS
-                 if config.get(k)]
+    problems += [
+        f"{k} is {config[k]!r}: our MLP is dense, not a mixture of experts" for k in _MOE_KEYS if config.get(k)
+    ]
     for key in ("attention_dropout", "hidden_dropout", "mlp_dropout"):
         if config.get(key):
             problems.append(f"{key} is {config[key]!r}: our model has no dropout")
@@ -108,14 +109,19 @@ def model_config_from_hf(config: dict, where: str) -> ModelConfig:
     head_dim = config.get("head_dim")
     natural = config["hidden_size"] // n_heads if config["hidden_size"] % n_heads == 0 else None
     fields = dict(
-        vocab_size=config["vocab_size"], hidden_size=config["hidden_size"], n_layers=config["num_hidden_layers"],
-        n_heads=n_heads, n_kv_heads=config.get("num_key_value_heads") or n_heads,
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        n_layers=config["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=config.get("num_key_value_heads") or n_heads,
         kv_channels=head_dim if head_dim is not None and head_dim != natural else None,
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         ffn_hidden_size=config["intermediate_size"],
         max_seq_len=dynamic_len or config.get("max_position_embeddings", 2048),
-        rope_theta=theta, norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        init_std=float(config.get("initializer_range", 0.02)), dtype=dtype,
+        rope_theta=theta,
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        init_std=float(config.get("initializer_range", 0.02)),
+        dtype=dtype,
         name=os.path.basename(os.path.dirname(os.path.abspath(where))),
     )
     if scaling is not None:
@@ -140,8 +146,10 @@ def weight_files(hf_dir: str) -> tuple[list[str], dict[str, str] | None]:
         for shard in shards:
             if not os.path.isfile(os.path.join(hf_dir, shard)):
                 tensors = sorted(k for k, v in weight_map.items() if v == shard)
-                raise HFImportError(f"{os.path.join(hf_dir, shard)}: missing; {index} lists it in weight_map "
-                                    f"for {len(tensors)} tensor(s), e.g. {tensors[0]}")
+                raise HFImportError(
+                    f"{os.path.join(hf_dir, shard)}: missing; {index} lists it in weight_map "
+                    f"for {len(tensors)} tensor(s), e.g. {tensors[0]}"
+                )
         return [os.path.join(hf_dir, s) for s in shards], weight_map
     if os.path.isfile(single):
         return [single], None
@@ -165,21 +173,26 @@ def load_hf_state_dict(hf_dir: str, cfg: ModelConfig) -> dict:
     if weight_map is not None:
         for name, shard in weight_map.items():
             if origin.get(name) != os.path.join(hf_dir, shard):
-                raise HFImportError(f"{os.path.join(hf_dir, INDEX_FILE)}: weight_map puts {name} in {shard}, "
-                                    f"but {'it is not there' if name not in origin else 'it is in ' + origin[name]}")
+                raise HFImportError(
+                    f"{os.path.join(hf_dir, INDEX_FILE)}: weight_map puts {name} in {shard}, "
+                    f"but {'it is not there' if name not in origin else 'it is in ' + origin[name]}"
+                )
     where = files[0] if len(files) == 1 else os.path.join(hf_dir, INDEX_FILE)
     try:
         ours = from_hf_state_dict(hf_sd, cfg)
     except KeyError as error:
-        raise HFImportError(f"{where}: tensors do not match {os.path.join(hf_dir, CONFIG_FILE)}: "
-                            f"{error.args[0]}") from None
+        raise HFImportError(
+            f"{where}: tensors do not match {os.path.join(hf_dir, CONFIG_FILE)}: {error.args[0]}"
+        ) from None
     shapes = {k: v.shape for k, v in build_model(cfg, device="meta").state_dict().items()}
     dtype = DTYPES[cfg.dtype]
     for name, tensor in ours.items():
         if tensor.shape != shapes[name]:
             hf_name = next(k for k, v in hf_sd.items() if v is tensor)
-            raise HFImportError(f"{origin[hf_name]}: {hf_name} has shape {tuple(tensor.shape)}, "
-                                f"{CONFIG_FILE} implies {tuple(shapes[name])}")
+            raise HFImportError(
+                f"{origin[hf_name]}: {hf_name} has shape {tuple(tensor.shape)}, "
+                f"{CONFIG_FILE} implies {tuple(shapes[name])}"
+            )
         if not tensor.is_floating_point():
             raise HFImportError(f"{where}: {name} holds {tensor.dtype}, not floating-point weights")
     return {k: v.to(dtype) for k, v in ours.items()}
@@ -208,5 +221,14 @@ def hf_model_config(hf_dir: str) -> ModelConfig:
     return model_config_from_hf(read_hf_config(hf_dir), config_path(hf_dir))
 
 
-__all__ = ["HFImportError", "config_path", "hf_model_config", "is_hf_model_dir",
-           "load_hf_state_dict", "model_config_from_hf", "read_hf_config", "tokenizer_file", "weight_files"]
+__all__ = [
+    "HFImportError",
+    "config_path",
+    "hf_model_config",
+    "is_hf_model_dir",
+    "load_hf_state_dict",
+    "model_config_from_hf",
+    "read_hf_config",
+    "tokenizer_file",
+    "weight_files",
+]

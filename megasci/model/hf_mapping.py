@@ -39,9 +39,11 @@ def _rename(sd: dict, names: dict, direction: str) -> dict:
     missing = [k for k in names if k not in sd]
     extra = [k for k in sd if k not in names]
     if missing or extra:
-        raise KeyError(f"{direction}: state dict does not match the config; "
-                       f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                       f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+        raise KeyError(
+            f"{direction}: state dict does not match the config; "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
     return {names[k]: v for k, v in sd.items()}
 
 
@@ -69,8 +71,9 @@ def from_hf_state_dict(hf_sd: dict, cfg: ModelConfig) -> dict:
     return ours
 
 
-def hf_config_dict(cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2,
-                   pad_token_id: int | None = 3) -> dict:
+def hf_config_dict(
+    cfg: ModelConfig, bos_token_id: int = 1, eos_token_id: int = 2, pad_token_id: int | None = 3
+) -> dict:
     """Keyword arguments for `transformers.LlamaConfig` (and a valid config.json).
 
     The special-token defaults are our tokenizer's (unk 0, bos 1, eos 2, pad 3). The RoPE keys are

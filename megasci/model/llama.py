@@ -74,8 +74,8 @@ class KVCache:
     def update(self, layer: int, k, v):
         """Store one layer's k, v [B, S, Hkv, D] at the next S positions; return all of its so far."""
         end = self.length + k.shape[1]
-        self.k[layer, :, self.length:end] = k
-        self.v[layer, :, self.length:end] = v
+        self.k[layer, :, self.length : end] = k
+        self.v[layer, :, self.length : end] = v
         return self.k[layer, :, :end], self.v[layer, :, :end]
 
 
@@ -188,8 +188,15 @@ class Transformer(nn.Module):
 
     def rotary_tables(self, seq_len: int, x, positions=None):
         """cos, sin for positions 0..seq_len-1 (or at `positions`), by the config's RoPE base and scaling."""
-        return ops.rotary_tables(seq_len, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype,
-                                 scaling=self.cfg.rope_scaling, positions=positions)
+        return ops.rotary_tables(
+            seq_len,
+            self.cfg.head_dim,
+            self.cfg.rope_theta,
+            x.device,
+            x.dtype,
+            scaling=self.cfg.rope_scaling,
+            positions=positions,
+        )
 
     def decode(self, tokens, cache: KVCache, last_only: bool = False):
         """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the

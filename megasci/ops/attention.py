@@ -46,8 +46,9 @@ _HAS_FLEX = _TORCH_VERSION >= (2, 5) and module_available("torch.nn.attention.fl
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q [B,S,Hq,D] and k, v [B,S,Hkv,D]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q [B,S,Hq,D] and k, v [B,S,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"batch or head_dim mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q.shape[2] % k.shape[2]:
@@ -65,8 +66,9 @@ def document_mask(segment_ids: torch.Tensor, causal: bool = True) -> torch.Tenso
     return mask
 
 
-def attention_reference(q, k, v, causal: bool = True, softmax_scale: float | None = None,
-                        segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_reference(
+    q, k, v, causal: bool = True, softmax_scale: float | None = None, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     compute = torch.promote_types(q.dtype, torch.float32)
     groups = q.shape[2] // k.shape[2]
@@ -84,8 +86,9 @@ def attention_reference(q, k, v, causal: bool = True, softmax_scale: float | Non
     return out.transpose(1, 2).to(q.dtype)
 
 
-def attention_sdpa(q, k, v, causal: bool = True, softmax_scale: float | None = None,
-                   segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_sdpa(
+    q, k, v, causal: bool = True, softmax_scale: float | None = None, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     if segment_ids is None:
         return _sdpa(q, k, v, causal, softmax_scale)
     # Packed documents: variable-length attention as a loop, one SDPA call per document over its own rows,
@@ -125,8 +128,11 @@ def flash_usable() -> bool:
         torch.cuda.synchronize()
         return True
     except Exception as error:  # an ABI mismatch surfaces as any kind of error, at import or first call
-        warnings.warn(f"flash_attn is installed but does not run here ({type(error).__name__}: {error}); "
-                      f"using PyTorch SDPA", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"flash_attn is installed but does not run here ({type(error).__name__}: {error}); using PyTorch SDPA",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
 
 
@@ -140,8 +146,9 @@ def cu_seqlens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return offsets, int(torch.diff(offsets).max())
 
 
-def attention_flash(q, k, v, causal: bool = True, softmax_scale: float | None = None,
-                    segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_flash(
+    q, k, v, causal: bool = True, softmax_scale: float | None = None, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     if segment_ids is None:
         from flash_attn import flash_attn_func
 
@@ -150,9 +157,18 @@ def attention_flash(q, k, v, causal: bool = True, softmax_scale: float | None = 
 
     b, s = segment_ids.shape
     offsets, longest = cu_seqlens(segment_ids)
-    out = flash_attn_varlen_func(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),
-                                 v.reshape(b * s, *v.shape[2:]), offsets, offsets, longest, longest,
-                                 dropout_p=0.0, softmax_scale=softmax_scale, causal=causal)
+    out = flash_attn_varlen_func(
+        q.reshape(b * s, *q.shape[2:]),
+        k.reshape(b * s, *k.shape[2:]),
+        v.reshape(b * s, *v.shape[2:]),
+        offsets,
+        offsets,
+        longest,
+        longest,
+        dropout_p=0.0,
+        softmax_scale=softmax_scale,
+        causal=causal,
+    )
     return out.reshape(q.shape)
 
 
@@ -166,6 +182,7 @@ class _FlexMasks:
         from torch.nn.attention.flex_attention import create_block_mask
 
         if self.segment_ids is not segment_ids or self.causal != causal:
+
             def same_document(b, h, q_idx, kv_idx):
                 allowed = segment_ids[b, q_idx] == segment_ids[b, kv_idx]
                 return allowed & (q_idx >= kv_idx) if causal else allowed
@@ -186,16 +203,23 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def attention_flex(q, k, v, causal: bool = True, softmax_scale: float | None = None,
-                   segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention_flex(
+    q, k, v, causal: bool = True, softmax_scale: float | None = None, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     from torch.nn.attention.flex_attention import flex_attention
 
     if segment_ids is None:
         b, s = q.shape[:2]
         segment_ids = torch.zeros(b, s, dtype=torch.int64, device=q.device)
     run = _compiled_flex() if q.is_cuda else flex_attention  # CPU: eager, forward only (torch's limit)
-    out = run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=_flex_masks.get(segment_ids, causal),
-              scale=softmax_scale, enable_gqa=q.shape[2] != k.shape[2])
+    out = run(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        block_mask=_flex_masks.get(segment_ids, causal),
+        scale=softmax_scale,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
     return out.transpose(1, 2)
 
 
@@ -214,8 +238,14 @@ register_backend("attention", "flash", attention_flash, flash_usable)
 register_backend("attention", "flex", attention_flex, lambda: _HAS_FLEX)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-              softmax_scale: float | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    segment_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """q [B, S, Hq, D], k/v [B, S, Hkv, D] with Hq a multiple of Hkv -> [B, S, Hq, D].
 
     ``softmax_scale`` defaults to 1/sqrt(D). ``segment_ids`` [B, S] makes the mask block-causal over

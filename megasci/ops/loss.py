@@ -41,9 +41,15 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def chunk_loss_and_grad_torch(logits: torch.Tensor, labels: torch.Tensor, token_loss: torch.Tensor,
-                              scale: torch.Tensor, ignore_index: int, z_loss: float,
-                              write_grad: bool) -> torch.Tensor:
+def chunk_loss_and_grad_torch(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_loss: torch.Tensor,
+    scale: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    write_grad: bool,
+) -> torch.Tensor:
     """PyTorch version of the chunk kernel: fills ``token_loss`` and overwrites ``logits`` (float32 or
     float64 here) with the gradient of ``scale * sum(token_loss)``; returns it."""
     valid = labels != ignore_index
@@ -87,8 +93,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             logits = h @ weight.t()
             if not use_triton:
                 logits = logits.to(_accumulation_dtype(logits.dtype))
-            grad = chunk_fn(logits, labels[start:end], token_loss[start:end], scale, ignore_index, z_loss,
-                            write_grad)
+            grad = chunk_fn(logits, labels[start:end], token_loss[start:end], scale, ignore_index, z_loss, write_grad)
             if need_h:
                 grad_h[start:end] = grad.to(hidden.dtype) @ weight
             if need_w:
@@ -117,20 +122,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None, None
 
 
-def cross_entropy_chunked(hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100,
-                          z_loss: float = 0.0):
-    return _FusedLinearCrossEntropy.apply(hidden, weight, labels, chunk_size, ignore_index, z_loss, False,
-                                          torch.is_grad_enabled())
+def cross_entropy_chunked(
+    hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100, z_loss: float = 0.0
+):
+    return _FusedLinearCrossEntropy.apply(
+        hidden, weight, labels, chunk_size, ignore_index, z_loss, False, torch.is_grad_enabled()
+    )
 
 
-def cross_entropy_triton(hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100,
-                         z_loss: float = 0.0):
-    return _FusedLinearCrossEntropy.apply(hidden, weight, labels, chunk_size, ignore_index, z_loss, True,
-                                          torch.is_grad_enabled())
+def cross_entropy_triton(hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100, z_loss: float = 0.0):
+    return _FusedLinearCrossEntropy.apply(
+        hidden, weight, labels, chunk_size, ignore_index, z_loss, True, torch.is_grad_enabled()
+    )
 
 
-def cross_entropy_reference(hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100,
-                            z_loss: float = 0.0):
+def cross_entropy_reference(
+    hidden, weight, labels, chunk_size: int = 4096, ignore_index: int = -100, z_loss: float = 0.0
+):
     logits = hidden @ weight.t()
     logits = logits.to(_accumulation_dtype(logits.dtype))
     loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
@@ -145,8 +153,7 @@ def _triton_available() -> bool:
 
 
 def _auto(hidden, weight, *args, **kwargs) -> str:
-    if (_HAS_TRITON and hidden.is_cuda and hidden.dtype == weight.dtype
-            and hidden.dtype in _TRITON_DTYPES):
+    if _HAS_TRITON and hidden.is_cuda and hidden.dtype == weight.dtype and hidden.dtype in _TRITON_DTYPES:
         return "triton"
     return "chunked"
 
@@ -157,8 +164,14 @@ register_backend("cross_entropy_loss", "chunked", cross_entropy_chunked)
 register_backend("cross_entropy_loss", "triton", cross_entropy_triton, _triton_available)
 
 
-def cross_entropy_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                       chunk_size: int = 4096, ignore_index: int = -100, z_loss: float = 0.0) -> torch.Tensor:
+def cross_entropy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_size: int = 4096,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``labels`` over tokens not equal to ``ignore_index``,
     plus ``z_loss * mean(logsumexp(logits)**2)`` over the same tokens.
 

@@ -53,8 +53,13 @@ def _triton_available() -> bool:
 def _auto(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> str:
     if not x.is_cuda:
         return "reference"
-    if (_HAS_TRITON and x.dtype in TRITON_DTYPES and weight.dtype in TRITON_DTYPES
-            and weight.shape == x.shape[-1:] and x.shape[-1] <= _TRITON_MAX_COLUMNS):
+    if (
+        _HAS_TRITON
+        and x.dtype in TRITON_DTYPES
+        and weight.dtype in TRITON_DTYPES
+        and weight.shape == x.shape[-1:]
+        and x.shape[-1] <= _TRITON_MAX_COLUMNS
+    ):
         return "triton"
     return "apex" if _HAS_APEX else "reference"
 

@@ -33,10 +33,14 @@ _HAS_TRITON = module_available("triton")
 ROPE_SCALING_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # type: (required, optional) keys
     "linear": (frozenset({"factor"}), frozenset()),
     "dynamic": (frozenset({"factor", "original_max_position_embeddings"}), frozenset()),
-    "yarn": (frozenset({"factor", "original_max_position_embeddings"}),
-             frozenset({"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"})),
-    "llama3": (frozenset({"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}),
-               frozenset()),
+    "yarn": (
+        frozenset({"factor", "original_max_position_embeddings"}),
+        frozenset({"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}),
+    ),
+    "llama3": (
+        frozenset({"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"}),
+        frozenset(),
+    ),
 }
 _INT_KEYS, _BOOL_KEYS = {"original_max_position_embeddings"}, {"truncate"}
 
@@ -60,9 +64,11 @@ def check_rope_scaling(scaling: dict | None, max_seq_len: int) -> dict | None:
     required, optional = ROPE_SCALING_KEYS[kind]
     given = set(scaling) - {"rope_type"}
     if required - given or given - required - optional:
-        raise ValueError(f"rope_scaling ({kind}): missing {sorted(required - given)}, unknown "
-                         f"{sorted(given - required - optional)}; it takes {sorted(required)} and optionally "
-                         f"{sorted(optional)}")
+        raise ValueError(
+            f"rope_scaling ({kind}): missing {sorted(required - given)}, unknown "
+            f"{sorted(given - required - optional)}; it takes {sorted(required)} and optionally "
+            f"{sorted(optional)}"
+        )
     out: dict = {"rope_type": kind}
     for key in sorted(given):
         value = scaling[key]
@@ -82,11 +88,15 @@ def check_rope_scaling(scaling: dict | None, max_seq_len: int) -> dict | None:
         raise ValueError(f"rope_scaling.factor must be at least 1, got {out['factor']}")
     original = out.get("original_max_position_embeddings", max_seq_len)  # linear has none
     if kind == "yarn" and max_seq_len / original != out["factor"]:
-        raise ValueError(f"rope_scaling (yarn): factor {out['factor']} must equal max_seq_len / "
-                         f"original_max_position_embeddings = {max_seq_len} / {original} = {max_seq_len / original}")
+        raise ValueError(
+            f"rope_scaling (yarn): factor {out['factor']} must equal max_seq_len / "
+            f"original_max_position_embeddings = {max_seq_len} / {original} = {max_seq_len / original}"
+        )
     if kind in ("llama3", "dynamic") and original >= max_seq_len:
-        raise ValueError(f"rope_scaling ({kind}): original_max_position_embeddings {original} must be below "
-                         f"max_seq_len {max_seq_len}")
+        raise ValueError(
+            f"rope_scaling ({kind}): original_max_position_embeddings {original} must be below "
+            f"max_seq_len {max_seq_len}"
+        )
     if kind == "yarn" and out.get("beta_fast", 32) <= out.get("beta_slow", 1):
         raise ValueError("rope_scaling (yarn): beta_fast must exceed beta_slow")
     if kind == "llama3" and out["high_freq_factor"] <= out["low_freq_factor"]:
@@ -104,8 +114,9 @@ def _exponents(dim: int, device) -> torch.Tensor:
     return torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None, seq_len: int | None = None,
-                     device=None) -> tuple[torch.Tensor, float]:
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: dict | None = None, seq_len: int | None = None, device=None
+) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim / 2] (float32) and the factor that scales cos and sin.
 
     `seq_len` is the length in use (the largest position + 1), read only by `dynamic`: like
@@ -183,9 +194,15 @@ def _llama3(dim: int, theta: float, scaling: dict, device) -> tuple[torch.Tensor
     return torch.where(is_medium, smoothed, scaled), 1.0
 
 
-def rotary_tables(seq_len: int, head_dim: int, theta: float = 10000.0, device=None,
-                  dtype: torch.dtype = torch.float32, scaling: dict | None = None,
-                  positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    seq_len: int,
+    head_dim: int,
+    theta: float = 10000.0,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    scaling: dict | None = None,
+    positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables: [seq_len, head_dim] for positions 0..seq_len-1, or [B, S, head_dim] at
     `positions` [B, S] (packed documents), each row cos/sin(position * inv_freq) times the attention
     factor, computed in float32 and cast at the end as `LlamaRotaryEmbedding` does.
@@ -233,8 +250,14 @@ def _triton_available() -> bool:
 
 
 def _auto(q, k, cos, sin) -> str:
-    if (_HAS_TRITON and q.is_cuda and q.dtype == k.dtype and q.dtype in TRITON_DTYPES
-            and cos.dtype in TRITON_DTYPES and not (cos.requires_grad or sin.requires_grad)):
+    if (
+        _HAS_TRITON
+        and q.is_cuda
+        and q.dtype == k.dtype
+        and q.dtype in TRITON_DTYPES
+        and cos.dtype in TRITON_DTYPES
+        and not (cos.requires_grad or sin.requires_grad)
+    ):
         return "triton"
     return "reference"
 

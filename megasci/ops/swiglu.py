@@ -32,8 +32,14 @@ def _triton_available() -> bool:
 
 
 def _auto(gate: torch.Tensor, up: torch.Tensor) -> str:
-    if (_HAS_TRITON and gate.is_cuda and up.is_cuda and gate.shape == up.shape and gate.dtype == up.dtype
-            and gate.dtype in TRITON_DTYPES):
+    if (
+        _HAS_TRITON
+        and gate.is_cuda
+        and up.is_cuda
+        and gate.shape == up.shape
+        and gate.dtype == up.dtype
+        and gate.dtype in TRITON_DTYPES
+    ):
         return "triton"
     return "reference"
 

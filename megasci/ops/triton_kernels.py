@@ -119,8 +119,19 @@ def _max(a, b):
 
 
 @triton.jit
-def _cross_entropy_chunk(LOGITS, stride, LABELS, TOKEN_LOSS, SCALE, n_cols, ignore_index, z_loss,
-                         WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _cross_entropy_chunk(
+    LOGITS,
+    stride,
+    LABELS,
+    TOKEN_LOSS,
+    SCALE,
+    n_cols,
+    ignore_index,
+    z_loss,
+    WRITE_GRAD: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One row: its log-sum-exp in one online pass, then its gradient written over the logits in a second."""
     row = tl.program_id(0).to(tl.int64)
     ptr = LOGITS + row * stride
@@ -156,8 +167,22 @@ def _cross_entropy_chunk(LOGITS, stride, LABELS, TOKEN_LOSS, SCALE, n_cols, igno
 
 
 @triton.jit
-def _rotate_heads(X, Y, n_heads, heads, d, mask, c1, c2, s1, s2, HALF: tl.constexpr, BACKWARD: tl.constexpr,
-                  CDT: tl.constexpr, ACC: tl.constexpr):
+def _rotate_heads(
+    X,
+    Y,
+    n_heads,
+    heads,
+    d,
+    mask,
+    c1,
+    c2,
+    s1,
+    s2,
+    HALF: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    CDT: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Rotate one token's heads [n_heads, 2 * HALF]; every product and sum is rounded to CDT, the dtype
     the reference computes in, so the results are the reference's."""
     offs = heads[:, None] * (2 * HALF) + d[None, :]
@@ -174,9 +199,24 @@ def _rotate_heads(X, Y, n_heads, heads, d, mask, c1, c2, s1, s2, HALF: tl.conste
 
 
 @triton.jit
-def _rotary(Q, K, COS, SIN, QO, KO, seq_len, table_batch_stride, n_q_heads, n_k_heads, HALF: tl.constexpr,
-            BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BACKWARD: tl.constexpr, CDT: tl.constexpr,
-            ACC: tl.constexpr):
+def _rotary(
+    Q,
+    K,
+    COS,
+    SIN,
+    QO,
+    KO,
+    seq_len,
+    table_batch_stride,
+    n_q_heads,
+    n_k_heads,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    CDT: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """One program per token: its cos/sin row is read once and applied to all its q and k heads."""
     token = tl.program_id(0).to(tl.int64)
     table = (token // seq_len) * table_batch_stride + (token % seq_len) * (2 * HALF)
@@ -189,10 +229,38 @@ def _rotary(Q, K, COS, SIN, QO, KO, seq_len, table_batch_stride, n_q_heads, n_k_
     heads = tl.arange(0, BLOCK_H)
     q_mask = (heads[:, None] < n_q_heads) & d_mask[None, :]
     k_mask = (heads[:, None] < n_k_heads) & d_mask[None, :]
-    _rotate_heads(Q + token * n_q_heads * (2 * HALF), QO + token * n_q_heads * (2 * HALF), n_q_heads, heads, d,
-                  q_mask, c1, c2, s1, s2, HALF, BACKWARD, CDT, ACC)
-    _rotate_heads(K + token * n_k_heads * (2 * HALF), KO + token * n_k_heads * (2 * HALF), n_k_heads, heads, d,
-                  k_mask, c1, c2, s1, s2, HALF, BACKWARD, CDT, ACC)
+    _rotate_heads(
+        Q + token * n_q_heads * (2 * HALF),
+        QO + token * n_q_heads * (2 * HALF),
+        n_q_heads,
+        heads,
+        d,
+        q_mask,
+        c1,
+        c2,
+        s1,
+        s2,
+        HALF,
+        BACKWARD,
+        CDT,
+        ACC,
+    )
+    _rotate_heads(
+        K + token * n_k_heads * (2 * HALF),
+        KO + token * n_k_heads * (2 * HALF),
+        n_k_heads,
+        heads,
+        d,
+        k_mask,
+        c1,
+        c2,
+        s1,
+        s2,
+        HALF,
+        BACKWARD,
+        CDT,
+        ACC,
+    )
 
 
 # True when triton.jit wrapped the kernels for the CPU interpreter rather than for the GPU.
@@ -201,8 +269,10 @@ INTERPRETED = not isinstance(_rms_norm_fwd, triton.runtime.JITFunction)
 
 def _check_device(*tensors: torch.Tensor) -> None:
     if not INTERPRETED and not all(t.is_cuda for t in tensors):
-        raise RuntimeError("Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
-                           "megasci.ops.triton_kernels is first imported")
+        raise RuntimeError(
+            "Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
+            "megasci.ops.triton_kernels is first imported"
+        )
 
 
 def _check_dtypes(op: str, *tensors: torch.Tensor) -> None:
@@ -248,8 +318,19 @@ class _RMSNormFunction(torch.autograd.Function):
         dx = torch.empty_like(x2)
         partial = torch.zeros(programs, n_cols, dtype=torch.float32, device=x2.device)
         if n_rows:
-            _rms_norm_bwd[(programs,)](dy2, x2, w, rstd, dx, partial, n_rows, n_cols, rows_per_program,
-                                       BLOCK=block, num_warps=_num_warps(block))
+            _rms_norm_bwd[(programs,)](
+                dy2,
+                x2,
+                w,
+                rstd,
+                dx,
+                partial,
+                n_rows,
+                n_cols,
+                rows_per_program,
+                BLOCK=block,
+                num_warps=_num_warps(block),
+            )
         dw = partial.sum(0).to(w.dtype)
         return dx.view(ctx.x_shape), dw, None
 
@@ -281,11 +362,12 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
     _check_device(x, weight)
     _check_dtypes("rms_norm", x, weight)
     if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} does not match "
-                         f"hidden size {x.shape[-1]}")
+        raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
     if x.shape[-1] > MAX_RMS_NORM_COLUMNS:
-        raise ValueError(f"rms_norm: triton kernel holds one row in registers, at most "
-                         f"{MAX_RMS_NORM_COLUMNS} columns; got {x.shape[-1]}")
+        raise ValueError(
+            f"rms_norm: triton kernel holds one row in registers, at most "
+            f"{MAX_RMS_NORM_COLUMNS} columns; got {x.shape[-1]}"
+        )
     return _RMSNormFunction.apply(x, weight, eps)
 
 
@@ -294,8 +376,10 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _check_device(gate, up)
     _check_dtypes("swiglu", gate, up)
     if gate.shape != up.shape or gate.dtype != up.dtype:
-        raise ValueError(f"swiglu: triton backend needs equal shapes and dtypes; got {tuple(gate.shape)} "
-                         f"{gate.dtype} and {tuple(up.shape)} {up.dtype}")
+        raise ValueError(
+            f"swiglu: triton backend needs equal shapes and dtypes; got {tuple(gate.shape)} "
+            f"{gate.dtype} and {tuple(up.shape)} {up.dtype}"
+        )
     return _SwiGLUFunction.apply(gate, up)
 
 
@@ -303,9 +387,15 @@ _CROSS_ENTROPY_DTYPES = SUPPORTED_DTYPES + (torch.float64,)
 _CROSS_ENTROPY_MAX_BLOCK = 8192
 
 
-def cross_entropy_chunk_triton(logits: torch.Tensor, labels: torch.Tensor, token_loss: torch.Tensor,
-                               scale: torch.Tensor, ignore_index: int, z_loss: float,
-                               write_grad: bool) -> torch.Tensor:
+def cross_entropy_chunk_triton(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    token_loss: torch.Tensor,
+    scale: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    write_grad: bool,
+) -> torch.Tensor:
     """Fills ``token_loss`` [N] (``lse - logit[label] + z_loss * lse**2``, 0 where ignored) and, when
     ``write_grad``, overwrites ``logits`` [N, V] with the gradient of ``scale * sum(token_loss)``
     (``scale`` a 0-dim tensor, read on the device, so nothing waits for the host); returns ``logits``.
@@ -319,15 +409,30 @@ def cross_entropy_chunk_triton(logits: torch.Tensor, labels: torch.Tensor, token
     acc = tl.float64 if logits.dtype == torch.float64 else tl.float32
     block = min(triton.next_power_of_2(n_cols), _CROSS_ENTROPY_MAX_BLOCK)
     if n_rows:
-        _cross_entropy_chunk[(n_rows,)](logits, logits.stride(0), labels.contiguous(), token_loss, scale, n_cols,
-                                        ignore_index, float(z_loss), WRITE_GRAD=write_grad, ACC=acc,
-                                        BLOCK=block, num_warps=_num_warps(block))
+        _cross_entropy_chunk[(n_rows,)](
+            logits,
+            logits.stride(0),
+            labels.contiguous(),
+            token_loss,
+            scale,
+            n_cols,
+            ignore_index,
+            float(z_loss),
+            WRITE_GRAD=write_grad,
+            ACC=acc,
+            BLOCK=block,
+            num_warps=_num_warps(block),
+        )
     return logits
 
 
 _ROTARY_DTYPES = SUPPORTED_DTYPES + (torch.float64,)
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
-              torch.float64: tl.float64}
+_TL_DTYPES = {
+    torch.float32: tl.float32,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+    torch.float64: tl.float64,
+}
 
 
 def _launch_rotary(q, k, cos, sin, backward: bool):
@@ -343,9 +448,25 @@ def _launch_rotary(q, k, cos, sin, backward: bool):
     block_d = triton.next_power_of_2(half)
     table_batch_stride = seq_len * head_dim if cos.dim() == 3 else 0
     if q.numel():
-        _rotary[(batch * seq_len,)](q, k, cos, sin, qo, ko, seq_len, table_batch_stride, n_q_heads, k.shape[2],
-                                    HALF=half, BLOCK_H=block_h, BLOCK_D=block_d, BACKWARD=backward,
-                                    CDT=_TL_DTYPES[compute], ACC=acc, num_warps=_num_warps(block_h * block_d))
+        _rotary[(batch * seq_len,)](
+            q,
+            k,
+            cos,
+            sin,
+            qo,
+            ko,
+            seq_len,
+            table_batch_stride,
+            n_q_heads,
+            k.shape[2],
+            HALF=half,
+            BLOCK_H=block_h,
+            BLOCK_D=block_d,
+            BACKWARD=backward,
+            CDT=_TL_DTYPES[compute],
+            ACC=acc,
+            num_warps=_num_warps(block_h * block_d),
+        )
     return qo, ko
 
 
@@ -372,8 +493,10 @@ def apply_rotary_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin
         if t.dtype not in _ROTARY_DTYPES:
             raise TypeError(f"apply_rotary: triton kernel supports {_ROTARY_DTYPES}, got {t.dtype}")
     if q.dtype != k.dtype or q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"apply_rotary: q and k must be [B, S, H, D] of one dtype with equal B, S, D; got "
-                         f"{tuple(q.shape)} {q.dtype} and {tuple(k.shape)} {k.dtype}")
+        raise ValueError(
+            f"apply_rotary: q and k must be [B, S, H, D] of one dtype with equal B, S, D; got "
+            f"{tuple(q.shape)} {q.dtype} and {tuple(k.shape)} {k.dtype}"
+        )
     if cos.shape[-2:] != (q.shape[1], q.shape[3]) or (cos.dim() == 3 and cos.shape[0] != q.shape[0]):
         raise ValueError(f"apply_rotary: tables {tuple(cos.shape)} do not match q {tuple(q.shape)}")
     return _RotaryFunction.apply(q, k, cos, sin)

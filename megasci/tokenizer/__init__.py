@@ -15,9 +15,18 @@ from megasci.tokenizer.sp_tokenizer import (
 )
 
 __all__ = [
-    "CHAT_TEMPLATES", "ChatEncoder", "ChatFormatError", "ChatTemplate", "get_chat_template",
-    "Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "SentencePieceTrainConfig", "TrainReport",
-    "train_sentencepiece", "load_tokenizer",
+    "CHAT_TEMPLATES",
+    "ChatEncoder",
+    "ChatFormatError",
+    "ChatTemplate",
+    "get_chat_template",
+    "Tokenizer",
+    "HFTokenizer",
+    "SentencePieceTokenizer",
+    "SentencePieceTrainConfig",
+    "TrainReport",
+    "train_sentencepiece",
+    "load_tokenizer",
 ]
 
 

@@ -10,8 +10,8 @@ from the Jinja string are the ids the SFT data was written with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -48,11 +48,15 @@ class ChatTemplate:
         return dict(self.role_markers)[role]
 
     def to_meta(self) -> dict:
-        return {"name": self.name, "role_markers": dict(self.role_markers), "end_marker": self.end_marker,
-                "jinja": self.jinja()}
+        return {
+            "name": self.name,
+            "role_markers": dict(self.role_markers),
+            "end_marker": self.end_marker,
+            "jinja": self.jinja(),
+        }
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "ChatTemplate":
+    def from_meta(cls, meta: dict) -> ChatTemplate:
         template = cls(meta["name"], tuple((role, meta["role_markers"][role]) for role in ROLES), meta["end_marker"])
         if "jinja" in meta and meta["jinja"] != template.jinja():
             raise ValueError(f"chat template {template.name!r}: stored Jinja differs from its markers' rendering")
@@ -62,7 +66,8 @@ class ChatTemplate:
         """The rendering for transformers' `apply_chat_template` (tokenizer_config.json `chat_template`)."""
         branches = "".join(
             f"{{%- {'if' if i == 0 else 'elif'} message['role'] == '{role}' -%}}{{{{ '{marker}' }}}}"
-            for i, (role, marker) in enumerate(self.role_markers))
+            for i, (role, marker) in enumerate(self.role_markers)
+        )
         return (
             "{%- for message in messages -%}"
             f"{branches}"
@@ -97,18 +102,22 @@ class ChatTemplate:
             if content is None:
                 raise ChatFormatError("missing_content", f"message {i} ({role}) has no content")
             if not isinstance(content, str):
-                raise ChatFormatError("non_string_content", f"message {i} ({role}) content is a {type(content).__name__}")
+                raise ChatFormatError(
+                    "non_string_content", f"message {i} ({role}) content is a {type(content).__name__}"
+                )
             if not content.strip():
                 raise ChatFormatError("empty_turn", f"message {i} ({role}) is empty")
             marker = next((m for m in self.markers if m in content), None)
             if marker is not None:
-                raise ChatFormatError("marker_in_content", f"message {i} ({role}) contains the control marker {marker!r}")
+                raise ChatFormatError(
+                    "marker_in_content", f"message {i} ({role}) contains the control marker {marker!r}"
+                )
             turns.append((role, content))
         if require_assistant and not any(role == SCORED_ROLE for role, _ in turns):
             raise ChatFormatError("no_assistant_turn", "no assistant turn: nothing to train on")
         return turns
 
-    def bind(self, tokenizer) -> "ChatEncoder":
+    def bind(self, tokenizer) -> ChatEncoder:
         return ChatEncoder(self, tokenizer)
 
 
@@ -122,8 +131,10 @@ class ChatEncoder:
         for marker in template.markers:
             encoded = tokenizer.encode(marker)
             if len(encoded) != 1:
-                raise ValueError(f"tokenizer {tokenizer.name!r}: chat marker {marker!r} is {len(encoded)} tokens, not one "
-                                 f"(train the tokenizer with chat_template={template.name!r})")
+                raise ValueError(
+                    f"tokenizer {tokenizer.name!r}: chat marker {marker!r} is {len(encoded)} tokens, not one "
+                    f"(train the tokenizer with chat_template={template.name!r})"
+                )
             ids[marker] = int(encoded[0])
         self.role_ids = {role: ids[marker] for role, marker in template.role_markers}
         self.end_id = ids[template.end_marker]
@@ -133,8 +144,12 @@ class ChatEncoder:
         turns = self.template.check(messages, require_assistant=not add_generation_prompt)
         return self.encode_turns(turns, self.tokenizer.encode_batch([c for _, c in turns]), add_generation_prompt)
 
-    def encode_turns(self, turns: Sequence[tuple[str, str]], content_ids: Sequence[Sequence[int]],
-                     add_generation_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def encode_turns(
+        self,
+        turns: Sequence[tuple[str, str]],
+        content_ids: Sequence[Sequence[int]],
+        add_generation_prompt: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Assemble checked turns from their contents' ids (encoded in bulk by the caller).
 
         Mask 1 on an assistant turn's content and its end marker, 0 on markers that open turns and

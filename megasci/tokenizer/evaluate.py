@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 from megasci.tokenizer.base import Tokenizer
 
 DISPLAY_ENVIRONMENTS = (
-    "equation", "equation*", "align", "align*", "gather", "gather*",
-    "multline", "multline*", "eqnarray", "eqnarray*", "displaymath",
+    "equation",
+    "equation*",
+    "align",
+    "align*",
+    "gather",
+    "gather*",
+    "multline",
+    "multline*",
+    "eqnarray",
+    "eqnarray*",
+    "displaymath",
 )
 _ENV_NAMES = "|".join(re.escape(env) for env in DISPLAY_ENVIRONMENTS)
 
@@ -90,7 +99,9 @@ def _mean_tokens(tokenizer: Tokenizer, fragments: Counter, batch_size: int) -> f
     return tokens / total
 
 
-def evaluate_tokenizers(tokenizers: list[Tokenizer], documents: list[str], batch_size: int = 256) -> list[TokenizerStats]:
+def evaluate_tokenizers(
+    tokenizers: list[Tokenizer], documents: list[str], batch_size: int = 256
+) -> list[TokenizerStats]:
     """One stats row per tokenizer, all measured on the same documents and the same fragments.
 
     Whole documents are encoded as they are. Commands and math spans are encoded out of context,
@@ -116,22 +127,24 @@ def evaluate_tokenizers(tokenizers: list[Tokenizer], documents: list[str], batch
                 tokens += len(ids)
                 if unk_id is not None:
                     unknown += sum(1 for i in ids if i == unk_id)
-        rows.append(TokenizerStats(
-            name=tokenizer.name,
-            vocab_size=tokenizer.vocab_size,
-            documents=len(documents),
-            characters=characters,
-            tokens=tokens,
-            tokens_per_document=tokens / len(documents),
-            chars_per_token=characters / tokens if tokens else 0.0,
-            tokens_per_command=_mean_tokens(tokenizer, commands, batch_size),
-            tokens_per_inline_math=_mean_tokens(tokenizer, inline_math, batch_size),
-            tokens_per_display_math=_mean_tokens(tokenizer, display_math, batch_size),
-            commands=sum(commands.values()),
-            inline_math_spans=sum(inline_math.values()),
-            display_math_spans=sum(display_math.values()),
-            unknown_token_rate=(unknown / tokens if tokens else 0.0) if unk_id is not None else None,
-        ))
+        rows.append(
+            TokenizerStats(
+                name=tokenizer.name,
+                vocab_size=tokenizer.vocab_size,
+                documents=len(documents),
+                characters=characters,
+                tokens=tokens,
+                tokens_per_document=tokens / len(documents),
+                chars_per_token=characters / tokens if tokens else 0.0,
+                tokens_per_command=_mean_tokens(tokenizer, commands, batch_size),
+                tokens_per_inline_math=_mean_tokens(tokenizer, inline_math, batch_size),
+                tokens_per_display_math=_mean_tokens(tokenizer, display_math, batch_size),
+                commands=sum(commands.values()),
+                inline_math_spans=sum(inline_math.values()),
+                display_math_spans=sum(display_math.values()),
+                unknown_token_rate=(unknown / tokens if tokens else 0.0) if unk_id is not None else None,
+            )
+        )
     return rows
 
 

@@ -27,8 +27,9 @@ class HFTokenizer(Tokenizer):
         try:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError:
-            raise ImportError("loading a tokenizer.json needs the `tokenizers` package: "
-                              "pip install tokenizers") from None
+            raise ImportError(
+                "loading a tokenizer.json needs the `tokenizers` package: pip install tokenizers"
+            ) from None
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: tokenizer.json not found")
         self.path = path
@@ -43,8 +44,9 @@ class HFTokenizer(Tokenizer):
         self.eos_id = self._first_id(names.get("eos_token"), _EOS_NAMES)
         self.pad_id = self._first_id(names.get("pad_token"), _PAD_NAMES)
         jinja = names.get("chat_template")
-        self.chat_template = next((t for t in CHAT_TEMPLATES.values() if isinstance(jinja, str) and t.jinja() == jinja),
-                                  None)
+        self.chat_template = next(
+            (t for t in CHAT_TEMPLATES.values() if isinstance(jinja, str) and t.jinja() == jinja), None
+        )
         if self.chat_template is not None:
             try:
                 self.chat_template.bind(self)  # its markers must be single tokens of this tokenizer

@@ -7,8 +7,8 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
@@ -162,8 +162,11 @@ def _add_whole_pieces(model_proto: bytes, commands: list[str]) -> tuple[bytes, l
     protected = set(commands)
     missing = [c for c in commands if c not in vocab]
     victims = sorted(
-        (i for i, p in enumerate(proto.pieces)
-         if p.type == pb.ModelProto.SentencePiece.NORMAL and len(p.piece) > 1 and p.piece not in protected),
+        (
+            i
+            for i, p in enumerate(proto.pieces)
+            if p.type == pb.ModelProto.SentencePiece.NORMAL and len(p.piece) > 1 and p.piece not in protected
+        ),
         key=lambda i: proto.pieces[i].score,
     )
     best_score = max(p.score for p in proto.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL)
@@ -223,7 +226,10 @@ def _train(lines: Iterator[str], buffer: io.BytesIO, cfg: SentencePieceTrainConf
         allow_whitespace_only_pieces=True,  # indentation runs
         byte_fallback=True,
         user_defined_symbols=NEWLINE_PIECES + (chat.markers if chat is not None else []),
-        unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
         num_threads=cfg.num_threads,
         minloglevel=2,
         **cfg.extra_options,
@@ -287,14 +293,20 @@ def train_sentencepiece(documents: Iterable[str], model_path: str, cfg: Sentence
         commands_not_whole=not_whole,
         pieces_unused_for_chat=unused_for_chat,
     )
-    write_json_atomic(meta_path(model_path), {
-        "kind": "sentencepiece",
-        "bos_id": BOS_ID, "eos_id": EOS_ID, "pad_id": PAD_ID, "unk_id": UNK_ID,
-        "vocab_size": report.vocab_size,
-        "sha256": file_sha256(model_path),
-        "config": asdict(cfg),
-        "documents": report.documents,
-        "mined_commands": mined,
-        **({"chat_template": chat.to_meta()} if chat is not None else {}),
-    })
+    write_json_atomic(
+        meta_path(model_path),
+        {
+            "kind": "sentencepiece",
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+            "pad_id": PAD_ID,
+            "unk_id": UNK_ID,
+            "vocab_size": report.vocab_size,
+            "sha256": file_sha256(model_path),
+            "config": asdict(cfg),
+            "documents": report.documents,
+            "mined_commands": mined,
+            **({"chat_template": chat.to_meta()} if chat is not None else {}),
+        },
+    )
     return report

@@ -135,10 +135,18 @@ def hf_checkpoint_meta(hf_dir: str) -> dict:
     tokenizer_path = hf_import.tokenizer_file(hf_dir)
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise hf_import.HFImportError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than vocab_size "
-                                      f"{cfg.vocab_size} in {hf_import.config_path(hf_dir)}")
-    return {"step": 0, "data": {"consumed_samples": 0}, "dp_size": 1, "model_config": dataclasses.asdict(cfg),
-            "tokenizer": tokenizer.identity(), "imported_from": os.path.abspath(hf_dir)}
+        raise hf_import.HFImportError(
+            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than vocab_size "
+            f"{cfg.vocab_size} in {hf_import.config_path(hf_dir)}"
+        )
+    return {
+        "step": 0,
+        "data": {"consumed_samples": 0},
+        "dp_size": 1,
+        "model_config": dataclasses.asdict(cfg),
+        "tokenizer": tokenizer.identity(),
+        "imported_from": os.path.abspath(hf_dir),
+    }
 
 
 def load_hf_model(hf_dir: str, device="cpu", dtype: torch.dtype | None = None):
@@ -709,19 +717,26 @@ class Checkpointer:
 
         for name, component in self.components.items():
             if getattr(component, "per_rank", False):
-                component.load_state_dict(SavedRanks(saved_world_size=meta["dp_size"], world_size=self.world_size,
-                                                     rank=self.rank, read=lambda r, name=name: rank_state(r)[name]))
+                component.load_state_dict(
+                    SavedRanks(
+                        saved_world_size=meta["dp_size"],
+                        world_size=self.world_size,
+                        rank=self.rank,
+                        read=lambda r, name=name: rank_state(r)[name],
+                    )
+                )
             elif name not in meta:
-                raise CheckpointError(f"{os.path.join(path, META_NAME)}: no state for the run's {name!r} component "
-                                      f"(written by another megasci version?); train.init_from can still start a "
-                                      f"run from its weights")
+                raise CheckpointError(
+                    f"{os.path.join(path, META_NAME)}: no state for the run's {name!r} component "
+                    f"(written by another megasci version?); train.init_from can still start a "
+                    f"run from its weights"
+                )
             else:
                 component.load_state_dict(meta[name])
         self.last_saved, self.pinned, self.rollback = path, meta.get("pinned"), start.rollback
         self._skipped_at_save = meta.get("skipped_steps", 0)
         print_rank0(
-            f"resumed from {path}: step {meta['step']} "
-            f"(saved with {meta['dp_size']} rank(s), now {self.world_size})"
+            f"resumed from {path}: step {meta['step']} (saved with {meta['dp_size']} rank(s), now {self.world_size})"
         )
         return meta
 
@@ -735,15 +750,19 @@ class Checkpointer:
         meta = verify_checkpoint(path, [MODEL_NAME])
         saved_cfg = model_config_from_meta(meta)
         grows = saved_cfg.vocab_size < self.model_cfg.vocab_size
-        if dataclasses.replace(saved_cfg, vocab_size=self.model_cfg.vocab_size, **position_fields(self.model_cfg)) \
-                != self.model_cfg:
+        if (
+            dataclasses.replace(saved_cfg, vocab_size=self.model_cfg.vocab_size, **position_fields(self.model_cfg))
+            != self.model_cfg
+        ):
             raise ValueError(
                 f"train.init_from {path}: its model config {meta['model_config']} is not this run's "
                 f"{dataclasses.asdict(self.model_cfg)}"
             )
         if saved_cfg.vocab_size > self.model_cfg.vocab_size:
-            raise ValueError(f"train.init_from {path}: vocab_size {saved_cfg.vocab_size} is larger than this "
-                             f"run's {self.model_cfg.vocab_size}")
+            raise ValueError(
+                f"train.init_from {path}: vocab_size {saved_cfg.vocab_size} is larger than this "
+                f"run's {self.model_cfg.vocab_size}"
+            )
         if meta["tokenizer"].get("sha256") != self.tokenizer.identity().get("sha256"):
             self._check_extends(path)
         if hf_import.is_hf_model_dir(path):
@@ -752,8 +771,10 @@ class Checkpointer:
             state = safe_load(os.path.join(path, MODEL_NAME), map_location="cpu")
         if grows:
             state = grow_vocab(state, self.model_cfg)
-            print_rank0(f"embeddings grown from {saved_cfg.vocab_size} to {self.model_cfg.vocab_size} rows "
-                        f"(new rows: the mean of the existing ones)")
+            print_rank0(
+                f"embeddings grown from {saved_cfg.vocab_size} to {self.model_cfg.vocab_size} rows "
+                f"(new rows: the mean of the existing ones)"
+            )
         self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
         print_rank0(
             f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh"
@@ -764,8 +785,10 @@ class Checkpointer:
         """The run's tokenizer is the checkpoint's with tokens appended: every id it had means the same piece."""
         theirs_path = checkpoint_tokenizer_path(path)
         ours_path = self.train_cfg.data.tokenizer
-        refusal = (f"train.init_from {path} was trained with another tokenizer ({theirs_path}) than "
-                   f"data.tokenizer {ours_path}; its token ids would mean other things")
+        refusal = (
+            f"train.init_from {path} was trained with another tokenizer ({theirs_path}) than "
+            f"data.tokenizer {ours_path}; its token ids would mean other things"
+        )
         if theirs_path is None:
             raise ValueError(refusal)
         from megasci.tokenizer import load_tokenizer
@@ -775,10 +798,14 @@ class Checkpointer:
             raise ValueError(refusal)
         for i in range(theirs.vocab_size):
             if theirs.id_to_piece(i) != self.tokenizer.id_to_piece(i):
-                raise ValueError(f"{refusal}: token {i} is {theirs.id_to_piece(i)!r} in {theirs_path}, "
-                                 f"{self.tokenizer.id_to_piece(i)!r} in {ours_path}")
-        print_rank0(f"data.tokenizer {ours_path} is {theirs_path} with {self.tokenizer.vocab_size - theirs.vocab_size} "
-                    f"token(s) added")
+                raise ValueError(
+                    f"{refusal}: token {i} is {theirs.id_to_piece(i)!r} in {theirs_path}, "
+                    f"{self.tokenizer.id_to_piece(i)!r} in {ours_path}"
+                )
+        print_rank0(
+            f"data.tokenizer {ours_path} is {theirs_path} with {self.tokenizer.vocab_size - theirs.vocab_size} "
+            f"token(s) added"
+        )
 
     def save(self, step: int, skipped_steps: int = 0) -> str:
         """Writes the checkpoint of `step`; returns its path. `skipped_steps`, the guard's running

@@ -38,10 +38,13 @@ class ModelSection:
         hints = typing.get_type_hints(ModelConfig)
         unknown = sorted(set(self.overrides) - set(hints))
         if unknown:
-            raise KeyError(f"unknown model field(s) {', '.join('model.overrides.' + k for k in unknown)}; "
-                           f"ModelConfig has {', '.join(sorted(hints))}")
-        return get_config(self.preset, **{k: _coerce(v, hints[k], f"model.overrides.{k}")
-                                          for k, v in self.overrides.items()})
+            raise KeyError(
+                f"unknown model field(s) {', '.join('model.overrides.' + k for k in unknown)}; "
+                f"ModelConfig has {', '.join(sorted(hints))}"
+            )
+        return get_config(
+            self.preset, **{k: _coerce(v, hints[k], f"model.overrides.{k}") for k, v in self.overrides.items()}
+        )
 
 
 @dataclasses.dataclass
@@ -91,8 +94,10 @@ class OptimSection:
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay: expected a non-negative value, got {self.weight_decay}")
         if self.lr * self.weight_decay >= 1:  # decoupled decay multiplies the weights by 1 - lr x weight_decay
-            raise ValueError(f"optim.weight_decay: {self.weight_decay} x optim.lr {self.lr} is not below 1, so every "
-                             f"step would zero or flip the sign of the weights")
+            raise ValueError(
+                f"optim.weight_decay: {self.weight_decay} x optim.lr {self.lr} is not below 1, so every "
+                f"step would zero or flip the sign of the weights"
+            )
         if self.clip_grad < 0:
             raise ValueError(f"optim.clip_grad: expected a non-negative norm (0: no clipping), got {self.clip_grad}")
         if self.warmup_steps < 0:
@@ -101,6 +106,7 @@ class OptimSection:
             raise ValueError(f"optim.decay_steps: expected a non-negative number, got {self.decay_steps}")
         if self.bucket_numel < 1:
             raise ValueError(f"optim.bucket_numel: expected a positive number of parameters, got {self.bucket_numel}")
+
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
@@ -145,13 +151,21 @@ class TrainSection:
     def __post_init__(self):
         """Impossible values fail here, naming the key."""
         if self.activation_checkpointing not in CHECKPOINTING_MODES:
-            raise ValueError(f"train.activation_checkpointing: expected one of {', '.join(CHECKPOINTING_MODES)}, "
-                             f"got {self.activation_checkpointing!r}")
+            raise ValueError(
+                f"train.activation_checkpointing: expected one of {', '.join(CHECKPOINTING_MODES)}, "
+                f"got {self.activation_checkpointing!r}"
+            )
         for key in ("micro_batch_size", "global_batch_size", "train_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key}: expected a positive number, got {getattr(self, key)}")
-        for key in ("save_interval", "log_interval", "eval_interval", "spike_warmup_steps", "max_skipped_steps",
-                    "skip_batches"):
+        for key in (
+            "save_interval",
+            "log_interval",
+            "eval_interval",
+            "spike_warmup_steps",
+            "max_skipped_steps",
+            "skip_batches",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key}: expected a non-negative number, got {getattr(self, key)}")
         for key in ("keep_last", "exit_interval"):
@@ -162,11 +176,14 @@ class TrainSection:
         if self.resume_step is not None and self.resume_step < 0:
             raise ValueError(f"train.resume_step: expected a checkpoint's step, got {self.resume_step}")
         if self.resume_step is not None and self.resume_step + self.skip_batches > self.train_steps:
-            raise ValueError(f"train.skip_batches: resuming at step {self.resume_step} and skipping "
-                             f"{self.skip_batches} batches goes past train.train_steps {self.train_steps}")
+            raise ValueError(
+                f"train.skip_batches: resuming at step {self.resume_step} and skipping "
+                f"{self.skip_batches} batches goes past train.train_steps {self.train_steps}"
+            )
         if self.skip_batches and self.resume_step is None:
-            raise ValueError("train.skip_batches: only with train.resume_step (the checkpoint the skipped batches "
-                             "follow)")
+            raise ValueError(
+                "train.skip_batches: only with train.resume_step (the checkpoint the skipped batches follow)"
+            )
 
 
 @dataclasses.dataclass
@@ -204,8 +221,10 @@ class TrainConfig:
     def __post_init__(self):
         """Checks between sections."""
         if self.optim.warmup_steps > self.train.train_steps:
-            raise ValueError(f"optim.warmup_steps: {self.optim.warmup_steps} is more than train.train_steps "
-                             f"{self.train.train_steps}, so the learning rate would never reach optim.lr")
+            raise ValueError(
+                f"optim.warmup_steps: {self.optim.warmup_steps} is more than train.train_steps "
+                f"{self.train.train_steps}, so the learning rate would never reach optim.lr"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,8 +308,10 @@ def _build(cls, values: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise KeyError(f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
-                       f"{where or 'the config'} has {', '.join(sorted(known))}")
+        raise KeyError(
+            f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+            f"{where or 'the config'} has {', '.join(sorted(known))}"
+        )
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
@@ -312,11 +333,15 @@ def _move_legacy_checkpointing(values: dict) -> dict:
     mode = values["model"]["overrides"].pop("checkpointing")
     train = dict(values.get("train") or {})
     if train.get("activation_checkpointing", mode) != mode:
-        raise ValueError(f"model.overrides.checkpointing {mode!r} and train.activation_checkpointing "
-                         f"{train['activation_checkpointing']!r} disagree; keep train.activation_checkpointing only")
+        raise ValueError(
+            f"model.overrides.checkpointing {mode!r} and train.activation_checkpointing "
+            f"{train['activation_checkpointing']!r} disagree; keep train.activation_checkpointing only"
+        )
     train["activation_checkpointing"] = mode
-    print(f"note: model.overrides.checkpointing is training policy now; read as train.activation_checkpointing: {mode}",
-          flush=True)
+    print(
+        f"note: model.overrides.checkpointing is training policy now; read as train.activation_checkpointing: {mode}",
+        flush=True,
+    )
     return {**values, "train": train}
 
 
@@ -336,11 +361,13 @@ def expand_variables(value, where: str = ""):
     if isinstance(value, list):
         return [expand_variables(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
+
         def substitute(match):
             name = match.group(1) or match.group(2)
             if name not in os.environ:
                 raise ValueError(f"{where}: environment variable {name} is not set (in {value!r})")
             return os.environ[name]
+
         return _VARIABLE.sub(substitute, value)
     return value
 
@@ -359,8 +386,10 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             last = depth == len(keys) - 1
             if isinstance(node, list):
                 if not key.isdigit() or int(key) >= len(node):
-                    raise ValueError(f"override {item!r}: {'.'.join(keys[:depth]) or 'config'} is a list of "
-                                     f"{len(node)}; {key!r} is not an index into it")
+                    raise ValueError(
+                        f"override {item!r}: {'.'.join(keys[:depth]) or 'config'} is a list of "
+                        f"{len(node)}; {key!r} is not an index into it"
+                    )
                 key = int(key)
             elif not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(keys[:depth])} is not a section")

@@ -55,14 +55,18 @@ def check_stage_boundaries(dataset: BlendedDataset, global_batch_size: int) -> N
     """A stage that changes the length or micro-batch must start on a global-batch boundary."""
     for k in range(1, len(dataset.stages)):
         before, after = dataset.stages[k - 1], dataset.stages[k]
-        changes = (dataset.stage_seq_lengths[k - 1] != dataset.stage_seq_lengths[k]
-                   or before.micro_batch_size != after.micro_batch_size)
+        changes = (
+            dataset.stage_seq_lengths[k - 1] != dataset.stage_seq_lengths[k]
+            or before.micro_batch_size != after.micro_batch_size
+        )
         start = int(dataset.stage_ends[k - 1])
         if changes and start % global_batch_size:
-            raise ValueError(f"curriculum stage {after.name!r} changes seq_length or micro_batch_size but starts at "
-                             f"sample {start:,}, not a multiple of global_batch_size {global_batch_size}: one step "
-                             f"cannot mix lengths; end stage {before.name!r} at "
-                             f"{-(-start // global_batch_size) * global_batch_size:,} samples")
+            raise ValueError(
+                f"curriculum stage {after.name!r} changes seq_length or micro_batch_size but starts at "
+                f"sample {start:,}, not a multiple of global_batch_size {global_batch_size}: one step "
+                f"cannot mix lengths; end stage {before.name!r} at "
+                f"{-(-start // global_batch_size) * global_batch_size:,} samples"
+            )
 
 
 def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True) -> BlendedDataset:
@@ -77,34 +81,53 @@ def build_train_dataset(cfg: TrainConfig, cache_dir: str, may_build: bool = True
         stages = [CurriculumStage("main", parse_blend(cfg.data.blend), end_samples=needed)]
     else:
         raise ValueError("the config needs data.blend or data.curriculum")
-    dataset = BlendedDataset(stages, cfg.data.seq_length, seed=cfg.data.seed, split="train", cache_dir=cache_dir,
-                             split_fractions=cfg.data.split, may_build=may_build,
-                             vocab_size=cfg.model.build().vocab_size)  # token ids checked before the embedding
+    dataset = BlendedDataset(
+        stages,
+        cfg.data.seq_length,
+        seed=cfg.data.seed,
+        split="train",
+        cache_dir=cache_dir,
+        split_fractions=cfg.data.split,
+        may_build=may_build,
+        vocab_size=cfg.model.build().vocab_size,
+    )  # token ids checked before the embedding
     check_stage_boundaries(dataset, cfg.train.global_batch_size)
     if len(dataset) < needed:
-        raise ValueError(f"the curriculum covers {len(dataset):,} samples but {cfg.train.train_steps:,} steps of "
-                         f"{cfg.train.global_batch_size} need {needed:,}; extend the last stage")
+        raise ValueError(
+            f"the curriculum covers {len(dataset):,} samples but {cfg.train.train_steps:,} steps of "
+            f"{cfg.train.global_batch_size} need {needed:,}; extend the last stage"
+        )
     return dataset
 
 
-def build_eval_datasets(cfg: TrainConfig, train: BlendedDataset, cache_dir: str,
-                        may_build: bool = True) -> dict[str, GPTDataset]:
+def build_eval_datasets(
+    cfg: TrainConfig, train: BlendedDataset, cache_dir: str, may_build: bool = True
+) -> dict[str, GPTDataset]:
     """Each source's first `eval_samples` validation samples (fewer if its validation split is small)."""
     datasets, seen = {}, set()
     for source, name in zip(train.sources, train.base_names):
         if source.key in seen:  # a source used at a second length is validated once, at data.seq_length
             continue
         seen.add(source.key)
-        config = GPTDatasetConfig(prefix=source.prefix, document_filter=source.document_filter,
-                                  min_document_tokens=source.min_doc_tokens, split="valid",
-                                  split_fractions=cfg.data.split, seq_length=cfg.data.seq_length,
-                                  seed=cfg.data.seed, cache_dir=cache_dir)
+        config = GPTDatasetConfig(
+            prefix=source.prefix,
+            document_filter=source.document_filter,
+            min_document_tokens=source.min_doc_tokens,
+            split="valid",
+            split_fractions=cfg.data.split,
+            seq_length=cfg.data.seq_length,
+            seed=cfg.data.seed,
+            cache_dir=cache_dir,
+        )
         available = (split_tokens(config) - 1) // cfg.data.seq_length  # one pass, label included
         if available == 0:
             print_rank0(f"validation: source {name} has no full sample in its validation split; not evaluated")
             continue
-        datasets[name] = GPTDataset(dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
-                                           may_build=may_build, vocab_size=cfg.model.build().vocab_size)
+        datasets[name] = GPTDataset(
+            dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
+            may_build=may_build,
+            vocab_size=cfg.model.build().vocab_size,
+        )
     return datasets
 
 
@@ -112,5 +135,6 @@ def check_tokenizer(train: BlendedDataset, tokenizer_path: str, identity: dict) 
     """Refuses data written with another tokenizer: a model trained on its ids loads, runs and means nothing."""
     mismatched = [w for source in train.sources for w in tokenizer_warnings(source.prefix, identity)]
     if mismatched:
-        raise ValueError(f"data.tokenizer {tokenizer_path} is not the tokenizer the data was written with:\n"
-                         + "\n".join(mismatched))
+        raise ValueError(
+            f"data.tokenizer {tokenizer_path} is not the tokenizer the data was written with:\n" + "\n".join(mismatched)
+        )

@@ -35,8 +35,10 @@ def load_tasks(specs: list[str], limit: int | None) -> list[Task]:
     names = [task.name for task in tasks]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"eval.tasks: more than one task is named {', '.join(repeated)} (a file's name is its "
-                         f"base name); rename one")
+        raise ValueError(
+            f"eval.tasks: more than one task is named {', '.join(repeated)} (a file's name is its "
+            f"base name); rename one"
+        )
     return tasks
 
 
@@ -58,8 +60,20 @@ def scalars(results: list[TaskResult]) -> dict[str, float]:
 class DownstreamEval:
     """The trainer's downstream evaluation (see the module docstring); falsy with no tasks."""
 
-    def __init__(self, model, tasks: list[Task], tokenizer, log: MetricsLog, *, device, rank: int, world_size: int,
-                 interval: int, batch_size: int = 16, per_example_dir: str | None = None):
+    def __init__(
+        self,
+        model,
+        tasks: list[Task],
+        tokenizer,
+        log: MetricsLog,
+        *,
+        device,
+        rank: int,
+        world_size: int,
+        interval: int,
+        batch_size: int = 16,
+        per_example_dir: str | None = None,
+    ):
         self.model, self.tasks, self.tokenizer, self.log = model, tasks, tokenizer, log
         self.device, self.rank, self.world_size = device, rank, world_size
         self.interval, self.batch_size, self.per_example_dir = interval, batch_size, per_example_dir
@@ -85,8 +99,15 @@ class DownstreamEval:
         start = time.perf_counter()
         self.model.eval()
         try:
-            results = evaluate_tasks(self.model, self.tasks, self.tokenizer, device=self.device,
-                                     batch_size=self.batch_size, rank=self.rank, world_size=self.world_size)
+            results = evaluate_tasks(
+                self.model,
+                self.tasks,
+                self.tokenizer,
+                device=self.device,
+                batch_size=self.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
         finally:
             self.model.train()
         seconds = time.perf_counter() - start  # evaluate_tasks ends in a gather: the scores are on the host
@@ -105,8 +126,10 @@ class DownstreamEval:
             lines.append(f"  {r.name} ({r.examples} examples): {shown}")
         if len(results) > 1:
             macro = sorted(k for k in values if k.startswith("eval/macro/") and not k.endswith("_stderr"))
-            lines.append("  macro: " + ", ".join(f"{k.split('/')[-1]} {values[k]:.4f} ± {values[k + '_stderr']:.4f}"
-                                                for k in macro))
+            lines.append(
+                "  macro: "
+                + ", ".join(f"{k.split('/')[-1]} {values[k]:.4f} ± {values[k + '_stderr']:.4f}" for k in macro)
+            )
         print_rank0("\n".join(lines))
         if self.per_example_dir and self.rank == 0:
             os.makedirs(self.per_example_dir, exist_ok=True)
@@ -122,7 +145,9 @@ class DownstreamEval:
             return None
         line = f"downstream evaluation took {self.total_eval_seconds:.1f} s in all"
         if self.total_train_seconds > 0:
-            line += (f", {100 * self.total_eval_seconds / self.total_train_seconds:.1f}% of the "
-                     f"{self.total_train_seconds:.1f} s of training steps")
+            line += (
+                f", {100 * self.total_eval_seconds / self.total_train_seconds:.1f}% of the "
+                f"{self.total_train_seconds:.1f} s of training steps"
+            )
         print_rank0(line)
         return line

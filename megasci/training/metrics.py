@@ -101,13 +101,31 @@ class TrainingMetrics:
     logs the length it used (`data/seq_length`), the console line names it, and throughput and
     FLOPs count each step's own tokens (`flops_at(length)`: FLOPs per token at that length)."""
 
-    def __init__(self, log: MetricsLog, data, *, train_steps: int, global_batch_size: int, seq_length: int,
-                 flops_per_token: int, world_size: int, peak_tflops: float | None, device, rank0: bool,
-                 log_interval: int | None = None, flops_at=None):
+    def __init__(
+        self,
+        log: MetricsLog,
+        data,
+        *,
+        train_steps: int,
+        global_batch_size: int,
+        seq_length: int,
+        flops_per_token: int,
+        world_size: int,
+        peak_tflops: float | None,
+        device,
+        rank0: bool,
+        log_interval: int | None = None,
+        flops_at=None,
+    ):
         self.log, self.data, self.log_interval = log, data, log_interval
         self.train_steps, self.global_batch_size, self.seq_length = train_steps, global_batch_size, seq_length
         self.flops_per_token, self.world_size, self.peak, self.device, self.rank0 = (
-            flops_per_token, world_size, peak_tflops, device, rank0)
+            flops_per_token,
+            world_size,
+            peak_tflops,
+            device,
+            rank0,
+        )
         self.flops_at = flops_at
         self.names = [s.name for s in data.sources]
         self._reset()
@@ -118,8 +136,16 @@ class TrainingMetrics:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _reset(self) -> None:
-        self.interval = {"steps": 0, "time": 0.0, "wait": 0.0, "fb": 0.0, "opt": 0.0, "loss": 0.0,
-                         "tokens": 0, "flops": 0.0}
+        self.interval = {
+            "steps": 0,
+            "time": 0.0,
+            "wait": 0.0,
+            "fb": 0.0,
+            "opt": 0.0,
+            "loss": 0.0,
+            "tokens": 0,
+            "flops": 0.0,
+        }
         self.last_seq_length = self.seq_length
 
     def seq_length_of(self, consumed: int | None) -> int:
@@ -128,12 +154,18 @@ class TrainingMetrics:
             return self.seq_length
         return int(self.data.seq_length_at(consumed - 1))
 
-    def step(self, step: int, result, lr: float, total_skipped: int, consumed: int | None = None,
-             final: bool = False) -> None:
+    def step(
+        self, step: int, result, lr: float, total_skipped: int, consumed: int | None = None, final: bool = False
+    ) -> None:
         """One finished optimizer step (`result` a `train_step.StepResult`), numbered from 1, after
         `consumed` samples; reports the interval every `log_interval` steps and at the `final` one."""
-        for key, value in (("time", result.seconds), ("wait", result.data_wait_s),
-                           ("fb", result.forward_backward_s), ("opt", result.optimizer_s), ("loss", result.loss)):
+        for key, value in (
+            ("time", result.seconds),
+            ("wait", result.data_wait_s),
+            ("fb", result.forward_backward_s),
+            ("opt", result.optimizer_s),
+            ("loss", result.loss),
+        ):
             self.interval[key] += value
         self.interval["steps"] += 1
         length = self.seq_length_of(consumed)
@@ -141,8 +173,16 @@ class TrainingMetrics:
         per_token = self.flops_at(length) if self.flops_at is not None else self.flops_per_token
         self.interval["flops"] += self.global_batch_size * length * per_token
         self.last_seq_length = length
-        self.log.scalars(step, {"train/loss": result.loss, "train/lr": lr, "train/grad_norm": result.grad_norm,
-                                "train/skipped_steps": total_skipped, "data/seq_length": length})
+        self.log.scalars(
+            step,
+            {
+                "train/loss": result.loss,
+                "train/lr": lr,
+                "train/grad_norm": result.grad_norm,
+                "train/skipped_steps": total_skipped,
+                "data/seq_length": length,
+            },
+        )
         if consumed is not None and (final or bool(self.log_interval) and step % self.log_interval == 0):
             self.report(step, consumed, lr, result.grad_norm, total_skipped)
 
@@ -155,20 +195,33 @@ class TrainingMetrics:
         tokens_per_s = iv["tokens"] / iv["time"]
         tflops = iv["flops"] / iv["time"] / self.world_size / 1e12
         stage = self.data.stage_of(consumed - 1)
-        per_source = (np.bincount(self.data.source_index[:consumed], minlength=len(self.names)) if self.rank0
-                      else np.zeros(len(self.names), dtype=np.int64))  # only rank 0 logs
-        values = {"perf/tokens_per_s": tokens_per_s, "perf/tflops_per_device": tflops,
-                  "time/step_s": iv["time"] / n, "time/data_wait_s": iv["wait"] / n,
-                  "time/forward_backward_s": iv["fb"] / n, "time/optimizer_comm_s": iv["opt"] / n,
-                  "data/stage": stage, "data/consumed_samples": consumed}
+        per_source = (
+            np.bincount(self.data.source_index[:consumed], minlength=len(self.names))
+            if self.rank0
+            else np.zeros(len(self.names), dtype=np.int64)
+        )  # only rank 0 logs
+        values = {
+            "perf/tokens_per_s": tokens_per_s,
+            "perf/tflops_per_device": tflops,
+            "time/step_s": iv["time"] / n,
+            "time/data_wait_s": iv["wait"] / n,
+            "time/forward_backward_s": iv["fb"] / n,
+            "time/optimizer_comm_s": iv["opt"] / n,
+            "data/stage": stage,
+            "data/consumed_samples": consumed,
+        }
         values.update({f"data/samples/{name}": int(c) for name, c in zip(self.names, per_source)})
-        line = (f"step {step}/{self.train_steps} | loss {iv['loss'] / n:.4f} | lr {lr:.3g} | "
-                f"grad norm {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s | {tflops:.3g} TFLOP/s/device")
+        line = (
+            f"step {step}/{self.train_steps} | loss {iv['loss'] / n:.4f} | lr {lr:.3g} | "
+            f"grad norm {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s | {tflops:.3g} TFLOP/s/device"
+        )
         if self.peak:
             values["perf/mfu"] = tflops / self.peak
             line += f" {100 * tflops / self.peak:.1f}% MFU"
-        line += (f" | step {iv['time'] / n:.3f}s (data {iv['wait'] / n:.3f}, "
-                 f"fwd+bwd {iv['fb'] / n:.3f}, opt+comm {iv['opt'] / n:.3f})")
+        line += (
+            f" | step {iv['time'] / n:.3f}s (data {iv['wait'] / n:.3f}, "
+            f"fwd+bwd {iv['fb'] / n:.3f}, opt+comm {iv['opt'] / n:.3f})"
+        )
         if self.device.type == "cuda":
             values["mem/peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             line += f" | peak mem {values['mem/peak_gib']:.1f} GiB"

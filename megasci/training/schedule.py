@@ -13,8 +13,15 @@ import math
 SCHEDULES = ("cosine", "wsd")
 
 
-def learning_rate(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int,
-                  schedule: str = "cosine", decay_fraction: float = 0.1) -> float:
+def learning_rate(
+    step: int,
+    lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    decay_steps: int,
+    schedule: str = "cosine",
+    decay_fraction: float = 0.1,
+) -> float:
     """LR for optimizer step `step` (0-based): (step + 1) / warmup * lr while warming up, so the first
     step already moves; then, with t going 0 -> 1 over the decay (cosine: all `decay_steps`; wsd:
     their last round(decay_fraction * decay_steps), lr before it), min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2

@@ -23,7 +23,7 @@ import dataclasses
 import inspect
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -40,8 +40,10 @@ def check_loss_options(options: dict) -> None:
     accepted = inspect.signature(ops.cross_entropy_loss).parameters
     missing = sorted(set(options) - set(accepted))
     if missing:
-        raise ValueError(f"megasci.ops.cross_entropy_loss takes no {', '.join(missing)} keyword; "
-                         f"optim.{missing[0]} needs a loss op that supports it")
+        raise ValueError(
+            f"megasci.ops.cross_entropy_loss takes no {', '.join(missing)} keyword; "
+            f"optim.{missing[0]} needs a loss op that supports it"
+        )
 
 
 @dataclasses.dataclass
@@ -66,9 +68,20 @@ class TrainStep:
     """Callable once per optimizer step; `data_wait()` is the loader's running total of seconds
     spent waiting for batches, so the step can tell data wait from compute."""
 
-    def __init__(self, model, optimizer, guard: SpikeGuard, *, accumulation: int, device, world_size: int,
-                 timing_sync: bool, data_wait: Callable[[], float], count_scored_tokens: bool = False,
-                 loss_options: dict | None = None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        guard: SpikeGuard,
+        *,
+        accumulation: int,
+        device,
+        world_size: int,
+        timing_sync: bool,
+        data_wait: Callable[[], float],
+        count_scored_tokens: bool = False,
+        loss_options: dict | None = None,
+    ):
         self.model, self.optimizer, self.guard = model, optimizer, guard
         self.accumulation, self.device, self.world_size = accumulation, device, world_size
         self.timing_sync, self.data_wait = timing_sync, data_wait
@@ -117,8 +130,10 @@ class TrainStep:
         reaches a checkpoint, and the checkpoints before it survive."""
         if self.guard.consecutive:
             return f"the spike guard skipped the last {self.guard.consecutive} step(s)"
-        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]
-                             + [torch.isfinite(b.master).all() for b in self.optimizer.buckets]).all()
+        finite = torch.stack(
+            [torch.isfinite(p).all() for p in self.model.parameters()]
+            + [torch.isfinite(b.master).all() for b in self.optimizer.buckets]
+        ).all()
         if self.world_size > 1:
             flag = finite.to(torch.float32).reshape(1)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -167,6 +182,12 @@ class TrainStep:
         _sync(self.device, self.timing_sync)
         finished = time.perf_counter()
         data_wait = self.data_wait() - waited
-        return StepResult(loss=loss_value, grad_norm=norm_value, skipped=reason, seconds=finished - started,
-                          data_wait_s=data_wait, forward_backward_s=backward_done - started - data_wait,
-                          optimizer_s=finished - backward_done)
+        return StepResult(
+            loss=loss_value,
+            grad_norm=norm_value,
+            skipped=reason,
+            seconds=finished - started,
+            data_wait_s=data_wait,
+            forward_backward_s=backward_done - started - data_wait,
+            optimizer_s=finished - backward_done,
+        )

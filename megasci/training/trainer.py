@@ -99,20 +99,28 @@ class Trainer:
         t, o = cfg.train, cfg.optim
         model_cfg = cfg.model.build()
         if not cfg.data.tokenizer:
-            raise ValueError("data.tokenizer is required: the checkpoint records which tokenizer the model was trained with")
+            raise ValueError(
+                "data.tokenizer is required: the checkpoint records which tokenizer the model was trained with"
+            )
         tokenizer = load_tokenizer(cfg.data.tokenizer)
         downstream_tasks = load_tasks(cfg.eval.tasks, cfg.eval.limit)  # a bad task fails before the data is built
         if model_cfg.vocab_size < tokenizer.vocab_size and t.init_from:  # tokens added: init_from's embeddings grow
             cfg.model.overrides = {**cfg.model.overrides, "vocab_size": tokenizer.vocab_size}  # saved with the run
             model_cfg = cfg.model.build()
         if model_cfg.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's "
-                             f"{tokenizer.vocab_size} ({cfg.data.tokenizer})")
+            raise ValueError(
+                f"model vocab_size {model_cfg.vocab_size} is smaller than the tokenizer's "
+                f"{tokenizer.vocab_size} ({cfg.data.tokenizer})"
+            )
         longest = max(stage_seq_lengths(cfg))  # a curriculum stage may raise the length
         if longest > model_cfg.max_seq_len:
-            raise ValueError(f"data.seq_length {longest} (the longest stage's) exceeds the model's max_seq_len "
-                             f"{model_cfg.max_seq_len}")
-        accumulation = DataLoaderConfig(t.micro_batch_size, t.global_batch_size, dp_size=env.world_size).accumulation_steps
+            raise ValueError(
+                f"data.seq_length {longest} (the longest stage's) exceeds the model's max_seq_len "
+                f"{model_cfg.max_seq_len}"
+            )
+        accumulation = DataLoaderConfig(
+            t.micro_batch_size, t.global_batch_size, dp_size=env.world_size
+        ).accumulation_steps
         cache_dir = cfg.data.cache_dir or os.path.join(t.save_dir, "index_cache")
         self.tensorboard_dir = t.tensorboard_dir or os.path.join(t.save_dir, "tensorboard")
         if env.rank == 0:
@@ -120,40 +128,60 @@ class Trainer:
             with atomic_text_output(os.path.join(t.save_dir, "config.yaml")) as f:
                 f.write(cfg.to_yaml())
         print_rank0(f"config:\n{cfg.to_yaml()}")
-        print_rank0(f"{env.world_size} data-parallel rank(s) on {env.device}, backend {env.backend}; global batch "
-                    f"{t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accumulation} x dp {env.world_size}")
+        print_rank0(
+            f"{env.world_size} data-parallel rank(s) on {env.device}, backend {env.backend}; global batch "
+            f"{t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accumulation} x dp {env.world_size}"
+        )
 
-        start = choose_start(t.save_dir, rank=env.rank, world_size=env.world_size,
-                             global_batch_size=t.global_batch_size, resume_step=t.resume_step,
-                             skip_batches=t.skip_batches)
+        start = choose_start(
+            t.save_dir,
+            rank=env.rank,
+            world_size=env.world_size,
+            global_batch_size=t.global_batch_size,
+            resume_step=t.resume_step,
+            skip_batches=t.skip_batches,
+        )
         check_tokenizer_matches(start, tokenizer.identity(), cfg.data.tokenizer)
-        self.data = built_on_rank0(lambda may_build: build_train_dataset(cfg, cache_dir, may_build),
-                                   env.rank, env.world_size)
+        self.data = built_on_rank0(
+            lambda may_build: build_train_dataset(cfg, cache_dir, may_build), env.rank, env.world_size
+        )
         check_tokenizer(self.data, cfg.data.tokenizer, tokenizer.identity())
         if self.data.has_loss_mask and not cfg.data.document_mask:
-            raise ValueError("the blend has SFT sources (a loss mask beside the prefix): their conversations are "
-                             "packed, so set data.document_mask: true")
+            raise ValueError(
+                "the blend has SFT sources (a loss mask beside the prefix): their conversations are "
+                "packed, so set data.document_mask: true"
+            )
         eod_mask_id = tokenizer.eod_id if cfg.data.eod_mask_loss else None
         print_rank0("data:\n" + self.data.describe())
-        eval_data = built_on_rank0(lambda may_build: build_eval_datasets(cfg, self.data, cache_dir, may_build),
-                                   env.rank, env.world_size)
+        eval_data = built_on_rank0(
+            lambda may_build: build_eval_datasets(cfg, self.data, cache_dir, may_build), env.rank, env.world_size
+        )
 
         torch.manual_seed(t.seed)
-        self.model = apply_activation_checkpointing(build_model(model_cfg, device=env.device), t.activation_checkpointing)
+        self.model = apply_activation_checkpointing(
+            build_model(model_cfg, device=env.device), t.activation_checkpointing
+        )
         decay = default_decay if not o.decay_embeddings else (lambda name, p: p.dim() >= 2)
         main_grads = o.fp32_grad_accumulation and not o.shard_gradients
         apply_fp32_grad_accumulation(self.model, main_grads)
-        optimizer = ZeroAdamW(self.model, AdamWConfig(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                                      max_grad_norm=o.clip_grad), bucket_numel=o.bucket_numel, decay=decay,
-                              main_grads=main_grads, shard_gradients=o.shard_gradients)
+        optimizer = ZeroAdamW(
+            self.model,
+            AdamWConfig(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=o.clip_grad),
+            bucket_numel=o.bucket_numel,
+            decay=decay,
+            main_grads=main_grads,
+            shard_gradients=o.shard_gradients,
+        )
         if t.compile:  # after the optimizer has re-pointed the parameters into its buffers; compiles on first use
             apply_compile(self.model, t.compile)
             print_rank0(f"blocks compiled with torch.compile(backend={t.compile!r})")
         self.guard = SpikeGuard(t.spike_factor, t.spike_warmup_steps, t.max_skipped_steps)
         self.profiler = StepProfiler(t.profile_steps, os.path.join(t.save_dir, "profile"), env.device, env.rank)
         if start.consumed_samples % t.global_batch_size:
-            raise ValueError(f"the checkpoint consumed {start.consumed_samples} samples, not a multiple of "
-                             f"global_batch_size {t.global_batch_size}; resume with the batch size it was trained with")
+            raise ValueError(
+                f"the checkpoint consumed {start.consumed_samples} samples, not a multiple of "
+                f"global_batch_size {t.global_batch_size}; resume with the batch size it was trained with"
+            )
         self.start, self.step, self.initialized_from, self._restored = start, 0, None, False
         self.decay_steps = o.decay_steps if o.decay_steps is not None else max(0, t.train_steps - o.warmup_steps)
         loss_options = {"z_loss": o.z_loss} if o.z_loss else {}
@@ -161,36 +189,89 @@ class Trainer:
         log = MetricsLog(self.tensorboard_dir, active=env.rank == 0)
         log.text("config", cfg.to_yaml())
         log.text("data", self.data.describe())
-        self.loader = DataLoader(self.data, DataLoaderConfig(
-            micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size, dp_rank=env.rank,
-            dp_size=env.world_size, prefetch=cfg.data.prefetch, device=env.device,
-            document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id))
-        self.validator = Validator(self.model, eval_data, t.micro_batch_size, env.device, env.rank, env.world_size, log,
-                                   document_mask=cfg.data.document_mask, eod_mask_id=eod_mask_id,
-                                   interval=t.eval_interval)
+        self.loader = DataLoader(
+            self.data,
+            DataLoaderConfig(
+                micro_batch_size=t.micro_batch_size,
+                global_batch_size=t.global_batch_size,
+                dp_rank=env.rank,
+                dp_size=env.world_size,
+                prefetch=cfg.data.prefetch,
+                device=env.device,
+                document_mask=cfg.data.document_mask,
+                eod_mask_id=eod_mask_id,
+            ),
+        )
+        self.validator = Validator(
+            self.model,
+            eval_data,
+            t.micro_batch_size,
+            env.device,
+            env.rank,
+            env.world_size,
+            log,
+            document_mask=cfg.data.document_mask,
+            eod_mask_id=eod_mask_id,
+            interval=t.eval_interval,
+        )
         self.downstream = DownstreamEval(
-            self.model, downstream_tasks, tokenizer, log, device=env.device, rank=env.rank, world_size=env.world_size,
-            interval=cfg.eval.interval, batch_size=cfg.eval.batch_size,
-            per_example_dir=os.path.join(t.save_dir, "downstream") if cfg.eval.per_example else None)
-        self.train_step = TrainStep(self.model, optimizer, self.guard, accumulation=accumulation, device=env.device,
-                                    world_size=env.world_size, timing_sync=t.timing_sync,
-                                    data_wait=lambda: self.loader.wait_seconds,
-                                    count_scored_tokens=self.data.has_loss_mask or eod_mask_id is not None,
-                                    loss_options=loss_options)
+            self.model,
+            downstream_tasks,
+            tokenizer,
+            log,
+            device=env.device,
+            rank=env.rank,
+            world_size=env.world_size,
+            interval=cfg.eval.interval,
+            batch_size=cfg.eval.batch_size,
+            per_example_dir=os.path.join(t.save_dir, "downstream") if cfg.eval.per_example else None,
+        )
+        self.train_step = TrainStep(
+            self.model,
+            optimizer,
+            self.guard,
+            accumulation=accumulation,
+            device=env.device,
+            world_size=env.world_size,
+            timing_sync=t.timing_sync,
+            data_wait=lambda: self.loader.wait_seconds,
+            count_scored_tokens=self.data.has_loss_mask or eod_mask_id is not None,
+            loss_options=loss_options,
+        )
         self.metrics = TrainingMetrics(
-            log, self.data, train_steps=t.train_steps, global_batch_size=t.global_batch_size,
-            seq_length=cfg.data.seq_length, flops_per_token=flops_per_token(model_cfg, cfg.data.seq_length),
+            log,
+            self.data,
+            train_steps=t.train_steps,
+            global_batch_size=t.global_batch_size,
+            seq_length=cfg.data.seq_length,
+            flops_per_token=flops_per_token(model_cfg, cfg.data.seq_length),
             flops_at=lambda length: flops_per_token(model_cfg, length),
-            world_size=env.world_size, peak_tflops=t.peak_tflops or device_peak_tflops(env.device),
-            device=env.device, rank0=env.rank == 0, log_interval=t.log_interval)
+            world_size=env.world_size,
+            peak_tflops=t.peak_tflops or device_peak_tflops(env.device),
+            device=env.device,
+            rank0=env.rank == 0,
+            log_interval=t.log_interval,
+        )
         self.stop = StopRequest(t.exit_interval)
         # Each component saves and loads its own state; a new one is one more entry here.
         self.checkpointer = Checkpointer(
-            t.save_dir, model=self.model, tokenizer=tokenizer, model_cfg=model_cfg, train_cfg=cfg,
-            components={"spike_guard": self.guard, "data": self.loader, "optimizer": ShardedOptimizer(optimizer),
-                        "rng": RNGStreams()},
-            rank=env.rank, world_size=env.world_size, device=env.device, keep_last=t.keep_last,
-            interval=t.save_interval)
+            t.save_dir,
+            model=self.model,
+            tokenizer=tokenizer,
+            model_cfg=model_cfg,
+            train_cfg=cfg,
+            components={
+                "spike_guard": self.guard,
+                "data": self.loader,
+                "optimizer": ShardedOptimizer(optimizer),
+                "rng": RNGStreams(),
+            },
+            rank=env.rank,
+            world_size=env.world_size,
+            device=env.device,
+            keep_last=t.keep_last,
+            interval=t.save_interval,
+        )
 
     def learning_rate(self, step: int) -> float:
         o = self.cfg.optim
@@ -215,8 +296,12 @@ class Trainer:
         t = self.cfg.train
         try:
             self.restore()
-            summary = RunSummary(start_step=self.step, world_size=self.env.world_size,
-                                 tensorboard_dir=self.tensorboard_dir, checkpoint=self.start.path)
+            summary = RunSummary(
+                start_step=self.step,
+                world_size=self.env.world_size,
+                tensorboard_dir=self.tensorboard_dir,
+                checkpoint=self.start.path,
+            )
             if self.step == 0 and self.validator:
                 summary.validation[0] = self.validator(0)
             if self.step == 0 and self.downstream:
@@ -250,8 +335,10 @@ class Trainer:
                         else:
                             print_rank0(f"step {step}: no checkpoint written: {refused}")
                     if exiting:
-                        print_rank0(f"stopping at step {step} ({'SIGTERM' if signalled else 'exit_interval'}); "
-                                    f"run the same command to resume from {summary.checkpoint}")
+                        print_rank0(
+                            f"stopping at step {step} ({'SIGTERM' if signalled else 'exit_interval'}); "
+                            f"run the same command to resume from {summary.checkpoint}"
+                        )
                         break
             if self.step == t.train_steps and self.validator:
                 summary.validation[self.step] = self.validator(self.step)
@@ -273,13 +360,17 @@ class Trainer:
         diverged_step = self.step + 1  # the step the guard gave up on (1-based)
         checkpoint, overrides = self.checkpointer.rollback_overrides(diverged_step)
         if checkpoint is None:
-            advice = (f"no checkpoint was written before it; start again in an empty train.save_dir with a lower "
-                      f"optim.lr (now {o.lr:g}) or a longer optim.warmup_steps (now {o.warmup_steps})")
+            advice = (
+                f"no checkpoint was written before it; start again in an empty train.save_dir with a lower "
+                f"optim.lr (now {o.lr:g}) or a longer optim.warmup_steps (now {o.warmup_steps})"
+            )
         else:
-            advice = (f"the last good checkpoint is {checkpoint}. Roll back to it, skipping the batches from it "
-                      f"through step {diverged_step}, by running the same command with {' '.join(overrides)}; "
-                      f"if the divergence comes back, also lower optim.lr (now {o.lr:g}, e.g. optim.lr={o.lr / 2:g}) "
-                      f"or lengthen optim.warmup_steps (now {o.warmup_steps}). docs/checkpoints.md has the details")
+            advice = (
+                f"the last good checkpoint is {checkpoint}. Roll back to it, skipping the batches from it "
+                f"through step {diverged_step}, by running the same command with {' '.join(overrides)}; "
+                f"if the divergence comes back, also lower optim.lr (now {o.lr:g}, e.g. optim.lr={o.lr / 2:g}) "
+                f"or lengthen optim.warmup_steps (now {o.warmup_steps}). docs/checkpoints.md has the details"
+            )
         return TrainingDiverged(f"{error}. {advice}", overrides)
 
 

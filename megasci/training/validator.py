@@ -29,8 +29,16 @@ def perplexity(loss: float | None) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, dp_size: int = 1,
-             document_mask: bool = False, eod_mask_id: int | None = None) -> dict[str, float]:
+def evaluate(
+    model,
+    datasets: dict,
+    batch_size: int,
+    device,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    document_mask: bool = False,
+    eod_mask_id: int | None = None,
+) -> dict[str, float]:
     """Mean loss per scored token per source and over all of them ("all"), samples spread over the ranks.
 
     `datasets` maps names to map-style datasets of `seq_length + 1` token samples; batches are made
@@ -39,7 +47,7 @@ def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, d
     for k, dataset in enumerate(datasets.values()):
         mine = list(range(dp_rank, len(dataset), dp_size))
         for start in range(0, len(mine), batch_size):
-            batch = make_batch(dataset, np.asarray(mine[start:start + batch_size]), document_mask, eod_mask_id)
+            batch = make_batch(dataset, np.asarray(mine[start : start + batch_size]), document_mask, eod_mask_id)
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             tokens = int((batch["labels"] != IGNORE_INDEX).sum())
             if tokens == 0:
@@ -58,8 +66,19 @@ def evaluate(model, datasets: dict, batch_size: int, device, dp_rank: int = 0, d
 class Validator:
     """The trainer's validation: every rank evaluates its share, rank 0 logs and prints the result."""
 
-    def __init__(self, model, datasets: dict, batch_size: int, device, dp_rank: int, dp_size: int, log: MetricsLog,
-                 document_mask: bool = False, eod_mask_id: int | None = None, interval: int | None = None):
+    def __init__(
+        self,
+        model,
+        datasets: dict,
+        batch_size: int,
+        device,
+        dp_rank: int,
+        dp_size: int,
+        log: MetricsLog,
+        document_mask: bool = False,
+        eod_mask_id: int | None = None,
+        interval: int | None = None,
+    ):
         self.model, self.datasets, self.batch_size, self.interval = model, datasets, batch_size, interval
         self.device, self.dp_rank, self.dp_size, self.log = device, dp_rank, dp_size, log
         self.batch_options = {"document_mask": document_mask, "eod_mask_id": eod_mask_id}
@@ -75,8 +94,9 @@ class Validator:
     def __call__(self, step: int) -> dict[str, float]:
         """Losses per source and "all" at `step`; leaves the model in training mode."""
         self.model.eval()
-        losses = evaluate(self.model, self.datasets, self.batch_size, self.device, self.dp_rank, self.dp_size,
-                          **self.batch_options)
+        losses = evaluate(
+            self.model, self.datasets, self.batch_size, self.device, self.dp_rank, self.dp_size, **self.batch_options
+        )
         self.model.train()
         values = {}
         for name, loss in losses.items():
@@ -85,6 +105,8 @@ class Validator:
         self.log.scalars(step, values)
         if losses:
             per_source = ", ".join(f"{n} {perplexity(v):.2f}" for n, v in losses.items() if n != "all")
-            print_rank0(f"validation at step {step}: loss {losses['all']:.4f}, perplexity "
-                        f"{perplexity(losses['all']):.2f} ({per_source})")
+            print_rank0(
+                f"validation at step {step}: loss {losses['all']:.4f}, perplexity "
+                f"{perplexity(losses['all']):.2f} ({per_source})"
+            )
         return losses

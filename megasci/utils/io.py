@@ -10,8 +10,8 @@ import io
 import json
 import os
 import zlib
-from typing import IO, Iterator, Sequence
-
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 GZIP_SUFFIXES = (".gz",)
 ZSTD_SUFFIXES = (".zst", ".zstd")
@@ -57,11 +57,12 @@ class _ZstdFrames(io.RawIOBase):
                 if self._frame is not None:
                     raise CompressedInputError(
                         f"{self._path}: truncated zstd file: it ends inside a frame, after {self._decoded:,} "
-                        "decompressed bytes (an interrupted copy or download?); the rest of its data is missing")
+                        "decompressed bytes (an interrupted copy or download?); the rest of its data is missing"
+                    )
                 return 0
             self._out, self._at = self._decompress(chunk), 0
         n = min(len(buffer), len(self._out) - self._at)
-        buffer[:n] = memoryview(self._out)[self._at:self._at + n]
+        buffer[:n] = memoryview(self._out)[self._at : self._at + n]
         self._at += n
         return n
 
@@ -73,8 +74,9 @@ class _ZstdFrames(io.RawIOBase):
             try:
                 parts.append(self._frame.decompress(chunk))
             except self._zstd_error as e:
-                raise CompressedInputError(f"{self._path}: not a valid zstd file after {self._decoded:,} "
-                                           f"decompressed bytes ({e})") from None
+                raise CompressedInputError(
+                    f"{self._path}: not a valid zstd file after {self._decoded:,} decompressed bytes ({e})"
+                ) from None
             if not self._frame.eof:
                 break
             chunk, self._frame = self._frame.unused_data, None  # the next frame starts in the same chunk
@@ -232,7 +234,8 @@ def iter_json_records(path: str) -> Iterator[dict]:
 
 
 def iter_jsonl_field(paths: Sequence[str], key: str = "text") -> Iterator[str]:
-    """Yield `record[key]` of every well-formed line; lines that are not JSON objects with that string key are skipped."""
+    """Yield `record[key]` of every well-formed line; lines that are not JSON objects with that string key
+    are skipped."""
     for _, _, line in iter_numbered_lines(paths):
         try:
             value = json.loads(line).get(key)

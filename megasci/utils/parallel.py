@@ -14,8 +14,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def bounded_imap(pool, fn: Callable[[Item], Result], items: Iterable[Item], in_flight: int
-                 ) -> Iterator[tuple[Item, Result]]:
+def bounded_imap(
+    pool, fn: Callable[[Item], Result], items: Iterable[Item], in_flight: int
+) -> Iterator[tuple[Item, Result]]:
     """Yield (item, fn(item)) in input order; with `pool` None, run in this process."""
     if pool is None:
         for item in items:

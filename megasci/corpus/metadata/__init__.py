@@ -20,5 +20,12 @@ from megasci.corpus.metadata.index import (
 )
 from megasci.corpus.metadata.record import MetadataRecord
 
-__all__ = ["OUTCOMES", "MetadataFilterConfig", "MetadataIndex", "MetadataRecord", "load_metadata",
-           "metadata_channel", "metadata_files"]
+__all__ = [
+    "OUTCOMES",
+    "MetadataFilterConfig",
+    "MetadataIndex",
+    "MetadataRecord",
+    "load_metadata",
+    "metadata_channel",
+    "metadata_files",
+]

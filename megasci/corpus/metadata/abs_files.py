@@ -52,7 +52,18 @@ def abs_entries(path: str) -> Iterator[Entry]:
     try:
         if not dates:
             raise BadRecord("no Date line")
-        yield 1, make_record(arxiv_id, fields.get("Title"), parts[2], fields.get("Categories"), dates[0],
-                             f"v{len(dates)}", None, (fields.get("Comments"), parts[2]))
+        yield (
+            1,
+            make_record(
+                arxiv_id,
+                fields.get("Title"),
+                parts[2],
+                fields.get("Categories"),
+                dates[0],
+                f"v{len(dates)}",
+                None,
+                (fields.get("Comments"), parts[2]),
+            ),
+        )
     except BadRecord as exc:
         yield 1, ("bad_record", str(exc))

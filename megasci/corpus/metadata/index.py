@@ -57,7 +57,7 @@ class MetadataIndex:
     excluded: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> why the filter dropped it
 
     def outcome(self, arxiv_id: str) -> str | None:
-        """"kept", the filter's reason for dropping the paper, or None when the metadata never mentions it."""
+        """ "kept", the filter's reason for dropping the paper, or None when the metadata never mentions it."""
         try:
             key = canonical_id(arxiv_id)
         except ValueError:

@@ -26,7 +26,7 @@ def _text(parent: ElementTree.Element, tag: str) -> str | None:
 def _oai_id(identifier: str | None) -> str | None:
     """``oai:arXiv.org:0704.0001`` and ``oai:arXiv.org:math/0303004`` name the paper after the prefix."""
     if identifier and identifier.strip().startswith(OAI_ID_PREFIX):
-        return identifier.strip()[len(OAI_ID_PREFIX):]
+        return identifier.strip()[len(OAI_ID_PREFIX) :]
     return identifier
 
 
@@ -37,18 +37,32 @@ def _arxiv_raw_record(header: ElementTree.Element, raw: ElementTree.Element) -> 
         raise BadRecord("no versions")
     latest = versions[-1].get("version") or f"v{len(versions)}"
     abstract = _text(raw, ARXIV_RAW + "abstract")
-    return make_record(_text(raw, ARXIV_RAW + "id"), _text(raw, ARXIV_RAW + "title"), abstract,
-                       _text(raw, ARXIV_RAW + "categories"), _text(versions[0], ARXIV_RAW + "date"), latest,
-                       _text(header, OAI + "datestamp"), (_text(raw, ARXIV_RAW + "comments"), abstract),
-                       withdrawn_flag="I" in (_text(versions[-1], ARXIV_RAW + "source_type") or ""))
+    return make_record(
+        _text(raw, ARXIV_RAW + "id"),
+        _text(raw, ARXIV_RAW + "title"),
+        abstract,
+        _text(raw, ARXIV_RAW + "categories"),
+        _text(versions[0], ARXIV_RAW + "date"),
+        latest,
+        _text(header, OAI + "datestamp"),
+        (_text(raw, ARXIV_RAW + "comments"), abstract),
+        withdrawn_flag="I" in (_text(versions[-1], ARXIV_RAW + "source_type") or ""),
+    )
 
 
 def _arxiv_record(header: ElementTree.Element, meta: ElementTree.Element) -> MetadataRecord:
     """``arXiv``: ``<created>`` is the first version's date (``<updated>`` the latest's); versions are not listed."""
     abstract = _text(meta, ARXIV + "abstract")
-    return make_record(_text(meta, ARXIV + "id"), _text(meta, ARXIV + "title"), abstract,
-                       _text(meta, ARXIV + "categories"), _text(meta, ARXIV + "created"), None,
-                       _text(header, OAI + "datestamp"), (_text(meta, ARXIV + "comments"), abstract))
+    return make_record(
+        _text(meta, ARXIV + "id"),
+        _text(meta, ARXIV + "title"),
+        abstract,
+        _text(meta, ARXIV + "categories"),
+        _text(meta, ARXIV + "created"),
+        None,
+        _text(header, OAI + "datestamp"),
+        (_text(meta, ARXIV + "comments"), abstract),
+    )
 
 
 _COMMENT_PREFIX = re.compile(r"\A\s*Comments?:\s*")
@@ -74,17 +88,29 @@ def _oai_dc_record(header: ElementTree.Element, dc: ElementTree.Element) -> Meta
     categories = [c for c in (_set_category(s.text or "") for s in header.findall(OAI + "setSpec")) if c]
     if not categories:
         sets = [s.text for s in header.findall(OAI + "setSpec")]
-        raise BadRecord(f"oai_dc gives categories only as setSpecs, and {sets} name none: the category rule "
-                         "cannot be applied (harvest the arXivRaw or arXiv format)")
+        raise BadRecord(
+            f"oai_dc gives categories only as setSpecs, and {sets} name none: the category rule "
+            "cannot be applied (harvest the arXivRaw or arXiv format)"
+        )
     dates = sorted(d.text.strip() for d in dc.findall(DC + "date") if d.text and d.text.strip())
     descriptions = [d.text or "" for d in dc.findall(DC + "description")]
-    return make_record(_oai_id(_text(header, OAI + "identifier")), _text(dc, DC + "title"),
-                       descriptions[0] if descriptions else None, categories, dates[0] if dates else None, None,
-                       _text(header, OAI + "datestamp"), (_COMMENT_PREFIX.sub("", d) for d in descriptions))
+    return make_record(
+        _oai_id(_text(header, OAI + "identifier")),
+        _text(dc, DC + "title"),
+        descriptions[0] if descriptions else None,
+        categories,
+        dates[0] if dates else None,
+        None,
+        _text(header, OAI + "datestamp"),
+        (_COMMENT_PREFIX.sub("", d) for d in descriptions),
+    )
 
 
-_OAI_FORMATS = {ARXIV_RAW + "arXivRaw": _arxiv_raw_record, ARXIV + "arXiv": _arxiv_record,
-                OAI_DC + "dc": _oai_dc_record}
+_OAI_FORMATS = {
+    ARXIV_RAW + "arXivRaw": _arxiv_raw_record,
+    ARXIV + "arXiv": _arxiv_record,
+    OAI_DC + "dc": _oai_dc_record,
+}
 
 
 def _oai_record(record: ElementTree.Element) -> MetadataRecord | tuple[str, str]:

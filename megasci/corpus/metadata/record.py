@@ -127,9 +127,18 @@ def _year_of(created: object) -> int:
         raise BadRecord(f"unparseable v1 date {created!r}") from exc
 
 
-def make_record(arxiv_id: object, title: str | None, abstract: str | None, categories: object, created: object,
-                latest_version: str | None, update_date: str | None, notices: Iterable[str | None],
-                withdrawn_flag: bool = False, missing_date: str = "no v1 date") -> MetadataRecord:
+def make_record(
+    arxiv_id: object,
+    title: str | None,
+    abstract: str | None,
+    categories: object,
+    created: object,
+    latest_version: str | None,
+    update_date: str | None,
+    notices: Iterable[str | None],
+    withdrawn_flag: bool = False,
+    missing_date: str = "no v1 date",
+) -> MetadataRecord:
     """The one place every channel's fields become a record, so all channels judge papers alike.
 
     Checked in order: id, categories, v1 date. ``notices`` are the texts that may announce a

@@ -23,10 +23,17 @@ def _parse_record(entry: object) -> MetadataRecord:
         raise BadRecord("not a JSON object")
     categories = entry.get("categories")
     created, latest = _first_version(entry)
-    return make_record(entry.get("id"), entry.get("title"), entry.get("abstract"),
-                       categories if isinstance(categories, str) else None, created, latest,
-                       entry.get("update_date"), (entry.get("comments"), entry.get("abstract")),
-                       missing_date="no versions")
+    return make_record(
+        entry.get("id"),
+        entry.get("title"),
+        entry.get("abstract"),
+        categories if isinstance(categories, str) else None,
+        created,
+        latest,
+        entry.get("update_date"),
+        (entry.get("comments"), entry.get("abstract")),
+        missing_date="no versions",
+    )
 
 
 def snapshot_entries(path: str) -> Iterator[Entry]:

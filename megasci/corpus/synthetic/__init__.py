@@ -7,5 +7,11 @@ them (source tars, metadata-snapshot lines). The names below are the ones caller
 from megasci.corpus.synthetic.dump import gzip_bytes, write_arxiv_dump, write_arxiv_metadata, write_source_packages
 from megasci.corpus.synthetic.papers import generate_papers, write_corpus_jsonl
 
-__all__ = ["generate_papers", "gzip_bytes", "write_arxiv_dump", "write_arxiv_metadata", "write_corpus_jsonl",
-           "write_source_packages"]
+__all__ = [
+    "generate_papers",
+    "gzip_bytes",
+    "write_arxiv_dump",
+    "write_arxiv_metadata",
+    "write_corpus_jsonl",
+    "write_source_packages",
+]

@@ -31,8 +31,10 @@ from megasci.corpus.synthetic.papers import (
     write_lines_atomically,
 )
 
-_JOURNALS = ("Ann. of Math.|J. Funct. Anal.|Comm. Math. Phys.|Phys. Rev. D|J. High Energy Phys.|Adv. Math.|"
-             "Invent. Math.|J. Mach. Learn. Res.|Duke Math. J.|Probab. Theory Related Fields").split("|")
+_JOURNALS = (
+    "Ann. of Math.|J. Funct. Anal.|Comm. Math. Phys.|Phys. Rev. D|J. High Energy Phys.|Adv. Math.|"
+    "Invent. Math.|J. Mach. Learn. Res.|Duke Math. J.|Probab. Theory Related Fields"
+).split("|")
 
 
 def _rng_for(key: str, purpose: str) -> np.random.Generator:
@@ -58,12 +60,20 @@ def _metadata_entry(record: dict) -> dict:
     rng, authors = _rng_for(arxiv_id, "metadata"), _authors(arxiv_id)
     names = [f"{first} {last}" for first, last in authors]
     withdrawn, published, page = rng.random() < 0.03, rng.random() < 0.3, int(rng.integers(1, 900))
-    dates = [dt.datetime(year, int(arxiv_id.split("/")[-1][2:4]), int(rng.integers(1, 29))) +
-             dt.timedelta(seconds=int(rng.integers(0, 86400)))]
+    dates = [
+        dt.datetime(year, int(arxiv_id.split("/")[-1][2:4]), int(rng.integers(1, 29)))
+        + dt.timedelta(seconds=int(rng.integers(0, 86400)))
+    ]
     for _ in range(int(rng.random() < 0.35) + int(rng.random() < 0.12) + int(withdrawn)):
         dates.append(dates[-1] + dt.timedelta(days=int(rng.integers(3, 400)), seconds=int(rng.integers(0, 86400))))
-    comments = pick(rng, (None, f"{rng.integers(8, 60)} pages, {rng.integers(0, 9)} figures",
-                           f"{rng.integers(8, 60)} pages; v2: minor corrections"))
+    comments = pick(
+        rng,
+        (
+            None,
+            f"{rng.integers(8, 60)} pages, {rng.integers(0, 9)} figures",
+            f"{rng.integers(8, 60)} pages; v2: minor corrections",
+        ),
+    )
     found = re.search(r"\\begin\{abstract\}\n(.*?)\n\\end\{abstract\}", record["text"], re.S)
     assert found is not None, "generated papers have an abstract"
     abstract = found.group(1)
@@ -73,15 +83,26 @@ def _metadata_entry(record: dict) -> dict:
         "authors": ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0],
         "title": record["title"],
         "comments": "This paper has been withdrawn by the author due to a crucial error in the proof of Lemma 3"
-        if withdrawn else comments,
+        if withdrawn
+        else comments,
         "journal-ref": f"{pick(rng, _JOURNALS)} {rng.integers(1, 300)} ({year + 1}) {page}–{page + 30}"
-        if published else None,
+        if published
+        else None,
         "doi": f"10.{rng.integers(1000, 9999)}/{pick(rng, PSEUDO_WORDS)}.{year + 1}.{page}" if published else None,
         "report-no": f"CERN-TH-{year}-{rng.integers(1, 300):03d}"
-        if record["categories"][0].startswith("hep") and rng.random() < 0.2 else None,
+        if record["categories"][0].startswith("hep") and rng.random() < 0.2
+        else None,
         "categories": " ".join(record["categories"]),
-        "license": None if year < 2004 else pick(rng, (None, "http://arxiv.org/licenses/nonexclusive-distrib/1.0/",
-                                                        "http://creativecommons.org/licenses/by/4.0/")),
+        "license": None
+        if year < 2004
+        else pick(
+            rng,
+            (
+                None,
+                "http://arxiv.org/licenses/nonexclusive-distrib/1.0/",
+                "http://creativecommons.org/licenses/by/4.0/",
+            ),
+        ),
         "abstract": "  " + textwrap.fill(abstract, 78) + "\n",
         "versions": [{"version": f"v{i}", "created": _snapshot_date(d)} for i, d in enumerate(dates, 1)],
         "update_date": f"{dates[-1] + dt.timedelta(days=int(rng.integers(0, 30))):%Y-%m-%d}",
@@ -101,8 +122,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-_TINY_PNG = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
-             + _png_chunk(b"IDAT", zlib.compress(b"\x00\x00")) + _png_chunk(b"IEND", b""))
+_TINY_PNG = (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    + _png_chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+    + _png_chunk(b"IEND", b"")
+)
 _PREAMBLE = r"""\documentclass{article}
 \usepackage[utf8]{inputenc}
 \usepackage{amsmath,amssymb,amsthm}
@@ -120,14 +145,19 @@ _PREAMBLE = r"""\documentclass{article}
 
 \begin{document}
 """
-_FIGURE = ("\\begin{figure}[t]\n\\centering\n\\includegraphics[width=0.6\\textwidth]{figures/fig1}\n"
-           "\\caption{Numerical illustration.}\n\\end{figure}\n\n")
+_FIGURE = (
+    "\\begin{figure}[t]\n\\centering\n\\includegraphics[width=0.6\\textwidth]{figures/fig1}\n"
+    "\\caption{Numerical illustration.}\n\\end{figure}\n\n"
+)
 
 
 def _minimal_pdf() -> bytes:
     """A one-page empty PDF, standing in for papers arXiv only has as PDF."""
-    objects = (b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>")
+    objects = (
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+    )
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -157,15 +187,19 @@ def _references(text: str) -> list[tuple[str, str, str, str, str]]:
 
 
 def _thebibliography(text: str) -> str:
-    items = "".join(rf"\bibitem{{{key}}} {authors}, \emph{{{title}}}, {journal} ({year})." + "\n"
-                    for key, authors, title, journal, year in _references(text))
+    items = "".join(
+        rf"\bibitem{{{key}}} {authors}, \emph{{{title}}}, {journal} ({year})." + "\n"
+        for key, authors, title, journal, year in _references(text)
+    )
     return f"\\begin{{thebibliography}}{{99}}\n{items}\\end{{thebibliography}}\n"
 
 
 def _bibtex(text: str) -> str:
-    return "".join(f"@article{{{key},\n  author = {{{authors}}},\n  title = {{{title}}},\n"
-                   f"  journal = {{{journal}}},\n  year = {{{year}}}\n}}\n\n"
-                   for key, authors, title, journal, year in _references(text))
+    return "".join(
+        f"@article{{{key},\n  author = {{{authors}}},\n  title = {{{title}}},\n"
+        f"  journal = {{{journal}}},\n  year = {{{year}}}\n}}\n\n"
+        for key, authors, title, journal, year in _references(text)
+    )
 
 
 def _tar_bytes(files: Mapping[str, str | bytes]) -> bytes:
@@ -230,8 +264,9 @@ def _source_package(record: dict) -> tuple[str, bytes]:
     return ".gz", gzip_bytes(_multi_file_tar(record, rng))
 
 
-def write_source_packages(out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True,
-                          loose_files: bool = True) -> list[str]:
+def write_source_packages(
+    out_dir: str | os.PathLike, records: Iterable[dict], bulk_tar: bool = True, loose_files: bool = True
+) -> list[str]:
     """Write ``out_dir/YYMM/<id>.gz|.pdf`` per record (unless not ``loose_files``) and, with ``bulk_tar``,
     ``arXiv_src_YYMM_001.tar`` bundles of them."""
     written: list[str] = []

@@ -18,12 +18,17 @@ import numpy as np
 from megasci.corpus.labels import SECTION_LABELS
 from megasci.utils.io import atomic_text_output
 
-_FUNCTION_WORDS = tuple("""
+_FUNCTION_WORDS = tuple(
+    """
 the of and a to in is we that for this with as by on be are it which an from can let then if at not our
 where such there all these any each one two has have its also show given or more than into only but since
 thus hence however therefore follows holds obtain consider denote assume define prove
-""".split())
-_CONTENT_WORDS = tuple(w for w in dict.fromkeys("""
+""".split()
+)
+_CONTENT_WORDS = tuple(
+    w
+    for w in dict.fromkeys(
+        """
 proof theorem lemma
 result results estimate bound bounds function functions space spaces operator operators equation equations
 solution solutions problem problems model models method methods data training network networks learning
@@ -47,39 +52,82 @@ codes complexity lower upper weak strong dual convex concave inequality identity
 definition remark assumption hypothesis construction argument step steps above below here when while because
 although whose both between under over via using without within across towards they their them whether most
 many several some every no other same different further main key simple natural
-""".split()) if w not in _FUNCTION_WORDS)
+""".split()
+    )
+    if w not in _FUNCTION_WORDS
+)
 _COMMON_WORDS = _FUNCTION_WORDS + _CONTENT_WORDS
-_TITLE_TEMPLATES = ("{a} {b} of {c} {d}", "On the {a} of {b} {c}", "{a} {b} for {c} {d} {e}",
-                    "{a} and {b} in {c} {d}", "The {name} {noun} and {a} {b}", "{a} {b}: {c} {d} and {e}")
-_NAMES = ("Schrödinger Erdős Gödel Poincaré Hölder Fréchet Lévy Łojasiewicz Möbius Kähler Gröbner Bézout Plücker "
-          "Cauchy–Schwarz Gagliardo–Nirenberg Navier–Stokes Calderón–Zygmund Erdős–Rényi Sobolev Banach").split()
-_NAMED_NOUNS = ("equation inequality operator theorem space embedding estimate conjecture graph manifold transform "
-                "condition property decomposition").split()
+_TITLE_TEMPLATES = (
+    "{a} {b} of {c} {d}",
+    "On the {a} of {b} {c}",
+    "{a} {b} for {c} {d} {e}",
+    "{a} and {b} in {c} {d}",
+    "The {name} {noun} and {a} {b}",
+    "{a} {b}: {c} {d} and {e}",
+)
+_NAMES = (
+    "Schrödinger Erdős Gödel Poincaré Hölder Fréchet Lévy Łojasiewicz Möbius Kähler Gröbner Bézout Plücker "
+    "Cauchy–Schwarz Gagliardo–Nirenberg Navier–Stokes Calderón–Zygmund Erdős–Rényi Sobolev Banach"
+).split()
+_NAMED_NOUNS = (
+    "equation inequality operator theorem space embedding estimate conjecture graph manifold transform "
+    "condition property decomposition"
+).split()
 _GREEK_PHRASES = "α-stable|σ-algebra|ε-regularity|μ-almost everywhere|Γ-convergence|naïve|ω-limit set".split("|")
-FIRST_NAMES = ("Anna Bálint Chen Dmitri Élodie François Gábor Hiroshi Ingrid Jürgen Kateřina Lars María Nikolaj "
-                "Olga Paweł Priya Søren Tomás Wei Yuki Zoë Ahmed Björn Camille Ravi Sofía Łukasz").split()
-LAST_NAMES = ("Müller García Nowak Kovács Østergaard Dvořák Şahin Nguyen Wang Smith Ivanov Tanaka Rossi Lefèvre "
-               "Sørensen Kim Patel Hernández Böhm Novák Zhang Okafor Lindqvist Fernández Çelik Yılmaz Schmidt").split()
-_OPENERS = ("Moreover, |In particular, |However, |Therefore |Recall that |Note that |It follows that |"
-            "In this paper we |By construction, |Consequently, |Finally, ").split("|")
+FIRST_NAMES = (
+    "Anna Bálint Chen Dmitri Élodie François Gábor Hiroshi Ingrid Jürgen Kateřina Lars María Nikolaj "
+    "Olga Paweł Priya Søren Tomás Wei Yuki Zoë Ahmed Björn Camille Ravi Sofía Łukasz"
+).split()
+LAST_NAMES = (
+    "Müller García Nowak Kovács Østergaard Dvořák Şahin Nguyen Wang Smith Ivanov Tanaka Rossi Lefèvre "
+    "Sørensen Kim Patel Hernández Böhm Novák Zhang Okafor Lindqvist Fernández Çelik Yılmaz Schmidt"
+).split()
+_OPENERS = (
+    "Moreover, |In particular, |However, |Therefore |Recall that |Note that |It follows that |"
+    "In this paper we |By construction, |Consequently, |Finally, "
+).split("|")
 
 # Math is assembled from templates; each {name} is filled from the table of the same name.
-_ATOM_TEMPLATES = ("{v}", "{v}", "{v}", "{v}_{{{i}}}", "{v}_{{{i}}}", "{v}^{{{p}}}", "{acc}{{{v}}}", "{d} {v}",
-                   "{c}", "{c}", "{num}")
+_ATOM_TEMPLATES = (
+    "{v}",
+    "{v}",
+    "{v}",
+    "{v}_{{{i}}}",
+    "{v}_{{{i}}}",
+    "{v}^{{{p}}}",
+    "{acc}{{{v}}}",
+    "{d} {v}",
+    "{c}",
+    "{c}",
+    "{num}",
+)
 _ATOM_PARTS = {
-    "v": r"x y z t u v f g h n k N \alpha \beta \gamma \lambda \mu \varepsilon \sigma \theta \varphi \psi \omega \xi"
-    .split(),
+    "v": (
+        r"x y z t u v f g h n k N \alpha \beta \gamma \lambda \mu \varepsilon \sigma \theta \varphi \psi "
+        r"\omega \xi"
+    ).split(),
     "i": r"i j k n 0 1 i,j n+1 k-1 \ell".split(),
     "p": r"2 p -1 * \prime s n 1/2 \alpha -s".split(),
     "acc": r"\hat \tilde \bar".split(),
     "d": r"\partial_{t} \partial_{x} \partial_{i} \Delta \nabla".split(),
     "c": r"\infty \mathbb{R}^{d} \mathbb{Z} \mathcal{H} \mathcal{O}(n^{2}) \Omega \mathbb{C} L^{2}(\mathbb{R}^{n}) "
-         r"\pi \hbar \mathcal{L} e^{-t}".split(),
+    r"\pi \hbar \mathcal{L} e^{-t}".split(),
     "num": "0 1 2 3 4 10 12 64 100 0.5 1.25 3.14".split(),
 }
-_EXPR_TEMPLATES = (r"\frac{{{a}}}{{{b}}}", r"\sum{s} {a}", r"\int{lim} {a} \, d{dx}", r"\left( {a} \right)",
-                   r"\sqrt{{{a}}}", r"\langle {a}, {b} \rangle", r"\|{a}\|_{{{norm}}}", r"\operatorname{{{op}}}({a})",
-                   r"\mathbb{{E}}\left[ {a} \right]", "{a} {bin} {b}", "{a} {bin} {b}", "{a} {bin} {b}")
+_EXPR_TEMPLATES = (
+    r"\frac{{{a}}}{{{b}}}",
+    r"\sum{s} {a}",
+    r"\int{lim} {a} \, d{dx}",
+    r"\left( {a} \right)",
+    r"\sqrt{{{a}}}",
+    r"\langle {a}, {b} \rangle",
+    r"\|{a}\|_{{{norm}}}",
+    r"\operatorname{{{op}}}({a})",
+    r"\mathbb{{E}}\left[ {a} \right]",
+    "{a} {bin} {b}",
+    "{a} {bin} {b}",
+    "{a} {bin} {b}",
+)
 _EXPR_PARTS = {
     "s": r"_{i=1}^{n} _{k=0}^{\infty} _{j=1}^{N} _{n\geq1}".split(),
     "lim": r"_{\Omega} _{\mathbb{R}^{d}} _{0}^{1} _{0}^{T} _{\partial\Omega} _{M}".split(),
@@ -100,15 +148,30 @@ _HEADINGS = {
     "appendix": ("Auxiliary Lemmas", "Technical Details", "Additional Proofs", "Computations"),
 }
 # (label, share of the length budget, probability a paper has it); "proof" only in math-heavy papers.
-_SECTION_PLAN = (("background", 1.0, 0.7), ("method", 1.2, 0.6), ("results", 1.8, 1.0), ("proof", 1.2, 0.35),
-                 ("discussion", 0.6, 0.45), ("conclusion", 0.4, 0.7), ("appendix", 0.8, 0.3))
-_THEOREM_PREFIXES = {"theorem": "thm", "lemma": "lem", "proposition": "prop", "corollary": "cor",
-                     "definition": "def", "remark": "rem"}
+_SECTION_PLAN = (
+    ("background", 1.0, 0.7),
+    ("method", 1.2, 0.6),
+    ("results", 1.8, 1.0),
+    ("proof", 1.2, 0.35),
+    ("discussion", 0.6, 0.45),
+    ("conclusion", 0.4, 0.7),
+    ("appendix", 0.8, 0.3),
+)
+_THEOREM_PREFIXES = {
+    "theorem": "thm",
+    "lemma": "lem",
+    "proposition": "prop",
+    "corollary": "cor",
+    "definition": "def",
+    "remark": "rem",
+}
 _THEOREM_SECTIONS = frozenset(("background", "method", "results", "appendix"))
 assert set(_HEADINGS) | {"title", "abstract", "introduction", "other"} == set(SECTION_LABELS)
 
-_KEPT_CATEGORIES = ("math.AP math.FA math.PR math.NT math.AG math.CO math.DG math.OC math.NA cs.LG cs.CL cs.IT "
-                    "cs.DS cs.CC cs.AI hep-th hep-ph quant-ph stat.ML stat.TH").split()
+_KEPT_CATEGORIES = (
+    "math.AP math.FA math.PR math.NT math.AG math.CO math.DG math.OC math.NA cs.LG cs.CL cs.IT "
+    "cs.DS cs.CC cs.AI hep-th hep-ph quant-ph stat.ML stat.TH"
+).split()
 _DROPPED_CATEGORIES = "astro-ph.CO astro-ph.GA astro-ph.HE cond-mat.stat-mech cond-mat.str-el cond-mat.mes-hall".split()
 _MATHY_PREFIXES = ("math", "hep-th", "stat.TH", "quant-ph")
 
@@ -120,8 +183,9 @@ def pick(rng: np.random.Generator, options):
 def _fill(rng: np.random.Generator, template: str, parts: dict, **given: str) -> str:
     """Format ``template``, drawing every table in ``parts`` with one RNG call (speed matters here)."""
     draws = rng.random(len(parts)).tolist()
-    return template.format(**{name: table[int(u * len(table))] for (name, table), u in zip(parts.items(), draws)},
-                           **given)
+    return template.format(
+        **{name: table[int(u * len(table))] for (name, table), u in zip(parts.items(), draws)}, **given
+    )
 
 
 def _pseudo_words(count: int) -> tuple[str, ...]:
@@ -238,8 +302,9 @@ class _PaperWriter:
         if kind < 0.03:
             return rf" \emph{{{' '.join(self.words(2))}}}"
         if kind < 0.037:
-            return " " + (pick(rng, _GREEK_PHRASES) if rng.random() < 0.3
-                          else f"{pick(rng, _NAMES)} {pick(rng, _NAMED_NOUNS)}")
+            return " " + (
+                pick(rng, _GREEK_PHRASES) if rng.random() < 0.3 else f"{pick(rng, _NAMES)} {pick(rng, _NAMED_NOUNS)}"
+            )
         if kind < 0.047:
             low, width, shape = int(rng.integers(1, 2000)), int(rng.integers(1, 40)), rng.random()
             return f" {low}" if shape < 0.4 else f" {low / 97:.2f}" if shape < 0.7 else f" {low}–{low + width}"
@@ -341,8 +406,9 @@ class _PaperWriter:
     def title(self) -> str:
         rng = self.rng
         topic = [pick(rng, _CONTENT_WORDS if rng.random() < 0.5 else self.jargon).capitalize() for _ in range(5)]
-        words = pick(rng, _TITLE_TEMPLATES).format(**dict(zip("abcde", topic)), name=pick(rng, _NAMES),
-                                                   noun=pick(rng, _NAMED_NOUNS).capitalize())
+        words = pick(rng, _TITLE_TEMPLATES).format(
+            **dict(zip("abcde", topic)), name=pick(rng, _NAMES), noun=pick(rng, _NAMED_NOUNS).capitalize()
+        )
         math = f"${self.expr(0)}$" if rng.random() < 0.25 else ""
         self.text.label("title")
         self.text.add(r"\title{" + words + (" in " if math else ""))
@@ -355,8 +421,10 @@ class _PaperWriter:
         names = [f"{pick(rng, FIRST_NAMES)} {pick(rng, LAST_NAMES)}" for _ in range(2)]
         grant = pick(rng, ("NSF grant DMS-", "ERC grant No. ", "DFG project ", "JSPS KAKENHI grant "))
         self.text.label("other")
-        self.text.add(f"\\section*{{Acknowledgments}}\n\nWe thank {names[0]} and {names[1]} for helpful "
-                      f"discussions. This work was supported by {grant}{rng.integers(100000, 999999)}.\n\n")
+        self.text.add(
+            f"\\section*{{Acknowledgments}}\n\nWe thank {names[0]} and {names[1]} for helpful "
+            f"discussions. This work was supported by {grant}{rng.integers(100000, 999999)}.\n\n"
+        )
 
     def record(self, arxiv_id: str, year: int, categories: list[str]) -> dict:
         rng = self.rng
@@ -367,8 +435,10 @@ class _PaperWriter:
         self.sentences(int(rng.integers(80, 220)), allow_refs=False)
         self.text.add("\n\\end{abstract}\n\n")
         plan = [("introduction", "Introduction", 1.3)] + [
-            (label, pick(rng, _HEADINGS[label]), share) for label, share, chance in _SECTION_PLAN
-            if rng.random() < chance and (self.mathy or label != "proof")]
+            (label, pick(rng, _HEADINGS[label]), share)
+            for label, share, chance in _SECTION_PLAN
+            if rng.random() < chance and (self.mathy or label != "proof")
+        ]
         budget_per_share = max(target - self.text.length, 1500.0) / sum(share for _, _, share in plan)
         thanks_pending = rng.random() < 0.45
         for label, heading, share in plan:
@@ -382,10 +452,17 @@ class _PaperWriter:
         if thanks_pending:
             self.acknowledgments()
         text = "".join(self.text.parts)
-        return {"id": arxiv_id, "title": title, "text": text, "sections": self.text.spans(),
-                "categories": categories, "year": year,
-                "math_fraction": round(self.text.math_chars / len(text), 6),
-                "source": f"synthetic/{arxiv_id}", "encoding": "utf-8"}
+        return {
+            "id": arxiv_id,
+            "title": title,
+            "text": text,
+            "sections": self.text.spans(),
+            "categories": categories,
+            "year": year,
+            "math_fraction": round(self.text.math_chars / len(text), 6),
+            "source": f"synthetic/{arxiv_id}",
+            "encoding": "utf-8",
+        }
 
 
 def _draw_categories(rng: np.random.Generator, old_style: bool) -> list[str]:

@@ -58,12 +58,20 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="eval/passkey", help="TensorBoard tag prefix")
     args = p.parse_args(argv)
     try:
-        config = PasskeyConfig(lengths=tuple(args.lengths or ()), min_length=args.min_length,
-                               depths=tuple(args.depths), per_cell=args.per_cell,
-                               seed=args.seed, digits=args.digits, compact=args.compact, keys=args.keys,
-                               distractors=args.distractors)
-        report = evaluate_passkey(args.checkpoint, args.data, config, device=args.device,
-                                  dtype=DTYPES.get(args.dtype), split=args.split)
+        config = PasskeyConfig(
+            lengths=tuple(args.lengths or ()),
+            min_length=args.min_length,
+            depths=tuple(args.depths),
+            per_cell=args.per_cell,
+            seed=args.seed,
+            digits=args.digits,
+            compact=args.compact,
+            keys=args.keys,
+            distractors=args.distractors,
+        )
+        report = evaluate_passkey(
+            args.checkpoint, args.data, config, device=args.device, dtype=DTYPES.get(args.dtype), split=args.split
+        )
     except (OSError, ValueError, IndexedDatasetError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -34,8 +34,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a save directory (its latest)")
     p.add_argument("--data", nargs="+", required=True, metavar="PREFIX", help="dataset prefixes (without .bin/.idx)")
-    p.add_argument("--split", choices=EVAL_SPLITS, default="valid",
-                   help="valid/test/train under the checkpoint's split; all = every document (default: valid)")
+    p.add_argument(
+        "--split",
+        choices=EVAL_SPLITS,
+        default="valid",
+        help="valid/test/train under the checkpoint's split; all = every document (default: valid)",
+    )
     p.add_argument("--by", metavar="KEY", help="also group by each value of this sidecar key, e.g. section")
     p.add_argument("--seq-length", type=int, default=None, help="default: the checkpoint's data.seq_length")
     p.add_argument("--max-samples", type=int, default=None, help="at most this many samples per group")
@@ -44,19 +48,38 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the training dtype")
     p.add_argument("--cache-dir", default=None, help="sample-index cache; default <prefix>_cache/")
     p.add_argument("--json-out", metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--by-position", nargs="?", type=int, const=0, default=None, metavar="W",
-                   help="mean loss per bucket of W positions (default W: seq_length / 8)")
-    p.add_argument("--out-dir", default="eval_by_position",
-                   help="--by-position's by_position.json, .png and tensorboard/ (default: eval_by_position)")
+    p.add_argument(
+        "--by-position",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="W",
+        help="mean loss per bucket of W positions (default W: seq_length / 8)",
+    )
+    p.add_argument(
+        "--out-dir",
+        default="eval_by_position",
+        help="--by-position's by_position.json, .png and tensorboard/ (default: eval_by_position)",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1 or (args.seq_length is not None and args.seq_length < 1):
         p.error("--batch-size and --seq-length must be positive")
     try:
-        report = evaluate_perplexity(args.checkpoint, args.data, split=args.split, by=args.by,
-                                     seq_length=args.seq_length, max_samples=args.max_samples,
-                                     batch_size=args.batch_size, device=args.device, dtype=DTYPES.get(args.dtype),
-                                     cache_dir=args.cache_dir, warn=lambda line: print(line, file=sys.stderr),
-                                     by_position=args.by_position)
+        report = evaluate_perplexity(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            by=args.by,
+            seq_length=args.seq_length,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=DTYPES.get(args.dtype),
+            cache_dir=args.cache_dir,
+            warn=lambda line: print(line, file=sys.stderr),
+            by_position=args.by_position,
+        )
     except (OSError, ValueError, IndexedDatasetError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -78,11 +101,21 @@ def write_by_position(report: dict, out_dir: str) -> None:
     for b in buckets:
         print(f"{b['start']:>6}-{b['end']:<6}  {b['loss']:8.4f}  {b['stderr']:8.4f}  {b['samples']:>7}")
     with open(os.path.join(out_dir, "by_position.json"), "w", encoding="utf-8") as f:
-        json.dump({key: report[key] for key in ("checkpoint", "step", "split", "seq_length", "trained_seq_length",
-                                                "by_position")}, f, indent=2)
+        json.dump(
+            {
+                key: report[key]
+                for key in ("checkpoint", "step", "split", "seq_length", "trained_seq_length", "by_position")
+            },
+            f,
+            indent=2,
+        )
         f.write("\n")
-    plot_by_position(buckets, os.path.join(out_dir, "by_position.png"),
-                     f"loss by position, step {report['step']}", report.get("trained_seq_length"))
+    plot_by_position(
+        buckets,
+        os.path.join(out_dir, "by_position.png"),
+        f"loss by position, step {report['step']}",
+        report.get("trained_seq_length"),
+    )
     log = MetricsLog(os.path.join(out_dir, "tensorboard"), active=True)
     log.scalars(int(report["step"] or 0), by_position_scalars(buckets))
     log.close()

@@ -94,16 +94,20 @@ def _needle(name: str | None, key: str, compact: bool = False) -> str:
 def _question(name: str | None, compact: bool = False) -> str:
     if compact:
         return " The pass key is" if name is None else f" The pass key for {name} is"
-    return " What is the pass key? The pass key is" if name is None else \
-        f" What is the pass key for {name}? The pass key for {name} is"
+    return (
+        " What is the pass key? The pass key is"
+        if name is None
+        else f" What is the pass key for {name}? The pass key for {name} is"
+    )
 
 
 def _random_key(rng: np.random.Generator, digits: int) -> str:
-    return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+    return str(int(rng.integers(10 ** (digits - 1), 10**digits)))
 
 
-def make_examples(encode: Callable[[str], list[int]], filler: np.ndarray,
-                  config: PasskeyConfig) -> list[PasskeyExample]:
+def make_examples(
+    encode: Callable[[str], list[int]], filler: np.ndarray, config: PasskeyConfig
+) -> list[PasskeyExample]:
     """The grid's examples, lengths outer, depths inner, `per_cell` each; `filler` is a token stream
     (e.g. held-out documents, concatenated) at least as long as the longest example."""
     if not config.lengths:
@@ -128,20 +132,29 @@ def make_examples(encode: Callable[[str], list[int]], filler: np.ndarray,
                         wrong.append(tuple(encode(" " + other)))
                 n_filler = length - len(intro) - sum(map(len, needles)) - len(question) - len(answer)
                 if n_filler < 0:
-                    raise ValueError(f"passkey: length {length} is too short for the prompt "
-                                     f"({length - n_filler} tokens without filler)")
+                    raise ValueError(
+                        f"passkey: length {length} is too short for the prompt "
+                        f"({length - n_filler} tokens without filler)"
+                    )
                 if n_filler > len(filler):
                     raise ValueError(f"passkey: the filler has {len(filler)} tokens, length {length} needs {n_filler}")
                 start = int(rng.integers(0, len(filler) - n_filler + 1))
-                text = filler[start:start + n_filler].tolist()
+                text = filler[start : start + n_filler].tolist()
                 # The queried needle at the cell's depth; the others at random depths, inserted from the back
                 # so earlier insertion points stay where they were drawn.
                 at = [round(depth * n_filler)] + [int(rng.integers(0, n_filler + 1)) for _ in needles[1:]]
                 for point, needle in sorted(zip(at, needles), key=lambda pair: -pair[0]):
                     text[point:point] = needle
-                examples.append(PasskeyExample(length=length, depth=float(depth),
-                                               context=tuple(intro + text + question), answer=tuple(answer),
-                                               key=keys[0], wrong=tuple(wrong)))
+                examples.append(
+                    PasskeyExample(
+                        length=length,
+                        depth=float(depth),
+                        context=tuple(intro + text + question),
+                        answer=tuple(answer),
+                        key=keys[0],
+                        wrong=tuple(wrong),
+                    )
+                )
     return examples
 
 
@@ -151,7 +164,7 @@ def _score_answers(model, context: Sequence[int], answers: Sequence[Sequence[int
     width = max(map(len, rows))
     tokens = torch.zeros(len(rows), width - 1, dtype=torch.long)
     for r, row in enumerate(rows):
-        tokens[r, :len(row) - 1] = torch.tensor(row[:-1])
+        tokens[r, : len(row) - 1] = torch.tensor(row[:-1])
     with torch.no_grad():
         logits = model(tokens.to(device))
         logits = getattr(logits, "logits", logits).float()
@@ -160,7 +173,7 @@ def _score_answers(model, context: Sequence[int], answers: Sequence[Sequence[int
     start = len(context) - 1  # the logits at this position predict the answer's first token
     for r, answer in enumerate(answers):
         target = torch.tensor(list(answer), device=logprobs.device)
-        rows_lp = logprobs[r, start:start + len(answer)]
+        rows_lp = logprobs[r, start : start + len(answer)]
         scores.append(float(rows_lp.gather(1, target[:, None]).sum()))
         if r == 0:
             greedy = bool((rows_lp.argmax(-1) == target).all())
@@ -176,18 +189,31 @@ def score_examples(model, examples: Sequence[PasskeyExample], device="cpu") -> l
     results = []
     for ex in examples:
         scores, greedy = _score_answers(model, ex.context, [ex.answer, *ex.wrong], device)
-        results.append({"length": ex.length, "depth": ex.depth, "key": ex.key, "greedy": greedy,
-                        "logprob": scores[0], "ll_correct": (scores[0] > max(scores[1:])) if ex.wrong else None})
+        results.append(
+            {
+                "length": ex.length,
+                "depth": ex.depth,
+                "key": ex.key,
+                "greedy": greedy,
+                "logprob": scores[0],
+                "ll_correct": (scores[0] > max(scores[1:])) if ex.wrong else None,
+            }
+        )
     return results
 
 
 def summarize(results: Sequence[dict]) -> dict:
     """The depth x length table and per-length means: accuracy with standard error and n per cell."""
+
     def cell(rows):
         n = len(rows)
         greedy = sum(r["greedy"] for r in rows) / n
-        out = {"n": n, "greedy_acc": greedy, "greedy_stderr": stderr(greedy, n),
-               "mean_logprob": sum(r["logprob"] for r in rows) / n}
+        out = {
+            "n": n,
+            "greedy_acc": greedy,
+            "greedy_stderr": stderr(greedy, n),
+            "mean_logprob": sum(r["logprob"] for r in rows) / n,
+        }
         if rows[0]["ll_correct"] is not None:
             ll = sum(r["ll_correct"] for r in rows) / n
             out.update(ll_acc=ll, ll_stderr=stderr(ll, n))
@@ -195,8 +221,10 @@ def summarize(results: Sequence[dict]) -> dict:
 
     lengths = sorted({r["length"] for r in results})
     depths = sorted({r["depth"] for r in results})
-    table = {f"{d:g}": {str(n): cell([r for r in results if r["length"] == n and r["depth"] == d]) for n in lengths}
-             for d in depths}
+    table = {
+        f"{d:g}": {str(n): cell([r for r in results if r["length"] == n and r["depth"] == d]) for n in lengths}
+        for d in depths
+    }
     by_length = {str(n): cell([r for r in results if r["length"] == n]) for n in lengths}
     return {"lengths": lengths, "depths": depths, "table": table, "by_length": by_length, "overall": cell(results)}
 
@@ -207,9 +235,14 @@ def format_table(summary: dict, metric: str = "greedy_acc") -> str:
     header = ["depth \\ length"] + [str(n) for n in lengths]
     rows = [[f"{d:g}"] + [f"{100 * summary['table'][f'{d:g}'][str(n)][metric]:.0f}%" for n in lengths] for d in depths]
     err = metric.replace("_acc", "_stderr")
-    rows.append(["all"] + [f"{100 * summary['by_length'][str(n)][metric]:.1f}% ± "
-                           f"{100 * summary['by_length'][str(n)][err]:.1f} (n={summary['by_length'][str(n)]['n']})"
-                           for n in lengths])
+    rows.append(
+        ["all"]
+        + [
+            f"{100 * summary['by_length'][str(n)][metric]:.1f}% ± "
+            f"{100 * summary['by_length'][str(n)][err]:.1f} (n={summary['by_length'][str(n)]['n']})"
+            for n in lengths
+        ]
+    )
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
@@ -217,6 +250,7 @@ def format_table(summary: dict, metric: str = "greedy_acc") -> str:
 def plot_heatmap(summary: dict, path: str, metric: str = "greedy_acc", title: str = "passkey retrieval") -> None:
     """The depth x length table as a PNG heatmap (matplotlib, headless)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,5 +1,5 @@
-# Entry points, each setting itself up on a fresh machine: `make demo` (then `make demo-sft`), `make test`
-# (everything), `make test-fast` (skips the modules marked slow in tests/conftest.py) and `make lint`.
+# Entry points, each setting itself up on a fresh machine: `make demo` (then `make demo-sft` or `make demo-long`),
+# `make test` (everything), `make test-fast` (skips the modules marked slow in tests/conftest.py) and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ DEMO_DIR ?= demo_output
 TORCH_CPU ?= torch==2.13.0
 TORCH_GPU ?= torch>=2.4
 
-.PHONY: setup demo demo-sft test test-fast lint clean
+.PHONY: setup demo demo-sft demo-long test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 # Post-training over the demo's output (run `make demo` first): fine-tune on generated conversations, chat once.
 demo-sft: $(STAMP)
 	$(PY) -m megasci.demo --output $(DEMO_DIR) --sft
+
+# Context extension over the demo's model (run `make demo` first): continued at 4x its training length with a
+# raised RoPE base and, as the control, at the same base; loss by position and passkey accuracy before and after.
+demo-long: $(STAMP)
+	$(PY) -m megasci.demo_long --output $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -16,7 +16,8 @@ ARXIV_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".
 # `make test` runs everything. A new module whose tests take more than a few seconds belongs here.
 SLOW_MODULES = frozenset({
     "test_bench_train", "test_chat_template", "test_corpus_builder", "test_corpus_fast_paths",
-    "test_corpus_residue", "test_demo_and_tools", "test_device_check", "test_eval_ppl", "test_export_hf",
+    "test_corpus_residue", "test_demo_and_tools", "test_demo_long", "test_device_check", "test_eval_ppl",
+    "test_export_hf",
     "test_finetune", "test_generate", "test_gradient_modes_training", "test_multinode", "test_parquet_preprocess",
     "test_plan_run", "test_preprocess", "test_profiler", "test_readme", "test_sft_data", "test_sft_loss",
     "test_slurm", "test_tokenizer", "test_training", "test_training_data", "test_triton_ops", "test_zero",

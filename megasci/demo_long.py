@@ -93,8 +93,9 @@ def _scalar(values: dict, tag: str) -> float:
     return by_step[max(by_step)]
 
 
-def write_passkey_documents(path: str, checkpoint: str, data_prefix: str, count: int, length: int,
-                            seed: int, digits: int, repeats: int = 6) -> int:
+def write_passkey_documents(
+    path: str, checkpoint: str, data_prefix: str, count: int, length: int, seed: int, digits: int, repeats: int = 6
+) -> int:
     """`count` compact passkey documents of up to `length` tokens as JSONL text, filler from the papers'
     training split (the evaluation's filler is the held-out split), keys at every depth; returns the count."""
     meta = read_meta(checkpoint)
@@ -103,8 +104,9 @@ def write_passkey_documents(path: str, checkpoint: str, data_prefix: str, count:
     depths = tuple(float(d) for d in np.linspace(0.0, 1.0, 11))
     per_cell = max(1, math.ceil(count / (len(lengths) * len(depths))))
     filler = passkey_filler(data_prefix, meta, resolve_checkpoint(checkpoint), 100 * length, split="train")
-    config = PasskeyConfig(lengths=lengths, depths=depths, per_cell=per_cell, seed=seed, compact=True,
-                           digits=digits, distractors=0)
+    config = PasskeyConfig(
+        lengths=lengths, depths=depths, per_cell=per_cell, seed=seed, compact=True, digits=digits, distractors=0
+    )
     examples = make_examples(tokenizer.encode, filler, config)
     order = np.random.default_rng(seed).permutation(len(examples))[:count]
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -128,8 +130,7 @@ def _tokenizer(meta: dict) -> str:
     return meta["train_config"]["data"]["tokenizer"]
 
 
-def extension_config(base_run: str, output: str, length: int, passkey_prefix: str, paper_prefix: str,
-                     args) -> dict:
+def extension_config(base_run: str, output: str, length: int, passkey_prefix: str, paper_prefix: str, args) -> dict:
     """The continuation's config: the demo model's architecture with max_seq_len `length`, the demo's
     split and seed (held-out papers stay held out), papers and passkey documents blended."""
     meta = read_meta(base_run)
@@ -149,12 +150,26 @@ def extension_config(base_run: str, output: str, length: int, passkey_prefix: st
             "seed": data["seed"],
             "eval_samples": args.eval_samples,
         },
-        "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": min(10, args.steps), "weight_decay": 0.1,
-                  "clip_grad": 1.0, "bucket_numel": 200000},
-        "train": {"init_from": _path(base_run), "micro_batch_size": args.micro_batch,
-                  "global_batch_size": 2 * args.micro_batch, "train_steps": args.steps, "device": "cpu",
-                  "save_dir": _path(os.path.join(output, "control")), "save_interval": args.steps, "keep_last": 1,
-                  "log_interval": max(1, args.steps // 6), "eval_interval": 0},
+        "optim": {
+            "lr": args.lr,
+            "min_lr": args.lr / 10,
+            "warmup_steps": min(10, args.steps),
+            "weight_decay": 0.1,
+            "clip_grad": 1.0,
+            "bucket_numel": 200000,
+        },
+        "train": {
+            "init_from": _path(base_run),
+            "micro_batch_size": args.micro_batch,
+            "global_batch_size": 2 * args.micro_batch,
+            "train_steps": args.steps,
+            "device": "cpu",
+            "save_dir": _path(os.path.join(output, "control")),
+            "save_interval": args.steps,
+            "keep_last": 1,
+            "log_interval": max(1, args.steps // 6),
+            "eval_interval": 0,
+        },
     }
 
 
@@ -162,8 +177,19 @@ def _train(config: str, overrides: list[str], processes: int) -> None:
     if processes == 1:
         _command(["python", "tools/pretrain.py", "--config", _path(config), *overrides])
     else:
-        _command(["python", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                  "tools/pretrain.py", "--config", _path(config), *overrides])
+        _command(
+            [
+                "python",
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                "tools/pretrain.py",
+                "--config",
+                _path(config),
+                *overrides,
+            ]
+        )
 
 
 def _same_weights(a: str, b: str) -> bool:
@@ -175,15 +201,52 @@ def _same_weights(a: str, b: str) -> bool:
 def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: int, args) -> dict:
     """eval_ppl --by-position and eval_passkey --compact on `checkpoint`; the figures as TensorBoard has them."""
     by_position = os.path.join(out_dir, "by_position")
-    _command(["python", "tools/eval_ppl.py", "--checkpoint", _path(checkpoint), "--data", _path(papers),
-              "--seq-length", str(length), "--by-position", str(trained), "--max-samples", str(args.ppl_samples),
-              "--out-dir", _path(by_position)])
+    _command(
+        [
+            "python",
+            "tools/eval_ppl.py",
+            "--checkpoint",
+            _path(checkpoint),
+            "--data",
+            _path(papers),
+            "--seq-length",
+            str(length),
+            "--by-position",
+            str(trained),
+            "--max-samples",
+            str(args.ppl_samples),
+            "--out-dir",
+            _path(by_position),
+        ]
+    )
     passkey_dir = os.path.join(out_dir, "passkey")
-    _command(["python", "tools/eval_passkey.py", "--checkpoint", _path(checkpoint), "--data", _path(papers),
-              "--lengths", str(length), "--depths", *map(str, PASSKEY_DEPTHS), "--per-cell", str(args.per_cell),
-              "--digits", str(args.digits), "--distractors", "0", "--compact", "--out-dir", _path(passkey_dir)])
-    tb = {**read_tensorboard(os.path.join(by_position, "tensorboard")),
-          **read_tensorboard(os.path.join(passkey_dir, "tensorboard"))}
+    _command(
+        [
+            "python",
+            "tools/eval_passkey.py",
+            "--checkpoint",
+            _path(checkpoint),
+            "--data",
+            _path(papers),
+            "--lengths",
+            str(length),
+            "--depths",
+            *map(str, PASSKEY_DEPTHS),
+            "--per-cell",
+            str(args.per_cell),
+            "--digits",
+            str(args.digits),
+            "--distractors",
+            "0",
+            "--compact",
+            "--out-dir",
+            _path(passkey_dir),
+        ]
+    )
+    tb = {
+        **read_tensorboard(os.path.join(by_position, "tensorboard")),
+        **read_tensorboard(os.path.join(passkey_dir, "tensorboard")),
+    }
     with open(os.path.join(by_position, "by_position.json"), encoding="utf-8") as f:
         buckets = json.load(f)["by_position"]
     with open(os.path.join(passkey_dir, "passkey.json"), encoding="utf-8") as f:
@@ -191,16 +254,28 @@ def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: i
     rows = []
     for b in buckets:
         tag = f"eval/loss_by_position/{b['start']:05d}-{b['end']:05d}"
-        rows.append({"start": b["start"], "end": b["end"], "loss": _scalar(tb, tag), "stderr": b["stderr"],
-                     "samples": b["samples"], "tag": tag})
+        rows.append(
+            {
+                "start": b["start"],
+                "end": b["end"],
+                "loss": _scalar(tb, tag),
+                "stderr": b["stderr"],
+                "samples": b["samples"],
+                "tag": tag,
+            }
+        )
     beyond = [r for r in rows if r["start"] >= trained]
     result = {
         "by_position": rows,
         # Equal-width buckets over the same samples: their mean is the mean loss over those positions.
         "loss_beyond": sum(r["loss"] for r in beyond) / len(beyond),
         "loss_beyond_stderr": math.sqrt(sum(r["stderr"] ** 2 for r in beyond)) / len(beyond),
-        "passkey": {"greedy_acc": _scalar(tb, f"eval/passkey/greedy_acc/{length:05d}"),
-                    "greedy_stderr": cell["greedy_stderr"], "n": cell["n"], "mean_logprob": cell["mean_logprob"]},
+        "passkey": {
+            "greedy_acc": _scalar(tb, f"eval/passkey/greedy_acc/{length:05d}"),
+            "greedy_stderr": cell["greedy_stderr"],
+            "n": cell["n"],
+            "mean_logprob": cell["mean_logprob"],
+        },
         "tensorboard": [_path(os.path.join(d, "tensorboard")) for d in (by_position, passkey_dir)],
     }
     return result
@@ -210,21 +285,33 @@ def print_figures(results: dict, arms: dict, trained: int, length: int) -> dict:
     """The before/after tables and the acceptance checks; returns the checks."""
     names = list(results)
     width = 22
-    print(f"\nloss by position on held-out papers at {length} tokens (mean nats ± stderr; trained length "
-          f"{trained}; from TensorBoard eval/loss_by_position/*):")
+    print(
+        f"\nloss by position on held-out papers at {length} tokens (mean nats ± stderr; trained length "
+        f"{trained}; from TensorBoard eval/loss_by_position/*):"
+    )
     print("positions".ljust(12) + "".join(n.rjust(width) for n in names) + "   samples")
     for i, row in enumerate(results[names[0]]["by_position"]):
-        cells = "".join(f"{results[n]['by_position'][i]['loss']:.3f} ± {results[n]['by_position'][i]['stderr']:.3f}"
-                        .rjust(width) for n in names)
+        cells = "".join(
+            f"{results[n]['by_position'][i]['loss']:.3f} ± {results[n]['by_position'][i]['stderr']:.3f}".rjust(width)
+            for n in names
+        )
         print(f"{row['start']}-{row['end']}".ljust(12) + cells + f"   {row['samples']}")
-    print(f"{trained}-{length} mean".ljust(12) + "".join(
-        f"{results[n]['loss_beyond']:.3f} ± {results[n]['loss_beyond_stderr']:.3f}".rjust(width) for n in names))
-    print(f"\npasskey retrieval at {length} tokens = {FACTOR}x the training length (compact prompt, key at depths "
-          f"{', '.join(map(str, PASSKEY_DEPTHS))}; held-out filler; from TensorBoard eval/passkey/*):")
+    print(
+        f"{trained}-{length} mean".ljust(12)
+        + "".join(
+            f"{results[n]['loss_beyond']:.3f} ± {results[n]['loss_beyond_stderr']:.3f}".rjust(width) for n in names
+        )
+    )
+    print(
+        f"\npasskey retrieval at {length} tokens = {FACTOR}x the training length (compact prompt, key at depths "
+        f"{', '.join(map(str, PASSKEY_DEPTHS))}; held-out filler; from TensorBoard eval/passkey/*):"
+    )
     for n in names:
         p = results[n]["passkey"]
-        print(f"  {n:<{width}} greedy exact match {100 * p['greedy_acc']:5.1f}% ± {100 * p['greedy_stderr']:.1f} "
-              f"(n={p['n']});  mean log-probability of the key {p['mean_logprob']:.2f} nats (passkey.json)")
+        print(
+            f"  {n:<{width}} greedy exact match {100 * p['greedy_acc']:5.1f}% ± {100 * p['greedy_stderr']:.1f} "
+            f"(n={p['n']});  mean log-probability of the key {p['mean_logprob']:.2f} nats (passkey.json)"
+        )
     before = results[names[0]]
     checks = {}
     for arm in arms:
@@ -234,8 +321,10 @@ def print_figures(results: dict, arms: dict, trained: int, length: int) -> dict:
     se = math.sqrt(raised["greedy_stderr"] ** 2 + control["greedy_stderr"] ** 2)
     apart = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
     checks[f"passkey at {length}: {names[1]} above the control by more than 2 stderr"] = apart > 2
-    print(f"\npasskey gap {names[1]} - control: {100 * gap:.1f} points, combined stderr {100 * se:.1f} "
-          f"({apart:.1f} stderr apart)")
+    print(
+        f"\npasskey gap {names[1]} - control: {100 * gap:.1f} points, combined stderr {100 * se:.1f} "
+        f"({apart:.1f} stderr apart)"
+    )
     for check, ok in checks.items():
         print(f"  [{'yes' if ok else 'NO'}] {check}")
     return {"checks": checks, "gap": gap, "gap_stderr": se}
@@ -255,33 +344,62 @@ def run(output: str, args) -> dict:
     papers = os.path.join(output, "data", "arxiv_text_document")
     passkey_jsonl = os.path.join(long_dir, "passkey_train.jsonl")
 
-    _stage(f"long 1/4: {args.passkey_docs} passkey training documents (compact, up to {length} tokens, filler from "
-           f"the papers' training split) -> tokens")
+    _stage(
+        f"long 1/4: {args.passkey_docs} passkey training documents (compact, up to {length} tokens, filler from "
+        f"the papers' training split) -> tokens"
+    )
     n = write_passkey_documents(passkey_jsonl, base_run, papers, args.passkey_docs, length, args.seed, args.digits)
     print(f"wrote {n} documents -> {_path(passkey_jsonl)}")
     passkey_prefix = os.path.join(long_dir, "data", "passkey")
-    _command(["python", "tools/preprocess_data.py", "--input", _path(passkey_jsonl), "--output-prefix",
-              _path(passkey_prefix), "--tokenizer-model", _path(_tokenizer(meta)), "--workers", "2",
-              "--append-eod", "--no-progress"])
+    _command(
+        [
+            "python",
+            "tools/preprocess_data.py",
+            "--input",
+            _path(passkey_jsonl),
+            "--output-prefix",
+            _path(passkey_prefix),
+            "--tokenizer-model",
+            _path(_tokenizer(meta)),
+            "--workers",
+            "2",
+            "--append-eod",
+            "--no-progress",
+        ]
+    )
     config_path = os.path.join(long_dir, "extend.yaml")
     config = extension_config(base_run, long_dir, length, passkey_prefix + "_text_document", papers, args)
     with open(config_path, "w", encoding="utf-8") as f:
-        f.write(f"# python -m megasci.demo_long: the demo model continued at {length} tokens ({FACTOR}x {trained}); "
-                f"the raised-base arm adds model.overrides.rope_theta\n")
+        f.write(
+            f"# python -m megasci.demo_long: the demo model continued at {length} tokens ({FACTOR}x {trained}); "
+            f"the raised-base arm adds model.overrides.rope_theta\n"
+        )
         yaml.safe_dump(config, f, sort_keys=False)
     print(f"wrote the continuation's config -> {_path(config_path)}")
 
     t = _stage(f"long 2/4: the demo model as it is, saved with max_seq_len {length} (one step at learning rate 0)")
     before = os.path.join(long_dir, "before")
-    _train(config_path, ["train.train_steps=1", "optim.warmup_steps=0", "optim.decay_steps=0", "optim.min_lr=0",
-                         "data.eval_samples=1", f"train.save_dir={_path(before)}"], processes=1)
+    _train(
+        config_path,
+        [
+            "train.train_steps=1",
+            "optim.warmup_steps=0",
+            "optim.decay_steps=0",
+            "optim.min_lr=0",
+            "data.eval_samples=1",
+            f"train.save_dir={_path(before)}",
+        ],
+        processes=1,
+    )
     same = _same_weights(base_run, before)
     print(f"weights identical to the demo model's: {same} ({time.perf_counter() - t:.1f} s)")
     if not same:
         raise SystemExit("demo-long: the learning-rate-0 step changed the weights")
 
-    arms = {f"rope_theta {args.rope_theta:g}": os.path.join(long_dir, "raised_base"),
-            f"control ({theta:g})": os.path.join(long_dir, "control")}
+    arms = {
+        f"rope_theta {args.rope_theta:g}": os.path.join(long_dir, "raised_base"),
+        f"control ({theta:g})": os.path.join(long_dir, "control"),
+    }
     for i, (arm, save_dir) in enumerate(arms.items()):
         t = _stage(f"long 3/4: continued training at {length} tokens, {args.steps} steps: {arm}")
         overrides = [f"train.save_dir={_path(save_dir)}"]
@@ -293,14 +411,24 @@ def run(output: str, args) -> dict:
     results = {}
     for name, checkpoint in {"before": before, **arms}.items():
         t = _stage(f"long 4/4: loss by position and passkey at {length} tokens: {name}")
-        results[name] = evaluate(checkpoint, os.path.join(long_dir, "eval", os.path.basename(checkpoint)), papers,
-                                 length, trained, args)
+        results[name] = evaluate(
+            checkpoint, os.path.join(long_dir, "eval", os.path.basename(checkpoint)), papers, length, trained, args
+        )
         print(f"evaluation took {time.perf_counter() - t:.1f} s")
     verdict = print_figures(results, arms, trained, length)
     total = time.perf_counter() - started
-    summary = {"trained_length": trained, "length": length, "steps": args.steps, "rope_theta": args.rope_theta,
-               "control_theta": theta, "passkey_docs": n, "passkey_share": args.passkey_share, "results": results,
-               **verdict, "seconds": total}
+    summary = {
+        "trained_length": trained,
+        "length": length,
+        "steps": args.steps,
+        "rope_theta": args.rope_theta,
+        "control_theta": theta,
+        "passkey_docs": n,
+        "passkey_share": args.passkey_share,
+        "results": results,
+        **verdict,
+        "seconds": total,
+    }
     with open(os.path.join(long_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     print("TensorBoard: tensorboard --logdir " + _path(os.path.join(long_dir, "eval")))

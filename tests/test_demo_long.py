@@ -29,8 +29,12 @@ def test_demo_long_quick_runs_what_it_prints_and_writes_its_figures(base_demo):
     sys.stdout.write(printed.getvalue())
     shown = assert_ran_as_printed(printed.getvalue(), calls)
     assert [s.split()[1] if s.startswith("python tools/") else s.split()[5] for s in shown] == [
-        "tools/preprocess_data.py", "tools/pretrain.py", "tools/pretrain.py", "tools/pretrain.py",
-        *["tools/eval_ppl.py", "tools/eval_passkey.py"] * 3]
+        "tools/preprocess_data.py",
+        "tools/pretrain.py",
+        "tools/pretrain.py",
+        "tools/pretrain.py",
+        *["tools/eval_ppl.py", "tools/eval_passkey.py"] * 3,
+    ]
     assert seconds < 90, f"demo-long --quick took {seconds:.0f} s"
 
     long_dir = base_demo / "long"
@@ -44,16 +48,20 @@ def test_demo_long_quick_runs_what_it_prints_and_writes_its_figures(base_demo):
         for directory in ("by_position", "passkey"):
             assert any(f.startswith("events.out.tfevents") for f in os.listdir(evaluation / directory / "tensorboard"))
         assert os.path.isfile(evaluation / "passkey" / "passkey.png")
-        result = next(r for key, r in summary["results"].items() if key.startswith(name[:5]) or
-                      (name == "raised_base" and key.startswith("rope_theta")))
+        result = next(
+            r
+            for key, r in summary["results"].items()
+            if key.startswith(name[:5]) or (name == "raised_base" and key.startswith("rope_theta"))
+        )
         # The printed figures: TensorBoard's float32 values of the JSON's numbers, with the JSON's n and stderr.
-        assert [(r["start"], r["end"]) for r in result["by_position"]] == [(0, 128), (128, 256), (256, 384),
-                                                                            (384, 512)]
+        assert [(r["start"], r["end"]) for r in result["by_position"]] == [(0, 128), (128, 256), (256, 384), (384, 512)]
         for row, bucket in zip(result["by_position"], positions):
             assert row["loss"] == pytest.approx(bucket["loss"], rel=1e-6)
             assert f"{row['loss']:.3f} ± {row['stderr']:.3f}" in printed.getvalue()
         assert result["passkey"]["n"] == passkey["n"] == 10
         assert result["passkey"]["greedy_acc"] == pytest.approx(passkey["greedy_acc"], abs=1e-6)
-        assert f"{100 * result['passkey']['greedy_acc']:5.1f}% ± {100 * passkey['greedy_stderr']:.1f} (n=10)" \
+        assert (
+            f"{100 * result['passkey']['greedy_acc']:5.1f}% ± {100 * passkey['greedy_stderr']:.1f} (n=10)"
             in printed.getvalue()
+        )
     assert (long_dir / "data" / "passkey_text_document.bin").is_file()

@@ -74,8 +74,9 @@ def training_overrides(data: dict, save_dir: str, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bool = True):
-    cmd = [
+def pretrain_command(nproc: int, overrides: list[str]) -> list[str]:
+    """tools/pretrain.py under torchrun on this machine, with `nproc` processes."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -84,6 +85,10 @@ def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bo
         os.path.join(REPO, "tools", "pretrain.py"),
         *overrides,
     ]
+
+
+def run_pretrain(nproc: int, overrides: list[str], timeout: int = 300, check: bool = True):
+    cmd = pretrain_command(nproc, overrides)
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=REPO
     )
@@ -113,15 +118,7 @@ def kill_tree(pid: int) -> None:
 def pretrain_killed_after_save(nproc: int, overrides: list[str], step: int) -> None:
     """Runs tools/pretrain.py under torchrun and SIGKILLs the whole tree as soon as it reports the
     checkpoint of `step` saved, as a node failure would."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        os.path.join(REPO, "tools", "pretrain.py"),
-        *overrides,
-    ]
+    cmd = pretrain_command(nproc, overrides)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -1,8 +1,9 @@
 """`train.init_from` (and the evaluation, generation and export tools) given a HuggingFace model directory
 itself (issue 19): the run takes the directory's weights, model config and tokenizer through
-megasci/model/hf_import.py, exports back the original model at step 0, fine-tunes under 2 gloo ranks
-with a falling loss, and refuses data of another tokenizer, an unsupported config and a missing shard
-before training, naming the file and the key."""
+megasci/model/hf_import.py, exports back the original model at step 0 and after steps at learning rate
+0 under 2 gloo ranks, casts it to the run's dtype, fine-tunes under 2 gloo ranks with a falling loss, and
+refuses data of another tokenizer, an unsupported config and a missing shard before training, naming the
+file and the key."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from megasci.corpus.synthetic import generate_papers
 from megasci.export_hf import export_checkpoint, write_tokenizer_files
-from megasci.model.hf_import import HFImportError
+from megasci.model.hf_import import HFImportError, hf_model_config, load_hf_state_dict
 from megasci.tokenizer import SentencePieceTokenizer, SentencePieceTrainConfig, train_sentencepiece
 from megasci.training.checkpoint import CheckpointError
 from megasci.training.config import load_config
@@ -146,6 +147,60 @@ def test_the_run_starts_from_the_directory_and_exports_the_original_model(setup,
         assert after[key] == before[key], key
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).float().eval()
     tokens = torch.randint(0, before["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, got = setup["hf"](tokens).logits, back(tokens).logits
+    assert want.abs().max() > 1.0 and torch.equal(got, want)
+
+
+def test_a_float32_directory_starts_a_bf16_run_with_its_weights_cast(setup, tmp_path):
+    """model.overrides.dtype still applies to a directory's config (the reference configs train in bf16, and
+    TinyLlama's config.json says float32): init_from casts the weights to the run's dtype, as
+    transformers' torch_dtype does, instead of refusing the directory as another model."""
+    trainer = Trainer(
+        load_config(None, _overrides(setup, str(tmp_path / "run"), **{"model.overrides": "{dtype: bfloat16}"}))
+    )
+    trainer.restore()
+    assert trainer.initialized_from == setup["hf_dir"]
+    ours = {k: v.detach() for k, v in trainer.model.state_dict().items()}
+    trainer.close()
+    assert {v.dtype for v in ours.values()} == {torch.bfloat16}
+    ours_from_hf = load_hf_state_dict(setup["hf_dir"], hf_model_config(setup["hf_dir"]))
+    assert all(torch.equal(ours[k], ours_from_hf[k].to(torch.bfloat16)) for k in ours_from_hf)
+
+
+def test_two_rank_steps_at_learning_rate_zero_export_the_original_model(setup, tmp_path):
+    """2 gloo ranks, 3 real optimizer steps (forward, backward, clipping, AdamW with weight decay 0.1) at
+    learning rate 0 at every step: the peak optim.lr must stay positive, so lr 0 is min_lr 0 with no warm-up
+    and no decay window (schedule.py then gives min_lr at every step). The export of the last checkpoint has
+    the original tensors and transformers' logits, bit for bit."""
+    save_dir = str(tmp_path / "lr0")
+    overrides = _overrides(
+        setup,
+        save_dir,
+        **{
+            "optim.min_lr": 0.0,
+            "optim.warmup_steps": 0,
+            "optim.decay_steps": 0,
+            "optim.weight_decay": 0.1,
+            "train.train_steps": 3,
+            "train.save_interval": 3,
+            "train.eval_interval": 0,
+            "train.log_interval": 1,
+        },
+    )
+    stdout = run_pretrain(2, overrides).stdout
+    assert f"initialised the weights from {setup['hf_dir']}" in stdout
+    metrics = read_metrics(os.path.join(save_dir, "tensorboard"))
+    for step in (1, 2, 3):  # each step ran with lr 0, had gradients to apply, and was not skipped
+        assert metrics[step]["train/lr"] == 0.0, metrics[step]
+        assert metrics[step]["train/grad_norm"] > 0 and metrics[step]["train/skipped_steps"] == 0, metrics[step]
+    export_checkpoint(os.path.join(save_dir, "step_00000003"), str(tmp_path / "export"))
+    original, exported = _tensors(setup["hf_dir"]), _tensors(tmp_path / "export")
+    assert sorted(original) == sorted(exported)
+    changed = [k for k in original if not torch.equal(original[k], exported[k])]
+    assert not changed, changed
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).float().eval()
+    tokens = torch.randint(0, setup["hf"].config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want, got = setup["hf"](tokens).logits, back(tokens).logits
     assert want.abs().max() > 1.0 and torch.equal(got, want)

@@ -745,13 +745,19 @@ class Checkpointer:
         HuggingFace model directory, read through hf_import) and nothing else (no optimizer state, step,
         data position or guard); returns the checkpoint. The model must be this run's and the tokenizer
         the one it was trained with, or that tokenizer with tokens added after its own (the chat markers
-        of tools/add_chat_template.py): then the embeddings grow to this run's vocabulary (`grow_vocab`)."""
+        of tools/add_chat_template.py): then the embeddings grow to this run's vocabulary (`grow_vocab`).
+        The dtype may differ (a float32 download trained in bf16): the weights are cast to the run's."""
         path = resolve_checkpoint(path)
         meta = verify_checkpoint(path, [MODEL_NAME])
         saved_cfg = model_config_from_meta(meta)
         grows = saved_cfg.vocab_size < self.model_cfg.vocab_size
         if (
-            dataclasses.replace(saved_cfg, vocab_size=self.model_cfg.vocab_size, **position_fields(self.model_cfg))
+            dataclasses.replace(
+                saved_cfg,
+                vocab_size=self.model_cfg.vocab_size,
+                dtype=self.model_cfg.dtype,  # the weights are cast to the run's dtype (model.overrides.dtype)
+                **position_fields(self.model_cfg),
+            )
             != self.model_cfg
         ):
             raise ValueError(
@@ -775,9 +781,12 @@ class Checkpointer:
                 f"embeddings grown from {saved_cfg.vocab_size} to {self.model_cfg.vocab_size} rows "
                 f"(new rows: the mean of the existing ones)"
             )
-        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+        self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})  # cast to the run's dtype
+        cast = ""
+        if saved_cfg.dtype != self.model_cfg.dtype:
+            cast = f", cast from {saved_cfg.dtype} to {self.model_cfg.dtype}"
         print_rank0(
-            f"initialised the weights from {path} (step {meta['step']}); optimizer, schedule and step start fresh"
+            f"initialised the weights from {path} (step {meta['step']}{cast}); optimizer, schedule and step start fresh"
         )
         return path
 

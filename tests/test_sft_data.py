@@ -165,6 +165,51 @@ def test_parquet_records_equal_jsonl_records(tmp_path, chat_model):
     ]
 
 
+def test_json_array_instruction_files_mathinstruct_and_alpaca(tmp_path, chat_model):
+    """MathInstruct ships one compact array of {source, output, instruction}, Alpaca one indented array of
+    {instruction, input, output}: elements are records, a non-object element a skip named `file[index]`."""
+    math = [
+        {
+            "source": "data/CoT/gsm_rft.json",
+            "output": "3 + 4 = 7 apples.\nThe answer is 7",
+            "instruction": "Ann has 3 apples and buys 4. How many does she have?",
+        },
+        {"source": "data/PoT/numglue.json", "output": "print(3 + 4)", "instruction": "3 plus 4? Write a program."},
+        7,
+    ]
+    alpaca = [
+        {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well, move, sleep."},
+        {"instruction": "Correct the spelling.", "input": "He finnished", "output": "He finished"},
+    ]
+    (tmp_path / "MathInstruct.json").write_text(json.dumps(math, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "alpaca_data.json.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps(alpaca, indent=4).encode())
+    )
+    inputs = [str(tmp_path / "MathInstruct.json"), str(tmp_path / "alpaca_data.json.zst")]
+    summary, report, _ = run(tmp_path, chat_model, inputs)
+    chats = [
+        [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}] for r in math[:2]
+    ]
+    chats.append(
+        [{"role": "user", "content": alpaca[0]["instruction"]}, {"role": "assistant", "content": alpaca[0]["output"]}]
+    )
+    chats.append(
+        [
+            {"role": "user", "content": "Correct the spelling.\n\nHe finnished"},
+            {"role": "assistant", "content": "He finished"},
+        ]
+    )
+    check_aligned_and_rendered(str(tmp_path / "out" / "sft"), load_tokenizer(chat_model), chats)
+    assert [(s["where"], s["kind"]) for s in report["skipped_records"]] == [(f"{inputs[0]}[2]", "not_an_object")]
+    assert {name: c.conversations for name, c in summary.sources.items()} == {
+        "data/CoT/gsm_rft.json": 1,
+        "data/PoT/numglue.json": 1,
+        "alpaca_data": 2,
+    }
+    sidecar = read_sidecar(str(tmp_path / "out" / "sft_text_document"))
+    assert [r["id"] for r in sidecar] == [f"{inputs[0]}[0]", f"{inputs[0]}[1]", f"{inputs[1]}[0]", f"{inputs[1]}[1]"]
+
+
 def posts_xml(rows, crlf=True):
     """A Stack Exchange dump as the real ones are: BOM, declaration, one <posts> root, no final newline."""
     newline = "\r\n" if crlf else "\n"

@@ -1,5 +1,5 @@
 """training/data.py: the datasets of a distributed run, built on rank 0 and loaded by the others (gloo),
-and the refusal of data written with another tokenizer."""
+the refusal of data written with another tokenizer, and of a validation split too small to hold a document."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, build_indices
-from megasci.training.data import built_on_rank0
+from megasci.training.config import config_from_dict
+from megasci.training.data import build_eval_datasets, build_train_dataset, built_on_rank0
 from test_gpt_dataset import random_docs, write_dataset
 
 
@@ -85,3 +86,37 @@ def test_one_process_builds_itself():
     made = []
     assert built_on_rank0(lambda may_build: made.append(may_build) or "dataset", 0, 1) == "dataset"
     assert made == [True]
+
+
+def _small_run(prefix, split, seq_length=256):
+    return config_from_dict(
+        {
+            "model": {"preset": "tiny", "overrides": {"vocab_size": 512, "max_seq_len": seq_length}},
+            "data": {"blend": [1, prefix], "seq_length": seq_length, "split": split},
+            "train": {"train_steps": 2, "global_batch_size": 2, "micro_batch_size": 1},
+            "optim": {"warmup_steps": 1},
+        }
+    )
+
+
+def test_an_empty_validation_split_names_the_source_and_data_split(tmp_path, capsys):
+    """47 documents and a 0.5% valid share: the split rounds to no document. The run used to fail building a
+    dataset of -1 samples ("need seq_length > 0 and num_samples >= 0, got 256, -1")."""
+    rng = np.random.default_rng(5)
+    prefix = write_dataset(str(tmp_path / "small_text_document"), [rng.integers(0, 500, size=300) for _ in range(47)])
+    cache = str(tmp_path / "cache")
+    cfg = _small_run(prefix, [0.995, 0.005, 0])
+    train = build_train_dataset(cfg, cache)
+    with pytest.raises(ValueError) as failure:
+        build_eval_datasets(cfg, train, cache)
+    assert str(failure.value) == (
+        f"{prefix}: the valid split is empty: data.split=[0.995, 0.005, 0.0] gives it 0 documents (0 tokens) of the "
+        "dataset's 47 (14,100 tokens): a valid share of 0.005 of 47 documents rounds to none. Raise data.split's "
+        "valid share above 1/47 = 0.0213, e.g. data.split=[0.957, 0.043, 0], add documents, or set the valid share "
+        "to 0 to train without validation"
+    )
+    fixed = _small_run(prefix, [0.957, 0.043, 0])  # the suggestion gives it documents
+    assert list(build_eval_datasets(fixed, build_train_dataset(fixed, cache), cache)) == ["small_text_document"]
+    off = _small_run(prefix, [1, 0, 0])  # no valid share: no validation, said once per source
+    assert build_eval_datasets(off, build_train_dataset(off, cache), cache) == {}
+    assert "data.split has no valid share; source small_text_document not evaluated" in capsys.readouterr().out

@@ -14,7 +14,12 @@ from megasci.data.preprocess import PreprocessConfig, PreprocessError, preproces
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or globs")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or JSON array (.json[.gz, .zst]) files, or globs",
+    )
     p.add_argument("--output-prefix", required=True)
     p.add_argument(
         "--tokenizer-model",

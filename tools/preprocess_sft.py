@@ -2,7 +2,8 @@
 """Tokenize post-training conversations into token and loss-mask datasets with the chat template.
 
 Reads chat records (`messages`), instruction records (`instruction`/`output`) as JSONL (.jsonl,
-.jsonl.gz, .jsonl.zst) or Parquet, and Stack Exchange `Posts.xml` dumps (question + accepted answer).
+.jsonl.gz, .jsonl.zst), a JSON array (.json, as MathInstruct and Alpaca ship) or Parquet, and Stack
+Exchange `Posts.xml` dumps (question + accepted answer).
 Writes `<prefix>_text_document` and `<prefix>_loss_mask_document` (.bin/.idx), the sidecar
 `<prefix>_text_document.docs.jsonl` and the report `<prefix>_sft.json`. Example:
     python tools/preprocess_sft.py --input ultrachat/*.jsonl math.stackexchange.com/Posts.xml \
@@ -17,7 +18,7 @@ from megasci.data.sft import SFTConfig, SFTError, preprocess_sft
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="JSONL, Parquet or Posts.xml files, or globs")
+    p.add_argument("--input", nargs="+", required=True, help="JSONL, JSON array, Parquet or Posts.xml files, or globs")
     p.add_argument("--output-prefix", required=True)
     p.add_argument(
         "--tokenizer-model",

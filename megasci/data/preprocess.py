@@ -1,9 +1,10 @@
-"""JSONL or Parquet documents to Megatron `.bin/.idx` datasets, one per key, with a metadata sidecar.
+"""JSONL, JSON array or Parquet documents to Megatron `.bin/.idx` datasets, one per key, with a metadata sidecar.
 
-The main process only cuts the input into ~1 MB blocks at line boundaries (Parquet: row groups, see
-megasci/data/records.py) and appends finished
-token buffers to the output; workers parse JSON, tokenize and pack each block into one flat array,
-so per-document Python work never happens in the main process. Blocks come back in input order.
+The main process only cuts the input into ~1 MB blocks at line boundaries (Parquet: row groups; a
+JSON array: whole elements, which it finds with the standard library's C scanner, see
+megasci/data/records.py) and appends finished token buffers to the output; workers parse JSON,
+tokenize and pack each block into one flat array, so per-document Python work never happens in the
+main process. Blocks come back in input order.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Post-training (SFT) data: the driver that renders conversations with the chat template and writes
 token and loss-mask datasets.
 
-Inputs: JSONL (plain, `.gz`, `.zst`) or Parquet records, read through megasci/data/records.py and
-turned into conversations by conversations.py (chat and instruction records), and Stack Exchange
-data dumps' `Posts.xml` (stackexchange.py). Every conversation is rendered with the tokenizer's
-chat template (megasci/tokenizer/chat.py).
+Inputs: JSONL or JSON array (plain, `.gz`, `.zst`) or Parquet records, read through
+megasci/data/records.py and turned into conversations by conversations.py (chat and instruction
+records), and Stack Exchange data dumps' `Posts.xml` (stackexchange.py). Every conversation is
+rendered with the tokenizer's chat template (megasci/tokenizer/chat.py).
 
 Outputs (names: megasci/data/naming.py), committed together only when complete:
 `<prefix>_text_document.{bin,idx}` (one document of one sequence per conversation),

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from megasci.data.blended_dataset import BlendedDataset, CurriculumStage, parse_blend, parse_curriculum
-from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, split_tokens
+from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, select_documents, split_documents
+from megasci.data.indexed_dataset import IndexedDataset
 from megasci.data.provenance import tokenizer_warnings
 from megasci.distributed import barrier, print_rank0
 
@@ -119,9 +120,20 @@ def build_eval_datasets(
             seed=cfg.data.seed,
             cache_dir=cache_dir,
         )
-        available = (split_tokens(config) - 1) // cfg.data.seq_length  # one pass, label included
+        dataset = IndexedDataset(source.prefix)
+        documents = select_documents(config, dataset)
+        tokens = int(dataset.document_lengths()[documents].sum())
+        if tokens == 0:
+            if config.split_fractions[1] == 0:  # data.split asks for no validation
+                print_rank0(f"validation: data.split has no valid share; source {name} not evaluated")
+                continue
+            raise ValueError(empty_validation_split(config, dataset, len(documents)))
+        available = (tokens - 1) // cfg.data.seq_length  # one pass, label included
         if available == 0:
-            print_rank0(f"validation: source {name} has no full sample in its validation split; not evaluated")
+            print_rank0(
+                f"validation: source {name} has no full sample in its validation split ({len(documents):,} "
+                f"documents, {tokens:,} tokens for samples of {cfg.data.seq_length + 1}); not evaluated"
+            )
             continue
         datasets[name] = GPTDataset(
             dataclasses.replace(config, num_samples=min(cfg.data.eval_samples, available)),
@@ -129,6 +141,35 @@ def build_eval_datasets(
             vocab_size=cfg.model.build().vocab_size,
         )
     return datasets
+
+
+def empty_validation_split(config: GPTDatasetConfig, dataset: IndexedDataset, kept: int) -> str:
+    """Why `config`'s validation split holds no tokens and what to change: the error of a run that asks for
+    validation (a valid share in data.split) of a source too small for it. Caught here, the run would
+    otherwise fail building a dataset of -1 samples, a message that does not say the split is empty."""
+    fractions = config.split_fractions
+    total = sum(fractions)
+    n = dataset.num_documents
+    documents = split_documents(n, fractions, config.effective_split_seed)["valid"]
+    in_split, tokens = len(documents), int(dataset.document_lengths()[documents].sum())
+    where = (
+        f"{config.prefix}: the valid split is empty: data.split={list(fractions)} gives it {in_split:,} documents "
+        f"({tokens:,} tokens) of the dataset's {n:,} ({dataset.num_tokens:,} tokens)"
+    )
+    if in_split > 0:  # the split has documents, but the source's filter keeps none with tokens
+        return (
+            f"{where}, and the source's filter keeps {kept:,} of them, with 0 tokens. Raise data.split's valid "
+            "share, loosen the filter, or set the valid share to 0 to train without validation"
+        )
+    # A share above one document's rounds to at least one document; the example gives two documents' worth.
+    valid = float(f"{2 / max(n, 1):.2g}")
+    test = fractions[2] / total
+    example = f", e.g. data.split=[{1 - valid - test:.4g}, {valid:.4g}, {test:.4g}]" if valid + test < 0.5 else ""
+    return (
+        f"{where}: a valid share of {fractions[1] / total:.3g} of {n:,} documents rounds to none. Raise "
+        f"data.split's valid share above 1/{n:,} = {1 / max(n, 1):.3g}{example}, add documents, or set the "
+        "valid share to 0 to train without validation"
+    )
 
 
 def check_tokenizer(train: BlendedDataset, tokenizer_path: str, identity: dict) -> None:

@@ -306,6 +306,27 @@ def test_cross_entropy_all_ignored_is_nan_like_torch():
     assert torch.isnan(F.cross_entropy(hidden @ weight.T, labels))
 
 
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+@pytest.mark.parametrize("z_loss", [0.0, 0.2])
+def test_cross_entropy_scored_only_gives_the_same_loss_and_gradients(backend, z_loss):
+    """Dropping the ignored rows first (an answer-only batch) changes nothing but the work: float64 against
+    the hand-computed loss over every row, for mostly ignored labels, none ignored and all ignored."""
+    ops.set_backend("cross_entropy_loss", backend)
+    for ignore in (tuple(i for i in range(40) if i % 7), (), tuple(range(40))):
+        hidden, weight, labels = ce_inputs(n=40, h=8, v=30, ignore=ignore, seed=4)
+        hidden, weight = hidden.double(), weight.double()
+        got = loss_and_grads(
+            ops.cross_entropy_loss, hidden, weight, labels, chunk_size=4, z_loss=z_loss, scored_only=True
+        )
+        if len(ignore) == 40:
+            assert torch.isnan(got[0])
+            continue
+        want = loss_and_grads(lambda a, b, c: hand_loss(a, b, c, z_loss), hidden, weight, labels)
+        for ours, truth in zip(got, want):
+            torch.testing.assert_close(ours, truth, rtol=1e-12, atol=1e-12)
+        assert torch.all(got[1][list(ignore)] == 0)
+
+
 def saved_bytes(fn, *args, **kwargs):
     total = 0
 

@@ -171,9 +171,14 @@ def cross_entropy_loss(
     chunk_size: int = 4096,
     ignore_index: int = -100,
     z_loss: float = 0.0,
+    scored_only: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``labels`` over tokens not equal to ``ignore_index``,
     plus ``z_loss * mean(logsumexp(logits)**2)`` over the same tokens.
+
+    ``scored_only`` drops the ignored tokens' rows before the projection: the same loss and gradients,
+    with the projection (the largest matmul of a small model) paid only for scored tokens. Finding them
+    waits for the device, so it is for batches whose labels are mostly ignored (SFT, answer-only data).
 
     hidden [N, H] (or [..., H]), weight [V, H], labels [N] (or [...]). Returns a 0-dim float32 tensor
     (float64 for float64 inputs); NaN when every label is ignored, as ``F.cross_entropy`` does. See the
@@ -187,4 +192,8 @@ def cross_entropy_loss(
     labels = labels.reshape(-1)
     if labels.shape[0] != hidden.shape[0]:
         raise ValueError(f"{hidden.shape[0]} tokens but {labels.shape[0]} labels")
+    if scored_only:
+        rows = (labels != ignore_index).nonzero().squeeze(1)
+        if 0 < rows.numel() < labels.numel():
+            hidden, labels = hidden.index_select(0, rows), labels.index_select(0, rows)
     return dispatch("cross_entropy_loss", hidden, weight, labels, chunk_size, ignore_index, z_loss)

@@ -91,6 +91,8 @@ class TrainStep:
 
     def _loss(self, batch: dict, labels=None):
         packed = {name: batch[name] for name in ("positions", "segment_ids") if name in batch}
+        if self.count_scored_tokens:  # loss masks: project only the scored tokens' hidden states
+            packed["scored_only"] = True
         return self.model(batch["tokens"], batch["labels"] if labels is None else labels, **packed, **self.loss_options)
 
     def _forward_backward(self, batches: Iterator[dict]) -> tuple[torch.Tensor, float]:

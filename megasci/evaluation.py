@@ -460,7 +460,7 @@ def evaluate_passkey(
     too_long = [n for n in config.lengths if n > model.cfg.max_seq_len]
     if too_long:
         raise ValueError(f"passkey lengths {too_long} exceed the model's max_seq_len {model.cfg.max_seq_len}")
-    tokenizer = load_tokenizer(_tokenizer_path(path, meta))
+    tokenizer = load_tokenizer(run_tokenizer_path(path, meta))
     filler = passkey_filler(prefix, meta, path, max(config.lengths) * 4, split)
     examples = passkey.make_examples(tokenizer.encode, filler, config)
     results = passkey.score_examples(model, examples, torch.device(device))
@@ -474,7 +474,7 @@ def evaluate_passkey(
     }
 
 
-def _tokenizer_path(path: str, meta: dict) -> str:
+def run_tokenizer_path(path: str, meta: dict) -> str:
     """The tokenizer copied into the checkpoint (verified), else the run's data.tokenizer."""
     found = checkpoint_tokenizer_path(path) or ((meta.get("train_config") or {}).get("data") or {}).get("tokenizer")
     if not found:

@@ -32,6 +32,13 @@ class WordEncoder:
         return [self.ids.setdefault(piece, len(self.ids)) for piece in re.findall(r"\w+|[^\w\s]", text)]
 
 
+class DigitEncoder(WordEncoder):
+    """One id per digit, as SentencePiece with split digits gives: a key is several tokens."""
+
+    def __call__(self, text: str) -> list[int]:
+        return [self.ids.setdefault(piece, len(self.ids)) for piece in re.findall(r"\d|[^\W\d]+|[^\w\s]", text)]
+
+
 def copying_oracle(tokens: torch.Tensor) -> torch.Tensor:
     """Logits that predict, at each position, the token that followed the longest earlier match of
     the text ending there (an ideal induction head): retrieval by copying, as a long-context model does."""
@@ -191,3 +198,108 @@ def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
     expected = report["summary"]["by_length"]["128"]["greedy_acc"]
     assert rows[7]["eval/passkey/greedy_acc/00128"] == pytest.approx(expected)
     assert os.path.getsize(os.path.join(out, "passkey.png")) > 0
+
+
+RETRIEVAL = passkey.RetrievalDataConfig(length=64, count=60, min_episode=32, digits=3, span=(4, 12), seed=5)
+
+
+def _scored_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of scored positions."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def test_retrieval_documents_score_only_what_an_earlier_part_of_the_document_answers():
+    encode = WordEncoder()
+    docs = passkey.retrieval_documents(encode, FILLER, RETRIEVAL)
+    assert len(docs) == 60
+    assert all(len(ids) == len(mask) == 64 for ids, mask in docs)
+    needle_head = encode(" The pass key is")
+    kinds = {"passkey": 0, "copy": 0}
+    for ids, mask in docs:
+        ids = ids.tolist()
+        (start, end), *more = _scored_runs(mask)
+        assert not more, "one scored run per document"
+        if ids[start - len(needle_head) : start] == needle_head:
+            kinds["passkey"] += 1
+            key = ids[start:end]  # the key's digits (the word encoder gives the number one id)
+            needle = needle_head + key
+            assert any(ids[i : i + len(needle)] == needle for i in range(start - len(needle)))
+        else:
+            kinds["copy"] += 1  # the span's first token is unscored: the whole span appears before it
+            span = ids[start - 1 : end]
+            assert 4 <= len(span) <= 12
+            assert any(ids[i : i + len(span)] == span for i in range(start - len(span)))
+    assert kinds == {"passkey": 30, "copy": 30}
+    again = passkey.retrieval_documents(encode, FILLER, RETRIEVAL)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(docs, again))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"min_episode": 65}, "min_episode <= length"),
+        ({"copy_share": 1.5}, "copy_share"),
+        ({"span": (20, 30)}, "do not fit twice"),
+    ],
+)
+def test_retrieval_config_refuses_what_cannot_be_built(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(RETRIEVAL, **changes)
+
+
+def test_make_passkey_data_writes_a_masked_dataset_whose_samples_are_its_documents(tmp_path, capsys):
+    from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, loss_mask_prefix
+    from megasci.data.indexed_dataset import IndexedDataset
+    from tools.make_passkey_data import main
+    from training_fixtures import make_training_data
+
+    data = make_training_data(str(tmp_path / "data"), papers=20)
+    cfg = get_config("tiny", vocab_size=data["vocab_size"])
+    train = TrainConfig()
+    train.data.seq_length, train.data.split, train.data.tokenizer = 32, (0.5, 0.5, 0.0), data["tokenizer"]
+    meta = {"model_config": dataclasses.asdict(cfg), "train_config": train.to_dict()}
+    save_checkpoint(str(tmp_path / "ckpt"), 1, rank=0, rank_state={}, model_state={}, meta=meta)
+    out = str(tmp_path / "retrieval")
+    argv = ["--checkpoint", str(tmp_path / "ckpt"), "--filler", data["prefix"], "--output-prefix", out]
+    assert main([*argv, "--length", "64", "--count", "40", "--digits", "3", "--span", "4", "12"]) == 0
+    assert "wrote 40 documents of 64 tokens" in capsys.readouterr().out
+    prefix = out + "_text_document"
+    tokens, mask = IndexedDataset(prefix), IndexedDataset(loss_mask_prefix(prefix))
+    assert tokens.document_lengths().tolist() == [64] * 40
+    documents = {tuple(tokens.get_document(i).tolist()): mask.get_document(i).tolist() for i in range(40)}
+    report = json.load(open(out + "_passkey.json"))
+    assert report["documents"] == 40 and report["scored_tokens"] == sum(map(sum, documents.values()))
+    tokenizer = load_tokenizer(data["tokenizer"])
+    passkeys = [d for d in documents if " pass key is " in tokenizer.decode(list(d))]
+    assert len(passkeys) == 20
+    # Samples are cut every seq_length tokens, so with seq_length = the documents' length each sample
+    # is one whole document with its own mask (the extra last token is the next document's first).
+    dataset = GPTDataset(GPTDatasetConfig(prefix, split_fractions=(1.0, 0.0, 0.0), seq_length=64, num_samples=39))
+    for i in range(39):
+        sample = dataset.sample(i)
+        document = tuple(sample.tokens[:64].tolist())
+        assert document in documents and sample.loss_mask[:64].tolist() == documents[document]
+    assert main([*argv, "--length", "64", "--count", "4", "--min-episode", "100"]) == 1
+    assert "min_episode <= length" in capsys.readouterr().err
+
+
+YARN_4X = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+
+
+@pytest.mark.parametrize("scaling", [None, YARN_4X])
+def test_cached_scoring_equals_one_forward_pass_per_answer(scaling):
+    """The KV-cached scorer (the context run once) against the plain one (a full row per answer), on a
+    random model: the same log-probabilities to float32 rounding and the same greedy verdicts."""
+    cfg = get_config("tiny", vocab_size=VOCAB, max_seq_len=128, rope_scaling=scaling, init_std=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    examples = passkey.make_examples(DigitEncoder(), FILLER, CONFIG)
+    assert all(len(ex.answer) == 4 for ex in examples)  # one token a digit: the answers' own positions count
+    full = passkey.score_examples(lambda tokens: model(tokens), examples)
+    cached = passkey.score_examples(model, examples)
+    assert [r["greedy"] for r in cached] == [r["greedy"] for r in full]
+    assert [r["ll_correct"] for r in cached] == [r["ll_correct"] for r in full]
+    logprobs = np.array([r["logprob"] for r in full])
+    assert logprobs.std() > 1.0  # a sharp random model: keys differ in likelihood
+    np.testing.assert_allclose([r["logprob"] for r in cached], logprobs, rtol=1e-5)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megasci.ops.rotary import length_dependent
+
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 INTRO = "There is a pass key hidden in this text. Find it and remember it."
 
@@ -158,8 +160,34 @@ def make_examples(
     return examples
 
 
-def _score_answers(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> tuple[list[float], bool]:
-    """Summed log-probability of each answer after `context`, and whether greedy decoding gives the first."""
+def _answer_logprobs_cached(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> list:
+    """Per answer, log-probabilities [len(answer), V] of its positions, the shared context run once: a
+    prefill into a KV cache, copied for every answer, then the answers' tokens as one batch. Rows of
+    different lengths are padded at the end, which the causal mask keeps from the tokens before it."""
+    from megasci.model.llama import KVCache
+
+    width = max(map(len, answers))
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.cfg, 1, len(context) + width, device=device, dtype=dtype)
+    with torch.no_grad():
+        first = model.decode(torch.tensor([list(context)], device=device), cache, last_only=True).float()
+        cache.k = cache.k.expand(-1, len(answers), -1, -1, -1).contiguous()
+        cache.v = cache.v.expand(-1, len(answers), -1, -1, -1).contiguous()
+        tokens = torch.zeros(len(answers), width - 1, dtype=torch.long, device=device)
+        for r, answer in enumerate(answers):
+            tokens[r, : len(answer) - 1] = torch.tensor(list(answer[:-1]))
+        rest = model.decode(tokens, cache).float() if width > 1 else first.new_zeros(len(answers), 0, first.shape[-1])
+    logprobs = F.log_softmax(torch.cat([first.expand(len(answers), -1, -1), rest], dim=1), dim=-1)
+    return [logprobs[r, : len(answer)] for r, answer in enumerate(answers)]
+
+
+def _answer_logprobs(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> list:
+    """As `_answer_logprobs_cached`, for any callable mapping ids [B, S] to logits: one row per answer.
+    Dynamic NTK scaling sets its base by the sequence's length, so it takes this path too: a cache
+    filled at the context's length would hold other keys than one forward pass over every row."""
+    cfg = getattr(model, "cfg", None)
+    if hasattr(model, "decode") and cfg is not None and not length_dependent(cfg.rope_scaling):
+        return _answer_logprobs_cached(model, context, answers, device)
     rows = [list(context) + list(a) for a in answers]
     width = max(map(len, rows))
     tokens = torch.zeros(len(rows), width - 1, dtype=torch.long)
@@ -169,11 +197,15 @@ def _score_answers(model, context: Sequence[int], answers: Sequence[Sequence[int
         logits = model(tokens.to(device))
         logits = getattr(logits, "logits", logits).float()
     logprobs = F.log_softmax(logits, dim=-1)
-    scores, greedy = [], False
     start = len(context) - 1  # the logits at this position predict the answer's first token
-    for r, answer in enumerate(answers):
-        target = torch.tensor(list(answer), device=logprobs.device)
-        rows_lp = logprobs[r, start : start + len(answer)]
+    return [logprobs[r, start : start + len(answer)] for r, answer in enumerate(answers)]
+
+
+def _score_answers(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> tuple[list[float], bool]:
+    """Summed log-probability of each answer after `context`, and whether greedy decoding gives the first."""
+    scores, greedy = [], False
+    for r, (answer, rows_lp) in enumerate(zip(answers, _answer_logprobs(model, context, answers, device))):
+        target = torch.tensor(list(answer), device=rows_lp.device)
         scores.append(float(rows_lp.gather(1, target[:, None]).sum()))
         if r == 0:
             greedy = bool((rows_lp.argmax(-1) == target).all())
@@ -270,3 +302,99 @@ def plot_heatmap(summary: dict, path: str, metric: str = "greedy_acc", title: st
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalDataConfig:
+    """Synthetic retrieval training documents for a long-context stage: what a small model needs to
+    learn to retrieve at all before a context extension can show anything (a tiny model learns no
+    retrieval from papers alone; the pilot in shared/research trained on such documents).
+
+    Every document is exactly `length` tokens, the stage's `data.seq_length`: samples are cut every
+    `length` tokens (Megatron's sample index), so each sample is then one whole document and no
+    question is cut off from its key. A document is one episode of `min_episode..length` tokens, then
+    unscored filler up to `length`:
+
+    - passkey (1 - `copy_share`): `make_examples`' compact format (the evaluation's prompt), the key at
+      a random depth; scored: the answer's tokens;
+    - span copy (`copy_share`): a span of `span` tokens of filler text at a random depth, and the same
+      span again at the episode's end; scored: the repeat after its first token. Copying a span seen
+      earlier is what passkey retrieval needs (an induction head), with one target per token instead
+      of one per digit.
+    """
+
+    length: int
+    count: int
+    min_episode: int = 32
+    digits: int = 5
+    copy_share: float = 0.5
+    span: tuple[int, int] = (8, 32)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1 <= self.min_episode <= self.length or self.count < 1:
+            raise ValueError(
+                f"retrieval data: need 1 <= min_episode <= length and count >= 1, got min_episode "
+                f"{self.min_episode}, length {self.length}, count {self.count}"
+            )
+        if not 0.0 <= self.copy_share <= 1.0:
+            raise ValueError(f"retrieval data: copy_share must lie in [0, 1], got {self.copy_share}")
+        if not 1 <= self.span[0] <= self.span[1] or 2 * self.span[0] > self.min_episode:
+            raise ValueError(
+                f"retrieval data: spans of {self.span[0]}..{self.span[1]} tokens do not fit twice in an "
+                f"episode of {self.min_episode} tokens"
+            )
+
+
+def retrieval_documents(
+    encode: Callable[[str], list[int]], filler: np.ndarray, config: RetrievalDataConfig
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`config.count` (token ids, loss mask) pairs, both `config.length` long, in a seeded order."""
+    filler = np.asarray(filler, dtype=np.int64)
+    if len(filler) < 2 * config.length:
+        raise ValueError(f"retrieval data: the filler has {len(filler)} tokens, need at least {2 * config.length}")
+    rng = np.random.default_rng([config.seed, 21])
+    n_copy = int(round(config.count * config.copy_share))
+    episodes = np.linspace(config.min_episode, config.length, 8).round().astype(int)
+    documents = []
+    n_passkey = config.count - n_copy
+    if n_passkey:
+        depths = tuple(float(d) for d in np.linspace(0.0, 1.0, 11))
+        per_cell = math.ceil(n_passkey / (len(episodes) * len(depths)))
+        passkey = PasskeyConfig(
+            lengths=tuple(int(e) for e in episodes),
+            depths=depths,
+            per_cell=per_cell,
+            seed=config.seed,
+            compact=True,
+            digits=config.digits,
+            distractors=0,
+        )
+        examples = make_examples(encode, filler, passkey)
+        for i in rng.permutation(len(examples))[:n_passkey].tolist():
+            ex = examples[i]
+            ids = list(ex.context + ex.answer)
+            documents.append((ids, [0] * len(ex.context) + [1] * len(ex.answer)))
+    for _ in range(n_copy):
+        episode = int(rng.integers(config.min_episode, config.length + 1))
+        span = int(rng.integers(config.span[0], min(config.span[1], episode // 2) + 1))
+        start = int(rng.integers(0, len(filler) - span + 1))
+        copied = filler[start : start + span].tolist()
+        n_filler = episode - 2 * span
+        start = int(rng.integers(0, len(filler) - n_filler + 1))
+        text = filler[start : start + n_filler].tolist()
+        at = int(rng.integers(0, n_filler + 1))
+        ids = text[:at] + copied + text[at:] + copied
+        documents.append((ids, [0] * (n_filler + span + 1) + [1] * (span - 1)))
+    out = []
+    for j in rng.permutation(len(documents)).tolist():
+        ids, mask = documents[j]
+        pad = config.length - len(ids)
+        start = int(rng.integers(0, len(filler) - pad + 1))
+        out.append(
+            (
+                np.asarray(ids + filler[start : start + pad].tolist(), dtype=np.int64),
+                np.asarray(mask + [0] * pad, dtype=np.uint8),
+            )
+        )
+    return out

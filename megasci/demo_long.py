@@ -6,17 +6,22 @@ retrieval at 4x before and after, for both.
 
 Stages, each running the tools/ commands it prints (`$ ...`) from the repository root:
 
-1. passkey-style training documents (megasci/downstream/passkey.py's compact format, filler from the
-   *training* split of the papers, fresh keys, every other document stating its key again at random
-   points for more answers to learn from) -> JSONL -> tools/preprocess_data.py. A tiny model learns no
-   retrieval from the papers alone, so the extension data mixes these in (--passkey-share); both arms
-   get exactly the same data, so the difference between them is the RoPE base alone.
-2. the "before" checkpoint: one step at learning rate 0 (warm-up 0, decay 0, floor 0) from the demo
-   model with max_seq_len at 4x, so the evaluation tools accept the longer window; its weights are the
-   demo model's, checked tensor by tensor.
-3. two continuations from the demo model (train.init_from) at 4x the length: raised base, control.
-4. tools/eval_ppl.py --by-position and tools/eval_passkey.py --compact (held-out papers, at 4x) on
+1. retrieval training data (tools/make_passkey_data.py): passkey and span-copy documents, filler from
+   the *training* split of the papers, scored on the answers only, at the training length and at 4x.
+   A tiny model learns no retrieval from papers alone, so there would be nothing to extend.
+2. retrieval at the training length: the demo model trained on the short documents alone
+   (train.init_from), until it retrieves at its own length; this is the model both arms extend.
+3. the "before" checkpoint: one step at learning rate 0 (warm-up 0, decay 0, floor 0) from that model
+   with max_seq_len at 4x, so the evaluation tools accept the longer window; its weights are the
+   model's, checked tensor by tensor.
+4. two short continuations at 4x the length, papers and the long retrieval documents blended: raised
+   RoPE base, control. Both get exactly the same data, so the difference between them is the base.
+5. tools/eval_ppl.py --by-position and tools/eval_passkey.py --compact (held-out papers, at 4x) on
    each of the three checkpoints.
+
+Passkey accuracy is scored at the training length and at 4x, two ways: greedy exact match of the
+whole key (the check, as Position Interpolation and YaRN report it) and, beside it, the
+log-likelihood choice of the true key against four random keys (chance 20%), which moves first.
 
 The figures printed at the end are read back from the tools' TensorBoard event files (the values
 TensorBoard shows); the number of examples and the standard errors come from their JSON beside them.
@@ -34,19 +39,16 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 import yaml
 
 from megasci.demo import REPO
-from megasci.downstream.passkey import PasskeyConfig, make_examples
-from megasci.evaluation import passkey_filler
-from megasci.tokenizer import load_tokenizer
 from megasci.training.checkpoint import read_meta, resolve_checkpoint, safe_load
 
 FACTOR = 4  # the new length over the training length
 RAISED_THETA = 500_000.0  # LLaMA-2-Long's "ABF" base, as examples/configs/extend_4096.yaml
 PASSKEY_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+DISTRACTORS = 4  # other keys in the log-likelihood choice: chance is 1 / (DISTRACTORS + 1)
 
 
 def _stage(title: str) -> float:
@@ -93,84 +95,47 @@ def _scalar(values: dict, tag: str) -> float:
     return by_step[max(by_step)]
 
 
-def write_passkey_documents(
-    path: str, checkpoint: str, data_prefix: str, count: int, length: int, seed: int, digits: int, repeats: int = 6
-) -> int:
-    """`count` compact passkey documents of up to `length` tokens as JSONL text, filler from the papers'
-    training split (the evaluation's filler is the held-out split), keys at every depth; returns the count."""
-    meta = read_meta(checkpoint)
-    tokenizer = load_tokenizer(_tokenizer(meta))
-    lengths = tuple(range(length // 8, length + 1, length // 8))  # distances from short to the whole window
-    depths = tuple(float(d) for d in np.linspace(0.0, 1.0, 11))
-    per_cell = max(1, math.ceil(count / (len(lengths) * len(depths))))
-    filler = passkey_filler(data_prefix, meta, resolve_checkpoint(checkpoint), 100 * length, split="train")
-    config = PasskeyConfig(
-        lengths=lengths, depths=depths, per_cell=per_cell, seed=seed, compact=True, digits=digits, distractors=0
-    )
-    examples = make_examples(tokenizer.encode, filler, config)
-    order = np.random.default_rng(seed).permutation(len(examples))[:count]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    rng = np.random.default_rng([seed, 1])
-    with open(path, "w", encoding="utf-8") as f:
-        for j, i in enumerate(order.tolist()):
-            ex = examples[i]
-            text = tokenizer.decode(list(ex.context + ex.answer))
-            if j % 2:  # every other document asks again at random points after the needle: more answers to learn from
-                needle = f"The pass key is {ex.key}."
-                head, tail = text.split(needle, 1)
-                words = tail.split(" ")
-                for at in sorted(rng.integers(0, len(words), size=repeats).tolist(), reverse=True):
-                    words.insert(at, needle)
-                text = head + needle + " ".join(words)
-            f.write(json.dumps({"id": f"passkey-{i}", "text": text}) + "\n")
-    return len(order)
-
-
 def _tokenizer(meta: dict) -> str:
     return meta["train_config"]["data"]["tokenizer"]
 
 
-def extension_config(base_run: str, output: str, length: int, passkey_prefix: str, paper_prefix: str, args) -> dict:
-    """The continuation's config: the demo model's architecture with max_seq_len `length`, the demo's
-    split and seed (held-out papers stay held out), papers and passkey documents blended."""
+def stage_config(
+    base_run: str, save_dir: str, length: int, window: int, blend: list[dict], train: dict, optim: dict, args
+) -> dict:
+    """A continuation of `base_run`: its architecture with max_seq_len `window`, trained at `length` on
+    `blend`, with the demo's split and seed (held-out papers stay held out)."""
     meta = read_meta(base_run)
     model = {k: v for k, v in meta["model_config"].items() if k not in ("name", "checkpointing")}
-    model.update(max_seq_len=length)
+    model.update(max_seq_len=window)
     data = meta["train_config"]["data"]
     return {
         "model": {"preset": "tiny", "overrides": model},
         "data": {
             "tokenizer": _tokenizer(meta),
             "seq_length": length,
-            "blend": [
-                {"prefix": paper_prefix, "weight": 1 - args.passkey_share, "name": "papers"},
-                {"prefix": passkey_prefix, "weight": args.passkey_share, "name": "passkey"},
-            ],
+            "blend": blend,
+            "document_mask": True,  # the retrieval documents are scored on their answers only (a loss mask)
             "split": data["split"],
             "seed": data["seed"],
             "eval_samples": args.eval_samples,
         },
-        "optim": {
-            "lr": args.lr,
-            "min_lr": args.lr / 10,
-            "warmup_steps": min(10, args.steps),
-            "weight_decay": 0.1,
-            "clip_grad": 1.0,
-            "bucket_numel": 200000,
-        },
+        "optim": {"weight_decay": 0.1, "clip_grad": 1.0, "bucket_numel": 200000, **optim},
         "train": {
             "init_from": _path(base_run),
-            "micro_batch_size": args.micro_batch,
-            "global_batch_size": 2 * args.micro_batch,
-            "train_steps": args.steps,
             "device": "cpu",
-            "save_dir": _path(os.path.join(output, "control")),
-            "save_interval": args.steps,
+            "save_dir": _path(save_dir),
             "keep_last": 1,
-            "log_interval": max(1, args.steps // 6),
             "eval_interval": 0,
+            **train,
         },
     }
+
+
+def _write_config(path: str, config: dict, comment: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# {comment}\n")
+        yaml.safe_dump(config, f, sort_keys=False)
+    print(f"wrote {_path(path)}")
 
 
 def _train(config: str, overrides: list[str], processes: int) -> None:
@@ -229,6 +194,7 @@ def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: i
             "--data",
             _path(papers),
             "--lengths",
+            str(trained),
             str(length),
             "--depths",
             *map(str, PASSKEY_DEPTHS),
@@ -237,7 +203,7 @@ def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: i
             "--digits",
             str(args.digits),
             "--distractors",
-            "0",
+            str(DISTRACTORS),
             "--compact",
             "--out-dir",
             _path(passkey_dir),
@@ -250,7 +216,7 @@ def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: i
     with open(os.path.join(by_position, "by_position.json"), encoding="utf-8") as f:
         buckets = json.load(f)["by_position"]
     with open(os.path.join(passkey_dir, "passkey.json"), encoding="utf-8") as f:
-        cell = json.load(f)["summary"]["by_length"][str(length)]
+        cells = json.load(f)["summary"]["by_length"]
     rows = []
     for b in buckets:
         tag = f"eval/loss_by_position/{b['start']:05d}-{b['end']:05d}"
@@ -271,10 +237,15 @@ def evaluate(checkpoint: str, out_dir: str, papers: str, length: int, trained: i
         "loss_beyond": sum(r["loss"] for r in beyond) / len(beyond),
         "loss_beyond_stderr": math.sqrt(sum(r["stderr"] ** 2 for r in beyond)) / len(beyond),
         "passkey": {
-            "greedy_acc": _scalar(tb, f"eval/passkey/greedy_acc/{length:05d}"),
-            "greedy_stderr": cell["greedy_stderr"],
-            "n": cell["n"],
-            "mean_logprob": cell["mean_logprob"],
+            str(n): {
+                "ll_acc": _scalar(tb, f"eval/passkey/ll_acc/{n:05d}"),
+                "ll_stderr": cells[str(n)]["ll_stderr"],
+                "greedy_acc": _scalar(tb, f"eval/passkey/greedy_acc/{n:05d}"),
+                "greedy_stderr": cells[str(n)]["greedy_stderr"],
+                "n": cells[str(n)]["n"],
+                "mean_logprob": cells[str(n)]["mean_logprob"],
+            }
+            for n in (trained, length)
         },
         "tensorboard": [_path(os.path.join(d, "tensorboard")) for d in (by_position, passkey_dir)],
     }
@@ -303,31 +274,58 @@ def print_figures(results: dict, arms: dict, trained: int, length: int) -> dict:
         )
     )
     print(
-        f"\npasskey retrieval at {length} tokens = {FACTOR}x the training length (compact prompt, key at depths "
-        f"{', '.join(map(str, PASSKEY_DEPTHS))}; held-out filler; from TensorBoard eval/passkey/*):"
+        f"\npasskey retrieval (compact prompt, key at depths {', '.join(map(str, PASSKEY_DEPTHS))}; held-out filler; "
+        f"from TensorBoard eval/passkey/*): greedy exact match of the whole key, and the key chosen by "
+        f"log-likelihood over {DISTRACTORS} random others (chance {100 / (DISTRACTORS + 1):.0f}%)"
     )
     for n in names:
-        p = results[n]["passkey"]
-        print(
-            f"  {n:<{width}} greedy exact match {100 * p['greedy_acc']:5.1f}% ± {100 * p['greedy_stderr']:.1f} "
-            f"(n={p['n']});  mean log-probability of the key {p['mean_logprob']:.2f} nats (passkey.json)"
-        )
+        for at in (trained, length):
+            p = results[n]["passkey"][str(at)]
+            print(
+                f"  {n:<{width}} at {at:>5} ({at // trained}x): greedy {100 * p['greedy_acc']:5.1f}% ± "
+                f"{100 * p['greedy_stderr']:.1f};  key chosen {100 * p['ll_acc']:5.1f}% ± {100 * p['ll_stderr']:.1f}"
+                f"  (n={p['n']}; mean log-probability of the key {p['mean_logprob']:.2f} nats)"
+            )
     before = results[names[0]]
     checks = {}
     for arm in arms:
         checks[f"{arm}: loss beyond {trained} falls"] = results[arm]["loss_beyond"] < before["loss_beyond"]
-    raised, control = results[names[1]]["passkey"], results[names[2]]["passkey"]
+    raised, control = results[names[1]]["passkey"][str(length)], results[names[2]]["passkey"][str(length)]
     gap = raised["greedy_acc"] - control["greedy_acc"]
     se = math.sqrt(raised["greedy_stderr"] ** 2 + control["greedy_stderr"] ** 2)
     apart = gap / se if se > 0 else (math.inf if gap > 0 else 0.0)
     checks[f"passkey at {length}: {names[1]} above the control by more than 2 stderr"] = apart > 2
     print(
-        f"\npasskey gap {names[1]} - control: {100 * gap:.1f} points, combined stderr {100 * se:.1f} "
-        f"({apart:.1f} stderr apart)"
+        f"\npasskey at {length} (greedy) {names[1]} - control: {100 * gap:.1f} points, combined stderr "
+        f"{100 * se:.1f} ({apart:.1f} stderr apart)"
     )
     for check, ok in checks.items():
         print(f"  [{'yes' if ok else 'NO'}] {check}")
     return {"checks": checks, "gap": gap, "gap_stderr": se}
+
+
+def _retrieval_data(base_run: str, papers: str, prefix: str, length: int, count: int, args) -> str:
+    _command(
+        [
+            "python",
+            "tools/make_passkey_data.py",
+            "--checkpoint",
+            _path(base_run),
+            "--filler",
+            _path(papers),
+            "--length",
+            str(length),
+            "--count",
+            str(count),
+            "--digits",
+            str(args.digits),
+            "--seed",
+            str(args.seed + length),
+            "--output-prefix",
+            _path(prefix),
+        ]
+    )
+    return prefix + "_text_document"
 
 
 def run(output: str, args) -> dict:
@@ -342,42 +340,80 @@ def run(output: str, args) -> dict:
     length = FACTOR * trained
     long_dir = os.path.join(output, "long")
     papers = os.path.join(output, "data", "arxiv_text_document")
-    passkey_jsonl = os.path.join(long_dir, "passkey_train.jsonl")
+    data_dir = os.path.join(long_dir, "data")
 
     _stage(
-        f"long 1/4: {args.passkey_docs} passkey training documents (compact, up to {length} tokens, filler from "
-        f"the papers' training split) -> tokens"
+        f"long 1/5: retrieval training documents (passkey and span copy, filler from the papers' training split, "
+        f"answers scored) at {trained} and {length} tokens"
     )
-    n = write_passkey_documents(passkey_jsonl, base_run, papers, args.passkey_docs, length, args.seed, args.digits)
-    print(f"wrote {n} documents -> {_path(passkey_jsonl)}")
-    passkey_prefix = os.path.join(long_dir, "data", "passkey")
-    _command(
+    short_data = _retrieval_data(
+        base_run,
+        papers,
+        os.path.join(data_dir, f"retrieval_{trained}"),
+        trained,
+        max(256, args.retrieval_steps * 64),
+        args,
+    )
+    long_data = _retrieval_data(
+        base_run,
+        papers,
+        os.path.join(data_dir, f"retrieval_{length}"),
+        length,
+        max(256, 4 * args.steps * args.micro_batch),
+        args,
+    )
+
+    t = _stage(f"long 2/5: retrieval at the training length: the demo model on the {trained}-token documents")
+    retrieval_run = os.path.join(long_dir, "retrieval")
+    config = stage_config(
+        base_run,
+        retrieval_run,
+        trained,
+        trained * 2,
+        [{"prefix": _path(short_data), "weight": 1.0, "name": "retrieval"}],
+        {
+            "micro_batch_size": 32,
+            "global_batch_size": 64,
+            "train_steps": args.retrieval_steps,
+            "save_interval": args.retrieval_steps,
+            "log_interval": max(1, args.retrieval_steps // 8),
+        },
+        {"lr": args.retrieval_lr, "min_lr": args.retrieval_lr / 10, "warmup_steps": min(20, args.retrieval_steps)},
+        args,
+    )
+    retrieval_config = os.path.join(long_dir, "retrieval.yaml")
+    _write_config(retrieval_config, config, f"python -m megasci.demo_long: retrieval at {trained} tokens")
+    _train(retrieval_config, [], processes=2)
+    print(f"retrieval stage: {time.perf_counter() - t:.1f} s")
+
+    config = stage_config(
+        retrieval_run,
+        os.path.join(long_dir, "control"),
+        length,
+        length,
         [
-            "python",
-            "tools/preprocess_data.py",
-            "--input",
-            _path(passkey_jsonl),
-            "--output-prefix",
-            _path(passkey_prefix),
-            "--tokenizer-model",
-            _path(_tokenizer(meta)),
-            "--workers",
-            "2",
-            "--append-eod",
-            "--no-progress",
-        ]
+            {"prefix": _path(papers), "weight": args.paper_share, "name": "papers"},
+            {"prefix": _path(long_data), "weight": 1 - args.paper_share, "name": "retrieval"},
+        ],
+        {
+            "micro_batch_size": args.micro_batch,
+            "global_batch_size": 2 * args.micro_batch,
+            "train_steps": args.steps,
+            "save_interval": args.steps,
+            "log_interval": max(1, args.steps // 6),
+        },
+        {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": min(5, args.steps)},
+        args,
     )
     config_path = os.path.join(long_dir, "extend.yaml")
-    config = extension_config(base_run, long_dir, length, passkey_prefix + "_text_document", papers, args)
-    with open(config_path, "w", encoding="utf-8") as f:
-        f.write(
-            f"# python -m megasci.demo_long: the demo model continued at {length} tokens ({FACTOR}x {trained}); "
-            f"the raised-base arm adds model.overrides.rope_theta\n"
-        )
-        yaml.safe_dump(config, f, sort_keys=False)
-    print(f"wrote the continuation's config -> {_path(config_path)}")
+    _write_config(
+        config_path,
+        config,
+        f"python -m megasci.demo_long: continued at {length} tokens ({FACTOR}x {trained}); the raised-base arm adds "
+        "model.overrides.rope_theta",
+    )
 
-    t = _stage(f"long 2/4: the demo model as it is, saved with max_seq_len {length} (one step at learning rate 0)")
+    t = _stage(f"long 3/5: the model as it is, saved with max_seq_len {length} (one step at learning rate 0)")
     before = os.path.join(long_dir, "before")
     _train(
         config_path,
@@ -391,8 +427,8 @@ def run(output: str, args) -> dict:
         ],
         processes=1,
     )
-    same = _same_weights(base_run, before)
-    print(f"weights identical to the demo model's: {same} ({time.perf_counter() - t:.1f} s)")
+    same = _same_weights(retrieval_run, before)
+    print(f"weights identical to the retrieval stage's: {same} ({time.perf_counter() - t:.1f} s)")
     if not same:
         raise SystemExit("demo-long: the learning-rate-0 step changed the weights")
 
@@ -401,7 +437,7 @@ def run(output: str, args) -> dict:
         f"control ({theta:g})": os.path.join(long_dir, "control"),
     }
     for i, (arm, save_dir) in enumerate(arms.items()):
-        t = _stage(f"long 3/4: continued training at {length} tokens, {args.steps} steps: {arm}")
+        t = _stage(f"long 4/5: continued training at {length} tokens, {args.steps} steps: {arm}")
         overrides = [f"train.save_dir={_path(save_dir)}"]
         if i == 0:
             overrides.insert(0, f"model.overrides.rope_theta={args.rope_theta:g}")
@@ -410,7 +446,7 @@ def run(output: str, args) -> dict:
 
     results = {}
     for name, checkpoint in {"before": before, **arms}.items():
-        t = _stage(f"long 4/4: loss by position and passkey at {length} tokens: {name}")
+        t = _stage(f"long 5/5: loss by position and passkey at {length} tokens: {name}")
         results[name] = evaluate(
             checkpoint, os.path.join(long_dir, "eval", os.path.basename(checkpoint)), papers, length, trained, args
         )
@@ -423,8 +459,8 @@ def run(output: str, args) -> dict:
         "steps": args.steps,
         "rope_theta": args.rope_theta,
         "control_theta": theta,
-        "passkey_docs": n,
-        "passkey_share": args.passkey_share,
+        "retrieval_steps": args.retrieval_steps,
+        "paper_share": args.paper_share,
         "results": results,
         **verdict,
         "seconds": total,
@@ -436,20 +472,21 @@ def run(output: str, args) -> dict:
     return summary
 
 
-QUICK = {"steps": 3, "passkey_docs": 60, "per_cell": 2, "ppl_samples": 4, "eval_samples": 2, "micro_batch": 2}
+QUICK = {"steps": 3, "retrieval_steps": 3, "per_cell": 2, "ppl_samples": 4, "eval_samples": 2, "micro_batch": 2}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo_output", help="the demo's output directory (its run/ is the base model)")
-    p.add_argument("--steps", type=int, default=150, help="continued-training steps for each arm")
+    p.add_argument("--retrieval-steps", type=int, default=400, help="steps of retrieval at the training length")
+    p.add_argument("--retrieval-lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=20, help="continued-training steps at 4x for each arm")
     p.add_argument("--rope-theta", type=float, default=RAISED_THETA, help="the raised RoPE base")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--digits", type=int, default=5, help="digits of the passkey, in training and evaluation")
-    p.add_argument("--micro-batch", type=int, default=4, help="per process; global batch = 2 x this")
-    p.add_argument("--passkey-docs", type=int, default=2400)
-    p.add_argument("--passkey-share", type=float, default=0.8, help="weight of the passkey documents in the blend")
-    p.add_argument("--per-cell", type=int, default=30, help="passkey examples per depth (5 depths)")
+    p.add_argument("--micro-batch", type=int, default=8, help="per process at 4x; global batch = 2 x this")
+    p.add_argument("--paper-share", type=float, default=0.5, help="weight of the papers in the 4x blend")
+    p.add_argument("--per-cell", type=int, default=200, help="passkey examples per depth (5 depths)")
     p.add_argument("--ppl-samples", type=int, default=32, help="held-out samples for loss by position")
     p.add_argument("--eval-samples", type=int, default=8, help="validation samples per source during training")
     p.add_argument("--seed", type=int, default=0)

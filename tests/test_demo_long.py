@@ -29,7 +29,9 @@ def test_demo_long_quick_runs_what_it_prints_and_writes_its_figures(base_demo):
     sys.stdout.write(printed.getvalue())
     shown = assert_ran_as_printed(printed.getvalue(), calls)
     assert [s.split()[1] if s.startswith("python tools/") else s.split()[5] for s in shown] == [
-        "tools/preprocess_data.py",
+        "tools/make_passkey_data.py",
+        "tools/make_passkey_data.py",
+        "tools/pretrain.py",
         "tools/pretrain.py",
         "tools/pretrain.py",
         "tools/pretrain.py",
@@ -40,11 +42,11 @@ def test_demo_long_quick_runs_what_it_prints_and_writes_its_figures(base_demo):
     long_dir = base_demo / "long"
     summary = json.loads((long_dir / "summary.json").read_text())
     assert summary["trained_length"] == 128 and summary["length"] == 512 and summary["steps"] == 3
-    assert "weights identical to the demo model's: True" in printed.getvalue()
+    assert "weights identical to the retrieval stage's: True" in printed.getvalue()
     for name in ("before", "raised_base", "control"):
         evaluation = long_dir / "eval" / name
         positions = json.loads((evaluation / "by_position" / "by_position.json").read_text())["by_position"]
-        passkey = json.loads((evaluation / "passkey" / "passkey.json").read_text())["summary"]["by_length"]["512"]
+        passkey = json.loads((evaluation / "passkey" / "passkey.json").read_text())["summary"]["by_length"]
         for directory in ("by_position", "passkey"):
             assert any(f.startswith("events.out.tfevents") for f in os.listdir(evaluation / directory / "tensorboard"))
         assert os.path.isfile(evaluation / "passkey" / "passkey.png")
@@ -58,10 +60,18 @@ def test_demo_long_quick_runs_what_it_prints_and_writes_its_figures(base_demo):
         for row, bucket in zip(result["by_position"], positions):
             assert row["loss"] == pytest.approx(bucket["loss"], rel=1e-6)
             assert f"{row['loss']:.3f} ± {row['stderr']:.3f}" in printed.getvalue()
-        assert result["passkey"]["n"] == passkey["n"] == 10
-        assert result["passkey"]["greedy_acc"] == pytest.approx(passkey["greedy_acc"], abs=1e-6)
-        assert (
-            f"{100 * result['passkey']['greedy_acc']:5.1f}% ± {100 * passkey['greedy_stderr']:.1f} (n=10)"
-            in printed.getvalue()
-        )
-    assert (long_dir / "data" / "passkey_text_document.bin").is_file()
+        for length in ("128", "512"):  # the training length and 4x
+            figures, cell = result["passkey"][length], passkey[length]
+            assert figures["n"] == cell["n"] == 10
+            for metric in ("ll", "greedy"):
+                assert figures[f"{metric}_acc"] == pytest.approx(cell[f"{metric}_acc"], abs=1e-6)
+                assert figures[f"{metric}_stderr"] == cell[f"{metric}_stderr"]
+            shown = (
+                f"at {int(length):>5} ({int(length) // 128}x): greedy {100 * figures['greedy_acc']:5.1f}% ± "
+                f"{100 * cell['greedy_stderr']:.1f};  key chosen {100 * figures['ll_acc']:5.1f}% ± "
+                f"{100 * cell['ll_stderr']:.1f}  (n=10;"
+            )
+            assert shown in printed.getvalue()
+    for length in (128, 512):
+        assert (long_dir / "data" / f"retrieval_{length}_text_document.bin").is_file()
+        assert (long_dir / "data" / f"retrieval_{length}_loss_mask_document.bin").is_file()

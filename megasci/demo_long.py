@@ -10,12 +10,15 @@ Stages, each running the tools/ commands it prints (`$ ...`) from the repository
    the *training* split of the papers, scored on the answers only, at the training length and at 4x.
    A tiny model learns no retrieval from papers alone, so there would be nothing to extend.
 2. retrieval at the training length: the demo model trained on the short documents alone
-   (train.init_from), until it retrieves at its own length; this is the model both arms extend.
+   (train.init_from, --retrieval-steps); it then retrieves at its own length but not at 4x, and is
+   the model both arms extend.
 3. the "before" checkpoint: one step at learning rate 0 (warm-up 0, decay 0, floor 0) from that model
    with max_seq_len at 4x, so the evaluation tools accept the longer window; its weights are the
    model's, checked tensor by tensor.
 4. two short continuations at 4x the length, papers and the long retrieval documents blended: raised
    RoPE base, control. Both get exactly the same data, so the difference between them is the base.
+   Short (--steps 20): given 100 steps at 4x the control catches up, so what the demo shows is how
+   much sooner the raised base retrieves there (docs/benchmarks.md has both).
 5. tools/eval_ppl.py --by-position and tools/eval_passkey.py --compact (held-out papers, at 4x) on
    each of the three checkpoints.
 

@@ -34,8 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from megasci.ops.rotary import length_dependent
-
 NAMES = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 INTRO = "There is a pass key hidden in this text. Find it and remember it."
 
@@ -160,19 +158,14 @@ def make_examples(
     return examples
 
 
-def _answer_logprobs_cached(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> list:
+def _answer_logprobs_cached(model, cache, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> list:
     """Per answer, log-probabilities [len(answer), V] of its positions, the shared context run once: a
-    prefill into a KV cache, copied for every answer, then the answers' tokens as one batch. Rows of
+    prefill into `cache`, copied for every answer, then the answers' tokens as one batch. Rows of
     different lengths are padded at the end, which the causal mask keeps from the tokens before it."""
-    from megasci.model.llama import KVCache
-
     width = max(map(len, answers))
-    dtype = next(model.parameters()).dtype
-    cache = KVCache(model.cfg, 1, len(context) + width, device=device, dtype=dtype)
     with torch.no_grad():
         first = model.decode(torch.tensor([list(context)], device=device), cache, last_only=True).float()
-        cache.k = cache.k.expand(-1, len(answers), -1, -1, -1).contiguous()
-        cache.v = cache.v.expand(-1, len(answers), -1, -1, -1).contiguous()
+        cache.repeat(len(answers))
         tokens = torch.zeros(len(answers), width - 1, dtype=torch.long, device=device)
         for r, answer in enumerate(answers):
             tokens[r, : len(answer) - 1] = torch.tensor(list(answer[:-1]))
@@ -182,12 +175,12 @@ def _answer_logprobs_cached(model, context: Sequence[int], answers: Sequence[Seq
 
 
 def _answer_logprobs(model, context: Sequence[int], answers: Sequence[Sequence[int]], device) -> list:
-    """As `_answer_logprobs_cached`, for any callable mapping ids [B, S] to logits: one row per answer.
-    Dynamic NTK scaling sets its base by the sequence's length, so it takes this path too: a cache
-    filled at the context's length would hold other keys than one forward pass over every row."""
-    cfg = getattr(model, "cfg", None)
-    if hasattr(model, "decode") and cfg is not None and not length_dependent(cfg.rope_scaling):
-        return _answer_logprobs_cached(model, context, answers, device)
+    """As `_answer_logprobs_cached` where the model offers an exact prefix cache (megasci's
+    `Transformer.prefix_cache`), else for any callable mapping ids [B, S] to logits: one row per answer."""
+    make_cache = getattr(model, "prefix_cache", None)
+    cache = make_cache(len(context) + max(map(len, answers)), device) if make_cache else None
+    if cache is not None:
+        return _answer_logprobs_cached(model, cache, context, answers, device)
     rows = [list(context) + list(a) for a in answers]
     width = max(map(len, rows))
     tokens = torch.zeros(len(rows), width - 1, dtype=torch.long)

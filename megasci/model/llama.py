@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from megasci import ops
+from megasci.ops.rotary import length_dependent
 
 from .config import ModelConfig
 from .dtypes import DTYPES
@@ -70,6 +71,14 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len, self.length = max_len, 0
+
+    def repeat(self, n: int) -> None:
+        """Copy a one-sequence cache for `n` sequences that continue the same prefix (scoring several
+        continuations of one context without running the context again)."""
+        if self.k.shape[1] != 1:
+            raise ValueError(f"repeat needs a cache of one sequence, this one holds {self.k.shape[1]}")
+        self.k = self.k.expand(-1, n, -1, -1, -1).contiguous()
+        self.v = self.v.expand(-1, n, -1, -1, -1).contiguous()
 
     def update(self, layer: int, k, v):
         """Store one layer's k, v [B, S, Hkv, D] at the next S positions; return all of its so far."""
@@ -197,6 +206,13 @@ class Transformer(nn.Module):
             scaling=self.cfg.rope_scaling,
             positions=positions,
         )
+
+    def prefix_cache(self, max_len: int, device=None) -> KVCache | None:
+        """An empty one-sequence cache whose prefill gives the same keys as a full forward pass over any
+        longer sequence; None for dynamic NTK, whose RoPE base depends on the sequence's length."""
+        if length_dependent(self.cfg.rope_scaling):
+            return None
+        return KVCache(self.cfg, 1, max_len, device=device, dtype=self.embed.weight.dtype)
 
     def decode(self, tokens, cache: KVCache, last_only: bool = False):
         """Logits [B, S, V] for tokens [B, S] at positions cache.length onwards, attending to the

@@ -14,19 +14,11 @@ data.seq_length, so each sample is one whole document. Example:
 """
 
 import argparse
-import os
 import sys
 import time
 
-import numpy as np
-
-from megasci.data.indexed_dataset import (
-    IndexedDatasetError,
-    IndexedDatasetWriter,
-    best_token_dtype,
-    finalize_together,
-)
-from megasci.data.naming import sft_output_prefixes, tokenizer_record_path
+from megasci.data.indexed_dataset import IndexedDatasetError
+from megasci.data.sft import MaskedDatasetWriter
 from megasci.downstream.passkey import RetrievalDataConfig, retrieval_documents
 from megasci.evaluation import passkey_filler, run_tokenizer_path
 from megasci.tokenizer import load_tokenizer
@@ -36,22 +28,15 @@ from megasci.utils.io import jsonable, write_json_atomic
 
 def write_retrieval_data(output_prefix: str, documents, tokenizer) -> dict:
     """The token and loss-mask datasets of `documents` as one write; returns their prefixes."""
-    outputs = sft_output_prefixes(output_prefix)
-    tokens_out = IndexedDatasetWriter(outputs["tokens"], dtype=best_token_dtype(tokenizer.vocab_size))
-    mask_out = IndexedDatasetWriter(outputs["loss_mask"], dtype=np.uint8)
-    tokens_out.attach_json(tokenizer_record_path(outputs["tokens"]), tokenizer.identity())
+    out = MaskedDatasetWriter(output_prefix, tokenizer)
     try:
         for ids, mask in documents:
-            tokens_out.add_document(ids)
-            mask_out.add_document(mask)
-        finalize_together(
-            [tokens_out, mask_out], links={outputs["tokens"]: {"loss_mask": os.path.basename(outputs["loss_mask"])}}
-        )
+            out.add_document(ids, mask)
+        out.finalize()
     except BaseException:
-        tokens_out.discard()
-        mask_out.discard()
+        out.discard()
         raise
-    return outputs
+    return out.outputs
 
 
 def main(argv=None) -> int:

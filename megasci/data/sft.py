@@ -90,6 +90,32 @@ class SFTSummary:
         return "\n".join(rows)
 
 
+class MaskedDatasetWriter:
+    """The token and loss-mask datasets of one write (`sft_output_prefixes`), with the tokenizer record
+    beside the tokens. They commit as one write whose tokens' record names the mask, so a reader can
+    tell a masked dataset whose mask went missing from a pretraining one (gpt_dataset.loss_mask_prefix)."""
+
+    def __init__(self, output_prefix: str, tokenizer):
+        self.outputs = sft_output_prefixes(output_prefix)
+        self.tokens = IndexedDatasetWriter(self.outputs["tokens"], dtype=best_token_dtype(tokenizer.vocab_size))
+        self.mask = IndexedDatasetWriter(self.outputs["loss_mask"], dtype=np.uint8)
+        self.tokens.attach_json(tokenizer_record_path(self.outputs["tokens"]), tokenizer.identity())
+
+    def add_document(self, ids, mask) -> None:
+        self.tokens.add_document(ids)
+        self.mask.add_document(np.asarray(mask, dtype=np.uint8))
+
+    def finalize(self) -> None:
+        finalize_together(
+            [self.tokens, self.mask],
+            links={self.outputs["tokens"]: {"loss_mask": os.path.basename(self.outputs["loss_mask"])}},
+        )
+
+    def discard(self) -> None:
+        self.tokens.discard()
+        self.mask.discard()
+
+
 def _examples(path: str, cfg: SFTConfig) -> Iterator[Example | Skip | Ignored]:
     if path.endswith(XML_SUFFIXES):
         yield from iter_stackexchange(path, cfg.min_score)
@@ -114,15 +140,12 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
             f"(train it with tools/train_tokenizer.py --chat-template ...)"
         )
     encoder = tokenizer.chat_template.bind(tokenizer)
-    outputs = sft_output_prefixes(cfg.output_prefix)
-    summary = SFTSummary(inputs=paths, outputs=outputs)
+    out = MaskedDatasetWriter(cfg.output_prefix, tokenizer)
+    summary = SFTSummary(inputs=paths, outputs=out.outputs)
     skips: list[dict] = []
     eod = [tokenizer.eod_id] if cfg.append_eod else []
-    tokens_out = IndexedDatasetWriter(outputs["tokens"], dtype=best_token_dtype(tokenizer.vocab_size))
-    mask_out = IndexedDatasetWriter(outputs["loss_mask"], dtype=np.uint8)
-    sidecar = SidecarWriter(outputs["tokens"])
-    tokens_out.attach(sidecar.target)
-    tokens_out.attach_json(tokenizer_record_path(outputs["tokens"]), tokenizer.identity())
+    sidecar = SidecarWriter(out.outputs["tokens"])
+    out.tokens.attach(sidecar.target)
     start = time.perf_counter()
     bar = tqdm(unit=" conv", disable=not progress, desc="preprocess_sft", dynamic_ncols=True)
 
@@ -141,8 +164,7 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
             ids, mask = encoder.encode_turns(turns, contents[at : at + len(turns)])
             at += len(turns)
             ids, mask = np.concatenate([ids, eod]).astype(np.int64), np.concatenate([mask, [0] * len(eod)])
-            tokens_out.add_document(ids)
-            mask_out.add_document(mask.astype(np.uint8))
+            out.add_document(ids, mask)
             sidecar.add(example.meta)
             counts = summary.sources.setdefault(example.meta["source"], SourceCounts())
             counts.conversations += 1
@@ -173,14 +195,9 @@ def preprocess_sft(cfg: SFTConfig, progress: bool = True, log=print) -> SFTSumma
                 if len(batch) >= cfg.batch_size:
                     flush(batch)
             flush(batch)
-        # One write: the tokens' record names their loss mask, so a reader can tell an SFT dataset whose
-        # mask went missing from a pretraining one (gpt_dataset.loss_mask_prefix).
-        finalize_together(
-            [tokens_out, mask_out], links={outputs["tokens"]: {"loss_mask": os.path.basename(outputs["loss_mask"])}}
-        )
+        out.finalize()
     except BaseException:
-        tokens_out.discard()
-        mask_out.discard()
+        out.discard()
         raise
     finally:
         bar.close()

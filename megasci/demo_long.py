@@ -51,6 +51,7 @@ from megasci.training.checkpoint import read_meta, resolve_checkpoint, safe_load
 FACTOR = 4  # the new length over the training length
 RAISED_THETA = 500_000.0  # LLaMA-2-Long's "ABF" base, as examples/configs/extend_4096.yaml
 PASSKEY_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+RETRIEVAL_MICRO_BATCH = 32  # per process in the retrieval stage (global batch 64)
 DISTRACTORS = 4  # other keys in the log-likelihood choice: chance is 1 / (DISTRACTORS + 1)
 
 
@@ -103,10 +104,21 @@ def _tokenizer(meta: dict) -> str:
 
 
 def stage_config(
-    base_run: str, save_dir: str, length: int, window: int, blend: list[dict], train: dict, optim: dict, args
+    base_run: str,
+    save_dir: str,
+    length: int,
+    window: int,
+    blend: list[dict],
+    steps: int,
+    micro_batch: int,
+    lr: float,
+    warmup: int,
+    logs: int,
+    args,
 ) -> dict:
     """A continuation of `base_run`: its architecture with max_seq_len `window`, trained at `length` on
-    `blend`, with the demo's split and seed (held-out papers stay held out)."""
+    `blend` for `steps` (2 processes, `logs` console lines, one checkpoint at the end; cosine from `lr`
+    to a tenth of it), with the demo's split and seed (held-out papers stay held out)."""
     meta = read_meta(base_run)
     model = {k: v for k, v in meta["model_config"].items() if k not in ("name", "checkpointing")}
     model.update(max_seq_len=window)
@@ -122,14 +134,25 @@ def stage_config(
             "seed": data["seed"],
             "eval_samples": args.eval_samples,
         },
-        "optim": {"weight_decay": 0.1, "clip_grad": 1.0, "bucket_numel": 200000, **optim},
+        "optim": {
+            "lr": lr,
+            "min_lr": lr / 10,
+            "warmup_steps": min(warmup, steps),
+            "weight_decay": 0.1,
+            "clip_grad": 1.0,
+            "bucket_numel": 200000,
+        },
         "train": {
             "init_from": _path(base_run),
+            "micro_batch_size": micro_batch,
+            "global_batch_size": 2 * micro_batch,
+            "train_steps": steps,
             "device": "cpu",
             "save_dir": _path(save_dir),
+            "save_interval": steps,
             "keep_last": 1,
+            "log_interval": max(1, steps // logs),
             "eval_interval": 0,
-            **train,
         },
     }
 
@@ -354,7 +377,7 @@ def run(output: str, args) -> dict:
         papers,
         os.path.join(data_dir, f"retrieval_{trained}"),
         trained,
-        max(256, args.retrieval_steps * 64),
+        max(256, args.retrieval_steps * 2 * RETRIEVAL_MICRO_BATCH),
         args,
     )
     long_data = _retrieval_data(
@@ -374,15 +397,12 @@ def run(output: str, args) -> dict:
         trained,
         trained * 2,
         [{"prefix": _path(short_data), "weight": 1.0, "name": "retrieval"}],
-        {
-            "micro_batch_size": 32,
-            "global_batch_size": 64,
-            "train_steps": args.retrieval_steps,
-            "save_interval": args.retrieval_steps,
-            "log_interval": max(1, args.retrieval_steps // 8),
-        },
-        {"lr": args.retrieval_lr, "min_lr": args.retrieval_lr / 10, "warmup_steps": min(20, args.retrieval_steps)},
-        args,
+        steps=args.retrieval_steps,
+        micro_batch=RETRIEVAL_MICRO_BATCH,
+        lr=args.retrieval_lr,
+        warmup=20,
+        logs=8,
+        args=args,
     )
     retrieval_config = os.path.join(long_dir, "retrieval.yaml")
     _write_config(retrieval_config, config, f"python -m megasci.demo_long: retrieval at {trained} tokens")
@@ -398,15 +418,12 @@ def run(output: str, args) -> dict:
             {"prefix": _path(papers), "weight": args.paper_share, "name": "papers"},
             {"prefix": _path(long_data), "weight": 1 - args.paper_share, "name": "retrieval"},
         ],
-        {
-            "micro_batch_size": args.micro_batch,
-            "global_batch_size": 2 * args.micro_batch,
-            "train_steps": args.steps,
-            "save_interval": args.steps,
-            "log_interval": max(1, args.steps // 6),
-        },
-        {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": min(5, args.steps)},
-        args,
+        steps=args.steps,
+        micro_batch=args.micro_batch,
+        lr=args.lr,
+        warmup=5,
+        logs=6,
+        args=args,
     )
     config_path = os.path.join(long_dir, "extend.yaml")
     _write_config(

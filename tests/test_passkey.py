@@ -147,8 +147,9 @@ def test_stderr_and_heatmap(tmp_path):
         passkey.make_examples(WordEncoder(), FILLER, dataclasses.replace(CONFIG, lengths=(10,)))
 
 
-def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
-    from tools.eval_passkey import main
+def _random_run(tmp_path, step: int) -> dict:
+    """A random tiny model saved as <tmp_path>/ckpt at `step`, trained (by its config) at 32 tokens on
+    half of a 20-paper dataset, the other half held out; returns make_training_data's dict."""
     from training_fixtures import make_training_data
 
     data = make_training_data(str(tmp_path / "data"), papers=20)
@@ -158,7 +159,7 @@ def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
     train.data.seq_length, train.data.split, train.data.tokenizer = 32, (0.5, 0.5, 0.0), data["tokenizer"]
     save_checkpoint(
         str(tmp_path / "ckpt"),
-        7,
+        step,
         rank=0,
         rank_state={},
         model_state=build_model(cfg).state_dict(),
@@ -168,6 +169,13 @@ def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
             "tokenizer": load_tokenizer(data["tokenizer"]).identity(),
         },
     )
+    return data
+
+
+def test_the_tool_writes_table_json_png_and_tensorboard(tmp_path, capsys):
+    from tools.eval_passkey import main
+
+    data = _random_run(tmp_path, step=7)
     out = str(tmp_path / "out")
     assert (
         main(
@@ -252,14 +260,8 @@ def test_make_passkey_data_writes_a_masked_dataset_whose_samples_are_its_documen
     from megasci.data.gpt_dataset import GPTDataset, GPTDatasetConfig, loss_mask_prefix
     from megasci.data.indexed_dataset import IndexedDataset
     from tools.make_passkey_data import main
-    from training_fixtures import make_training_data
 
-    data = make_training_data(str(tmp_path / "data"), papers=20)
-    cfg = get_config("tiny", vocab_size=data["vocab_size"])
-    train = TrainConfig()
-    train.data.seq_length, train.data.split, train.data.tokenizer = 32, (0.5, 0.5, 0.0), data["tokenizer"]
-    meta = {"model_config": dataclasses.asdict(cfg), "train_config": train.to_dict()}
-    save_checkpoint(str(tmp_path / "ckpt"), 1, rank=0, rank_state={}, model_state={}, meta=meta)
+    data = _random_run(tmp_path, step=1)
     out = str(tmp_path / "retrieval")
     argv = ["--checkpoint", str(tmp_path / "ckpt"), "--filler", data["prefix"], "--output-prefix", out]
     assert main([*argv, "--length", "64", "--count", "40", "--digits", "3", "--span", "4", "12"]) == 0

@@ -46,14 +46,7 @@ def records():
 
 
 def write_jsonl(path, lines):
-    data = "".join(line + "\n" for line in lines).encode()
-    if path.endswith(".gz"):
-        data = gzip.compress(data)
-    elif path.endswith(".zst"):
-        data = zstandard.ZstdCompressor().compress(data)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
+    return write_bytes(path, "".join(line + "\n" for line in lines).encode())
 
 
 def expected_docs(model, texts, eod=None):
